@@ -1,0 +1,69 @@
+//! `cxl-hmu-server`: serves one emulated CXL memory device with a CHMU over vfio-user.
+
+use clap::Parser;
+use device_cxl_hmu::chmu::ChmuConfig;
+use device_cxl_hmu::device::{config_space, HmuDevice, MemRange};
+use device_sdxi::cli::{self, ServerArgs};
+use std::process::ExitCode;
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?} is not a number: {e}"))
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cxl-hmu-server",
+    version,
+    about = "Emulated CXL 3.2 Hotness Monitoring Unit (in a CXL memory device), served to QEMU over vfio-user",
+    after_help = cli::qemu_usage(
+        "/run/hmu.sock",
+        "  --hpa-base/--size must be the guest-physical range of the memory the unit monitors\n  (e.g. the second NUMA node's RAM); they must be 256 MiB aligned."
+    )
+)]
+struct Args {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Guest-physical base of the monitored memory (DVSEC Range 1 Base; 256 MiB aligned).
+    #[arg(long, value_parser = parse_u64, default_value = "0x40000000")]
+    hpa_base: u64,
+    /// Size of the monitored memory in bytes (256 MiB multiple).
+    #[arg(long, value_parser = parse_u64, default_value = "0x40000000")]
+    size: u64,
+    /// Number of CHMU instances.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+    instances: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    const ALIGN: u64 = 256 << 20;
+    if args.hpa_base % ALIGN != 0 || args.size % ALIGN != 0 || args.size == 0 {
+        eprintln!(
+            "cxl-hmu-server: --hpa-base {:#x} and --size {:#x} must be non-zero multiples of 256 MiB",
+            args.hpa_base, args.size
+        );
+        return ExitCode::from(2);
+    }
+    let cfg = ChmuConfig {
+        instances: args.instances,
+        ..ChmuConfig::default()
+    };
+    let range = MemRange {
+        hpa_base: args.hpa_base,
+        size: args.size,
+    };
+    let result = config_space(&cfg, range)
+        .map_err(anyhow::Error::from)
+        .and_then(|space| cli::run(&args.server, HmuDevice::new(cfg, range), space));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cxl-hmu-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The CXL memory device function that carries the CHMU: PCI identity, CXL DVSECs, BARs.
+//!
+//! - PCIe DVSEC for CXL Devices (CXL 3.2 §8.1.3): Mem_Capable with one HDM range whose base
+//!   and size are the guest-physical range the CHMU monitors (node 1, set by the harness).
+//!   This model's choice for DPA -> HPA translation, documented here in one place: the range
+//!   is pre-committed, so **HPA = Range 1 Base + DPA** (no interleave). Guest drivers read
+//!   Range 1 Base/Size from this DVSEC.
+//! - Register Locator DVSEC (CXL 3.2 §8.1.9): one entry, block identifier 5 (CHMU) at
+//!   [`CHMU_BLOCK_OFFSET`] of BAR [`REGS_BAR`].
+//!
+//! Left out: the component, memdev and mailbox blocks; Linux's cxl_pci does not bind to this
+//! function (the guest agent drives it from userspace).
+
+use crate::chmu::{ChmuBlock, ChmuConfig};
+use crate::regs::*;
+use device_sdxi::pci::{BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED};
+
+/// DVSEC ID 0 register offsets (from the DVSEC start).
+pub const DVSEC_CXL_CAPABILITY: usize = 0x0a;
+pub const DVSEC_RANGE1_SIZE_HIGH: usize = 0x18;
+pub const DVSEC_RANGE1_SIZE_LOW: usize = 0x1c;
+pub const DVSEC_RANGE1_BASE_HIGH: usize = 0x20;
+pub const DVSEC_RANGE1_BASE_LOW: usize = 0x24;
+pub const DVSEC_CXL_DEVICE_LENGTH: usize = 0x3c;
+
+/// The guest-physical range the device's memory occupies (what the CHMU monitors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemRange {
+    pub hpa_base: u64,
+    pub size: u64,
+}
+
+fn cxl_device_dvsec_body(range: MemRange) -> Vec<u8> {
+    let mut d = vec![0u8; DVSEC_CXL_DEVICE_LENGTH];
+    // CXL Capability: IO_Capable (bit 1), Mem_Capable (bit 2), HDM_Count = 1 ([5:4]).
+    d[DVSEC_CXL_CAPABILITY..DVSEC_CXL_CAPABILITY + 2].copy_from_slice(&0x0016u16.to_le_bytes());
+    let put = |d: &mut Vec<u8>, off: usize, v: u32| d[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    put(&mut d, DVSEC_RANGE1_SIZE_HIGH, (range.size >> 32) as u32);
+    // Size low: [31:28] size bits, [1] Memory_Active, [0] Memory_Info_Valid.
+    put(&mut d, DVSEC_RANGE1_SIZE_LOW, (range.size as u32 & 0xf000_0000) | 0x3);
+    put(&mut d, DVSEC_RANGE1_BASE_HIGH, (range.hpa_base >> 32) as u32);
+    put(&mut d, DVSEC_RANGE1_BASE_LOW, range.hpa_base as u32 & 0xf000_0000);
+    d.split_off(10)
+}
+
+fn register_locator_body() -> Vec<u8> {
+    let mut d = vec![0u8; 2];
+    let low: u32 = RegLocLow::new()
+        .with_bir(REGS_BAR)
+        .with_block_id(RBI_CHMU)
+        .with_offset_hi16((CHMU_BLOCK_OFFSET >> 16) as u16)
+        .into();
+    d.extend_from_slice(&low.to_le_bytes());
+    d.extend_from_slice(&((CHMU_BLOCK_OFFSET >> 32) as u32).to_le_bytes());
+    d
+}
+
+/// Decodes DVSEC 0 Range 1 from raw configuration bytes at `dvsec` (for drivers and tests).
+pub fn decode_range1(cfg: &[u8], dvsec: usize) -> Option<MemRange> {
+    let rd = |o: usize| -> Option<u32> {
+        let b = cfg.get(dvsec + o..dvsec + o + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let size = (u64::from(rd(DVSEC_RANGE1_SIZE_HIGH)?) << 32)
+        | u64::from(rd(DVSEC_RANGE1_SIZE_LOW)? & 0xf000_0000);
+    let hpa_base = (u64::from(rd(DVSEC_RANGE1_BASE_HIGH)?) << 32)
+        | u64::from(rd(DVSEC_RANGE1_BASE_LOW)? & 0xf000_0000);
+    Some(MemRange { hpa_base, size })
+}
+
+/// Builds the configuration space. The range must be 256 MiB aligned (DVSEC granularity).
+pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, ConfigError> {
+    Ok(ConfigSpaceBuilder::new(
+        EMU_VENDOR_ID,
+        EMU_DEVICE_ID,
+        CXL_MEMDEV_CLASS_CODE,
+        1,
+        CONFIG_SPACE_EXTENDED,
+    )
+    .bar(BarDef {
+        index: MSIX_BAR,
+        size: 0x1000,
+        is_64bit: true,
+        prefetchable: false,
+    })?
+    .bar(BarDef {
+        index: REGS_BAR,
+        size: CHMU_BLOCK_SIZE,
+        is_64bit: true,
+        prefetchable: false,
+    })?
+    .msix(MsixDef {
+        vectors: u16::from(cfg.msix_vector) + 1,
+        table_bar: MSIX_BAR,
+        table_offset: 0,
+        pba_bar: MSIX_BAR,
+        pba_offset: 0x800,
+    })?
+    .pcie_endpoint()?
+    .dvsec(CXL_DVSEC_VENDOR, 2, CXL_DVSEC_PCIE_DEVICE, &cxl_device_dvsec_body(range))?
+    .dvsec(CXL_DVSEC_VENDOR, 0, CXL_DVSEC_REG_LOCATOR, &register_locator_body())?
+    .build())
+}
+
+/// The device model behind the transport.
+#[derive(Debug)]
+pub struct HmuDevice {
+    pub chmu: ChmuBlock,
+    pub range: MemRange,
+}
+
+impl HmuDevice {
+    pub fn new(cfg: ChmuConfig, range: MemRange) -> Self {
+        Self {
+            chmu: ChmuBlock::new(cfg),
+            range,
+        }
+    }
+}
+
+#[cfg(feature = "server")]
+impl device_sdxi::vfio_server::PciDevice for HmuDevice {
+    fn name(&self) -> &'static str {
+        "cxl-hmu"
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        match offset.checked_sub(CHMU_BLOCK_OFFSET) {
+            Some(rel) if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE => self.chmu.mmio_read(rel, data),
+            _ => data.fill(0),
+        }
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if let Some(rel) = offset.checked_sub(CHMU_BLOCK_OFFSET) {
+            if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE {
+                self.chmu.mmio_write(rel, data);
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.chmu.reset();
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        serde_json::json!({ "chmu": self.chmu.counters(), "range": self.range })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device_sdxi::pci::dvsecs;
+
+    fn raw(c: &ConfigSpace) -> Vec<u8> {
+        let mut v = vec![0u8; c.size()];
+        c.read(0, &mut v);
+        v
+    }
+
+    #[test]
+    fn identity_is_a_cxl_memory_device() {
+        let range = MemRange { hpa_base: 0x4000_0000, size: 0x4000_0000 };
+        let c = config_space(&ChmuConfig::default(), range).expect("valid");
+        assert_eq!(c.get_u32(0x08) >> 8, 0x05_02_10);
+        assert_eq!(c.size(), 4096);
+    }
+
+    #[test]
+    fn register_locator_points_at_chmu_block() {
+        let range = MemRange { hpa_base: 0x4000_0000, size: 0x4000_0000 };
+        let c = raw(&config_space(&ChmuConfig::default(), range).expect("valid"));
+        let d = dvsecs(&c);
+        let loc = d.iter().find(|d| d.vendor == 0x1e98 && d.id == 8).expect("locator");
+        assert_eq!(loc.length, 0x0c + 8);
+        let e = loc.offset + 0x0c;
+        let low = u32::from_le_bytes([c[e], c[e + 1], c[e + 2], c[e + 3]]);
+        // Oracle from the spec table: BIR [2:0] = 2, block id [15:8] = 5.
+        assert_eq!(low & 0x7, 2);
+        assert_eq!((low >> 8) & 0xff, 5);
+    }
+
+    #[test]
+    fn range1_carries_the_monitored_range() {
+        let range = MemRange { hpa_base: 0x1_4000_0000, size: 0x8000_0000 };
+        let c = raw(&config_space(&ChmuConfig::default(), range).expect("valid"));
+        let d = dvsecs(&c);
+        let dev = d.iter().find(|d| d.vendor == 0x1e98 && d.id == 0).expect("dvsec 0");
+        assert_eq!(dev.length, 0x3c);
+        assert_eq!(decode_range1(&c, dev.offset), Some(range));
+    }
+}

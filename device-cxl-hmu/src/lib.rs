@@ -1,0 +1,15 @@
+//! A CXL 3.2 Hotness Monitoring Unit in a CXL memory device, served over vfio-user.
+//!
+//! - [`regs`]: DVSEC and CHMU register definitions (shared with the guest driver).
+//! - [`chmu`]: the CHMU register block core; no I/O.
+//! - [`device`]: the PCI function (identity, DVSECs, BAR routing).
+//!
+//! The PCI configuration space and the vfio-user transport are device-independent and come
+//! from `device_sdxi::{pci, vfio_server, cli}` (the layout keeps one crate per device).
+//!
+//! Threat model: the guest is untrusted; accesses are width/alignment checked against the
+//! 64 KiB block and invalid configurations are refused, never a panic.
+
+pub mod chmu;
+pub mod device;
+pub mod regs;

@@ -1,0 +1,118 @@
+//! Command-line plumbing shared by the device server binaries: where to listen, where to put
+//! counters, logging, and a clean exit on SIGINT/SIGTERM (socket removed, counters written).
+
+use crate::pci::ConfigSpace;
+use crate::vfio_server::{serve, Backend, Listener, PciDevice};
+use anyhow::Context;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tracing::info;
+
+/// Options every device server takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Listen for the vfio-user client (QEMU) on this unix socket path (created; a stale socket
+    /// left by a dead server is replaced).
+    #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present = "fd")]
+    pub socket: Option<PathBuf>,
+    /// Use an inherited, already listening unix socket with this fd number.
+    #[arg(long, value_name = "N")]
+    pub fd: Option<RawFd>,
+    /// Write the device's counters as JSON to this file at exit (and on SIGUSR1).
+    #[arg(long, value_name = "PATH")]
+    pub counters: Option<PathBuf>,
+    /// Exit after this many client connections instead of serving forever.
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<u64>,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `device_sdxi=debug`.
+    #[arg(long, value_name = "FILTER", default_value = "info", env = "RUST_LOG")]
+    pub log: String,
+}
+
+/// The QEMU arguments a user needs for a device served on `socket` (printed by `--help`).
+pub fn qemu_usage(socket: &str, extra: &str) -> String {
+    format!(
+        "QEMU (>= 10.1, with vfio-user-pci) arguments for this device:\n\
+         \x20 -object memory-backend-memfd,id=ram0,size=2G,share=on -machine q35,memory-backend=ram0\n\
+         \x20     (guest RAM must be shared: DMA_MAP then carries fds the server maps)\n\
+         \x20 -device pcie-root-port,id=rp0,chassis=1\n\
+         \x20 -device '{{\"driver\":\"vfio-user-pci\",\"bus\":\"rp0\",\"socket\":{{\"type\":\"unix\",\"path\":\"{socket}\"}}}}'\n\
+         \x20 For MSI-X in a guest vfio-pci driver add -device intel-iommu,caching-mode=on before the\n\
+         \x20 device and boot the guest with intel_iommu=on.\n{extra}"
+    )
+}
+
+fn write_counters<D: PciDevice>(backend: &Mutex<Backend<D>>, path: &Path) -> anyhow::Result<()> {
+    let json = {
+        let b = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.counters_json()
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing counters to {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Runs a device server until its listener fails or a signal arrives.
+pub fn run<D: PciDevice + 'static>(
+    args: &ServerArgs,
+    device: D,
+    config: ConfigSpace,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let listener = Listener::from_args(args.socket.as_deref(), args.fd)?;
+    let socket_path = listener.path().map(Path::to_owned);
+    let backend = Arc::new(Mutex::new(Backend::new(device, config)));
+    let name = backend
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .device
+        .name();
+    info!(device = name, socket = ?socket_path, fd = ?args.fd, "listening");
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ])
+    .context("installing signal handlers")?;
+    {
+        let backend = Arc::clone(&backend);
+        let counters = args.counters.clone();
+        let socket_path = socket_path.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if let Some(p) = &counters {
+                        if let Err(e) = write_counters(&backend, p) {
+                            tracing::error!("{e:#}");
+                        }
+                    }
+                    if sig == signal_hook::consts::SIGUSR1 {
+                        continue;
+                    }
+                    if let Some(p) = &socket_path {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    info!(signal = sig, "exiting");
+                    std::process::exit(0);
+                }
+            })
+            .context("spawning the signal thread")?;
+    }
+
+    let result = serve(listener, &backend, args.max_clients);
+    if let Some(p) = &args.counters {
+        write_counters(&backend, p)?;
+    }
+    if let Some(p) = &socket_path {
+        let _ = std::fs::remove_file(p);
+    }
+    result.context("serving vfio-user clients")
+}

@@ -1,0 +1,510 @@
+//! A thin vfio-user transport for an emulated PCI function (QEMU `docs/interop/vfio-user.rst`),
+//! built on the `vfio_user` crate's server.
+//!
+//! Device-independent: both device servers of the project use it. It owns the listening
+//! socket, the configuration space, the interrupt eventfds and the DMA map table; the device
+//! model only sees BAR accesses and resets ([`PciDevice`]). It serves one client at a time and
+//! keeps listening after a client leaves, so QEMU can restart without restarting the server.
+//!
+//! Quirks of the crate handled here (see shared vm-facts §4): error replies carry errno 0, so
+//! region accesses never fail; `SET_IRQS` arrives raw (eventfd per vector, `count=0` to
+//! disable, a missing fd to de-assign).
+
+use crate::pci::ConfigSpace;
+use serde::Serialize;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tracing::{debug, info, warn};
+use vfio_bindings::bindings::vfio::{
+    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+
+/// Errors of the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("socket {0} is in use by a running server")]
+    SocketInUse(PathBuf),
+    #[error("cannot remove stale socket {path}")]
+    StaleSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fd {0} is not an open listening unix socket")]
+    BadFd(RawFd),
+    #[error("give either --socket PATH or --fd N")]
+    NoListener,
+    #[error("vfio-user server failed")]
+    Server(#[source] vfio_user::Error),
+}
+
+/// A listening socket for the server: a path it created, or an inherited fd.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    path: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Listens on `path`, removing a stale socket left by a dead server.
+    pub fn bind(path: &Path) -> Result<Self, TransportError> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(TransportError::SocketInUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(|source| TransportError::StaleSocket {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let l = UnixListener::bind(path).map_err(|source| TransportError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            fd: l.into(),
+            path: Some(path.to_owned()),
+        })
+    }
+
+    /// Takes over an inherited listening socket.
+    pub fn from_fd(fd: RawFd) -> Result<Self, TransportError> {
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `ty`, a live c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 || ty == 0 {
+            return Err(TransportError::BadFd(fd));
+        }
+        // SAFETY: the fd is open (getsockopt succeeded) and the caller hands its ownership to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd, path: None })
+    }
+
+    pub fn from_args(socket: Option<&Path>, fd: Option<RawFd>) -> Result<Self, TransportError> {
+        match (socket, fd) {
+            (Some(p), None) => Self::bind(p),
+            (None, Some(fd)) => Self::from_fd(fd),
+            _ => Err(TransportError::NoListener),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+/// MSI-X/INTx eventfds and Bus Master Enable, shared with device worker threads.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupts {
+    inner: Arc<InterruptsInner>,
+}
+
+#[derive(Debug, Default)]
+struct InterruptsInner {
+    msix: Mutex<Vec<Option<File>>>,
+    intx: Mutex<Option<File>>,
+    bus_master: AtomicBool,
+    raised: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Interrupts {
+    fn msix(&self) -> MutexGuard<'_, Vec<Option<File>>> {
+        self.inner
+            .msix
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Signals MSI-X `vector`. Returns false (and counts a drop) when bus mastering is off or
+    /// the vector has no eventfd.
+    pub fn trigger(&self, vector: u16) -> bool {
+        if !self.inner.bus_master.load(Ordering::Acquire) {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let v = self.msix();
+        let ok = match v.get(usize::from(vector)).and_then(Option::as_ref) {
+            Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
+            None => false,
+        };
+        let c = if ok { &self.inner.raised } else { &self.inner.dropped };
+        c.fetch_add(1, Ordering::Relaxed);
+        ok
+    }
+
+    pub fn set_bus_master(&self, on: bool) {
+        self.inner.bus_master.store(on, Ordering::Release);
+    }
+
+    pub fn bus_master(&self) -> bool {
+        self.inner.bus_master.load(Ordering::Acquire)
+    }
+
+    /// Number of MSI-X vectors that currently have an eventfd.
+    pub fn armed_vectors(&self) -> usize {
+        self.msix().iter().filter(|f| f.is_some()).count()
+    }
+
+    pub fn raised(&self) -> u64 {
+        self.inner.raised.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    fn clear(&self) {
+        self.msix().iter_mut().for_each(|f| *f = None);
+        *self
+            .inner
+            .intx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.set_bus_master(false);
+    }
+}
+
+/// One DMA mapping the client announced (guest RAM shared through an fd, or not reachable).
+#[derive(Debug)]
+pub struct DmaRegion {
+    pub iova: u64,
+    pub size: u64,
+    pub file_offset: u64,
+    pub flags: DmaMapFlags,
+    pub fd: Option<File>,
+}
+
+/// The emulated function as the transport sees it.
+pub trait PciDevice: Send {
+    /// Short name for logs ("sdxi", "cxl-hmu").
+    fn name(&self) -> &'static str;
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
+    /// Function-level or device reset: restore reset values, drop in-flight work.
+    fn reset(&mut self);
+    /// Counters as JSON, for `--counters` and logs.
+    fn counters(&self) -> serde_json::Value;
+}
+
+/// Transport counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TransportCounters {
+    pub connections: u64,
+    pub config_reads: u64,
+    pub config_writes: u64,
+    pub dma_maps: u64,
+    pub dma_maps_without_fd: u64,
+    pub dma_unmaps: u64,
+    pub resets: u64,
+    pub set_irqs: u64,
+}
+
+/// Adapter from [`PciDevice`] to the crate's [`ServerBackend`].
+#[derive(Debug)]
+pub struct Backend<D> {
+    pub device: D,
+    config: ConfigSpace,
+    pristine: ConfigSpace,
+    pub interrupts: Interrupts,
+    pub dma: Vec<DmaRegion>,
+    pub counters: TransportCounters,
+}
+
+impl<D: PciDevice> Backend<D> {
+    pub fn new(device: D, config: ConfigSpace) -> Self {
+        Self {
+            device,
+            pristine: config.clone(),
+            config,
+            interrupts: Interrupts::default(),
+            dma: Vec::new(),
+            counters: TransportCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    /// The vfio regions: BARs, then the configuration space at its fixed index.
+    pub fn regions(&self) -> Vec<ServerRegion> {
+        (0..VFIO_PCI_NUM_REGIONS)
+            .map(|index| {
+                let size = if index == VFIO_PCI_CONFIG_REGION_INDEX {
+                    self.config.size() as u64
+                } else {
+                    u8::try_from(index)
+                        .ok()
+                        .and_then(|i| self.config.bar(i))
+                        .map_or(0, |b| b.size)
+                };
+                let flags = if size > 0 {
+                    VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+                } else {
+                    0
+                };
+                ServerRegion {
+                    region_info: vfio_region_info {
+                        argsz: std::mem::size_of::<vfio_region_info>() as u32,
+                        flags,
+                        index,
+                        cap_offset: 0,
+                        size,
+                        offset: 0,
+                    },
+                    sparse_areas: Vec::new(),
+                    mmap_fd: None,
+                }
+            })
+            .collect()
+    }
+
+    /// The interrupt indexes: INTx, MSI (none), MSI-X, ERR (one, silences QEMU's warning), REQ.
+    pub fn irqs(&self) -> Vec<IrqInfo> {
+        let msix = self.config.msix().map_or(0, |m| u32::from(m.vectors));
+        [
+            (VFIO_PCI_INTX_IRQ_INDEX, 1),
+            (VFIO_PCI_MSI_IRQ_INDEX, 0),
+            (VFIO_PCI_MSIX_IRQ_INDEX, msix),
+            (VFIO_PCI_ERR_IRQ_INDEX, 1),
+            (VFIO_PCI_REQ_IRQ_INDEX, 0),
+        ]
+        .into_iter()
+        .map(|(index, count)| IrqInfo {
+            index,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count,
+        })
+        .collect()
+    }
+
+    /// Forgets everything tied to a client connection.
+    pub fn disconnect(&mut self) {
+        self.dma.clear();
+        self.interrupts.clear();
+        self.config.reset(&self.pristine);
+        self.device.reset();
+    }
+
+    /// All counters of the transport and the device as one JSON object.
+    pub fn counters_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "device": self.device.name(),
+            "transport": self.counters,
+            "interrupts": { "raised": self.interrupts.raised(), "dropped": self.interrupts.dropped() },
+            "registers": self.device.counters(),
+        })
+    }
+}
+
+impl<D: PciDevice> ServerBackend for Backend<D> {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        if region == VFIO_PCI_CONFIG_REGION_INDEX {
+            self.counters.config_reads += 1;
+            self.config.read(offset, data);
+        } else if let Some(bar) = u8::try_from(region).ok().filter(|b| self.config.bar(*b).is_some()) {
+            self.device.bar_read(bar, offset, data);
+        } else {
+            data.fill(0);
+        }
+        Ok(())
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if region == VFIO_PCI_CONFIG_REGION_INDEX {
+            self.counters.config_writes += 1;
+            if self.config.write(offset, data) {
+                let bme = self.config.bus_master();
+                debug!(bme, "command register written");
+                self.interrupts.set_bus_master(bme);
+            }
+        } else if let Some(bar) = u8::try_from(region).ok().filter(|b| self.config.bar(*b).is_some()) {
+            self.device.bar_write(bar, offset, data);
+        }
+        Ok(())
+    }
+
+    fn dma_map(
+        &mut self,
+        flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> std::io::Result<()> {
+        self.counters.dma_maps += 1;
+        if fd.is_none() {
+            self.counters.dma_maps_without_fd += 1;
+        }
+        debug!(iova = address, size, offset, has_fd = fd.is_some(), "DMA map");
+        self.dma.retain(|r| r.iova != address);
+        self.dma.push(DmaRegion {
+            iova: address,
+            size,
+            file_offset: offset,
+            flags,
+            fd,
+        });
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
+        self.counters.dma_unmaps += 1;
+        debug!(iova = address, size, "DMA unmap");
+        let end = address.saturating_add(size);
+        self.dma
+            .retain(|r| r.iova.saturating_add(r.size) <= address || r.iova >= end);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        self.counters.resets += 1;
+        info!(device = self.device.name(), "device reset");
+        self.config.reset(&self.pristine);
+        self.interrupts.set_bus_master(false);
+        self.device.reset();
+        Ok(())
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> std::io::Result<()> {
+        self.counters.set_irqs += 1;
+        debug!(index, flags, start, count, nfds = fds.len(), "SET_IRQS");
+        let trigger = flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0;
+        if index == VFIO_PCI_MSIX_IRQ_INDEX && trigger {
+            let max = self.config.msix().map_or(0, |m| usize::from(m.vectors));
+            let mut table = self.interrupts.msix();
+            table.resize_with(max, || None);
+            if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+                let mut fds = fds.into_iter();
+                for v in start..start.saturating_add(count) {
+                    if let Some(slot) = table.get_mut(v as usize) {
+                        // Fewer fds than count: the remaining vectors are de-assigned.
+                        *slot = fds.next();
+                    }
+                }
+            } else if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
+                table.iter_mut().for_each(|f| *f = None);
+            }
+        } else if index == VFIO_PCI_INTX_IRQ_INDEX && trigger && flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+            *self
+                .interrupts
+                .inner
+                .intx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = fds.into_iter().next();
+        }
+        Ok(())
+    }
+}
+
+/// Serves clients one after another until the listener fails. The backend is reset between
+/// clients, so a restarted QEMU finds a function in its reset state.
+pub fn serve<D: PciDevice>(
+    listener: Listener,
+    backend: &Mutex<Backend<D>>,
+    max_clients: Option<u64>,
+) -> Result<(), TransportError> {
+    let (regions, irqs) = {
+        let b = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (b.regions(), b.irqs())
+    };
+    // The crate removes its socket file on drop only for paths it bound itself; we keep the
+    // path and remove it ourselves.
+    let server = Server::from_owned_fd(listener.fd, true, irqs, regions);
+    let mut served = 0u64;
+    loop {
+        let mut guard = LockedBackend(backend);
+        let result = server.run(&mut guard);
+        served += 1;
+        let mut b = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.counters.connections += 1;
+        match result {
+            Ok(()) => info!(device = b.device.name(), "client disconnected; listening again"),
+            Err(vfio_user::Error::SocketAccept(e)) => {
+                return Err(TransportError::Server(vfio_user::Error::SocketAccept(e)))
+            }
+            Err(e) => warn!(device = b.device.name(), error = %e, "client connection failed; listening again"),
+        }
+        b.disconnect();
+        if max_clients.is_some_and(|m| served >= m) {
+            return Ok(());
+        }
+    }
+}
+
+/// Lets the crate's single-threaded loop drive a backend that device threads also reach.
+struct LockedBackend<'a, D>(&'a Mutex<Backend<D>>);
+
+impl<D: PciDevice> LockedBackend<'_, D> {
+    fn get(&mut self) -> MutexGuard<'_, Backend<D>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<D: PciDevice> ServerBackend for LockedBackend<'_, D> {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.get().region_read(region, offset, data)
+    }
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.get().region_write(region, offset, data)
+    }
+    fn dma_map(
+        &mut self,
+        flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> std::io::Result<()> {
+        self.get().dma_map(flags, offset, address, size, fd)
+    }
+    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
+        self.get().dma_unmap(flags, address, size)
+    }
+    fn reset(&mut self) -> std::io::Result<()> {
+        self.get().reset()
+    }
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> std::io::Result<()> {
+        self.get().set_irqs(index, flags, start, count, fds)
+    }
+}
