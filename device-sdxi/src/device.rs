@@ -6,7 +6,6 @@
 use crate::function::{SdxiConfig, SdxiFunction};
 use crate::pci::{BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED};
 use crate::regs;
-use tracing::debug;
 
 /// Builds the SDXi function's configuration space (digest A.1).
 pub fn config_space(cfg: &SdxiConfig) -> Result<ConfigSpace, ConfigError> {
@@ -93,7 +92,7 @@ impl crate::vfio_server::PciDevice for SdxiDevice {
                     return;
                 }
                 self.doorbells.doorbells += 1;
-                debug!(context = offset / stride, "doorbell");
+                tracing::debug!(context = offset / stride, "doorbell");
             }
             _ => {}
         }

@@ -1,1 +1,174 @@
-fn main(){}
+//! `guest-agent`: started by the initramfs `/init`; talks to the harness over a serial port.
+
+use guest_agent::drivers::{probe_chmu, probe_sdxi};
+use guest_agent::inventory;
+use guest_agent::protocol::{
+    AgentMessage, HostMessage, Inventory, Outcome, Probe, ProbeResult, Reply, Request, PROTOCOL_VERSION,
+};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Puts the serial port in raw mode (no echo, no line editing, 8N1 at 115200).
+fn raw_mode(f: &File) -> std::io::Result<()> {
+    // SAFETY: termios is plain data; tcgetattr fills it completely before we use it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and a live termios.
+    if unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: cfmakeraw and cfsetspeed only modify the struct we own.
+    unsafe {
+        libc::cfmakeraw(&mut t);
+        libc::cfsetspeed(&mut t, libc::B115200);
+    }
+    // SAFETY: valid fd and termios.
+    if unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn send(out: &mut File, m: &AgentMessage) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
+    out.flush()
+}
+
+fn probe<T>(bdf: Option<&str>, f: impl Fn(&str) -> Result<T, guest_agent::drivers::DriverError>) -> Option<Probe<T>> {
+    let bdf = bdf?;
+    Some(Probe {
+        bdf: bdf.to_owned(),
+        result: match f(bdf) {
+            Ok(v) => ProbeResult::Found(v),
+            Err(e) => ProbeResult::Failed(format!("{e}: {}", chain(&e))),
+        },
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn inventory() -> Inventory {
+    let sys = Path::new("/sys");
+    let pci = inventory::pci_functions(sys);
+    let find = |class: u32| pci.iter().find(|f| f.class == class).map(|f| f.bdf.clone());
+    let sdxi_bdf = find(device_sdxi::regs::SDXI_CLASS_CODE);
+    let chmu_bdf = find(device_cxl_hmu::regs::CXL_MEMDEV_CLASS_CODE);
+    let sdxi = probe(sdxi_bdf.as_deref(), probe_sdxi);
+    let chmu = probe(chmu_bdf.as_deref(), probe_chmu);
+    Inventory {
+        kernel_release: read_trim("/proc/sys/kernel/osrelease"),
+        cmdline: read_trim("/proc/cmdline"),
+        nodes: inventory::numa_nodes(sys),
+        memory_tiers: inventory::memory_tiers(sys),
+        // Re-read: binding changed the drivers.
+        pci: inventory::pci_functions(sys),
+        modules: inventory::modules(),
+        sdxi,
+        chmu,
+    }
+}
+
+fn read_trim(p: &str) -> String {
+    std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+fn run(port: &str) -> std::io::Result<()> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags_noctty()
+        .open(port)?;
+    raw_mode(&f)?;
+    let mut out = f.try_clone()?;
+    let uptime = read_trim("/proc/uptime")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    send(
+        &mut out,
+        &AgentMessage::Hello {
+            v: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release: read_trim("/proc/sys/kernel/osrelease"),
+            uptime_s: uptime,
+        },
+    )?;
+    let mut reader = BufReader::new(f);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let (id, result, stop) = match serde_json::from_str::<HostMessage>(text) {
+            Err(e) => (0, Outcome::Error(format!("bad request: {e}")), false),
+            Ok(m) if m.v != PROTOCOL_VERSION => (
+                m.id,
+                Outcome::Error(format!("protocol version {} unsupported (agent speaks {PROTOCOL_VERSION})", m.v)),
+                false,
+            ),
+            Ok(m) => match m.request {
+                Request::Ping => (m.id, Outcome::Ok(Reply::Pong), false),
+                Request::Inventory => (m.id, Outcome::Ok(Reply::Inventory(Box::new(inventory()))), false),
+                Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),
+            },
+        };
+        send(&mut out, &AgentMessage::Response { v: PROTOCOL_VERSION, id, result })?;
+        if stop {
+            return Ok(());
+        }
+    }
+}
+
+trait NoCtty {
+    fn custom_flags_noctty(&mut self) -> &mut Self;
+}
+
+impl NoCtty for OpenOptions {
+    fn custom_flags_noctty(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NOCTTY)
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut port = "/dev/ttyS1".to_owned();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--port" => port = args.next().unwrap_or(port),
+            "--help" | "-h" => {
+                println!("guest-agent [--port /dev/ttyS1]: serves the tierbed harness protocol on a serial port");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("guest-agent: unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(&port) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guest-agent: {port}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The harness <-> guest-agent protocol: JSON lines over a dedicated serial port (ttyS1).
+//!
+//! Every message carries the protocol version `v`. The agent speaks first with
+//! [`AgentMessage::Hello`]; the harness then sends [`HostMessage`]s, each answered by exactly one
+//! [`AgentMessage::Response`] with the same `id`. Unknown fields are ignored, so adding fields
+//! is compatible; changing or removing one bumps [`PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Host -> guest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostMessage {
+    pub v: u32,
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// Enumerate PCI functions, NUMA nodes and memory tiers; bind both devices to vfio-pci
+    /// and read their identity registers.
+    Inventory,
+    /// Answer, then exit (the init script powers the guest off).
+    Shutdown,
+}
+
+/// Guest -> host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    Hello {
+        v: u32,
+        agent_version: String,
+        kernel_release: String,
+        /// Guest uptime when the agent started (seconds).
+        uptime_s: f64,
+    },
+    Response {
+        v: u32,
+        id: u64,
+        #[serde(flatten)]
+        result: Outcome,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Reply),
+    Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Pong,
+    Inventory(Box<Inventory>),
+    ShuttingDown,
+}
+
+/// What the guest sees.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub kernel_release: String,
+    pub cmdline: String,
+    pub nodes: Vec<NumaNode>,
+    pub memory_tiers: Vec<MemoryTier>,
+    pub pci: Vec<PciFunction>,
+    /// Modules loaded (from /proc/modules).
+    pub modules: Vec<String>,
+    pub sdxi: Option<Probe<SdxiIdentity>>,
+    pub chmu: Option<Probe<ChmuIdentity>>,
+}
+
+impl Inventory {
+    /// The memory tier (its id: higher is slower) holding `node`.
+    pub fn tier_of(&self, node: u32) -> Option<u32> {
+        self.memory_tiers
+            .iter()
+            .find(|t| t.nodes.contains(&node))
+            .map(|t| t.id)
+    }
+
+    pub fn node(&self, id: u32) -> Option<&NumaNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumaNode {
+    pub id: u32,
+    pub cpus: Vec<u32>,
+    pub mem_total_kib: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryTier {
+    /// N of `memory_tierN` (abstract distance / chunk size): higher is slower.
+    pub id: u32,
+    pub nodes: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciFunction {
+    pub bdf: String,
+    pub vendor: u16,
+    pub device: u16,
+    pub class: u32,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+    pub numa_node: Option<i32>,
+}
+
+/// A device driver's result: the identity read, or why it could not be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Probe<T> {
+    pub bdf: String,
+    #[serde(flatten)]
+    pub result: ProbeResult<T>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeResult<T> {
+    Found(T),
+    Failed(String),
+}
+
+/// BAR and interrupt facts as vfio-pci reports them in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfioFacts {
+    pub iommu_group: u32,
+    /// (BAR index, size, mmap-able) of every non-empty BAR.
+    pub bars: Vec<(u8, u64, bool)>,
+    pub msix_vectors: u32,
+    pub config_size: u64,
+}
+
+/// SDXi identity registers read through the BAR0 mmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdxiIdentity {
+    pub vfio: VfioFacts,
+    pub version_major: u8,
+    pub version_minor: u8,
+    pub cap0: u64,
+    pub cap1: u64,
+    pub sts0: u64,
+    pub max_cxt: u16,
+    pub db_stride_bytes: u64,
+}
+
+/// A Register Locator entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterBlock {
+    pub block_id: u8,
+    pub bar: u8,
+    pub offset: u64,
+}
+
+/// CHMU identity read through config space (DVSECs) and the BAR mmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChmuIdentity {
+    pub vfio: VfioFacts,
+    pub register_blocks: Vec<RegisterBlock>,
+    /// DVSEC 0 Range 1: the monitored memory's guest-physical base and size.
+    pub hpa_base: u64,
+    pub size: u64,
+    pub common_cap0: u64,
+    pub common_cap1: u64,
+    pub instances: u8,
+    pub instance_cap0: Vec<u64>,
+    pub instance_cap1: Vec<u64>,
+    pub hotlist_size: u16,
+    pub counter_width: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_message_wire_format() {
+        let m = HostMessage {
+            v: PROTOCOL_VERSION,
+            id: 7,
+            request: Request::Inventory,
+        };
+        let s = serde_json::to_string(&m).expect("serialize");
+        assert_eq!(s, r#"{"v":1,"id":7,"request":"inventory"}"#);
+        let back: HostMessage = serde_json::from_str(&s).expect("parse");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn response_round_trips_and_ignores_unknown_fields() {
+        let m = AgentMessage::Response {
+            v: 1,
+            id: 3,
+            result: Outcome::Ok(Reply::Pong),
+        };
+        let s = serde_json::to_string(&m).expect("serialize");
+        assert_eq!(s, r#"{"type":"response","v":1,"id":3,"ok":{"reply":"pong"}}"#);
+        let with_extra = s.replace("\"id\":3", "\"id\":3,\"future\":true");
+        assert_eq!(serde_json::from_str::<AgentMessage>(&with_extra).expect("parse"), m);
+    }
+
+    #[test]
+    fn error_outcome_wire_format() {
+        let m = AgentMessage::Response {
+            v: 1,
+            id: 1,
+            result: Outcome::Error("no such device".into()),
+        };
+        let s = serde_json::to_string(&m).expect("serialize");
+        assert!(s.contains(r#""error":"no such device""#), "{s}");
+    }
+
+    #[test]
+    fn tier_lookup() {
+        let inv = Inventory {
+            memory_tiers: vec![
+                MemoryTier { id: 4, nodes: vec![0] },
+                MemoryTier { id: 54, nodes: vec![1] },
+            ],
+            ..Inventory::default()
+        };
+        assert_eq!(inv.tier_of(1), Some(54));
+        assert_eq!(inv.tier_of(2), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! The guest's initramfs: a `newc` cpio archive (the host has no cpio) holding busybox-static,
+//! the statically linked guest agent, the kernel modules it needs and an `/init` script.
+//! Uncompressed on purpose: under TCG the kernel's decompression costs more than reading.
+
+use std::io::Write;
+
+/// A cpio `newc` archive writer (Linux `Documentation/driver-api/early-userspace/buffer-format.rst`).
+#[derive(Debug, Default)]
+pub struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFLNK: u32 = 0o120000;
+
+impl Cpio {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        self.ino += 1;
+        let namesize = name.len() + 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            if mode & S_IFDIR == S_IFDIR { 2 } else { 1 },
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            namesize as u32,
+            0,
+        ];
+        let _ = write!(self.buf, "070701");
+        for f in fields {
+            let _ = write!(self.buf, "{f:08x}");
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    pub fn dir(&mut self, name: &str) -> &mut Self {
+        self.entry(name, S_IFDIR | 0o755, &[], (0, 0));
+        self
+    }
+
+    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> &mut Self {
+        self.entry(name, S_IFREG | (mode & 0o7777), data, (0, 0));
+        self
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.entry(name, S_IFLNK | 0o777, target.as_bytes(), (0, 0));
+        self
+    }
+
+    pub fn char_dev(&mut self, name: &str, major: u32, minor: u32) -> &mut Self {
+        self.entry(name, S_IFCHR | 0o600, &[], (major, minor));
+        self
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        while self.buf.len() % 512 != 0 {
+            self.buf.push(0);
+        }
+        self.buf
+    }
+}
+
+/// Kernel command-line key the init script reads to choose what runs (`tierbed.mode=`).
+pub const MODE_PARAM: &str = "tierbed.mode";
+
+/// `/init`: mounts the pseudo file systems, loads the modules listed in `/etc/modules` in order
+/// and hands over to the guest agent on the dedicated serial port (ttyS1). The kernel console
+/// stays on ttyS0. If the agent exits, the guest powers off.
+pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sys/fs/cgroup
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+/bin/busybox mount -t tmpfs tmpfs /tmp
+/bin/busybox --install -s /bin
+echo "tierbed: init on $(uname -r)"
+while read -r mod args; do
+  [ -n "$mod" ] || continue
+  insmod "/lib/modules/$mod.ko" $args || echo "tierbed: insmod $mod failed"
+done < /etc/modules
+mode=agent
+for a in $(cat /proc/cmdline); do
+  case "$a" in tierbed.mode=*) mode="${a#tierbed.mode=}" ;; esac
+done
+if [ "$mode" = shell ]; then
+  setsid cttyhack sh
+else
+  /bin/guest-agent --port /dev/ttyS1
+  echo "tierbed: guest-agent exited with $?"
+fi
+poweroff -f
+"#;
+
+/// Builds the initramfs. `modules` are (name, module bytes) in load order.
+pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut c = Cpio::new();
+    for d in ["bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run", "sbin", "usr", "usr/bin", "usr/sbin"] {
+        c.dir(d);
+    }
+    c.char_dev("dev/console", 5, 1).char_dev("dev/null", 1, 3);
+    c.file("bin/busybox", 0o755, busybox)
+        .symlink("bin/sh", "busybox")
+        .file("bin/guest-agent", 0o755, agent)
+        .file("init", 0o755, INIT_SCRIPT.as_bytes());
+    let mut list = String::new();
+    for (name, data) in modules {
+        c.file(&format!("lib/modules/{name}.ko"), 0o644, data);
+        list.push_str(name);
+        list.push('\n');
+    }
+    c.file("etc/modules", 0o644, list.as_bytes());
+    c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses a newc archive back: (name, mode, data).
+    fn parse(a: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut p = 0;
+        loop {
+            assert_eq!(&a[p..p + 6], b"070701");
+            let field = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&a[p + 6 + 8 * i..p + 14 + 8 * i]).expect("hex"), 16)
+                    .expect("hex")
+            };
+            let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
+            let name_start = p + 110;
+            let name = String::from_utf8(a[name_start..name_start + namesize - 1].to_vec()).expect("utf8");
+            let data_start = (name_start + namesize + 3) & !3;
+            let data = a[data_start..data_start + size].to_vec();
+            p = (data_start + size + 3) & !3;
+            if name == "TRAILER!!!" {
+                break;
+            }
+            out.push((name, mode, data));
+        }
+        out
+    }
+
+    #[test]
+    fn archive_round_trips_files_and_modes() {
+        let img = build(b"BB", b"AGENT", &[("vfio".into(), b"KO".to_vec())]);
+        assert_eq!(img.len() % 512, 0);
+        let e = parse(&img);
+        let get = |n: &str| e.iter().find(|x| x.0 == n).cloned().expect(n);
+        assert_eq!(get("bin/guest-agent").2, b"AGENT");
+        assert_eq!(get("bin/guest-agent").1, 0o100755);
+        assert_eq!(get("lib/modules/vfio.ko").2, b"KO");
+        assert_eq!(get("etc/modules").2, b"vfio\n");
+        assert_eq!(get("dev/console").1 & 0o170000, 0o020000);
+        assert!(String::from_utf8(get("init").2).expect("utf8").starts_with("#!/bin/busybox sh"));
+    }
+}
