@@ -1,1 +1,240 @@
-fn main(){}
+//! `harness`: the test bed's command line.
+
+use clap::{Args, Parser, Subcommand};
+use harness::config::{Accel, VmConfig};
+use harness::{Progress, Reporter, ToolPaths};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Exit codes: what a CI system needs to tell a failed test from a broken test bed.
+const EXIT_PASS: u8 = 0;
+const EXIT_TEST_FAILED: u8 = 1;
+const EXIT_INFRA: u8 = 3;
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "harness",
+    version,
+    about = "Tiered-memory test bed: a QEMU guest with an emulated SDXi DMA engine and a CXL Hotness Monitoring Unit",
+    long_about = "Tiered-memory test bed without CXL hardware.\n\n\
+        Boots a Debian guest under QEMU (TCG unless KVM is proven to work) with two NUMA nodes -- \
+        node 0 with the CPUs and DRAM, node 1 memory-only in a lower memory tier (the \"CXL\" tier) -- \
+        a virtual IOMMU, and two vfio-user devices served by this project: an SNIA SDXi DMA engine \
+        (sdxi-server) and a CXL memory device with a Hotness Monitoring Unit (cxl-hmu-server). \
+        A guest agent drives them from userspace and reports to the harness over a serial port.\n\n\
+        Everything needed (QEMU >= 10.1 with vfio-user-pci, a Debian kernel, busybox) is provisioned \
+        on first use into a cache directory, without touching the host's packages.",
+    after_help = "Exit codes: 0 passed, 1 a check failed, 2 bad usage, 3 the test bed itself failed \
+        (provisioning, boot, timeouts; logs are printed), 130 interrupted.\n\
+        Configuration: flags override an optional TOML file (--config) whose [vm] table takes the \
+        same names with underscores, e.g. node1_mib = 2048."
+)]
+struct Cli {
+    /// TOML configuration file ([vm] table: node0_mib, node1_mib, cpus, accel, kernel_package, ...).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Cache for QEMU, kernels, initramfs images and run results [default: $TIERBED_CACHE or ~/.cache/tierbed].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Show tool output (apt, cargo) and debug logs.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Print only the result (no progress lines).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Provision images only: QEMU with vfio-user-pci, the guest kernel, busybox, the guest
+    /// agent and the initramfs. Idempotent; a second run reuses the cache offline.
+    Provision {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Re-resolve package versions even when cached.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Boot the test bed and run one scenario; writes result.json and logs to a run directory.
+    Run {
+        /// Scenario to run (see `harness scenarios`).
+        #[arg(default_value = "inventory")]
+        scenario: String,
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Directory for run directories [default: <cache>/runs].
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
+        /// Print the result JSON on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The main job: provision if needed, boot, run the default scenario, print a summary.
+    Demo {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// List the built-in scenarios.
+    Scenarios,
+    /// Report whether KVM can run guests here (the probe `--accel auto` uses).
+    ProbeKvm,
+}
+
+#[derive(Debug, Args, Default)]
+struct VmArgs {
+    /// Node 0 (CPUs + DRAM) size in MiB, a multiple of 256.
+    #[arg(long, value_name = "MIB")]
+    node0_mib: Option<u64>,
+    /// Node 1 (memory-only "CXL" tier) size in MiB, a multiple of 256.
+    #[arg(long, value_name = "MIB")]
+    node1_mib: Option<u64>,
+    /// Number of vCPUs (all on node 0).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Accelerator: auto uses KVM only if a probe guest runs correctly under it.
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Debian package selecting the guest kernel, e.g. linux-image-amd64/trixie-backports (7.3.x)
+    /// or linux-image-amd64/trixie (6.12.x).
+    #[arg(long, value_name = "PKG")]
+    kernel: Option<String>,
+    /// QEMU binary (>= 10.1, with vfio-user-pci) instead of the system's or a private one.
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// Seconds to wait for the guest agent after starting QEMU.
+    #[arg(long, value_name = "S")]
+    boot_timeout: Option<u64>,
+    /// Extra guest kernel command-line arguments.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    kernel_args: Option<String>,
+    /// Use this sdxi-server binary instead of building it.
+    #[arg(long, value_name = "PATH")]
+    sdxi_server: Option<PathBuf>,
+    /// Use this cxl-hmu-server binary instead of building it.
+    #[arg(long, value_name = "PATH")]
+    hmu_server: Option<PathBuf>,
+    /// Use this statically linked guest-agent instead of building it.
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+}
+
+impl VmArgs {
+    fn apply(&self, cfg: &mut VmConfig) {
+        macro_rules! set {
+            ($($f:ident => $t:ident),*) => { $(if let Some(v) = &self.$f { cfg.$t = v.clone(); })* };
+        }
+        set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
+             kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args);
+        if self.qemu.is_some() {
+            cfg.qemu = self.qemu.clone();
+        }
+    }
+
+    fn tools(&self) -> ToolPaths {
+        ToolPaths {
+            sdxi_server: self.sdxi_server.clone(),
+            hmu_server: self.hmu_server.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+}
+
+fn print_chain(e: &dyn std::error::Error) {
+    eprintln!("error: {e}");
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        eprintln!("  caused by: {s}");
+        cur = s.source();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(if cli.verbose { "debug" } else { "warn" }))
+        .with_writer(std::io::stderr)
+        .init();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&interrupted)) {
+            eprintln!("error: installing the signal handler: {e}");
+            return ExitCode::from(EXIT_INFRA);
+        }
+    }
+    let mut cfg = match VmConfig::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_chain(&e);
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(d) = &cli.cache_dir {
+        cfg.cache_dir = d.clone();
+    }
+    let mut rep = Reporter::new(cli.verbose, cli.quiet);
+    let (vm_args, scenario, results, json) = match &cli.command {
+        Cmd::Scenarios => {
+            for (n, d) in harness::scenario::BUILTIN {
+                println!("{n:<12} {d}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Cmd::ProbeKvm => {
+            return match harness::kvm::probe(std::time::Duration::from_secs(3)) {
+                Ok(()) => {
+                    println!("KVM runs guests here: --accel auto will use it");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("KVM cannot run guests here ({e}): --accel auto will use TCG");
+                    ExitCode::from(EXIT_TEST_FAILED)
+                }
+            };
+        }
+        Cmd::Provision { vm, refresh } => {
+            vm.apply(&mut cfg);
+            return match harness::provision(&cfg, &vm.tools(), *refresh, &mut rep) {
+                Ok((tools, imgs)) => {
+                    rep.step("provisioned");
+                    println!("QEMU       {} ({})", imgs.qemu.version, imgs.qemu.program.display());
+                    println!("kernel     {} ({} {})", imgs.kernel.release, cfg.kernel_package, imgs.kernel.version);
+                    println!("vmlinux    {}", imgs.kernel.vmlinux.display());
+                    println!("initramfs  {} (busybox {}, modules {})", imgs.initramfs.display(), imgs.busybox_version, imgs.modules.join(" "));
+                    println!("agent      {}", tools.agent.display());
+                    println!("servers    {} {}", tools.sdxi_server.display(), tools.hmu_server.display());
+                    println!("took {:.1}s, downloaded {:.1} MB", imgs.seconds, imgs.download_bytes as f64 / 1e6);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    print_chain(&e);
+                    ExitCode::from(EXIT_INFRA)
+                }
+            };
+        }
+        Cmd::Run { scenario, vm, results, json } => (vm, scenario.as_str(), results.clone(), *json),
+        Cmd::Demo { vm } => (vm, "inventory", None, false),
+    };
+    vm_args.apply(&mut cfg);
+    match harness::execute(&cfg, &vm_args.tools(), scenario, results.as_deref(), interrupted, &mut rep) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.summary());
+            }
+            ExitCode::from(if r.passed { EXIT_PASS } else { EXIT_TEST_FAILED })
+        }
+        Err(e) => {
+            print_chain(&e);
+            if let harness::RunError::Vm(_, dir) = &e {
+                eprint!("{}", harness::vm::RunDir { dir: dir.clone() }.log_tails(25));
+            }
+            ExitCode::from(if e.interrupted() { EXIT_INTERRUPTED } else { EXIT_INFRA })
+        }
+    }
+}

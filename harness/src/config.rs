@@ -1,0 +1,214 @@
+//! Test-bed configuration: defaults, an optional TOML file, then command-line flags.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How to accelerate the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM if a probe guest runs correctly under it, otherwise TCG.
+    Auto,
+    /// QEMU's TCG software emulation (always works).
+    Tcg,
+    /// KVM (fails if /dev/kvm cannot run guests).
+    Kvm,
+}
+
+/// Everything that shapes a test-bed VM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// Node 0: CPUs + DRAM, MiB (multiple of 256).
+    pub node0_mib: u64,
+    /// Node 1: memory-only "CXL" tier, MiB (multiple of 256).
+    pub node1_mib: u64,
+    pub cpus: u32,
+    pub accel: Accel,
+    /// Debian package selecting the guest kernel (`name` or `name/suite`).
+    pub kernel_package: String,
+    /// QEMU binary to use instead of the system's or a private one.
+    pub qemu: Option<PathBuf>,
+    /// Cache for QEMU, kernels and initramfs images.
+    pub cache_dir: PathBuf,
+    /// Seconds from QEMU start until the guest agent must have said hello.
+    pub boot_timeout_s: u64,
+    /// Seconds one agent request may take.
+    pub request_timeout_s: u64,
+    /// HMAT latencies (ns) and bandwidths (MB/s) advertised for node 0 and node 1.
+    pub node0_latency_ns: u64,
+    pub node1_latency_ns: u64,
+    pub node0_bandwidth_mbs: u64,
+    pub node1_bandwidth_mbs: u64,
+    /// Highest SDXi context ID (CAP1.max_cxt).
+    pub sdxi_max_cxt: u16,
+    /// Number of CHMU instances.
+    pub chmu_instances: u8,
+    /// Extra kernel command-line arguments.
+    pub kernel_args: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            node0_mib: 1024,
+            node1_mib: 1024,
+            cpus: 2,
+            accel: Accel::Auto,
+            kernel_package: images::DEFAULT_KERNEL_PACKAGE.to_owned(),
+            qemu: None,
+            cache_dir: images::default_cache_dir(),
+            boot_timeout_s: 180,
+            request_timeout_s: 120,
+            node0_latency_ns: 100,
+            node1_latency_ns: 300,
+            node0_bandwidth_mbs: 20_000,
+            node1_bandwidth_mbs: 5_000,
+            sdxi_max_cxt: 63,
+            chmu_instances: 2,
+            kernel_args: String::new(),
+        }
+    }
+}
+
+/// Configuration errors name the file or the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("config file {}", .0.display())]
+    Parse(PathBuf, #[source] toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file format: `[vm]` holds [`VmConfig`] keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    vm: VmConfig,
+}
+
+/// A guest-physical range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpaRange {
+    pub base: u64,
+    pub size: u64,
+}
+
+const MIB: u64 = 1 << 20;
+/// q35 puts guest RAM below 4 GiB up to 2.75 GiB, or only up to 2 GiB when there is more.
+const Q35_LOWMEM_SPLIT: u64 = 0xb000_0000;
+const Q35_LOWMEM: u64 = 0x8000_0000;
+const FOUR_GIB: u64 = 1 << 32;
+
+impl VmConfig {
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(p) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.to_owned(), e))?;
+        let f: File = toml::from_str(&text).map_err(|e| ConfigError::Parse(p.to_owned(), e))?;
+        Ok(f.vm)
+    }
+
+    /// Checks values that would make QEMU or the devices fail later with a worse message.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node0_mib < 256 || self.node0_mib % 256 != 0 {
+            return bad(format!("node0_mib = {}: must be a multiple of 256, at least 256", self.node0_mib));
+        }
+        if self.node1_mib < 256 || self.node1_mib % 256 != 0 {
+            return bad(format!(
+                "node1_mib = {}: must be a multiple of 256, at least 256 (the CXL range granularity)",
+                self.node1_mib
+            ));
+        }
+        if !(1..=64).contains(&self.cpus) {
+            return bad(format!("cpus = {}: must be 1..=64", self.cpus));
+        }
+        if self.boot_timeout_s == 0 || self.request_timeout_s == 0 {
+            return bad("timeouts must be at least 1 second".into());
+        }
+        self.node1_range().map(|_| ())
+    }
+
+    /// Where node 1's RAM lands in guest-physical space (QEMU assigns node RAM in order and
+    /// splits it around the PCI hole below 4 GiB). It must be one contiguous range.
+    pub fn node1_range(&self) -> Result<GpaRange, ConfigError> {
+        let n0 = self.node0_mib * MIB;
+        let n1 = self.node1_mib * MIB;
+        let total = n0 + n1;
+        let below = if total >= Q35_LOWMEM_SPLIT { Q35_LOWMEM } else { total };
+        let base = if n0 < below {
+            if n0 + n1 > below {
+                return Err(ConfigError::Invalid(format!(
+                    "node sizes {} + {} MiB put node 1 across the PCI hole below 4 GiB; use \
+                     node0_mib >= 2048 or node0_mib + node1_mib < 2816",
+                    self.node0_mib, self.node1_mib
+                )));
+            }
+            n0
+        } else {
+            FOUR_GIB + (n0 - below)
+        };
+        Ok(GpaRange { base, size: n1 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_node1_sits_right_after_node0() {
+        let r = VmConfig::default().node1_range().expect("valid");
+        assert_eq!(r, GpaRange { base: 1 << 30, size: 1 << 30 });
+    }
+
+    #[test]
+    fn large_node0_pushes_node1_above_4g() {
+        let c = VmConfig {
+            node0_mib: 2048,
+            node1_mib: 2048,
+            ..VmConfig::default()
+        };
+        assert_eq!(c.node1_range().expect("valid").base, 1 << 32);
+    }
+
+    #[test]
+    fn node1_across_the_hole_is_refused_with_advice() {
+        let c = VmConfig {
+            node0_mib: 1024,
+            node1_mib: 2048,
+            ..VmConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("PCI hole"), "{e}");
+    }
+
+    #[test]
+    fn toml_file_overrides_defaults_and_rejects_typos() {
+        let dir = std::env::temp_dir().join(format!("harness-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[vm]\nnode1_mib = 512\naccel = \"tcg\"\n").expect("write");
+        let c = VmConfig::load(Some(&good)).expect("load");
+        assert_eq!((c.node1_mib, c.accel, c.node0_mib), (512, Accel::Tcg, 1024));
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[vm]\nnode1_mb = 512\n").expect("write");
+        let e = format!("{:#}", anyhow::Error::from(VmConfig::load(Some(&bad)).unwrap_err()));
+        assert!(e.contains("node1_mb"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn odd_node_size_is_refused() {
+        let c = VmConfig {
+            node1_mib: 300,
+            ..VmConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("node1_mib = 300"));
+    }
+}

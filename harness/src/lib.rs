@@ -1,0 +1,239 @@
+//! The test-bed harness: provisions images, boots the VM with both device servers, runs a
+//! scenario, checks it and reports. The `harness` binary is a thin CLI over [`execute`].
+
+pub mod config;
+pub mod kvm;
+pub mod scenario;
+pub mod tools;
+pub mod vm;
+
+use config::VmConfig;
+use guest_agent::protocol::{Inventory, Reply, Request};
+pub use images::Progress;
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Version of the result JSON schema (`result.json`); bumped on incompatible changes.
+pub const RESULT_SCHEMA_VERSION: u32 = 1;
+
+/// Prints steps with elapsed time on stderr; tool output only when verbose, or as a
+/// self-overwriting status line on a terminal.
+#[derive(Debug)]
+pub struct Reporter {
+    start: Instant,
+    verbose: bool,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Reporter {
+    pub fn new(verbose: bool, quiet: bool) -> Self {
+        Self {
+            start: Instant::now(),
+            verbose,
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+        }
+    }
+
+    fn clear_line(&self) {
+        if self.tty && !self.verbose {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+impl Progress for Reporter {
+    fn step(&mut self, what: &str) {
+        if self.quiet {
+            return;
+        }
+        self.clear_line();
+        eprintln!("[{:6.1}s] {what}", self.start.elapsed().as_secs_f64());
+    }
+
+    fn line(&mut self, text: &str) {
+        if self.verbose {
+            eprintln!("          {text}");
+        } else if self.tty && !self.quiet {
+            let t: String = text.chars().take(100).collect();
+            eprint!("\r\x1b[2K          {t}");
+        }
+    }
+}
+
+/// Where the helper programs come from (explicit paths override building them).
+#[derive(Clone, Debug, Default)]
+pub struct ToolPaths {
+    pub sdxi_server: Option<PathBuf>,
+    pub hmu_server: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+}
+
+/// Errors that stop a run before a verdict (exit code 3), or an interruption (130).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("building or locating helper programs")]
+    Tools(#[from] tools::ToolsError),
+    #[error("provisioning images")]
+    Images(#[from] images::ImagesError),
+    #[error("{0}")]
+    Accel(String),
+    #[error("running the VM (logs in {})", .1.display())]
+    Vm(#[source] vm::VmError, PathBuf),
+    #[error("unknown scenario {0:?}; built in: {list}", list = scenario::BUILTIN.iter().map(|s| s.0).collect::<Vec<_>>().join(", "))]
+    UnknownScenario(String),
+    #[error("writing results to {}", .0.display())]
+    Results(PathBuf, #[source] std::io::Error),
+}
+
+impl RunError {
+    pub fn interrupted(&self) -> bool {
+        matches!(self, Self::Vm(vm::VmError::Interrupted, _))
+    }
+}
+
+/// Provisions images (building the guest agent first).
+pub fn provision(cfg: &VmConfig, paths: &ToolPaths, refresh: bool, progress: &mut dyn Progress) -> Result<(tools::Tools, images::Images), RunError> {
+    cfg.validate()?;
+    let tools = tools::ensure(
+        paths.sdxi_server.as_deref(),
+        paths.hmu_server.as_deref(),
+        paths.agent.as_deref(),
+        progress,
+    )?;
+    let icfg = images::ImagesConfig {
+        cache_dir: cfg.cache_dir.clone(),
+        kernel_package: cfg.kernel_package.clone(),
+        qemu: cfg.qemu.clone(),
+        modules: images::default_modules(),
+        refresh,
+    };
+    let imgs = images::provision(&icfg, &tools.agent, progress)?;
+    Ok((tools, imgs))
+}
+
+/// Timings of a run, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub provision_s: f64,
+    pub boot_to_agent_s: f64,
+    pub scenario_s: f64,
+    pub shutdown_s: f64,
+    pub total_s: f64,
+}
+
+/// The result of one scenario run (`result.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub schema_version: u32,
+    pub scenario: String,
+    pub passed: bool,
+    pub checks: Vec<scenario::Check>,
+    pub accel: vm::AccelChoice,
+    pub timings: Timings,
+    pub qemu: String,
+    pub kernel: String,
+    pub kernel_package_version: String,
+    pub download_bytes: u64,
+    pub inventory: Inventory,
+    pub teardown: vm::Teardown,
+    pub run_dir: PathBuf,
+}
+
+impl RunResult {
+    /// A short human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "scenario {}: {}\n  accel {} ({}), {}, kernel {}\n  boot to agent {:.1}s, scenario {:.1}s, total {:.1}s\n",
+            self.scenario,
+            if self.passed { "PASSED" } else { "FAILED" },
+            self.accel.accel,
+            self.accel.reason,
+            self.qemu,
+            self.kernel,
+            self.timings.boot_to_agent_s,
+            self.timings.scenario_s,
+            self.timings.total_s,
+        );
+        for c in &self.checks {
+            s.push_str(&format!("  [{}] {:<26} {}\n", if c.passed { " ok " } else { "FAIL" }, c.name, c.detail));
+        }
+        s.push_str(&format!("  results and logs: {}\n", self.run_dir.display()));
+        s
+    }
+}
+
+/// Provisions, boots, runs `scenario`, shuts down, checks; writes `result.json` in the run
+/// directory.
+pub fn execute(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    scenario_name: &str,
+    results_dir: Option<&Path>,
+    interrupted: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<RunResult, RunError> {
+    let t0 = Instant::now();
+    if !scenario::BUILTIN.iter().any(|(n, _)| *n == scenario_name) {
+        return Err(RunError::UnknownScenario(scenario_name.to_owned()));
+    }
+    let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    let provision_s = t0.elapsed().as_secs_f64();
+    let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
+    progress.step(&format!("accelerator: {} ({})", accel.accel, accel.reason));
+    let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
+    let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
+    let vm_err = |e| RunError::Vm(e, run.dir.clone());
+    progress.step(&format!("booting the guest ({} MiB DRAM + {} MiB CXL tier, {} vCPUs)", cfg.node0_mib, cfg.node1_mib, cfg.cpus));
+    let mut vm = vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
+    let boot = vm.hello_after.as_secs_f64();
+    progress.step(&format!("guest agent ready after {boot:.1}s; running scenario {scenario_name}"));
+    let t1 = Instant::now();
+    let timeout = Duration::from_secs(cfg.request_timeout_s);
+    let inventory = match vm.request(Request::Inventory, timeout).map_err(vm_err)? {
+        Reply::Inventory(i) => *i,
+        other => return Err(vm_err(vm::VmError::Protocol(format!("expected an inventory, got {other:?}")))),
+    };
+    let scenario_s = t1.elapsed().as_secs_f64();
+    progress.step("shutting down");
+    let t2 = Instant::now();
+    let teardown = vm.shutdown(timeout).map_err(vm_err)?;
+    let mut checks = scenario::inventory_checks(cfg, &inventory);
+    checks.push(scenario::Check {
+        name: "no_stray_processes".into(),
+        passed: teardown.stray_processes.is_empty(),
+        detail: format!("{:?}", teardown.stray_processes),
+    });
+    let result = RunResult {
+        schema_version: RESULT_SCHEMA_VERSION,
+        scenario: scenario_name.to_owned(),
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        accel,
+        timings: Timings {
+            provision_s,
+            boot_to_agent_s: boot,
+            scenario_s,
+            shutdown_s: t2.elapsed().as_secs_f64(),
+            total_s: t0.elapsed().as_secs_f64(),
+        },
+        qemu: imgs.qemu.version.clone(),
+        kernel: imgs.kernel.release.clone(),
+        kernel_package_version: imgs.kernel.version.clone(),
+        download_bytes: imgs.download_bytes,
+        inventory,
+        teardown,
+        run_dir: run.dir.clone(),
+    };
+    let path = run.path("result.json");
+    let json = serde_json::to_vec_pretty(&result).map_err(|e| RunError::Results(path.clone(), e.into()))?;
+    std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
+    Ok(result)
+}

@@ -1,0 +1,236 @@
+//! Scenarios: what runs in a booted test bed and the checks that decide pass or fail.
+//!
+//! Built in so far: `inventory`, which checks the foundation: both devices found with their
+//! class codes and the registers their servers define, node 1 memory-only in a lower tier.
+
+use crate::config::VmConfig;
+use device_cxl_hmu::chmu::ChmuConfig;
+use device_sdxi::function::SdxiConfig;
+use guest_agent::protocol::{Inventory, ProbeResult};
+use serde::Serialize;
+
+/// Names of the built-in scenarios.
+pub const BUILTIN: &[(&str, &str)] = &[(
+    "inventory",
+    "boot, enumerate PCI/NUMA/tiers, bind both devices to vfio-pci and read their identity registers",
+)];
+
+/// One check's verdict.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+fn check(name: &str, passed: bool, detail: String) -> Check {
+    Check {
+        name: name.to_owned(),
+        passed,
+        detail,
+    }
+}
+
+/// Checks an inventory against what the harness configured.
+pub fn inventory_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
+    let mut out = Vec::new();
+    let sdxi_cfg = SdxiConfig {
+        max_cxt: cfg.sdxi_max_cxt,
+        ..SdxiConfig::default()
+    };
+    let chmu_cfg = ChmuConfig {
+        instances: cfg.chmu_instances,
+        ..ChmuConfig::default()
+    };
+
+    let sdxi_fn = inv.pci.iter().find(|f| f.class == device_sdxi::regs::SDXI_CLASS_CODE);
+    out.push(check(
+        "sdxi.class_code",
+        sdxi_fn.is_some(),
+        sdxi_fn.map_or("no PCI function with class 0x120100".into(), |f| {
+            format!("{} {:04x}:{:04x} class {:#08x}", f.bdf, f.vendor, f.device, f.class)
+        }),
+    ));
+    match inv.sdxi.as_ref().map(|p| &p.result) {
+        Some(ProbeResult::Found(id)) => {
+            out.push(check(
+                "sdxi.version",
+                (id.version_major, id.version_minor) == (1, 0),
+                format!("VERSION reads {}.{}", id.version_major, id.version_minor),
+            ));
+            out.push(check(
+                "sdxi.cap0_cap1",
+                id.cap0 == sdxi_cfg.cap0() && id.cap1 == sdxi_cfg.cap1(),
+                format!(
+                    "CAP0 {:#x} (server {:#x}), CAP1 {:#x} (server {:#x})",
+                    id.cap0,
+                    sdxi_cfg.cap0(),
+                    id.cap1,
+                    sdxi_cfg.cap1()
+                ),
+            ));
+            let bar0 = id.vfio.bars.iter().find(|b| b.0 == 0).map(|b| b.1);
+            out.push(check(
+                "sdxi.bars_msix",
+                bar0 == Some(device_sdxi::regs::CONTROL_BAR_SIZE)
+                    && id.vfio.msix_vectors == u32::from(sdxi_cfg.msix_vectors()),
+                format!("BAR0 {bar0:#x?}, {} MSI-X vectors via vfio-pci", id.vfio.msix_vectors),
+            ));
+        }
+        Some(ProbeResult::Failed(e)) => out.push(check("sdxi.probe", false, e.clone())),
+        None => out.push(check("sdxi.probe", false, "no SDXi function to probe".into())),
+    }
+
+    let chmu_fn = inv
+        .pci
+        .iter()
+        .find(|f| f.class == device_cxl_hmu::regs::CXL_MEMDEV_CLASS_CODE);
+    out.push(check(
+        "chmu.class_code",
+        chmu_fn.is_some(),
+        chmu_fn.map_or("no PCI function with class 0x050210".into(), |f| {
+            format!("{} {:04x}:{:04x} class {:#08x}", f.bdf, f.vendor, f.device, f.class)
+        }),
+    ));
+    match inv.chmu.as_ref().map(|p| &p.result) {
+        Some(ProbeResult::Found(id)) => {
+            let block = id
+                .register_blocks
+                .iter()
+                .find(|b| b.block_id == device_cxl_hmu::regs::RBI_CHMU);
+            out.push(check(
+                "chmu.register_locator",
+                block.is_some_and(|b| b.bar == device_cxl_hmu::regs::REGS_BAR),
+                format!("register blocks {:?}", id.register_blocks),
+            ));
+            out.push(check(
+                "chmu.capabilities",
+                id.instances == chmu_cfg.instances
+                    && id.instance_cap0.iter().all(|c| *c == chmu_cfg.cap0())
+                    && id.instance_cap1.iter().all(|c| *c == chmu_cfg.cap1())
+                    && id.counter_width == chmu_cfg.counter_width,
+                format!(
+                    "{} instances, hotlist {} entries, counter width {}",
+                    id.instances, id.hotlist_size, id.counter_width
+                ),
+            ));
+            let node1 = cfg.node1_range().ok();
+            out.push(check(
+                "chmu.monitored_range",
+                node1.is_some_and(|r| r.base == id.hpa_base && r.size == id.size),
+                format!("DVSEC range {:#x}+{:#x}, node 1 {node1:x?}", id.hpa_base, id.size),
+            ));
+        }
+        Some(ProbeResult::Failed(e)) => out.push(check("chmu.probe", false, e.clone())),
+        None => out.push(check("chmu.probe", false, "no CXL memory device to probe".into())),
+    }
+
+    let n0 = inv.node(0);
+    let n1 = inv.node(1);
+    out.push(check(
+        "numa.node1_memory_only",
+        n1.is_some_and(|n| n.cpus.is_empty() && n.mem_total_kib > 0) && n0.is_some_and(|n| !n.cpus.is_empty()),
+        format!("node0 {n0:?}, node1 {n1:?}"),
+    ));
+    let (t0, t1) = (inv.tier_of(0), inv.tier_of(1));
+    out.push(check(
+        "numa.node1_lower_tier",
+        matches!((t0, t1), (Some(a), Some(b)) if b > a),
+        format!("node0 in memory_tier{t0:?}, node1 in memory_tier{t1:?}"),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_agent::protocol::*;
+
+    fn good_inventory(cfg: &VmConfig) -> Inventory {
+        let s = SdxiConfig {
+            max_cxt: cfg.sdxi_max_cxt,
+            ..SdxiConfig::default()
+        };
+        let c = ChmuConfig::default();
+        let r = cfg.node1_range().expect("valid");
+        Inventory {
+            nodes: vec![
+                NumaNode { id: 0, cpus: vec![0, 1], mem_total_kib: 1 },
+                NumaNode { id: 1, cpus: vec![], mem_total_kib: 1 },
+            ],
+            memory_tiers: vec![MemoryTier { id: 4, nodes: vec![0] }, MemoryTier { id: 54, nodes: vec![1] }],
+            pci: vec![
+                PciFunction { bdf: "a".into(), class: 0x120100, ..Default::default() },
+                PciFunction { bdf: "b".into(), class: 0x050210, ..Default::default() },
+            ],
+            sdxi: Some(Probe {
+                bdf: "a".into(),
+                result: ProbeResult::Found(SdxiIdentity {
+                    vfio: VfioFacts {
+                        bars: vec![(0, 0x40000, true)],
+                        msix_vectors: u32::from(s.msix_vectors()),
+                        ..Default::default()
+                    },
+                    version_major: 1,
+                    cap0: s.cap0(),
+                    cap1: s.cap1(),
+                    ..Default::default()
+                }),
+            }),
+            chmu: Some(Probe {
+                bdf: "b".into(),
+                result: ProbeResult::Found(ChmuIdentity {
+                    register_blocks: vec![RegisterBlock { block_id: 5, bar: 2, offset: 0 }],
+                    hpa_base: r.base,
+                    size: r.size,
+                    instances: 2,
+                    instance_cap0: vec![c.cap0(); 2],
+                    instance_cap1: vec![c.cap1(); 2],
+                    counter_width: 16,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_conforming_inventory_passes_every_check() {
+        let cfg = VmConfig::default();
+        let checks = inventory_checks(&cfg, &good_inventory(&cfg));
+        assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+        assert_eq!(checks.len(), 10);
+    }
+
+    #[test]
+    fn same_tier_for_both_nodes_fails() {
+        let cfg = VmConfig::default();
+        let mut inv = good_inventory(&cfg);
+        inv.memory_tiers = vec![MemoryTier { id: 4, nodes: vec![0, 1] }];
+        let failed: Vec<String> = inventory_checks(&cfg, &inv)
+            .into_iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, vec!["numa.node1_lower_tier"]);
+    }
+
+    #[test]
+    fn wrong_register_values_and_failed_probe_are_reported() {
+        let cfg = VmConfig::default();
+        let mut inv = good_inventory(&cfg);
+        if let Some(Probe { result: ProbeResult::Found(id), .. }) = inv.sdxi.as_mut() {
+            id.version_minor = 1;
+        }
+        inv.chmu = Some(Probe {
+            bdf: "b".into(),
+            result: ProbeResult::Failed("no IOMMU group".into()),
+        });
+        let failed: Vec<String> = inventory_checks(&cfg, &inv)
+            .into_iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, vec!["sdxi.version", "chmu.probe"]);
+    }
+}

@@ -1,0 +1,628 @@
+//! Boots the test bed: device servers on sockets the harness creates, then QEMU with two NUMA
+//! nodes (node 1 memory-only, in a lower memory tier through HMAT), a virtual IOMMU and both
+//! devices as `vfio-user-pci`; then talks to the guest agent on the second serial port.
+//!
+//! Every wait has a deadline and watches the child processes and Ctrl-C; dropping a [`Vm`]
+//! kills the whole process tree (each child leads its own process group, and dies with the
+//! harness through PR_SET_PDEATHSIG) and removes sockets and guest-RAM files.
+
+use crate::config::{Accel, GpaRange, VmConfig};
+use crate::tools::Tools;
+use guest_agent::protocol::{AgentMessage, HostMessage, Outcome, Reply, Request, PROTOCOL_VERSION};
+use images::Images;
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Why a VM run could not proceed (infrastructure, not a test verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {name}")]
+    Spawn {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited early ({status}); see {}", log.display())]
+    ChildExited {
+        name: &'static str,
+        status: String,
+        log: PathBuf,
+    },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("guest agent protocol: {0}")]
+    Protocol(String),
+    #[error("guest agent failed the request: {0}")]
+    Agent(String),
+}
+
+/// Files of one run, kept for the user after the run (logs, results).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunDir {
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    pub fn create(base: &Path) -> Result<Self, VmError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let dir = base.join(format!("{stamp}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
+            what: "creating run directory",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The last `n` lines of each log, for failure reports.
+    pub fn log_tails(&self, n: usize) -> String {
+        let mut out = String::new();
+        for log in ["qemu.log", "console.log", "sdxi-server.log", "cxl-hmu-server.log"] {
+            let p = self.path(log);
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("---- {} (last {} lines) ----\n", p.display(), n.min(lines.len())));
+            for l in &lines[lines.len().saturating_sub(n)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The accelerator chosen for a run, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccelChoice {
+    pub accel: &'static str,
+    pub reason: String,
+}
+
+/// Resolves `auto` with the KVM probe.
+pub fn choose_accel(a: Accel) -> Result<AccelChoice, String> {
+    let probe = || crate::kvm::probe(Duration::from_secs(3));
+    match a {
+        Accel::Tcg => Ok(AccelChoice {
+            accel: "tcg",
+            reason: "requested".into(),
+        }),
+        Accel::Kvm => probe()
+            .map(|()| AccelChoice {
+                accel: "kvm",
+                reason: "requested; probe guest ran".into(),
+            })
+            .map_err(|e| format!("--accel kvm: KVM cannot run guests here: {e}")),
+        Accel::Auto => Ok(match probe() {
+            Ok(()) => AccelChoice {
+                accel: "kvm",
+                reason: "probe guest ran under KVM".into(),
+            },
+            Err(e) => AccelChoice {
+                accel: "tcg",
+                reason: format!("KVM probe failed: {e}"),
+            },
+        }),
+    }
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// What a finished run leaves: exit statuses and device counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Teardown {
+    pub qemu_exit: Option<String>,
+    pub counters: serde_json::Map<String, serde_json::Value>,
+    /// Processes still alive that belong to this run (must be empty).
+    pub stray_processes: Vec<u32>,
+}
+
+/// A running test-bed VM.
+pub struct Vm {
+    run: RunDir,
+    sock_dir: PathBuf,
+    ram_dir: PathBuf,
+    procs: Vec<Proc>,
+    agent_tx: Option<UnixStream>,
+    agent_rx: Option<Receiver<std::io::Result<String>>>,
+    interrupted: Arc<AtomicBool>,
+    next_id: u64,
+    started: Instant,
+    pub hello_after: Duration,
+    pub node1: GpaRange,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("run", &self.run.dir).finish_non_exhaustive()
+    }
+}
+
+fn tmp_dir(prefix: &str, parent: &Path) -> Result<PathBuf, VmError> {
+    use std::sync::atomic::AtomicU32;
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = parent.join(format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
+        what: "creating",
+        path: d.clone(),
+        source,
+    })?;
+    Ok(d)
+}
+
+fn log_file(p: &Path) -> Result<(File, File), VmError> {
+    let f = File::create(p).map_err(|source| VmError::Io {
+        what: "creating log",
+        path: p.to_owned(),
+        source,
+    })?;
+    let g = f.try_clone().map_err(|source| VmError::Io {
+        what: "duplicating log fd",
+        path: p.to_owned(),
+        source,
+    })?;
+    Ok((f, g))
+}
+
+/// Spawns a child in its own process group that dies with the harness; `listen_fd` becomes
+/// its fd 3.
+fn spawn(name: &'static str, mut cmd: Command, log: &Path, listen_fd: Option<RawFd>) -> Result<Proc, VmError> {
+    let (out, err) = log_file(log)?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, dup2, fcntl) on fds that are open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = listen_fd {
+                if fd == 3 {
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                } else if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    debug!(?cmd, "spawning {name}");
+    let child = cmd.spawn().map_err(|source| VmError::Spawn { name, source })?;
+    Ok(Proc {
+        name,
+        child,
+        log: log.to_owned(),
+    })
+}
+
+fn bind(path: &Path) -> Result<UnixListener, VmError> {
+    UnixListener::bind(path).map_err(|source| VmError::Io {
+        what: "listening on",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The QEMU command line (after the binary and its prefix arguments).
+pub fn qemu_args(
+    cfg: &VmConfig,
+    images: &Images,
+    accel: &str,
+    ram_dir: &Path,
+    sock_dir: &Path,
+    console: &Path,
+) -> Vec<String> {
+    let d = |p: &Path| p.display().to_string();
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
+    push(&["-accel", accel, "-machine", "q35,hmat=on", "-smp", &cfg.cpus.to_string()]);
+    push(&["-m", &format!("{}M", cfg.node0_mib + cfg.node1_mib)]);
+    push(&["-nodefaults", "-display", "none", "-no-reboot"]);
+    for (i, mib) in [cfg.node0_mib, cfg.node1_mib].into_iter().enumerate() {
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=m{i},size={mib}M,mem-path={},share=on",
+                d(&ram_dir.join(format!("node{i}.ram")))
+            ),
+        ]);
+    }
+    push(&["-numa", &format!("node,nodeid=0,cpus=0-{},memdev=m0", cfg.cpus - 1)]);
+    push(&["-numa", "node,nodeid=1,memdev=m1,initiator=0"]);
+    push(&["-numa", "dist,src=0,dst=1,val=20"]);
+    for (target, lat, bw) in [
+        (0, cfg.node0_latency_ns, cfg.node0_bandwidth_mbs),
+        (1, cfg.node1_latency_ns, cfg.node1_bandwidth_mbs),
+    ] {
+        push(&[
+            "-numa",
+            &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-latency,latency={lat}"),
+        ]);
+        push(&[
+            "-numa",
+            &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-bandwidth,bandwidth={bw}M"),
+        ]);
+    }
+    push(&["-device", "intel-iommu,caching-mode=on"]);
+    for (i, sock) in ["sdxi.sock", "hmu.sock"].iter().enumerate() {
+        push(&["-device", &format!("pcie-root-port,id=rp{i},chassis={},slot={}", i + 1, i + 1)]);
+        push(&[
+            "-device",
+            &format!(
+                r#"{{"driver":"vfio-user-pci","bus":"rp{i}","socket":{{"type":"unix","path":"{}"}}}}"#,
+                d(&sock_dir.join(sock))
+            ),
+        ]);
+    }
+    push(&["-chardev", &format!("file,id=con,path={}", d(console))]);
+    push(&["-serial", "chardev:con"]);
+    push(&["-chardev", &format!("socket,id=agent,path={}", d(&sock_dir.join("agent.sock")))]);
+    push(&["-serial", "chardev:agent"]);
+    push(&["-kernel", &d(&images.kernel.vmlinux), "-initrd", &d(&images.initramfs)]);
+    let mut cmdline = "console=ttyS0 loglevel=4 panic=-1 intel_iommu=on tierbed.mode=agent".to_owned();
+    if !cfg.kernel_args.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&cfg.kernel_args);
+    }
+    push(&["-append", &cmdline]);
+    a
+}
+
+impl Vm {
+    /// Starts servers and QEMU, and waits for the guest agent's hello.
+    pub fn start(
+        cfg: &VmConfig,
+        images: &Images,
+        tools: &Tools,
+        accel: &str,
+        run: &RunDir,
+        interrupted: Arc<AtomicBool>,
+    ) -> Result<Self, VmError> {
+        let started = Instant::now();
+        let node1 = cfg.node1_range().map_err(|e| VmError::Protocol(e.to_string()))?;
+        let sock_dir = tmp_dir("tierbed", &std::env::temp_dir())?;
+        let shm = Path::new("/dev/shm");
+        let ram_dir = tmp_dir("tierbed-ram", if shm.is_dir() { shm } else { &run.dir })?;
+        let mut vm = Self {
+            run: run.clone(),
+            sock_dir,
+            ram_dir,
+            procs: Vec::new(),
+            agent_tx: None,
+            agent_rx: None,
+            interrupted,
+            next_id: 1,
+            started,
+            hello_after: Duration::ZERO,
+            node1,
+        };
+        // The device servers, each on a socket created here and handed over as fd 3.
+        let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
+        let mut c = Command::new(&tools.sdxi_server);
+        c.args(["--fd", "3", "--log", "info", "--max-cxt", &cfg.sdxi_max_cxt.to_string(), "--counters"])
+            .arg(run.path("sdxi-counters.json"));
+        vm.procs.push(spawn("sdxi-server", c, &run.path("sdxi-server.log"), Some(sdxi_l.as_raw_fd()))?);
+        drop(sdxi_l);
+        let hmu_l = bind(&vm.sock_dir.join("hmu.sock"))?;
+        let mut c = Command::new(&tools.hmu_server);
+        c.args([
+            "--fd",
+            "3",
+            "--log",
+            "info",
+            "--hpa-base",
+            &format!("{:#x}", node1.base),
+            "--size",
+            &format!("{:#x}", node1.size),
+            "--instances",
+            &cfg.chmu_instances.to_string(),
+            "--counters",
+        ])
+        .arg(run.path("cxl-hmu-counters.json"));
+        vm.procs.push(spawn("cxl-hmu-server", c, &run.path("cxl-hmu-server.log"), Some(hmu_l.as_raw_fd()))?);
+        drop(hmu_l);
+
+        let agent_l = bind(&vm.sock_dir.join("agent.sock"))?;
+        agent_l.set_nonblocking(true).map_err(|source| VmError::Io {
+            what: "configuring",
+            path: vm.sock_dir.join("agent.sock"),
+            source,
+        })?;
+        let args = qemu_args(cfg, images, accel, &vm.ram_dir, &vm.sock_dir, &run.path("console.log"));
+        std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(|source| VmError::Io {
+            what: "writing",
+            path: run.path("qemu.cmdline"),
+            source,
+        })?;
+        let mut c = images.qemu.command();
+        c.args(&args);
+        vm.procs.push(spawn("qemu", c, &run.path("qemu.log"), None)?);
+        info!(accel, "QEMU started");
+
+        let deadline = started + Duration::from_secs(cfg.boot_timeout_s);
+        let stream = vm.accept(&agent_l, deadline)?;
+        let tx = stream.try_clone().map_err(|source| VmError::Io {
+            what: "cloning agent socket",
+            path: vm.sock_dir.join("agent.sock"),
+            source,
+        })?;
+        let (sender, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("agent-reader".into())
+            .spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let end = line.is_err();
+                    if sender.send(line).is_err() || end {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| VmError::Spawn {
+                name: "agent reader thread",
+                source,
+            })?;
+        vm.agent_tx = Some(tx);
+        vm.agent_rx = Some(receiver);
+        match vm.next_message(deadline, "the guest agent's hello")? {
+            AgentMessage::Hello { v, kernel_release, .. } => {
+                if v != PROTOCOL_VERSION {
+                    return Err(VmError::Protocol(format!(
+                        "agent speaks protocol {v}, harness {PROTOCOL_VERSION}"
+                    )));
+                }
+                vm.hello_after = started.elapsed();
+                info!(kernel = %kernel_release, after = ?vm.hello_after, "guest agent ready");
+            }
+            other => return Err(VmError::Protocol(format!("expected hello, got {other:?}"))),
+        }
+        Ok(vm)
+    }
+
+    /// Fails if a child died or the user interrupted.
+    fn check_alive(&mut self) -> Result<(), VmError> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(VmError::Interrupted);
+        }
+        for p in &mut self.procs {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                return Err(VmError::ChildExited {
+                    name: p.name,
+                    status: st.to_string(),
+                    log: p.log.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, l: &UnixListener, deadline: Instant) -> Result<UnixStream, VmError> {
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).map_err(|source| VmError::Io {
+                        what: "configuring",
+                        path: self.sock_dir.join("agent.sock"),
+                        source,
+                    })?;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(source) => {
+                    return Err(VmError::Io {
+                        what: "accepting on",
+                        path: self.sock_dir.join("agent.sock"),
+                        source,
+                    })
+                }
+            }
+            self.check_alive()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmError::Timeout(deadline - self.started, "QEMU to open the agent serial port".into()));
+            }
+            let mut pfd = libc::pollfd {
+                fd: l.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let wait = (deadline - now).min(Duration::from_millis(200)).as_millis() as libc::c_int;
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, wait) };
+        }
+    }
+
+    fn next_message(&mut self, deadline: Instant, what: &str) -> Result<AgentMessage, VmError> {
+        loop {
+            self.check_alive()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmError::Timeout(deadline.saturating_duration_since(self.started), what.to_owned()));
+            }
+            let rx = self
+                .agent_rx
+                .as_ref()
+                .ok_or_else(|| VmError::Protocol("agent channel closed".into()))?;
+            match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
+                Ok(Ok(line)) => {
+                    let line = line.trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_str::<AgentMessage>(line) {
+                        Ok(m) => return Ok(m),
+                        // Bytes before the agent opens the port (e.g. a getty) are skipped.
+                        Err(e) => warn!(error = %e, line, "ignoring a non-protocol line from the guest"),
+                    }
+                }
+                Ok(Err(e)) => return Err(VmError::Protocol(format!("reading the agent port: {e}"))),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(VmError::Protocol("the guest closed the agent port".into()))
+                }
+            }
+        }
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn request(&mut self, request: Request, timeout: Duration) -> Result<Reply, VmError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(&HostMessage {
+            v: PROTOCOL_VERSION,
+            id,
+            request: request.clone(),
+        })
+        .map_err(|e| VmError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        let tx = self
+            .agent_tx
+            .as_mut()
+            .ok_or_else(|| VmError::Protocol("agent not connected".into()))?;
+        tx.write_all(&line)
+            .map_err(|e| VmError::Protocol(format!("writing to the agent port: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_message(deadline, &format!("the agent's answer to {request:?}"))? {
+                AgentMessage::Response { id: rid, result, .. } if rid == id => {
+                    return match result {
+                        Outcome::Ok(r) => Ok(r),
+                        Outcome::Error(e) => Err(VmError::Agent(e)),
+                    }
+                }
+                other => debug!(?other, "skipping unrelated agent message"),
+            }
+        }
+    }
+
+    /// Asks the guest to power off, waits for QEMU, stops the servers (they write their
+    /// counters), and reports what is left.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<Teardown, VmError> {
+        let mut t = Teardown::default();
+        self.request(Request::Shutdown, timeout)?;
+        let deadline = Instant::now() + timeout;
+        let qemu = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == "qemu")
+            .ok_or_else(|| VmError::Protocol("no QEMU process".into()))?;
+        let st = wait_deadline(&mut qemu.child, deadline, &self.interrupted)?
+            .ok_or_else(|| VmError::Timeout(timeout, "QEMU to exit after the guest powered off".into()))?;
+        t.qemu_exit = Some(st.to_string());
+        for p in self.procs.iter_mut().filter(|p| p.name != "qemu") {
+            // SAFETY: plain kill(2) of our own child's pid.
+            unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+            let dl = Instant::now() + Duration::from_secs(10);
+            if wait_deadline(&mut p.child, dl, &self.interrupted)?.is_none() {
+                warn!(name = p.name, "did not exit on SIGTERM; killing");
+            }
+        }
+        for (key, file) in [("sdxi", "sdxi-counters.json"), ("cxl_hmu", "cxl-hmu-counters.json")] {
+            if let Some(v) = std::fs::read(self.run.path(file))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                t.counters.insert(key.into(), v);
+            }
+        }
+        self.kill_all();
+        t.stray_processes = stray_processes(&[&self.sock_dir, &self.run.dir, &self.ram_dir]);
+        Ok(t)
+    }
+
+    fn kill_all(&mut self) {
+        for p in &mut self.procs {
+            if let Ok(None) = p.child.try_wait() {
+                // SAFETY: kill(2) of the child's process group (it leads it: process_group(0)).
+                unsafe { libc::kill(-(p.child.id() as libc::pid_t), libc::SIGKILL) };
+            }
+            let _ = p.child.wait();
+        }
+        for d in [&self.sock_dir, &self.ram_dir] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn wait_deadline(child: &mut Child, deadline: Instant, interrupted: &AtomicBool) -> Result<Option<ExitStatus>, VmError> {
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Ok(Some(st));
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            return Err(VmError::Interrupted);
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        // pidfd polling would avoid this short wait; 20 ms keeps shutdown latency low.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose command line mentions any of `marks` (the run's private paths).
+pub fn stray_processes(marks: &[&Path]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                marks.iter().any(|m| c.contains(&*m.to_string_lossy()))
+            })
+        })
+        .collect()
+}
+
+fn shell_words(q: &images::Qemu, args: &[String]) -> String {
+    let quote = |s: &str| {
+        if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
+            s.to_owned()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let mut w = vec![quote(&q.program.to_string_lossy())];
+    w.extend(q.prefix_args.iter().map(|a| quote(&a.to_string_lossy())));
+    w.extend(args.iter().map(|a| quote(a)));
+    w.join(" ") + "\n"
+}
