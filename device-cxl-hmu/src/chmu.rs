@@ -144,7 +144,10 @@ impl ChmuBlock {
         let c = self.config.clone();
         self.put(
             CHMU_COMMON_CAP0,
-            CommonCap0::new().with_version(1).with_num_instances(c.instances).into(),
+            CommonCap0::new()
+                .with_version(1)
+                .with_num_instances(c.instances)
+                .into(),
             0,
             0,
         );
@@ -182,7 +185,10 @@ impl ChmuBlock {
             self.put(base + CHMU_CFG1, 0, cfg1_mask, 0);
             self.put(base + CHMU_CFG2, 0, 0xffff, 0);
             let status = ChmuStatus::new().with_counter_width(c.counter_width);
-            let w1c: u64 = ChmuStatus::new().with_overflow(true).with_fill_reached(true).into();
+            let w1c: u64 = ChmuStatus::new()
+                .with_overflow(true)
+                .with_fill_reached(true)
+                .into();
             self.put(base + CHMU_STATUS, status.into(), 0, w1c);
             // HEAD is host-writable (u16), TAIL read-only.
             self.put(base + CHMU_HOTLIST_HEAD, 0, 0xffff, 0);
@@ -194,7 +200,9 @@ impl ChmuBlock {
     fn valid(offset: u64, len: usize) -> bool {
         matches!(len, 1 | 2 | 4 | 8)
             && offset % len as u64 == 0
-            && offset.checked_add(len as u64).is_some_and(|e| e <= CHMU_BLOCK_SIZE)
+            && offset
+                .checked_add(len as u64)
+                .is_some_and(|e| e <= CHMU_BLOCK_SIZE)
     }
 
     /// Which instance and instance-relative offset `offset` falls in.
@@ -270,7 +278,10 @@ impl ChmuBlock {
                 // Refused: the enable bit does not stick and STATUS stays disabled.
                 self.counters.invalid_configs += 1;
                 cfg0.set_enable(false);
-                warn!(instance = inst, "CHMU enable refused: unsupported unit size, factor or empty range");
+                warn!(
+                    instance = inst,
+                    "CHMU enable refused: unsupported unit size, factor or empty range"
+                );
             }
         } else if !cfg0.enable() && status.enabled() {
             self.counters.disables += 1;
@@ -312,7 +323,10 @@ mod tests {
     fn instance_capabilities_and_offsets() {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(1);
-        assert_eq!(ChmuCap0::from(rd(&mut b, base + CHMU_CAP0)).hotlist_size(), 1024);
+        assert_eq!(
+            ChmuCap0::from(rd(&mut b, base + CHMU_CAP0)).hotlist_size(),
+            1024
+        );
         assert_eq!(rd(&mut b, base + CHMU_CAP2), 0x70);
         assert_eq!(rd(&mut b, base + CHMU_CAP3), 0x270);
         let st = ChmuStatus::from(rd(&mut b, base + CHMU_STATUS));
@@ -320,7 +334,11 @@ mod tests {
     }
 
     fn configure(b: &mut ChmuBlock, base: u64, unit_log2: u32) {
-        wr(b, base + CHMU_CFG1, ChmuCfg1::new().with_unit_size(unit_log2).into());
+        wr(
+            b,
+            base + CHMU_CFG1,
+            ChmuCfg1::new().with_unit_size(unit_log2).into(),
+        );
         b.mmio_write(base + CHMU_RANGE_BITMAP, &[1]);
     }
 
@@ -329,7 +347,11 @@ mod tests {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(0);
         configure(&mut b, base, 12);
-        wr(&mut b, base + CHMU_CFG0, ChmuCfg0::new().with_enable(true).into());
+        wr(
+            &mut b,
+            base + CHMU_CFG0,
+            ChmuCfg0::new().with_enable(true).into(),
+        );
         let st = ChmuStatus::from(rd(&mut b, base + CHMU_STATUS));
         assert!(st.enabled());
         assert_eq!(st.op_in_progress(), 0);
@@ -341,7 +363,11 @@ mod tests {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(0);
         configure(&mut b, base, 40);
-        wr(&mut b, base + CHMU_CFG0, ChmuCfg0::new().with_enable(true).into());
+        wr(
+            &mut b,
+            base + CHMU_CFG0,
+            ChmuCfg0::new().with_enable(true).into(),
+        );
         assert!(!ChmuStatus::from(rd(&mut b, base + CHMU_STATUS)).enabled());
         assert!(!ChmuCfg0::from(rd(&mut b, base + CHMU_CFG0)).enable());
         assert_eq!(b.counters().invalid_configs, 1);
@@ -351,8 +377,16 @@ mod tests {
     fn enable_with_empty_range_is_refused() {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(0);
-        wr(&mut b, base + CHMU_CFG1, ChmuCfg1::new().with_unit_size(12).into());
-        wr(&mut b, base + CHMU_CFG0, ChmuCfg0::new().with_enable(true).into());
+        wr(
+            &mut b,
+            base + CHMU_CFG1,
+            ChmuCfg1::new().with_unit_size(12).into(),
+        );
+        wr(
+            &mut b,
+            base + CHMU_CFG0,
+            ChmuCfg0::new().with_enable(true).into(),
+        );
         assert!(!ChmuStatus::from(rd(&mut b, base + CHMU_STATUS)).enabled());
     }
 
@@ -373,7 +407,10 @@ mod tests {
     fn capabilities_are_read_only() {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         wr(&mut b, CHMU_COMMON_CAP0, 0);
-        assert_eq!(CommonCap0::from(rd(&mut b, CHMU_COMMON_CAP0)).num_instances(), 2);
+        assert_eq!(
+            CommonCap0::from(rd(&mut b, CHMU_COMMON_CAP0)).num_instances(),
+            2
+        );
     }
 
     #[test]

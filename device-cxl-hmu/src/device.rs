@@ -13,7 +13,9 @@
 
 use crate::chmu::{ChmuBlock, ChmuConfig};
 use crate::regs::*;
-use device_sdxi::pci::{BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED};
+use device_sdxi::pci::{
+    BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
+};
 
 /// DVSEC ID 0 register offsets (from the DVSEC start).
 pub const DVSEC_CXL_CAPABILITY: usize = 0x0a;
@@ -34,12 +36,25 @@ fn cxl_device_dvsec_body(range: MemRange) -> Vec<u8> {
     let mut d = vec![0u8; DVSEC_CXL_DEVICE_LENGTH];
     // CXL Capability: IO_Capable (bit 1), Mem_Capable (bit 2), HDM_Count = 1 ([5:4]).
     d[DVSEC_CXL_CAPABILITY..DVSEC_CXL_CAPABILITY + 2].copy_from_slice(&0x0016u16.to_le_bytes());
-    let put = |d: &mut Vec<u8>, off: usize, v: u32| d[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put =
+        |d: &mut Vec<u8>, off: usize, v: u32| d[off..off + 4].copy_from_slice(&v.to_le_bytes());
     put(&mut d, DVSEC_RANGE1_SIZE_HIGH, (range.size >> 32) as u32);
     // Size low: [31:28] size bits, [1] Memory_Active, [0] Memory_Info_Valid.
-    put(&mut d, DVSEC_RANGE1_SIZE_LOW, (range.size as u32 & 0xf000_0000) | 0x3);
-    put(&mut d, DVSEC_RANGE1_BASE_HIGH, (range.hpa_base >> 32) as u32);
-    put(&mut d, DVSEC_RANGE1_BASE_LOW, range.hpa_base as u32 & 0xf000_0000);
+    put(
+        &mut d,
+        DVSEC_RANGE1_SIZE_LOW,
+        (range.size as u32 & 0xf000_0000) | 0x3,
+    );
+    put(
+        &mut d,
+        DVSEC_RANGE1_BASE_HIGH,
+        (range.hpa_base >> 32) as u32,
+    );
+    put(
+        &mut d,
+        DVSEC_RANGE1_BASE_LOW,
+        range.hpa_base as u32 & 0xf000_0000,
+    );
     d.split_off(10)
 }
 
@@ -97,8 +112,18 @@ pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, Co
         pba_offset: 0x800,
     })?
     .pcie_endpoint()?
-    .dvsec(CXL_DVSEC_VENDOR, 2, CXL_DVSEC_PCIE_DEVICE, &cxl_device_dvsec_body(range))?
-    .dvsec(CXL_DVSEC_VENDOR, 0, CXL_DVSEC_REG_LOCATOR, &register_locator_body())?
+    .dvsec(
+        CXL_DVSEC_VENDOR,
+        2,
+        CXL_DVSEC_PCIE_DEVICE,
+        &cxl_device_dvsec_body(range),
+    )?
+    .dvsec(
+        CXL_DVSEC_VENDOR,
+        0,
+        CXL_DVSEC_REG_LOCATOR,
+        &register_locator_body(),
+    )?
     .build())
 }
 
@@ -161,7 +186,10 @@ mod tests {
 
     #[test]
     fn identity_is_a_cxl_memory_device() {
-        let range = MemRange { hpa_base: 0x4000_0000, size: 0x4000_0000 };
+        let range = MemRange {
+            hpa_base: 0x4000_0000,
+            size: 0x4000_0000,
+        };
         let c = config_space(&ChmuConfig::default(), range).expect("valid");
         assert_eq!(c.get_u32(0x08) >> 8, 0x05_02_10);
         assert_eq!(c.size(), 4096);
@@ -169,10 +197,16 @@ mod tests {
 
     #[test]
     fn register_locator_points_at_chmu_block() {
-        let range = MemRange { hpa_base: 0x4000_0000, size: 0x4000_0000 };
+        let range = MemRange {
+            hpa_base: 0x4000_0000,
+            size: 0x4000_0000,
+        };
         let c = raw(&config_space(&ChmuConfig::default(), range).expect("valid"));
         let d = dvsecs(&c);
-        let loc = d.iter().find(|d| d.vendor == 0x1e98 && d.id == 8).expect("locator");
+        let loc = d
+            .iter()
+            .find(|d| d.vendor == 0x1e98 && d.id == 8)
+            .expect("locator");
         assert_eq!(loc.length, 0x0c + 8);
         let e = loc.offset + 0x0c;
         let low = u32::from_le_bytes([c[e], c[e + 1], c[e + 2], c[e + 3]]);
@@ -183,10 +217,16 @@ mod tests {
 
     #[test]
     fn range1_carries_the_monitored_range() {
-        let range = MemRange { hpa_base: 0x1_4000_0000, size: 0x8000_0000 };
+        let range = MemRange {
+            hpa_base: 0x1_4000_0000,
+            size: 0x8000_0000,
+        };
         let c = raw(&config_space(&ChmuConfig::default(), range).expect("valid"));
         let d = dvsecs(&c);
-        let dev = d.iter().find(|d| d.vendor == 0x1e98 && d.id == 0).expect("dvsec 0");
+        let dev = d
+            .iter()
+            .find(|d| d.vendor == 0x1e98 && d.id == 0)
+            .expect("dvsec 0");
         assert_eq!(dev.length, 0x3c);
         assert_eq!(decode_range1(&c, dev.offset), Some(range));
     }

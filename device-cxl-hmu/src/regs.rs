@@ -229,8 +229,14 @@ mod tests {
     #[test]
     fn common_capability_fields() {
         assert_eq!(bits64(|w| CommonCap0::from(w).with_version(0).into()), 0xf);
-        assert_eq!(bits64(|w| CommonCap0::from(w).with_num_instances(0).into()), 0xff00);
-        assert_eq!(bits64(|w| CommonCap1::from(w).with_instance_length(0).into()), 0xffff);
+        assert_eq!(
+            bits64(|w| CommonCap0::from(w).with_num_instances(0).into()),
+            0xff00
+        );
+        assert_eq!(
+            bits64(|w| CommonCap1::from(w).with_instance_length(0).into()),
+            0xffff
+        );
     }
 
     #[test]
@@ -276,7 +282,10 @@ mod tests {
         assert_eq!(c1(|r| r.with_reporting_mode(0)), 0xff << 40);
         assert_eq!(c1(|r| r.with_epoch_scale(0)), 0xf << 48);
         assert_eq!(c1(|r| r.with_epoch_mult(0)), 0xfff << 52);
-        assert_eq!(bits64(|w| ChmuCfg2::from(w).with_fill_threshold(0).into()), 0xffff);
+        assert_eq!(
+            bits64(|w| ChmuCfg2::from(w).with_fill_threshold(0).into()),
+            0xffff
+        );
         let s = |f: fn(ChmuStatus) -> ChmuStatus| !u64::from(f(ChmuStatus::from(u64::MAX)));
         assert_eq!(s(|r| r.with_enabled(false)), 1);
         assert_eq!(s(|r| r.with_op_in_progress(0)), 0xffff << 16);

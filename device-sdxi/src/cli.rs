@@ -14,7 +14,12 @@ use tracing::info;
 pub struct ServerArgs {
     /// Listen for the vfio-user client (QEMU) on this unix socket path (created; a stale socket
     /// left by a dead server is replaced).
-    #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present = "fd")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "fd",
+        required_unless_present = "fd"
+    )]
     pub socket: Option<PathBuf>,
     /// Use an inherited, already listening unix socket with this fd number.
     #[arg(long, value_name = "N")]
@@ -45,7 +50,9 @@ pub fn qemu_usage(socket: &str, extra: &str) -> String {
 
 fn write_counters<D: PciDevice>(backend: &Mutex<Backend<D>>, path: &Path) -> anyhow::Result<()> {
     let json = {
-        let b = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         b.counters_json()
     };
     let tmp = path.with_extension("tmp");
@@ -64,6 +71,7 @@ pub fn run<D: PciDevice + 'static>(
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let listener = Listener::from_args(args.socket.as_deref(), args.fd)?;
     let socket_path = listener.path().map(Path::to_owned);

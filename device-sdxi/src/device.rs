@@ -4,7 +4,9 @@
 //! Left out at this stage: doorbell processing (a doorbell is counted and logged only).
 
 use crate::function::{SdxiConfig, SdxiFunction};
-use crate::pci::{BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED};
+use crate::pci::{
+    BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
+};
 use crate::regs;
 
 /// Builds the SDXi function's configuration space (digest A.1).

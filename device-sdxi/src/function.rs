@@ -188,7 +188,11 @@ impl SdxiFunction {
         data.fill(0);
         if !Self::valid_access(offset, data.len()) {
             self.counters.guest_errors += 1;
-            warn!(offset, len = data.len(), "SDXi BAR0: bad read width/alignment");
+            warn!(
+                offset,
+                len = data.len(),
+                "SDXi BAR0: bad read width/alignment"
+            );
             return;
         }
         let Some(i) = Self::index_of(offset) else {
@@ -206,7 +210,11 @@ impl SdxiFunction {
         self.counters.mmio_writes += 1;
         if !Self::valid_access(offset, data.len()) {
             self.counters.guest_errors += 1;
-            warn!(offset, len = data.len(), "SDXi BAR0: bad write width/alignment");
+            warn!(
+                offset,
+                len = data.len(),
+                "SDXi BAR0: bad write width/alignment"
+            );
             return;
         }
         let Some((i, info)) = regs::lookup(offset) else {
@@ -339,7 +347,10 @@ mod tests {
         let mut f = SdxiFunction::new(SdxiConfig::default());
         write64(&mut f, MMIO_CXT_L2, 0x10_0000);
         write64(&mut f, MMIO_CTL0, FnRequest::Active as u64);
-        assert_eq!(Sts0::from(read64(&mut f, MMIO_STS0)).fn_gsv(), FnState::Active as u8);
+        assert_eq!(
+            Sts0::from(read64(&mut f, MMIO_STS0)).fn_gsv(),
+            FnState::Active as u8
+        );
         write64(&mut f, MMIO_CTL0, FnRequest::StopSf as u64);
         assert_eq!(f.state(), FnState::Stop);
         assert_eq!(f.counters().state_transitions, 2);

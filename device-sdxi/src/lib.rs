@@ -18,4 +18,7 @@ pub mod regs;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod testing;
+#[cfg(feature = "server")]
 pub mod vfio_server;

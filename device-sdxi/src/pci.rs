@@ -140,7 +140,9 @@ impl ConfigSpaceBuilder {
         if i + slots > 6 || self.slots_used[i..i + slots].iter().any(|u| *u) {
             return Err(ConfigError::BarSlot { index: bar.index });
         }
-        self.slots_used[i..i + slots].iter_mut().for_each(|u| *u = true);
+        self.slots_used[i..i + slots]
+            .iter_mut()
+            .for_each(|u| *u = true);
         let mut low = 0u32;
         if bar.is_64bit {
             low |= PCI_BASE_ADDRESS_MEM_TYPE_64;
@@ -216,7 +218,8 @@ impl ConfigSpaceBuilder {
         let mut body = [0u8; 10];
         let ctrl = def.vectors.saturating_sub(1) & 0x7ff;
         body[0..2].copy_from_slice(&ctrl.to_le_bytes());
-        body[2..6].copy_from_slice(&(def.table_offset | u32::from(def.table_bar & 7)).to_le_bytes());
+        body[2..6]
+            .copy_from_slice(&(def.table_offset | u32::from(def.table_bar & 7)).to_le_bytes());
         body[6..10].copy_from_slice(&(def.pba_offset | u32::from(def.pba_bar & 7)).to_le_bytes());
         // Message Control: MSI-X Enable (bit 15) and Function Mask (bit 14) are writable.
         let wmask = [0, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -506,7 +509,10 @@ mod tests {
         let (_, off) = capabilities(&raw)[0];
         // Table size field is N-1.
         assert_eq!(u16::from_le_bytes([raw[off + 2], raw[off + 3]]) & 0x7ff, 4);
-        assert_eq!(u32::from_le_bytes([raw[off + 8], raw[off + 9], raw[off + 10], raw[off + 11]]), 0x804);
+        assert_eq!(
+            u32::from_le_bytes([raw[off + 8], raw[off + 9], raw[off + 10], raw[off + 11]]),
+            0x804
+        );
     }
 
     #[test]
@@ -516,7 +522,10 @@ mod tests {
         c.read(0, &mut raw);
         let d = dvsecs(&raw);
         assert_eq!(d.len(), 2);
-        assert_eq!((d[0].offset, d[0].vendor, d[0].id, d[0].length), (0x100, 0x1e98, 0, 0x38));
+        assert_eq!(
+            (d[0].offset, d[0].vendor, d[0].id, d[0].length),
+            (0x100, 0x1e98, 0, 0x38)
+        );
         assert_eq!((d[1].vendor, d[1].id, d[1].length), (0x1e98, 8, 0x1c));
         assert_eq!(d[1].offset, 0x138);
     }

@@ -254,19 +254,84 @@ pub struct RegInfo {
 /// The register table, in spec order. Reset values depend on the device's capabilities and
 /// come from [`crate::function::SdxiConfig`].
 pub const REGISTERS: &[RegInfo] = &[
-    RegInfo { offset: MMIO_CTL0, name: "MMIO_CTL0", wmask: 0xffff_ffff_0fff_ff17, w1c: 0 },
-    RegInfo { offset: MMIO_CTL2, name: "MMIO_CTL2", wmask: 0xffff_ffff_ffff_f00f, w1c: 0 },
-    RegInfo { offset: MMIO_STS0, name: "MMIO_STS0", wmask: 0, w1c: 0 },
-    RegInfo { offset: MMIO_CAP0, name: "MMIO_CAP0", wmask: 0, w1c: 0 },
-    RegInfo { offset: MMIO_CAP1, name: "MMIO_CAP1", wmask: 0, w1c: 0 },
-    RegInfo { offset: MMIO_VERSION, name: "MMIO_VERSION", wmask: 0, w1c: 0 },
-    RegInfo { offset: MMIO_CXT_L2, name: "MMIO_CXT_L2", wmask: !0xfff, w1c: 0 },
-    RegInfo { offset: MMIO_RKEY, name: "MMIO_RKEY", wmask: !0xfe0, w1c: 0 },
-    RegInfo { offset: MMIO_ERR_CTL, name: "MMIO_ERR_CTL", wmask: 0x1, w1c: 0 },
-    RegInfo { offset: MMIO_ERR_STS, name: "MMIO_ERR_STS", wmask: 0, w1c: 0xb },
-    RegInfo { offset: MMIO_ERR_CFG, name: "MMIO_ERR_CFG", wmask: !0xfc0, w1c: 0 },
-    RegInfo { offset: MMIO_ERR_WRT, name: "MMIO_ERR_WRT", wmask: 0, w1c: 0 },
-    RegInfo { offset: MMIO_ERR_RD, name: "MMIO_ERR_RD", wmask: !0, w1c: 0 },
+    RegInfo {
+        offset: MMIO_CTL0,
+        name: "MMIO_CTL0",
+        wmask: 0xffff_ffff_0fff_ff17,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_CTL2,
+        name: "MMIO_CTL2",
+        wmask: 0xffff_ffff_ffff_f00f,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_STS0,
+        name: "MMIO_STS0",
+        wmask: 0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_CAP0,
+        name: "MMIO_CAP0",
+        wmask: 0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_CAP1,
+        name: "MMIO_CAP1",
+        wmask: 0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_VERSION,
+        name: "MMIO_VERSION",
+        wmask: 0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_CXT_L2,
+        name: "MMIO_CXT_L2",
+        wmask: !0xfff,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_RKEY,
+        name: "MMIO_RKEY",
+        wmask: !0xfe0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_ERR_CTL,
+        name: "MMIO_ERR_CTL",
+        wmask: 0x1,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_ERR_STS,
+        name: "MMIO_ERR_STS",
+        wmask: 0,
+        w1c: 0xb,
+    },
+    RegInfo {
+        offset: MMIO_ERR_CFG,
+        name: "MMIO_ERR_CFG",
+        wmask: !0xfc0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_ERR_WRT,
+        name: "MMIO_ERR_WRT",
+        wmask: 0,
+        w1c: 0,
+    },
+    RegInfo {
+        offset: MMIO_ERR_RD,
+        name: "MMIO_ERR_RD",
+        wmask: !0,
+        w1c: 0,
+    },
 ];
 
 /// Finds the register containing `offset` (which may point at its upper dword).
@@ -289,36 +354,84 @@ mod tests {
     #[test]
     fn ctl0_fields_at_spec_positions() {
         assert_eq!(field_bits(|w| Ctl0::from(w).with_fn_gsr(0).into()), 0b11);
-        assert_eq!(field_bits(|w| Ctl0::from(w).with_fn_pasid_vl(false).into()), 1 << 2);
-        assert_eq!(field_bits(|w| Ctl0::from(w).with_fn_err_intr_en(false).into()), 1 << 4);
-        assert_eq!(field_bits(|w| Ctl0::from(w).with_fn_pasid(0).into()), 0x0fff_ff00);
-        assert_eq!(field_bits(|w| Ctl0::from(w).with_fn_grp_id(0).into()), 0xffff_ffff << 32);
+        assert_eq!(
+            field_bits(|w| Ctl0::from(w).with_fn_pasid_vl(false).into()),
+            1 << 2
+        );
+        assert_eq!(
+            field_bits(|w| Ctl0::from(w).with_fn_err_intr_en(false).into()),
+            1 << 4
+        );
+        assert_eq!(
+            field_bits(|w| Ctl0::from(w).with_fn_pasid(0).into()),
+            0x0fff_ff00
+        );
+        assert_eq!(
+            field_bits(|w| Ctl0::from(w).with_fn_grp_id(0).into()),
+            0xffff_ffff << 32
+        );
     }
 
     #[test]
     fn ctl2_fields_at_spec_positions() {
         assert_eq!(field_bits(|w| Ctl2::from(w).with_max_buffer(0).into()), 0xf);
-        assert_eq!(field_bits(|w| Ctl2::from(w).with_max_akey_sz(0).into()), 0xf000);
-        assert_eq!(field_bits(|w| Ctl2::from(w).with_max_cxt(0).into()), 0xffff_0000);
-        assert_eq!(field_bits(|w| Ctl2::from(w).with_opb_000_avl(0).into()), 0xffff_ffff << 32);
+        assert_eq!(
+            field_bits(|w| Ctl2::from(w).with_max_akey_sz(0).into()),
+            0xf000
+        );
+        assert_eq!(
+            field_bits(|w| Ctl2::from(w).with_max_cxt(0).into()),
+            0xffff_0000
+        );
+        assert_eq!(
+            field_bits(|w| Ctl2::from(w).with_opb_000_avl(0).into()),
+            0xffff_ffff << 32
+        );
     }
 
     #[test]
     fn status_and_capability_fields_at_spec_positions() {
         assert_eq!(field_bits(|w| Sts0::from(w).with_fn_gsv(0).into()), 0b111);
         assert_eq!(field_bits(|w| Cap0::from(w).with_sfunc(0).into()), 0xffff);
-        assert_eq!(field_bits(|w| Cap0::from(w).with_db_stride(0).into()), 0b111 << 20);
-        assert_eq!(field_bits(|w| Cap0::from(w).with_max_ds_ring_sz(0).into()), 0x1f << 24);
+        assert_eq!(
+            field_bits(|w| Cap0::from(w).with_db_stride(0).into()),
+            0b111 << 20
+        );
+        assert_eq!(
+            field_bits(|w| Cap0::from(w).with_max_ds_ring_sz(0).into()),
+            0x1f << 24
+        );
         assert_eq!(field_bits(|w| Cap1::from(w).with_max_buffer(0).into()), 0xf);
-        assert_eq!(field_bits(|w| Cap1::from(w).with_rkey_cap(false).into()), 1 << 4);
+        assert_eq!(
+            field_bits(|w| Cap1::from(w).with_rkey_cap(false).into()),
+            1 << 4
+        );
         assert_eq!(field_bits(|w| Cap1::from(w).with_rm(false).into()), 1 << 5);
-        assert_eq!(field_bits(|w| Cap1::from(w).with_mmio64(false).into()), 1 << 6);
-        assert_eq!(field_bits(|w| Cap1::from(w).with_max_errlog_sz(0).into()), 0xf00);
-        assert_eq!(field_bits(|w| Cap1::from(w).with_max_akey_sz(0).into()), 0xf000);
-        assert_eq!(field_bits(|w| Cap1::from(w).with_max_cxt(0).into()), 0xffff_0000);
-        assert_eq!(field_bits(|w| Cap1::from(w).with_opb_000_cap(0).into()), 0xffff_ffff << 32);
+        assert_eq!(
+            field_bits(|w| Cap1::from(w).with_mmio64(false).into()),
+            1 << 6
+        );
+        assert_eq!(
+            field_bits(|w| Cap1::from(w).with_max_errlog_sz(0).into()),
+            0xf00
+        );
+        assert_eq!(
+            field_bits(|w| Cap1::from(w).with_max_akey_sz(0).into()),
+            0xf000
+        );
+        assert_eq!(
+            field_bits(|w| Cap1::from(w).with_max_cxt(0).into()),
+            0xffff_0000
+        );
+        assert_eq!(
+            field_bits(|w| Cap1::from(w).with_opb_000_cap(0).into()),
+            0xffff_ffff << 32
+        );
         assert_eq!(field_bits(|w| Version::from(w).with_minor(0).into()), 0xff);
-        assert_eq!(field_bits(|w| Version::from(w).with_major(0).into()), 0xff << 16);
+        assert_eq!(
+            field_bits(|w| Version::from(w).with_major(0).into()),
+            0xff << 16
+        );
     }
 
     #[test]
@@ -358,7 +471,9 @@ mod tests {
         for w in REGISTERS.windows(2) {
             assert!(w[0].offset < w[1].offset);
         }
-        assert!(REGISTERS.iter().all(|r| r.offset % 8 == 0 && r.offset < CONTROL_BAR_SIZE));
+        assert!(REGISTERS
+            .iter()
+            .all(|r| r.offset % 8 == 0 && r.offset < CONTROL_BAR_SIZE));
     }
 
     #[test]
@@ -374,7 +489,10 @@ mod tests {
 
     #[test]
     fn lookup_finds_upper_dword_and_rejects_holes() {
-        assert_eq!(lookup(MMIO_CAP1 + 4).map(|(_, r)| r.name), Some("MMIO_CAP1"));
+        assert_eq!(
+            lookup(MMIO_CAP1 + 4).map(|(_, r)| r.name),
+            Some("MMIO_CAP1")
+        );
         assert!(lookup(0x8).is_none());
         assert!(lookup(0x30000).is_none());
     }

@@ -153,7 +153,11 @@ impl Interrupts {
             Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
             None => false,
         };
-        let c = if ok { &self.inner.raised } else { &self.inner.dropped };
+        let c = if ok {
+            &self.inner.raised
+        } else {
+            &self.inner.dropped
+        };
         c.fetch_add(1, Ordering::Relaxed);
         ok
     }
@@ -328,7 +332,10 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
             self.counters.config_reads += 1;
             self.config.read(offset, data);
-        } else if let Some(bar) = u8::try_from(region).ok().filter(|b| self.config.bar(*b).is_some()) {
+        } else if let Some(bar) = u8::try_from(region)
+            .ok()
+            .filter(|b| self.config.bar(*b).is_some())
+        {
             self.device.bar_read(bar, offset, data);
         } else {
             data.fill(0);
@@ -344,7 +351,10 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
                 debug!(bme, "command register written");
                 self.interrupts.set_bus_master(bme);
             }
-        } else if let Some(bar) = u8::try_from(region).ok().filter(|b| self.config.bar(*b).is_some()) {
+        } else if let Some(bar) = u8::try_from(region)
+            .ok()
+            .filter(|b| self.config.bar(*b).is_some())
+        {
             self.device.bar_write(bar, offset, data);
         }
         Ok(())
@@ -362,7 +372,13 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
         if fd.is_none() {
             self.counters.dma_maps_without_fd += 1;
         }
-        debug!(iova = address, size, offset, has_fd = fd.is_some(), "DMA map");
+        debug!(
+            iova = address,
+            size,
+            offset,
+            has_fd = fd.is_some(),
+            "DMA map"
+        );
         self.dma.retain(|r| r.iova != address);
         self.dma.push(DmaRegion {
             iova: address,
@@ -418,7 +434,10 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
             } else if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
                 table.iter_mut().for_each(|f| *f = None);
             }
-        } else if index == VFIO_PCI_INTX_IRQ_INDEX && trigger && flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+        } else if index == VFIO_PCI_INTX_IRQ_INDEX
+            && trigger
+            && flags & VFIO_IRQ_SET_DATA_EVENTFD != 0
+        {
             *self
                 .interrupts
                 .inner
@@ -438,7 +457,9 @@ pub fn serve<D: PciDevice>(
     max_clients: Option<u64>,
 ) -> Result<(), TransportError> {
     let (regions, irqs) = {
-        let b = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (b.regions(), b.irqs())
     };
     // The crate removes its socket file on drop only for paths it bound itself; we keep the
@@ -449,14 +470,21 @@ pub fn serve<D: PciDevice>(
         let mut guard = LockedBackend(backend);
         let result = server.run(&mut guard);
         served += 1;
-        let mut b = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut b = backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         b.counters.connections += 1;
         match result {
-            Ok(()) => info!(device = b.device.name(), "client disconnected; listening again"),
+            Ok(()) => info!(
+                device = b.device.name(),
+                "client disconnected; listening again"
+            ),
             Err(vfio_user::Error::SocketAccept(e)) => {
                 return Err(TransportError::Server(vfio_user::Error::SocketAccept(e)))
             }
-            Err(e) => warn!(device = b.device.name(), error = %e, "client connection failed; listening again"),
+            Err(e) => {
+                warn!(device = b.device.name(), error = %e, "client connection failed; listening again")
+            }
         }
         b.disconnect();
         if max_clients.is_some_and(|m| served >= m) {
@@ -470,7 +498,9 @@ struct LockedBackend<'a, D>(&'a Mutex<Backend<D>>);
 
 impl<D: PciDevice> LockedBackend<'_, D> {
     fn get(&mut self) -> MutexGuard<'_, Backend<D>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -62,7 +62,11 @@ pub fn probe_chmu(bdf: &str) -> Result<ChmuIdentity, DriverError> {
     let dev = VfioDevice::open(bdf)?;
     let cfg = dev.config()?;
     let dvsecs = device_sdxi::pci::dvsecs(&cfg);
-    let cxl = |id: u16| dvsecs.iter().find(|d| d.vendor == hmu::CXL_DVSEC_VENDOR && d.id == id);
+    let cxl = |id: u16| {
+        dvsecs
+            .iter()
+            .find(|d| d.vendor == hmu::CXL_DVSEC_VENDOR && d.id == id)
+    };
     let loc = cxl(hmu::CXL_DVSEC_REG_LOCATOR)
         .ok_or_else(|| DriverError::Device("no CXL Register Locator DVSEC".into()))?;
     let mut blocks = Vec::new();
@@ -91,7 +95,9 @@ pub fn probe_chmu(bdf: &str) -> Result<ChmuIdentity, DriverError> {
         usize::try_from(chmu.offset + off)
             .ok()
             .and_then(|o| bar.read64(o))
-            .ok_or_else(|| DriverError::Device(format!("CHMU offset {off:#x} outside BAR{}", chmu.bar)))
+            .ok_or_else(|| {
+                DriverError::Device(format!("CHMU offset {off:#x} outside BAR{}", chmu.bar))
+            })
     };
     let common_cap0 = rd(hmu::CHMU_COMMON_CAP0)?;
     let common_cap1 = rd(hmu::CHMU_COMMON_CAP1)?;

@@ -61,7 +61,9 @@ pub fn pci_functions(sys: &Path) -> Vec<PciFunction> {
 /// NUMA nodes with their CPUs and memory.
 pub fn numa_nodes(sys: &Path) -> Vec<NumaNode> {
     let base = sys.join("devices/system/node");
-    let ids = read(&base.join("possible")).map(|s| parse_list(&s)).unwrap_or_default();
+    let ids = read(&base.join("possible"))
+        .map(|s| parse_list(&s))
+        .unwrap_or_default();
     ids.into_iter()
         .filter_map(|id| {
             let d = base.join(format!("node{id}"));
@@ -74,7 +76,9 @@ pub fn numa_nodes(sys: &Path) -> Vec<NumaNode> {
                 .unwrap_or(0);
             Some(NumaNode {
                 id,
-                cpus: read(&d.join("cpulist")).map(|s| parse_list(&s)).unwrap_or_default(),
+                cpus: read(&d.join("cpulist"))
+                    .map(|s| parse_list(&s))
+                    .unwrap_or_default(),
                 mem_total_kib,
             })
         })
@@ -128,8 +132,16 @@ mod tests {
         std::fs::write(node.join("possible"), "0-1\n").expect("w");
         std::fs::write(node.join("node0/cpulist"), "0-1\n").expect("w");
         std::fs::write(node.join("node1/cpulist"), "\n").expect("w");
-        std::fs::write(node.join("node0/meminfo"), "Node 0 MemTotal:       469608 kB\n").expect("w");
-        std::fs::write(node.join("node1/meminfo"), "Node 1 MemTotal:       515732 kB\n").expect("w");
+        std::fs::write(
+            node.join("node0/meminfo"),
+            "Node 0 MemTotal:       469608 kB\n",
+        )
+        .expect("w");
+        std::fs::write(
+            node.join("node1/meminfo"),
+            "Node 1 MemTotal:       515732 kB\n",
+        )
+        .expect("w");
         let tiers = root.join("devices/virtual/memory_tiering");
         std::fs::create_dir_all(tiers.join("memory_tier54")).expect("mkdir");
         std::fs::create_dir_all(tiers.join("memory_tier4")).expect("mkdir");

@@ -3,7 +3,8 @@
 use guest_agent::drivers::{probe_chmu, probe_sdxi};
 use guest_agent::inventory;
 use guest_agent::protocol::{
-    AgentMessage, HostMessage, Inventory, Outcome, Probe, ProbeResult, Reply, Request, PROTOCOL_VERSION,
+    AgentMessage, HostMessage, Inventory, Outcome, Probe, ProbeResult, Reply, Request,
+    PROTOCOL_VERSION,
 };
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -11,7 +12,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Puts the serial port in raw mode (no echo, no line editing, 8N1 at 115200).
+/// Puts the serial port in raw mode (no echo, no line editing). The baud rate does not matter
+/// to QEMU's UART model, so it is left as it is.
 fn raw_mode(f: &File) -> std::io::Result<()> {
     // SAFETY: termios is plain data; tcgetattr fills it completely before we use it.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
@@ -19,11 +21,8 @@ fn raw_mode(f: &File) -> std::io::Result<()> {
     if unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: cfmakeraw and cfsetspeed only modify the struct we own.
-    unsafe {
-        libc::cfmakeraw(&mut t);
-        libc::cfsetspeed(&mut t, libc::B115200);
-    }
+    // SAFETY: cfmakeraw only modifies the struct we own.
+    unsafe { libc::cfmakeraw(&mut t) };
     // SAFETY: valid fd and termios.
     if unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -38,7 +37,10 @@ fn send(out: &mut File, m: &AgentMessage) -> std::io::Result<()> {
     out.flush()
 }
 
-fn probe<T>(bdf: Option<&str>, f: impl Fn(&str) -> Result<T, guest_agent::drivers::DriverError>) -> Option<Probe<T>> {
+fn probe<T>(
+    bdf: Option<&str>,
+    f: impl Fn(&str) -> Result<T, guest_agent::drivers::DriverError>,
+) -> Option<Probe<T>> {
     let bdf = bdf?;
     Some(Probe {
         bdf: bdf.to_owned(),
@@ -81,7 +83,9 @@ fn inventory() -> Inventory {
 }
 
 fn read_trim(p: &str) -> String {
-    std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn run(port: &str) -> std::io::Result<()> {
@@ -121,16 +125,30 @@ fn run(port: &str) -> std::io::Result<()> {
             Err(e) => (0, Outcome::Error(format!("bad request: {e}")), false),
             Ok(m) if m.v != PROTOCOL_VERSION => (
                 m.id,
-                Outcome::Error(format!("protocol version {} unsupported (agent speaks {PROTOCOL_VERSION})", m.v)),
+                Outcome::Error(format!(
+                    "protocol version {} unsupported (agent speaks {PROTOCOL_VERSION})",
+                    m.v
+                )),
                 false,
             ),
             Ok(m) => match m.request {
                 Request::Ping => (m.id, Outcome::Ok(Reply::Pong), false),
-                Request::Inventory => (m.id, Outcome::Ok(Reply::Inventory(Box::new(inventory()))), false),
+                Request::Inventory => (
+                    m.id,
+                    Outcome::Ok(Reply::Inventory(Box::new(inventory()))),
+                    false,
+                ),
                 Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),
             },
         };
-        send(&mut out, &AgentMessage::Response { v: PROTOCOL_VERSION, id, result })?;
+        send(
+            &mut out,
+            &AgentMessage::Response {
+                v: PROTOCOL_VERSION,
+                id,
+                result,
+            },
+        )?;
         if stop {
             return Ok(());
         }

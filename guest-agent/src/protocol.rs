@@ -204,9 +204,15 @@ mod tests {
             result: Outcome::Ok(Reply::Pong),
         };
         let s = serde_json::to_string(&m).expect("serialize");
-        assert_eq!(s, r#"{"type":"response","v":1,"id":3,"ok":{"reply":"pong"}}"#);
+        assert_eq!(
+            s,
+            r#"{"type":"response","v":1,"id":3,"ok":{"reply":"pong"}}"#
+        );
         let with_extra = s.replace("\"id\":3", "\"id\":3,\"future\":true");
-        assert_eq!(serde_json::from_str::<AgentMessage>(&with_extra).expect("parse"), m);
+        assert_eq!(
+            serde_json::from_str::<AgentMessage>(&with_extra).expect("parse"),
+            m
+        );
     }
 
     #[test]
@@ -224,8 +230,14 @@ mod tests {
     fn tier_lookup() {
         let inv = Inventory {
             memory_tiers: vec![
-                MemoryTier { id: 4, nodes: vec![0] },
-                MemoryTier { id: 54, nodes: vec![1] },
+                MemoryTier {
+                    id: 4,
+                    nodes: vec![0],
+                },
+                MemoryTier {
+                    id: 54,
+                    nodes: vec![1],
+                },
             ],
             ..Inventory::default()
         };

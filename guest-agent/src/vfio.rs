@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vfio_bindings::bindings::vfio::{
-    vfio_group_status, vfio_irq_info, vfio_region_info, VFIO_GROUP_FLAGS_VIABLE,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE1v2_IOMMU,
+    vfio_group_status, vfio_irq_info, vfio_region_info, VFIO_TYPE1v2_IOMMU,
+    VFIO_GROUP_FLAGS_VIABLE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vmm_sys_util::ioctl_io_nr;
 
@@ -60,22 +60,29 @@ pub fn bind_vfio_pci(bdf: &str) -> Result<(), VfioError> {
     if current.as_deref() == Some("vfio-pci") {
         return Ok(());
     }
-    std::fs::write(dev.join("driver_override"), "vfio-pci").map_err(VfioError::sys(bdf, "writing driver_override"))?;
+    std::fs::write(dev.join("driver_override"), "vfio-pci")
+        .map_err(VfioError::sys(bdf, "writing driver_override"))?;
     if current.is_some() {
-        std::fs::write(dev.join("driver/unbind"), bdf).map_err(VfioError::sys(bdf, "unbinding the current driver"))?;
+        std::fs::write(dev.join("driver/unbind"), bdf)
+            .map_err(VfioError::sys(bdf, "unbinding the current driver"))?;
     }
-    std::fs::write("/sys/bus/pci/drivers_probe", bdf).map_err(VfioError::sys(bdf, "probing vfio-pci"))?;
+    std::fs::write("/sys/bus/pci/drivers_probe", bdf)
+        .map_err(VfioError::sys(bdf, "probing vfio-pci"))?;
     Ok(())
 }
 
 /// The IOMMU group number of `bdf`.
 pub fn iommu_group(bdf: &str) -> Option<u32> {
-    std::fs::read_link(Path::new("/sys/bus/pci/devices").join(bdf).join("iommu_group"))
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .parse()
-        .ok()
+    std::fs::read_link(
+        Path::new("/sys/bus/pci/devices")
+            .join(bdf)
+            .join("iommu_group"),
+    )
+    .ok()?
+    .file_name()?
+    .to_str()?
+    .parse()
+    .ok()
 }
 
 /// An open VFIO device in its own container.
@@ -111,7 +118,8 @@ impl VfioDevice {
             what: "no IOMMU group (is the virtual IOMMU on and intel_iommu=on?)".into(),
         })?;
         let rw = |p: &str| OpenOptions::new().read(true).write(true).open(p);
-        let container = rw("/dev/vfio/vfio").map_err(VfioError::sys(bdf, "opening /dev/vfio/vfio"))?;
+        let container =
+            rw("/dev/vfio/vfio").map_err(VfioError::sys(bdf, "opening /dev/vfio/vfio"))?;
         // SAFETY: argument-less ioctl on a file we own.
         let api = unsafe { libc::ioctl(container.as_raw_fd(), VFIO_GET_API_VERSION()) };
         if api != 0 {
@@ -121,14 +129,21 @@ impl VfioDevice {
             });
         }
         // SAFETY: VFIO_CHECK_EXTENSION takes an integer argument by value.
-        let ext = unsafe { libc::ioctl(container.as_raw_fd(), VFIO_CHECK_EXTENSION(), VFIO_TYPE1v2_IOMMU as libc::c_ulong) };
+        let ext = unsafe {
+            libc::ioctl(
+                container.as_raw_fd(),
+                VFIO_CHECK_EXTENSION(),
+                VFIO_TYPE1v2_IOMMU as libc::c_ulong,
+            )
+        };
         if ext <= 0 {
             return Err(VfioError::Unsupported {
                 bdf: bdf.to_owned(),
                 what: "no type1v2 IOMMU support".into(),
             });
         }
-        let gfile = rw(&format!("/dev/vfio/{group}")).map_err(VfioError::sys(bdf, "opening the VFIO group"))?;
+        let gfile = rw(&format!("/dev/vfio/{group}"))
+            .map_err(VfioError::sys(bdf, "opening the VFIO group"))?;
         let mut status = vfio_group_status {
             argsz: std::mem::size_of::<vfio_group_status>() as u32,
             flags: 0,
@@ -140,7 +155,9 @@ impl VfioDevice {
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(VfioError::Unsupported {
                 bdf: bdf.to_owned(),
-                what: format!("IOMMU group {group} is not viable (another device in it is bound elsewhere)"),
+                what: format!(
+                    "IOMMU group {group} is not viable (another device in it is bound elsewhere)"
+                ),
             });
         }
         let cfd: libc::c_int = container.as_raw_fd();
@@ -149,7 +166,14 @@ impl VfioDevice {
             return Err(VfioError::sys(bdf, "VFIO_GROUP_SET_CONTAINER")(last_err()));
         }
         // SAFETY: integer argument by value.
-        if unsafe { libc::ioctl(container.as_raw_fd(), VFIO_SET_IOMMU(), VFIO_TYPE1v2_IOMMU as libc::c_ulong) } < 0 {
+        if unsafe {
+            libc::ioctl(
+                container.as_raw_fd(),
+                VFIO_SET_IOMMU(),
+                VFIO_TYPE1v2_IOMMU as libc::c_ulong,
+            )
+        } < 0
+        {
             return Err(VfioError::sys(bdf, "VFIO_SET_IOMMU")(last_err()));
         }
         let name = std::ffi::CString::new(bdf).map_err(|_| VfioError::Unsupported {
@@ -157,7 +181,8 @@ impl VfioDevice {
             what: "device name contains NUL".into(),
         })?;
         // SAFETY: the kernel reads a NUL-terminated string from `name`, which outlives the call.
-        let dfd = unsafe { libc::ioctl(gfile.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD(), name.as_ptr()) };
+        let dfd =
+            unsafe { libc::ioctl(gfile.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD(), name.as_ptr()) };
         if dfd < 0 {
             return Err(VfioError::sys(bdf, "VFIO_GROUP_GET_DEVICE_FD")(last_err()));
         }
@@ -179,8 +204,17 @@ impl VfioDevice {
             ..Default::default()
         };
         // SAFETY: the kernel fills a vfio_region_info of `argsz` bytes at `info`.
-        if unsafe { libc::ioctl(self.device.as_raw_fd(), VFIO_DEVICE_GET_REGION_INFO(), &mut info) } < 0 {
-            return Err(VfioError::sys(&self.bdf, "VFIO_DEVICE_GET_REGION_INFO")(last_err()));
+        if unsafe {
+            libc::ioctl(
+                self.device.as_raw_fd(),
+                VFIO_DEVICE_GET_REGION_INFO(),
+                &mut info,
+            )
+        } < 0
+        {
+            return Err(VfioError::sys(&self.bdf, "VFIO_DEVICE_GET_REGION_INFO")(
+                last_err(),
+            ));
         }
         Ok(RegionInfo {
             index,
@@ -198,8 +232,17 @@ impl VfioDevice {
             ..Default::default()
         };
         // SAFETY: the kernel fills a vfio_irq_info of `argsz` bytes at `info`.
-        if unsafe { libc::ioctl(self.device.as_raw_fd(), VFIO_DEVICE_GET_IRQ_INFO(), &mut info) } < 0 {
-            return Err(VfioError::sys(&self.bdf, "VFIO_DEVICE_GET_IRQ_INFO")(last_err()));
+        if unsafe {
+            libc::ioctl(
+                self.device.as_raw_fd(),
+                VFIO_DEVICE_GET_IRQ_INFO(),
+                &mut info,
+            )
+        } < 0
+        {
+            return Err(VfioError::sys(&self.bdf, "VFIO_DEVICE_GET_IRQ_INFO")(
+                last_err(),
+            ));
         }
         Ok(info.count)
     }
@@ -223,7 +266,10 @@ impl VfioDevice {
         if r.size == 0 || !r.mappable() {
             return Err(VfioError::Unsupported {
                 bdf: self.bdf.clone(),
-                what: format!("BAR{index} (size {:#x}, flags {:#x}) is not mappable", r.size, r.flags),
+                what: format!(
+                    "BAR{index} (size {:#x}, flags {:#x}) is not mappable",
+                    r.size, r.flags
+                ),
             });
         }
         let len = usize::try_from(r.size).map_err(|_| VfioError::Unsupported {
@@ -265,17 +311,21 @@ impl BarMapping {
 
     pub fn read64(&self, off: usize) -> Option<u64> {
         // SAFETY: `checked` proved the 8 aligned bytes are inside the live mapping.
-        self.checked(off, 8).map(|p| unsafe { std::ptr::read_volatile(p.cast::<u64>()) })
+        self.checked(off, 8)
+            .map(|p| unsafe { std::ptr::read_volatile(p.cast::<u64>()) })
     }
 
     pub fn read32(&self, off: usize) -> Option<u32> {
         // SAFETY: as in read64, for 4 bytes.
-        self.checked(off, 4).map(|p| unsafe { std::ptr::read_volatile(p.cast::<u32>()) })
+        self.checked(off, 4)
+            .map(|p| unsafe { std::ptr::read_volatile(p.cast::<u32>()) })
     }
 
     pub fn write64(&self, off: usize, v: u64) -> bool {
         // SAFETY: as in read64.
-        self.checked(off, 8).map(|p| unsafe { std::ptr::write_volatile(p.cast::<u64>(), v) }).is_some()
+        self.checked(off, 8)
+            .map(|p| unsafe { std::ptr::write_volatile(p.cast::<u64>(), v) })
+            .is_some()
     }
 
     pub fn len(&self) -> usize {

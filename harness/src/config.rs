@@ -117,7 +117,10 @@ impl VmConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.node0_mib < 256 || self.node0_mib % 256 != 0 {
-            return bad(format!("node0_mib = {}: must be a multiple of 256, at least 256", self.node0_mib));
+            return bad(format!(
+                "node0_mib = {}: must be a multiple of 256, at least 256",
+                self.node0_mib
+            ));
         }
         if self.node1_mib < 256 || self.node1_mib % 256 != 0 {
             return bad(format!(
@@ -140,7 +143,11 @@ impl VmConfig {
         let n0 = self.node0_mib * MIB;
         let n1 = self.node1_mib * MIB;
         let total = n0 + n1;
-        let below = if total >= Q35_LOWMEM_SPLIT { Q35_LOWMEM } else { total };
+        let below = if total >= Q35_LOWMEM_SPLIT {
+            Q35_LOWMEM
+        } else {
+            total
+        };
         let base = if n0 < below {
             if n0 + n1 > below {
                 return Err(ConfigError::Invalid(format!(
@@ -164,7 +171,13 @@ mod tests {
     #[test]
     fn default_node1_sits_right_after_node0() {
         let r = VmConfig::default().node1_range().expect("valid");
-        assert_eq!(r, GpaRange { base: 1 << 30, size: 1 << 30 });
+        assert_eq!(
+            r,
+            GpaRange {
+                base: 1 << 30,
+                size: 1 << 30
+            }
+        );
     }
 
     #[test]
@@ -198,7 +211,10 @@ mod tests {
         assert_eq!((c.node1_mib, c.accel, c.node0_mib), (512, Accel::Tcg, 1024));
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[vm]\nnode1_mb = 512\n").expect("write");
-        let e = format!("{:#}", anyhow::Error::from(VmConfig::load(Some(&bad)).unwrap_err()));
+        let e = format!(
+            "{:#}",
+            anyhow::Error::from(VmConfig::load(Some(&bad)).unwrap_err())
+        );
         assert!(e.contains("node1_mb"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -209,6 +225,10 @@ mod tests {
             node1_mib: 300,
             ..VmConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("node1_mib = 300"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node1_mib = 300"));
     }
 }

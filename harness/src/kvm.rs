@@ -74,13 +74,19 @@ fn run_guest() -> Result<(), String> {
             flags: 0,
         };
         // SAFETY: the region describes memory that stays mapped while the VM runs.
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-        let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+        let mut vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-        let mut sregs = vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
         let code = kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
@@ -111,11 +117,13 @@ fn run_guest() -> Result<(), String> {
         sregs.cr4 |= 1 << 5; // PAE
         sregs.cr0 |= 1 | (1 << 31); // PE, PG
         sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
-        vcpu.set_sregs(&sregs).map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
         let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
         regs.rip = CODE;
         regs.rflags = 2;
-        vcpu.set_regs(&regs).map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        vcpu.set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
         let mut seen = None;
         for _ in 0..16 {
             match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
@@ -126,7 +134,9 @@ fn run_guest() -> Result<(), String> {
         }
         match seen {
             Some(EXPECTED) => Ok(()),
-            other => Err(format!("probe guest reported {other:?}, expected {EXPECTED}")),
+            other => Err(format!(
+                "probe guest reported {other:?}, expected {EXPECTED}"
+            )),
         }
     })();
     // SAFETY: unmapping exactly what mmap returned; the VM using it is gone or unused.

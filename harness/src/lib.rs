@@ -97,10 +97,23 @@ impl RunError {
     pub fn interrupted(&self) -> bool {
         matches!(self, Self::Vm(vm::VmError::Interrupted, _))
     }
+
+    /// The user asked for something impossible (bad configuration or scenario name).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::UnknownScenario(_) | Self::Accel(_)
+        )
+    }
 }
 
 /// Provisions images (building the guest agent first).
-pub fn provision(cfg: &VmConfig, paths: &ToolPaths, refresh: bool, progress: &mut dyn Progress) -> Result<(tools::Tools, images::Images), RunError> {
+pub fn provision(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    refresh: bool,
+    progress: &mut dyn Progress,
+) -> Result<(tools::Tools, images::Images), RunError> {
     cfg.validate()?;
     let tools = tools::ensure(
         paths.sdxi_server.as_deref(),
@@ -163,7 +176,12 @@ impl RunResult {
             self.timings.total_s,
         );
         for c in &self.checks {
-            s.push_str(&format!("  [{}] {:<26} {}\n", if c.passed { " ok " } else { "FAIL" }, c.name, c.detail));
+            s.push_str(&format!(
+                "  [{}] {:<26} {}\n",
+                if c.passed { " ok " } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
         }
         s.push_str(&format!("  results and logs: {}\n", self.run_dir.display()));
         s
@@ -191,15 +209,25 @@ pub fn execute(
     let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
     let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
     let vm_err = |e| RunError::Vm(e, run.dir.clone());
-    progress.step(&format!("booting the guest ({} MiB DRAM + {} MiB CXL tier, {} vCPUs)", cfg.node0_mib, cfg.node1_mib, cfg.cpus));
-    let mut vm = vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
+    progress.step(&format!(
+        "booting the guest ({} MiB DRAM + {} MiB CXL tier, {} vCPUs)",
+        cfg.node0_mib, cfg.node1_mib, cfg.cpus
+    ));
+    let mut vm =
+        vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
     let boot = vm.hello_after.as_secs_f64();
-    progress.step(&format!("guest agent ready after {boot:.1}s; running scenario {scenario_name}"));
+    progress.step(&format!(
+        "guest agent ready after {boot:.1}s; running scenario {scenario_name}"
+    ));
     let t1 = Instant::now();
     let timeout = Duration::from_secs(cfg.request_timeout_s);
     let inventory = match vm.request(Request::Inventory, timeout).map_err(vm_err)? {
         Reply::Inventory(i) => *i,
-        other => return Err(vm_err(vm::VmError::Protocol(format!("expected an inventory, got {other:?}")))),
+        other => {
+            return Err(vm_err(vm::VmError::Protocol(format!(
+                "expected an inventory, got {other:?}"
+            ))))
+        }
     };
     let scenario_s = t1.elapsed().as_secs_f64();
     progress.step("shutting down");
@@ -233,7 +261,8 @@ pub fn execute(
         run_dir: run.dir.clone(),
     };
     let path = run.path("result.json");
-    let json = serde_json::to_vec_pretty(&result).map_err(|e| RunError::Results(path.clone(), e.into()))?;
+    let json = serde_json::to_vec_pretty(&result)
+        .map_err(|e| RunError::Results(path.clone(), e.into()))?;
     std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
     Ok(result)
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 /// Exit codes: what a CI system needs to tell a failed test from a broken test bed.
 const EXIT_PASS: u8 = 0;
 const EXIT_TEST_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_INFRA: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -156,8 +157,13 @@ fn print_chain(e: &dyn std::error::Error) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(if cli.verbose { "debug" } else { "warn" }))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(if cli.verbose {
+            "debug"
+        } else {
+            "warn"
+        }))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -170,7 +176,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             print_chain(&e);
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if let Some(d) = &cli.cache_dir {
@@ -201,40 +207,82 @@ fn main() -> ExitCode {
             return match harness::provision(&cfg, &vm.tools(), *refresh, &mut rep) {
                 Ok((tools, imgs)) => {
                     rep.step("provisioned");
-                    println!("QEMU       {} ({})", imgs.qemu.version, imgs.qemu.program.display());
-                    println!("kernel     {} ({} {})", imgs.kernel.release, cfg.kernel_package, imgs.kernel.version);
+                    println!(
+                        "QEMU       {} ({})",
+                        imgs.qemu.version,
+                        imgs.qemu.program.display()
+                    );
+                    println!(
+                        "kernel     {} ({} {})",
+                        imgs.kernel.release, cfg.kernel_package, imgs.kernel.version
+                    );
                     println!("vmlinux    {}", imgs.kernel.vmlinux.display());
-                    println!("initramfs  {} (busybox {}, modules {})", imgs.initramfs.display(), imgs.busybox_version, imgs.modules.join(" "));
+                    println!(
+                        "initramfs  {} (busybox {}, modules {})",
+                        imgs.initramfs.display(),
+                        imgs.busybox_version,
+                        imgs.modules.join(" ")
+                    );
                     println!("agent      {}", tools.agent.display());
-                    println!("servers    {} {}", tools.sdxi_server.display(), tools.hmu_server.display());
-                    println!("took {:.1}s, downloaded {:.1} MB", imgs.seconds, imgs.download_bytes as f64 / 1e6);
+                    println!(
+                        "servers    {} {}",
+                        tools.sdxi_server.display(),
+                        tools.hmu_server.display()
+                    );
+                    println!(
+                        "took {:.1}s, downloaded {:.1} MB",
+                        imgs.seconds,
+                        imgs.download_bytes as f64 / 1e6
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     print_chain(&e);
-                    ExitCode::from(EXIT_INFRA)
+                    ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_INFRA })
                 }
             };
         }
-        Cmd::Run { scenario, vm, results, json } => (vm, scenario.as_str(), results.clone(), *json),
+        Cmd::Run {
+            scenario,
+            vm,
+            results,
+            json,
+        } => (vm, scenario.as_str(), results.clone(), *json),
         Cmd::Demo { vm } => (vm, "inventory", None, false),
     };
     vm_args.apply(&mut cfg);
-    match harness::execute(&cfg, &vm_args.tools(), scenario, results.as_deref(), interrupted, &mut rep) {
+    match harness::execute(
+        &cfg,
+        &vm_args.tools(),
+        scenario,
+        results.as_deref(),
+        interrupted,
+        &mut rep,
+    ) {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 print!("{}", r.summary());
             }
-            ExitCode::from(if r.passed { EXIT_PASS } else { EXIT_TEST_FAILED })
+            ExitCode::from(if r.passed {
+                EXIT_PASS
+            } else {
+                EXIT_TEST_FAILED
+            })
         }
         Err(e) => {
             print_chain(&e);
             if let harness::RunError::Vm(_, dir) = &e {
                 eprint!("{}", harness::vm::RunDir { dir: dir.clone() }.log_tails(25));
             }
-            ExitCode::from(if e.interrupted() { EXIT_INTERRUPTED } else { EXIT_INFRA })
+            ExitCode::from(if e.interrupted() {
+                EXIT_INTERRUPTED
+            } else if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_INFRA
+            })
         }
     }
 }

@@ -43,12 +43,18 @@ pub fn inventory_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
         ..ChmuConfig::default()
     };
 
-    let sdxi_fn = inv.pci.iter().find(|f| f.class == device_sdxi::regs::SDXI_CLASS_CODE);
+    let sdxi_fn = inv
+        .pci
+        .iter()
+        .find(|f| f.class == device_sdxi::regs::SDXI_CLASS_CODE);
     out.push(check(
         "sdxi.class_code",
         sdxi_fn.is_some(),
         sdxi_fn.map_or("no PCI function with class 0x120100".into(), |f| {
-            format!("{} {:04x}:{:04x} class {:#08x}", f.bdf, f.vendor, f.device, f.class)
+            format!(
+                "{} {:04x}:{:04x} class {:#08x}",
+                f.bdf, f.vendor, f.device, f.class
+            )
         }),
     ));
     match inv.sdxi.as_ref().map(|p| &p.result) {
@@ -74,11 +80,19 @@ pub fn inventory_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
                 "sdxi.bars_msix",
                 bar0 == Some(device_sdxi::regs::CONTROL_BAR_SIZE)
                     && id.vfio.msix_vectors == u32::from(sdxi_cfg.msix_vectors()),
-                format!("BAR0 {bar0:#x?}, {} MSI-X vectors via vfio-pci", id.vfio.msix_vectors),
+                format!(
+                    "BAR0 {} bytes, {} MSI-X vectors via vfio-pci",
+                    bar0.map_or("missing".into(), |s| format!("{s:#x}")),
+                    id.vfio.msix_vectors
+                ),
             ));
         }
         Some(ProbeResult::Failed(e)) => out.push(check("sdxi.probe", false, e.clone())),
-        None => out.push(check("sdxi.probe", false, "no SDXi function to probe".into())),
+        None => out.push(check(
+            "sdxi.probe",
+            false,
+            "no SDXi function to probe".into(),
+        )),
     }
 
     let chmu_fn = inv
@@ -89,7 +103,10 @@ pub fn inventory_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
         "chmu.class_code",
         chmu_fn.is_some(),
         chmu_fn.map_or("no PCI function with class 0x050210".into(), |f| {
-            format!("{} {:04x}:{:04x} class {:#08x}", f.bdf, f.vendor, f.device, f.class)
+            format!(
+                "{} {:04x}:{:04x} class {:#08x}",
+                f.bdf, f.vendor, f.device, f.class
+            )
         }),
     ));
     match inv.chmu.as_ref().map(|p| &p.result) {
@@ -118,27 +135,47 @@ pub fn inventory_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
             out.push(check(
                 "chmu.monitored_range",
                 node1.is_some_and(|r| r.base == id.hpa_base && r.size == id.size),
-                format!("DVSEC range {:#x}+{:#x}, node 1 {node1:x?}", id.hpa_base, id.size),
+                format!(
+                    "DVSEC range 1 {:#x}+{:#x}, node 1 {}",
+                    id.hpa_base,
+                    id.size,
+                    node1.map_or("invalid".into(), |r| format!("{:#x}+{:#x}", r.base, r.size))
+                ),
             ));
         }
         Some(ProbeResult::Failed(e)) => out.push(check("chmu.probe", false, e.clone())),
-        None => out.push(check("chmu.probe", false, "no CXL memory device to probe".into())),
+        None => out.push(check(
+            "chmu.probe",
+            false,
+            "no CXL memory device to probe".into(),
+        )),
     }
 
     let n0 = inv.node(0);
     let n1 = inv.node(1);
     out.push(check(
         "numa.node1_memory_only",
-        n1.is_some_and(|n| n.cpus.is_empty() && n.mem_total_kib > 0) && n0.is_some_and(|n| !n.cpus.is_empty()),
-        format!("node0 {n0:?}, node1 {n1:?}"),
+        n1.is_some_and(|n| n.cpus.is_empty() && n.mem_total_kib > 0)
+            && n0.is_some_and(|n| !n.cpus.is_empty()),
+        format!("node0 {}, node1 {}", describe(n0), describe(n1)),
     ));
     let (t0, t1) = (inv.tier_of(0), inv.tier_of(1));
     out.push(check(
         "numa.node1_lower_tier",
         matches!((t0, t1), (Some(a), Some(b)) if b > a),
-        format!("node0 in memory_tier{t0:?}, node1 in memory_tier{t1:?}"),
+        format!("node0 in {}, node1 in {}", tier(t0), tier(t1)),
     ));
     out
+}
+
+fn describe(n: Option<&guest_agent::protocol::NumaNode>) -> String {
+    n.map_or("missing".into(), |n| {
+        format!("{} MiB, cpus {:?}", n.mem_total_kib / 1024, n.cpus)
+    })
+}
+
+fn tier(t: Option<u32>) -> String {
+    t.map_or("no tier".into(), |t| format!("memory_tier{t}"))
 }
 
 #[cfg(test)]
@@ -155,13 +192,38 @@ mod tests {
         let r = cfg.node1_range().expect("valid");
         Inventory {
             nodes: vec![
-                NumaNode { id: 0, cpus: vec![0, 1], mem_total_kib: 1 },
-                NumaNode { id: 1, cpus: vec![], mem_total_kib: 1 },
+                NumaNode {
+                    id: 0,
+                    cpus: vec![0, 1],
+                    mem_total_kib: 1,
+                },
+                NumaNode {
+                    id: 1,
+                    cpus: vec![],
+                    mem_total_kib: 1,
+                },
             ],
-            memory_tiers: vec![MemoryTier { id: 4, nodes: vec![0] }, MemoryTier { id: 54, nodes: vec![1] }],
+            memory_tiers: vec![
+                MemoryTier {
+                    id: 4,
+                    nodes: vec![0],
+                },
+                MemoryTier {
+                    id: 54,
+                    nodes: vec![1],
+                },
+            ],
             pci: vec![
-                PciFunction { bdf: "a".into(), class: 0x120100, ..Default::default() },
-                PciFunction { bdf: "b".into(), class: 0x050210, ..Default::default() },
+                PciFunction {
+                    bdf: "a".into(),
+                    class: 0x120100,
+                    ..Default::default()
+                },
+                PciFunction {
+                    bdf: "b".into(),
+                    class: 0x050210,
+                    ..Default::default()
+                },
             ],
             sdxi: Some(Probe {
                 bdf: "a".into(),
@@ -180,7 +242,11 @@ mod tests {
             chmu: Some(Probe {
                 bdf: "b".into(),
                 result: ProbeResult::Found(ChmuIdentity {
-                    register_blocks: vec![RegisterBlock { block_id: 5, bar: 2, offset: 0 }],
+                    register_blocks: vec![RegisterBlock {
+                        block_id: 5,
+                        bar: 2,
+                        offset: 0,
+                    }],
                     hpa_base: r.base,
                     size: r.size,
                     instances: 2,
@@ -206,7 +272,10 @@ mod tests {
     fn same_tier_for_both_nodes_fails() {
         let cfg = VmConfig::default();
         let mut inv = good_inventory(&cfg);
-        inv.memory_tiers = vec![MemoryTier { id: 4, nodes: vec![0, 1] }];
+        inv.memory_tiers = vec![MemoryTier {
+            id: 4,
+            nodes: vec![0, 1],
+        }];
         let failed: Vec<String> = inventory_checks(&cfg, &inv)
             .into_iter()
             .filter(|c| !c.passed)
@@ -219,7 +288,11 @@ mod tests {
     fn wrong_register_values_and_failed_probe_are_reported() {
         let cfg = VmConfig::default();
         let mut inv = good_inventory(&cfg);
-        if let Some(Probe { result: ProbeResult::Found(id), .. }) = inv.sdxi.as_mut() {
+        if let Some(Probe {
+            result: ProbeResult::Found(id),
+            ..
+        }) = inv.sdxi.as_mut()
+        {
             id.version_minor = 1;
         }
         inv.chmu = Some(Probe {

@@ -37,7 +37,9 @@ pub enum ToolsError {
 /// The workspace root this harness was built from, if its sources are still there.
 pub fn workspace_root() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_owned();
-    root.join("device-sdxi/Cargo.toml").is_file().then_some(root)
+    root.join("device-sdxi/Cargo.toml")
+        .is_file()
+        .then_some(root)
 }
 
 const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -52,9 +54,15 @@ fn cargo(root: &Path) -> Command {
     c
 }
 
-fn run_build(mut c: Command, what: &'static str, progress: &mut dyn Progress) -> Result<(), ToolsError> {
+fn run_build(
+    mut c: Command,
+    what: &'static str,
+    progress: &mut dyn Progress,
+) -> Result<(), ToolsError> {
     progress.step(&format!("building {what} (cargo, release)"));
-    let out = c.output().map_err(|source| ToolsError::Spawn { what, source })?;
+    let out = c
+        .output()
+        .map_err(|source| ToolsError::Spawn { what, source })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = err.lines().collect();
@@ -79,19 +87,43 @@ pub fn ensure(
     let need_servers = sdxi.is_none() || hmu.is_none();
     if let (Some(r), Some(t), true) = (&root, &target, need_servers) {
         let mut c = cargo(r);
-        c.args(["build", "--release", "--bin", "sdxi-server", "--bin", "cxl-hmu-server", "--target-dir"])
-            .arg(t);
+        c.args([
+            "build",
+            "--release",
+            "--bin",
+            "sdxi-server",
+            "--bin",
+            "cxl-hmu-server",
+            "--target-dir",
+        ])
+        .arg(t);
         run_build(c, "the device servers", progress)?;
     }
     if let (Some(r), Some(t), None) = (&root, &target, agent) {
         let mut c = cargo(r);
-        c.args(["build", "--release", "-p", "guest-agent", "--bin", "guest-agent", "--target", HOST_TARGET, "--target-dir"])
-            .arg(t)
-            .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
+        c.args([
+            "build",
+            "--release",
+            "-p",
+            "guest-agent",
+            "--bin",
+            "guest-agent",
+            "--target",
+            HOST_TARGET,
+            "--target-dir",
+        ])
+        .arg(t)
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
         run_build(c, "the static guest agent", progress)?;
     }
-    let pick = |given: Option<&Path>, built: Option<PathBuf>, what: &'static str| -> Result<PathBuf, ToolsError> {
-        let p = given.map(Path::to_owned).or(built).unwrap_or_else(|| PathBuf::from(what));
+    let pick = |given: Option<&Path>,
+                built: Option<PathBuf>,
+                what: &'static str|
+     -> Result<PathBuf, ToolsError> {
+        let p = given
+            .map(Path::to_owned)
+            .or(built)
+            .unwrap_or_else(|| PathBuf::from(what));
         if p.is_file() {
             Ok(p)
         } else {
@@ -99,11 +131,21 @@ pub fn ensure(
         }
     };
     Ok(Tools {
-        sdxi_server: pick(sdxi, target.as_ref().map(|t| t.join("release/sdxi-server")), "sdxi-server")?,
-        hmu_server: pick(hmu, target.as_ref().map(|t| t.join("release/cxl-hmu-server")), "cxl-hmu-server")?,
+        sdxi_server: pick(
+            sdxi,
+            target.as_ref().map(|t| t.join("release/sdxi-server")),
+            "sdxi-server",
+        )?,
+        hmu_server: pick(
+            hmu,
+            target.as_ref().map(|t| t.join("release/cxl-hmu-server")),
+            "cxl-hmu-server",
+        )?,
         agent: pick(
             agent,
-            target.as_ref().map(|t| t.join(HOST_TARGET).join("release/guest-agent")),
+            target
+                .as_ref()
+                .map(|t| t.join(HOST_TARGET).join("release/guest-agent")),
             "guest-agent",
         )?,
     })

@@ -83,13 +83,22 @@ impl RunDir {
     /// The last `n` lines of each log, for failure reports.
     pub fn log_tails(&self, n: usize) -> String {
         let mut out = String::new();
-        for log in ["qemu.log", "console.log", "sdxi-server.log", "cxl-hmu-server.log"] {
+        for log in [
+            "qemu.log",
+            "console.log",
+            "sdxi-server.log",
+            "cxl-hmu-server.log",
+        ] {
             let p = self.path(log);
             let Ok(text) = std::fs::read_to_string(&p) else {
                 continue;
             };
             let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("---- {} (last {} lines) ----\n", p.display(), n.min(lines.len())));
+            out.push_str(&format!(
+                "---- {} (last {} lines) ----\n",
+                p.display(),
+                n.min(lines.len())
+            ));
             for l in &lines[lines.len().saturating_sub(n)..] {
                 out.push_str(l);
                 out.push('\n');
@@ -165,14 +174,20 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("run", &self.run.dir).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("run", &self.run.dir)
+            .finish_non_exhaustive()
     }
 }
 
 fn tmp_dir(prefix: &str, parent: &Path) -> Result<PathBuf, VmError> {
     use std::sync::atomic::AtomicU32;
     static N: AtomicU32 = AtomicU32::new(0);
-    let d = parent.join(format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = parent.join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
         what: "creating",
         path: d.clone(),
@@ -197,9 +212,17 @@ fn log_file(p: &Path) -> Result<(File, File), VmError> {
 
 /// Spawns a child in its own process group that dies with the harness; `listen_fd` becomes
 /// its fd 3.
-fn spawn(name: &'static str, mut cmd: Command, log: &Path, listen_fd: Option<RawFd>) -> Result<Proc, VmError> {
+fn spawn(
+    name: &'static str,
+    mut cmd: Command,
+    log: &Path,
+    listen_fd: Option<RawFd>,
+) -> Result<Proc, VmError> {
     let (out, err) = log_file(log)?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
     // functions (prctl, dup2, fcntl) on fds that are open in the child.
     unsafe {
@@ -217,7 +240,9 @@ fn spawn(name: &'static str, mut cmd: Command, log: &Path, listen_fd: Option<Raw
         });
     }
     debug!(?cmd, "spawning {name}");
-    let child = cmd.spawn().map_err(|source| VmError::Spawn { name, source })?;
+    let child = cmd
+        .spawn()
+        .map_err(|source| VmError::Spawn { name, source })?;
     Ok(Proc {
         name,
         child,
@@ -245,7 +270,14 @@ pub fn qemu_args(
     let d = |p: &Path| p.display().to_string();
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
-    push(&["-accel", accel, "-machine", "q35,hmat=on", "-smp", &cfg.cpus.to_string()]);
+    push(&[
+        "-accel",
+        accel,
+        "-machine",
+        "q35,hmat=on",
+        "-smp",
+        &cfg.cpus.to_string(),
+    ]);
     push(&["-m", &format!("{}M", cfg.node0_mib + cfg.node1_mib)]);
     push(&["-nodefaults", "-display", "none", "-no-reboot"]);
     for (i, mib) in [cfg.node0_mib, cfg.node1_mib].into_iter().enumerate() {
@@ -257,7 +289,10 @@ pub fn qemu_args(
             ),
         ]);
     }
-    push(&["-numa", &format!("node,nodeid=0,cpus=0-{},memdev=m0", cfg.cpus - 1)]);
+    push(&[
+        "-numa",
+        &format!("node,nodeid=0,cpus=0-{},memdev=m0", cfg.cpus - 1),
+    ]);
     push(&["-numa", "node,nodeid=1,memdev=m1,initiator=0"]);
     push(&["-numa", "dist,src=0,dst=1,val=20"]);
     for (target, lat, bw) in [
@@ -275,7 +310,10 @@ pub fn qemu_args(
     }
     push(&["-device", "intel-iommu,caching-mode=on"]);
     for (i, sock) in ["sdxi.sock", "hmu.sock"].iter().enumerate() {
-        push(&["-device", &format!("pcie-root-port,id=rp{i},chassis={},slot={}", i + 1, i + 1)]);
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id=rp{i},chassis={},slot={}", i + 1, i + 1),
+        ]);
         push(&[
             "-device",
             &format!(
@@ -286,10 +324,19 @@ pub fn qemu_args(
     }
     push(&["-chardev", &format!("file,id=con,path={}", d(console))]);
     push(&["-serial", "chardev:con"]);
-    push(&["-chardev", &format!("socket,id=agent,path={}", d(&sock_dir.join("agent.sock")))]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=agent,path={}", d(&sock_dir.join("agent.sock"))),
+    ]);
     push(&["-serial", "chardev:agent"]);
-    push(&["-kernel", &d(&images.kernel.vmlinux), "-initrd", &d(&images.initramfs)]);
-    let mut cmdline = "console=ttyS0 loglevel=4 panic=-1 intel_iommu=on tierbed.mode=agent".to_owned();
+    push(&[
+        "-kernel",
+        &d(&images.kernel.vmlinux),
+        "-initrd",
+        &d(&images.initramfs),
+    ]);
+    let mut cmdline =
+        "console=ttyS0 loglevel=4 panic=-1 intel_iommu=on tierbed.mode=agent".to_owned();
     if !cfg.kernel_args.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&cfg.kernel_args);
@@ -309,7 +356,9 @@ impl Vm {
         interrupted: Arc<AtomicBool>,
     ) -> Result<Self, VmError> {
         let started = Instant::now();
-        let node1 = cfg.node1_range().map_err(|e| VmError::Protocol(e.to_string()))?;
+        let node1 = cfg
+            .node1_range()
+            .map_err(|e| VmError::Protocol(e.to_string()))?;
         let sock_dir = tmp_dir("tierbed", &std::env::temp_dir())?;
         let shm = Path::new("/dev/shm");
         let ram_dir = tmp_dir("tierbed-ram", if shm.is_dir() { shm } else { &run.dir })?;
@@ -329,9 +378,22 @@ impl Vm {
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
         let mut c = Command::new(&tools.sdxi_server);
-        c.args(["--fd", "3", "--log", "info", "--max-cxt", &cfg.sdxi_max_cxt.to_string(), "--counters"])
-            .arg(run.path("sdxi-counters.json"));
-        vm.procs.push(spawn("sdxi-server", c, &run.path("sdxi-server.log"), Some(sdxi_l.as_raw_fd()))?);
+        c.args([
+            "--fd",
+            "3",
+            "--log",
+            "info",
+            "--max-cxt",
+            &cfg.sdxi_max_cxt.to_string(),
+            "--counters",
+        ])
+        .arg(run.path("sdxi-counters.json"));
+        vm.procs.push(spawn(
+            "sdxi-server",
+            c,
+            &run.path("sdxi-server.log"),
+            Some(sdxi_l.as_raw_fd()),
+        )?);
         drop(sdxi_l);
         let hmu_l = bind(&vm.sock_dir.join("hmu.sock"))?;
         let mut c = Command::new(&tools.hmu_server);
@@ -349,24 +411,41 @@ impl Vm {
             "--counters",
         ])
         .arg(run.path("cxl-hmu-counters.json"));
-        vm.procs.push(spawn("cxl-hmu-server", c, &run.path("cxl-hmu-server.log"), Some(hmu_l.as_raw_fd()))?);
+        vm.procs.push(spawn(
+            "cxl-hmu-server",
+            c,
+            &run.path("cxl-hmu-server.log"),
+            Some(hmu_l.as_raw_fd()),
+        )?);
         drop(hmu_l);
 
         let agent_l = bind(&vm.sock_dir.join("agent.sock"))?;
-        agent_l.set_nonblocking(true).map_err(|source| VmError::Io {
-            what: "configuring",
-            path: vm.sock_dir.join("agent.sock"),
-            source,
-        })?;
-        let args = qemu_args(cfg, images, accel, &vm.ram_dir, &vm.sock_dir, &run.path("console.log"));
-        std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(|source| VmError::Io {
-            what: "writing",
-            path: run.path("qemu.cmdline"),
-            source,
-        })?;
+        agent_l
+            .set_nonblocking(true)
+            .map_err(|source| VmError::Io {
+                what: "configuring",
+                path: vm.sock_dir.join("agent.sock"),
+                source,
+            })?;
+        let args = qemu_args(
+            cfg,
+            images,
+            accel,
+            &vm.ram_dir,
+            &vm.sock_dir,
+            &run.path("console.log"),
+        );
+        std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(
+            |source| VmError::Io {
+                what: "writing",
+                path: run.path("qemu.cmdline"),
+                source,
+            },
+        )?;
         let mut c = images.qemu.command();
         c.args(&args);
-        vm.procs.push(spawn("qemu", c, &run.path("qemu.log"), None)?);
+        vm.procs
+            .push(spawn("qemu", c, &run.path("qemu.log"), None)?);
         info!(accel, "QEMU started");
 
         let deadline = started + Duration::from_secs(cfg.boot_timeout_s);
@@ -394,7 +473,9 @@ impl Vm {
         vm.agent_tx = Some(tx);
         vm.agent_rx = Some(receiver);
         match vm.next_message(deadline, "the guest agent's hello")? {
-            AgentMessage::Hello { v, kernel_release, .. } => {
+            AgentMessage::Hello {
+                v, kernel_release, ..
+            } => {
                 if v != PROTOCOL_VERSION {
                     return Err(VmError::Protocol(format!(
                         "agent speaks protocol {v}, harness {PROTOCOL_VERSION}"
@@ -448,7 +529,10 @@ impl Vm {
             self.check_alive()?;
             let now = Instant::now();
             if now >= deadline {
-                return Err(VmError::Timeout(deadline - self.started, "QEMU to open the agent serial port".into()));
+                return Err(VmError::Timeout(
+                    deadline - self.started,
+                    "QEMU to open the agent serial port".into(),
+                ));
             }
             let mut pfd = libc::pollfd {
                 fd: l.as_raw_fd(),
@@ -466,7 +550,10 @@ impl Vm {
             self.check_alive()?;
             let now = Instant::now();
             if now >= deadline {
-                return Err(VmError::Timeout(deadline.saturating_duration_since(self.started), what.to_owned()));
+                return Err(VmError::Timeout(
+                    deadline.saturating_duration_since(self.started),
+                    what.to_owned(),
+                ));
             }
             let rx = self
                 .agent_rx
@@ -481,10 +568,14 @@ impl Vm {
                     match serde_json::from_str::<AgentMessage>(line) {
                         Ok(m) => return Ok(m),
                         // Bytes before the agent opens the port (e.g. a getty) are skipped.
-                        Err(e) => warn!(error = %e, line, "ignoring a non-protocol line from the guest"),
+                        Err(e) => {
+                            warn!(error = %e, line, "ignoring a non-protocol line from the guest")
+                        }
                     }
                 }
-                Ok(Err(e)) => return Err(VmError::Protocol(format!("reading the agent port: {e}"))),
+                Ok(Err(e)) => {
+                    return Err(VmError::Protocol(format!("reading the agent port: {e}")))
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(VmError::Protocol("the guest closed the agent port".into()))
@@ -513,7 +604,9 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             match self.next_message(deadline, &format!("the agent's answer to {request:?}"))? {
-                AgentMessage::Response { id: rid, result, .. } if rid == id => {
+                AgentMessage::Response {
+                    id: rid, result, ..
+                } if rid == id => {
                     return match result {
                         Outcome::Ok(r) => Ok(r),
                         Outcome::Error(e) => Err(VmError::Agent(e)),
@@ -535,8 +628,9 @@ impl Vm {
             .iter_mut()
             .find(|p| p.name == "qemu")
             .ok_or_else(|| VmError::Protocol("no QEMU process".into()))?;
-        let st = wait_deadline(&mut qemu.child, deadline, &self.interrupted)?
-            .ok_or_else(|| VmError::Timeout(timeout, "QEMU to exit after the guest powered off".into()))?;
+        let st = wait_deadline(&mut qemu.child, deadline, &self.interrupted)?.ok_or_else(|| {
+            VmError::Timeout(timeout, "QEMU to exit after the guest powered off".into())
+        })?;
         t.qemu_exit = Some(st.to_string());
         for p in self.procs.iter_mut().filter(|p| p.name != "qemu") {
             // SAFETY: plain kill(2) of our own child's pid.
@@ -546,7 +640,10 @@ impl Vm {
                 warn!(name = p.name, "did not exit on SIGTERM; killing");
             }
         }
-        for (key, file) in [("sdxi", "sdxi-counters.json"), ("cxl_hmu", "cxl-hmu-counters.json")] {
+        for (key, file) in [
+            ("sdxi", "sdxi-counters.json"),
+            ("cxl_hmu", "cxl-hmu-counters.json"),
+        ] {
             if let Some(v) = std::fs::read(self.run.path(file))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -579,7 +676,11 @@ impl Drop for Vm {
     }
 }
 
-fn wait_deadline(child: &mut Child, deadline: Instant, interrupted: &AtomicBool) -> Result<Option<ExitStatus>, VmError> {
+fn wait_deadline(
+    child: &mut Child,
+    deadline: Instant,
+    interrupted: &AtomicBool,
+) -> Result<Option<ExitStatus>, VmError> {
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             return Ok(Some(st));
@@ -615,7 +716,9 @@ pub fn stray_processes(marks: &[&Path]) -> Vec<u32> {
 
 fn shell_words(q: &images::Qemu, args: &[String]) -> String {
     let quote = |s: &str| {
-        if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
+        if s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+        {
             s.to_owned()
         } else {
             format!("'{}'", s.replace('\'', r"'\''"))

@@ -42,7 +42,8 @@ impl Apt {
             "var/log/apt",
         ] {
             let p = root.join(d);
-            std::fs::create_dir_all(&p).map_err(|e| ImagesError::io("creating apt state", &p, e))?;
+            std::fs::create_dir_all(&p)
+                .map_err(|e| ImagesError::io("creating apt state", &p, e))?;
         }
         let status = root.join("var/lib/dpkg/status");
         if !status.exists() {
@@ -139,8 +140,13 @@ impl Apt {
         }
         let pkgs = parse_simulation(&String::from_utf8_lossy(&out.stdout));
         let mut c = self.cmd("apt-get");
-        c.args(["-q", "-y", "--download-only", "install"]).args(specs);
-        run_logged(c, &format!("downloading {} ({} packages)", specs.join(" "), pkgs.len()), progress)?;
+        c.args(["-q", "-y", "--download-only", "install"])
+            .args(specs);
+        run_logged(
+            c,
+            &format!("downloading {} ({} packages)", specs.join(" "), pkgs.len()),
+            progress,
+        )?;
         pkgs.iter().map(|(n, v)| self.find_deb(n, v)).collect()
     }
 
@@ -177,7 +183,10 @@ impl Apt {
             c,
             &format!(
                 "downloading {}",
-                pkgs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" ")
+                pkgs.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
             progress,
         )?;
@@ -224,7 +233,10 @@ pub fn extract(deb: &Path, root: &Path) -> Result<(), ImagesError> {
     if !out.status.success() {
         return Err(ImagesError::Package {
             package: deb.display().to_string(),
-            why: format!("dpkg-deb -x failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            why: format!(
+                "dpkg-deb -x failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())
@@ -291,7 +303,10 @@ mod tests {
         let p = parse_show(t).expect("record");
         assert_eq!(p.name, "linux-image-7.3.4+deb13-amd64");
         assert_eq!(p.version, "7.3.4-1~bpo13+1");
-        assert_eq!(p.depends, vec!["dracut", "linux-base-7.3.4+deb13-amd64", "kmod"]);
+        assert_eq!(
+            p.depends,
+            vec!["dracut", "linux-base-7.3.4+deb13-amd64", "kmod"]
+        );
     }
 
     #[test]
@@ -301,7 +316,10 @@ mod tests {
             parse_simulation(t),
             vec![
                 ("libc6".to_owned(), "2.41-12".to_owned()),
-                ("qemu-system-x86".to_owned(), "1:11.1.3+ds-2~bpo13+1".to_owned())
+                (
+                    "qemu-system-x86".to_owned(),
+                    "1:11.1.3+ds-2~bpo13+1".to_owned()
+                )
             ]
         );
     }

@@ -119,7 +119,21 @@ poweroff -f
 /// Builds the initramfs. `modules` are (name, module bytes) in load order.
 pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut c = Cpio::new();
-    for d in ["bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run", "sbin", "usr", "usr/bin", "usr/sbin"] {
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+    ] {
         c.dir(d);
     }
     c.char_dev("dev/console", 5, 1).char_dev("dev/null", 1, 3);
@@ -148,12 +162,16 @@ mod tests {
         loop {
             assert_eq!(&a[p..p + 6], b"070701");
             let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&a[p + 6 + 8 * i..p + 14 + 8 * i]).expect("hex"), 16)
-                    .expect("hex")
+                u32::from_str_radix(
+                    std::str::from_utf8(&a[p + 6 + 8 * i..p + 14 + 8 * i]).expect("hex"),
+                    16,
+                )
+                .expect("hex")
             };
             let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
             let name_start = p + 110;
-            let name = String::from_utf8(a[name_start..name_start + namesize - 1].to_vec()).expect("utf8");
+            let name =
+                String::from_utf8(a[name_start..name_start + namesize - 1].to_vec()).expect("utf8");
             let data_start = (name_start + namesize + 3) & !3;
             let data = a[data_start..data_start + size].to_vec();
             p = (data_start + size + 3) & !3;
@@ -176,6 +194,8 @@ mod tests {
         assert_eq!(get("lib/modules/vfio.ko").2, b"KO");
         assert_eq!(get("etc/modules").2, b"vfio\n");
         assert_eq!(get("dev/console").1 & 0o170000, 0o020000);
-        assert!(String::from_utf8(get("init").2).expect("utf8").starts_with("#!/bin/busybox sh"));
+        assert!(String::from_utf8(get("init").2)
+            .expect("utf8")
+            .starts_with("#!/bin/busybox sh"));
     }
 }

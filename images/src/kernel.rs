@@ -57,13 +57,15 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ImagesError> {
     let bad = |why: String| ImagesError::Kernel(format!("module {}: {why}", path.display()));
     if name.ends_with(".xz") {
         let mut out = Vec::new();
-        lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out).map_err(|e| bad(format!("xz: {e}")))?;
+        lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out)
+            .map_err(|e| bad(format!("xz: {e}")))?;
         Ok(out)
     } else if name.ends_with(".zst") {
-        let mut dec =
-            ruzstd::decoding::StreamingDecoder::new(raw.as_slice()).map_err(|e| bad(format!("zstd: {e}")))?;
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(raw.as_slice())
+            .map_err(|e| bad(format!("zstd: {e}")))?;
         let mut out = Vec::new();
-        dec.read_to_end(&mut out).map_err(|e| bad(format!("zstd: {e}")))?;
+        dec.read_to_end(&mut out)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -137,7 +139,8 @@ impl ModuleIndex {
         let mut files = BTreeMap::new();
         let mut todo = vec![dir.to_owned()];
         while let Some(d) = todo.pop() {
-            let rd = std::fs::read_dir(&d).map_err(|e| ImagesError::io("scanning modules", &d, e))?;
+            let rd =
+                std::fs::read_dir(&d).map_err(|e| ImagesError::io("scanning modules", &d, e))?;
             for e in rd.filter_map(Result::ok) {
                 let p = e.path();
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -166,7 +169,12 @@ impl ModuleIndex {
         let mut order = Vec::new();
         let mut done = BTreeSet::new();
         for w in wanted {
-            self.visit(&w.replace('-', "_"), &mut done, &mut BTreeSet::new(), &mut order)?;
+            self.visit(
+                &w.replace('-', "_"),
+                &mut done,
+                &mut BTreeSet::new(),
+                &mut order,
+            )?;
         }
         Ok(order)
     }
@@ -182,10 +190,14 @@ impl ModuleIndex {
             return Ok(());
         }
         if !path.insert(name.to_owned()) {
-            return Err(ImagesError::Kernel(format!("module dependency cycle at {name}")));
+            return Err(ImagesError::Kernel(format!(
+                "module dependency cycle at {name}"
+            )));
         }
         let file = self.files.get(name).ok_or_else(|| {
-            ImagesError::Kernel(format!("module {name} is not in the kernel's module tree (built in or misspelt?)"))
+            ImagesError::Kernel(format!(
+                "module {name} is not in the kernel's module tree (built in or misspelt?)"
+            ))
         })?;
         let data = read_module(file)?;
         let deps: Vec<String> = modinfo(&data)
@@ -261,8 +273,11 @@ mod tests {
         std::fs::create_dir_all(dir.join("kernel/drivers")).expect("mkdir");
         let write = |n: &str, deps: &str| {
             let info = format!("depends={deps}\0");
-            std::fs::write(dir.join("kernel/drivers").join(n), elf_with_modinfo(info.as_bytes()))
-                .expect("write");
+            std::fs::write(
+                dir.join("kernel/drivers").join(n),
+                elf_with_modinfo(info.as_bytes()),
+            )
+            .expect("write");
         };
         write("vfio-pci.ko", "vfio_pci_core,vfio");
         write("vfio_pci_core.ko", "vfio,irqbypass");
@@ -275,7 +290,10 @@ mod tests {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(order, vec!["vfio", "irqbypass", "vfio_pci_core", "vfio_pci"]);
+        assert_eq!(
+            order,
+            vec!["vfio", "irqbypass", "vfio_pci_core", "vfio_pci"]
+        );
         let missing = idx.resolve(&["nope".to_owned()]).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -89,7 +89,11 @@ impl Progress for Silent {
 
 /// Runs `cmd`, forwarding its output lines to `progress`; on failure the error names `step`
 /// and carries the output's last lines.
-pub fn run_logged(mut cmd: Command, step: &str, progress: &mut dyn Progress) -> Result<(), ImagesError> {
+pub fn run_logged(
+    mut cmd: Command,
+    step: &str,
+    progress: &mut dyn Progress,
+) -> Result<(), ImagesError> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -102,7 +106,12 @@ pub fn run_logged(mut cmd: Command, step: &str, progress: &mut dyn Progress) -> 
     let stderr = child.stderr.take();
     let err_thread = std::thread::spawn(move || {
         stderr
-            .map(|s| BufReader::new(s).lines().map_while(Result::ok).collect::<Vec<_>>())
+            .map(|s| {
+                BufReader::new(s)
+                    .lines()
+                    .map_while(Result::ok)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
     });
     let mut tail: Vec<String> = Vec::new();
@@ -151,10 +160,16 @@ pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-amd64/trixie-backports";
 
 /// Modules the guest agent needs: vfio-pci behind the virtual IOMMU, uio for the simple path.
 pub fn default_modules() -> Vec<String> {
-    ["vfio", "vfio_iommu_type1", "vfio_pci", "uio", "uio_pci_generic"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    [
+        "vfio",
+        "vfio_iommu_type1",
+        "vfio_pci",
+        "uio",
+        "uio_pci_generic",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 /// The default cache directory: `$TIERBED_CACHE`, else `$XDG_CACHE_HOME/tierbed`, else
@@ -241,12 +256,19 @@ impl Qemu {
             if !out.status.success() {
                 return Err(ImagesError::Qemu {
                     path: path.clone(),
-                    why: format!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                    why: format!(
+                        "{args:?} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
                 });
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
-        let version = run(&["--version"])?.lines().next().unwrap_or_default().to_owned();
+        let version = run(&["--version"])?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let devices = run(&["-device", "help"])?;
         if !devices.contains("\"vfio-user-pci\"") {
             return Err(ImagesError::Qemu {
@@ -309,7 +331,13 @@ fn mkdir(p: &Path) -> Result<(), ImagesError> {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -322,7 +350,11 @@ fn file_size(paths: &[PathBuf]) -> u64 {
 }
 
 /// Extracts `debs` into a fresh `root`, atomically (a half-extracted root is never used).
-fn extract_root(debs: &[PathBuf], root: &Path, progress: &mut dyn Progress) -> Result<(), ImagesError> {
+fn extract_root(
+    debs: &[PathBuf],
+    root: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(), ImagesError> {
     let tmp = root.with_extension("partial");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ImagesError::io("removing", &tmp, e))?;
@@ -371,7 +403,9 @@ impl Run<'_> {
             a.update(progress)?;
             self.apt = Some(a);
         }
-        self.apt.as_mut().ok_or_else(|| ImagesError::Kernel("apt state missing".into()))
+        self.apt
+            .as_mut()
+            .ok_or_else(|| ImagesError::Kernel("apt state missing".into()))
     }
 
     fn qemu(&mut self, progress: &mut dyn Progress) -> Result<Qemu, ImagesError> {
@@ -400,10 +434,15 @@ impl Run<'_> {
             }
         }
         progress.step("installing QEMU 11.x (trixie-backports) into a private root");
-        let specs: Vec<String> = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"]
-            .iter()
-            .map(|p| format!("{p}/trixie-backports"))
-            .collect();
+        let specs: Vec<String> = [
+            "qemu-system-x86",
+            "qemu-system-common",
+            "qemu-system-data",
+            "seabios",
+        ]
+        .iter()
+        .map(|p| format!("{p}/trixie-backports"))
+        .collect();
         let apt = self.apt(progress)?;
         let debs = apt.download_closure(&specs, progress)?;
         let version = debs
@@ -420,7 +459,11 @@ impl Run<'_> {
         // The i386 and microvm binaries and docs are not needed.
         for extra in ["usr/bin/qemu-system-i386", "usr/share/doc"] {
             let p = root.join(extra);
-            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
         let q = Qemu::from_root(&root).probe()?;
         write_manifest(&manifest, &q)?;
@@ -434,7 +477,10 @@ impl Run<'_> {
             if let Some(k) = read_manifest::<Kernel>(&manifest) {
                 if k.vmlinux.is_file() && k.modules_dir.is_dir() {
                     progress.step(&format!("kernel cached: {} ({})", k.release, k.version));
-                    return Ok(Kernel { download_bytes: 0, ..k });
+                    return Ok(Kernel {
+                        download_bytes: 0,
+                        ..k
+                    });
                 }
             }
         }
@@ -442,9 +488,21 @@ impl Run<'_> {
         let spec = self.cfg.kernel_package.clone();
         let apt = self.apt(progress)?;
         let top = apt.show(&spec)?;
-        let pkgs = apt.closure_by_prefix(&spec, &["linux-image-", "linux-binary-", "linux-modules-", "linux-base-"])?;
+        let pkgs = apt.closure_by_prefix(
+            &spec,
+            &[
+                "linux-image-",
+                "linux-binary-",
+                "linux-modules-",
+                "linux-base-",
+            ],
+        )?;
         let pkgs: Vec<(String, String)> = pkgs.into_iter().collect();
-        progress.step(&format!("downloading kernel {} ({} packages)", top.version, pkgs.len()));
+        progress.step(&format!(
+            "downloading kernel {} ({} packages)",
+            top.version,
+            pkgs.len()
+        ));
         let debs = apt.download_exact(&pkgs, progress)?;
         let bytes = file_size(&debs);
         self.downloaded += bytes;
@@ -466,7 +524,9 @@ impl Run<'_> {
         ]
         .into_iter()
         .find(|p| p.is_file())
-        .ok_or_else(|| ImagesError::Kernel(format!("no vmlinuz for {release} in {}", root.display())))?;
+        .ok_or_else(|| {
+            ImagesError::Kernel(format!("no vmlinuz for {release} in {}", root.display()))
+        })?;
         progress.step("extracting the uncompressed vmlinux (PVH boot)");
         let bz = std::fs::read(&vmlinuz).map_err(|e| ImagesError::io("reading", &vmlinuz, e))?;
         let elf = kernel::extract_vmlinux(&bz)?;
@@ -527,14 +587,19 @@ fn lock(cache: &Path, progress: &mut dyn Progress) -> Result<std::fs::File, Imag
         .map_err(|e| ImagesError::io("opening", &p, e))?;
     if f.try_lock_exclusive().is_err() {
         progress.step("waiting for another provisioning run to release the cache lock");
-        f.lock_exclusive().map_err(|e| ImagesError::io("locking", &p, e))?;
+        f.lock_exclusive()
+            .map_err(|e| ImagesError::io("locking", &p, e))?;
     }
     Ok(f)
 }
 
 /// Provisions QEMU, kernel, busybox and an initramfs holding `agent` (the statically linked
 /// guest agent). Idempotent: what the cache holds is reused without network access.
-pub fn provision(cfg: &ImagesConfig, agent: &Path, progress: &mut dyn Progress) -> Result<Images, ImagesError> {
+pub fn provision(
+    cfg: &ImagesConfig,
+    agent: &Path,
+    progress: &mut dyn Progress,
+) -> Result<Images, ImagesError> {
     let start = Instant::now();
     let _lock = lock(&cfg.cache_dir, progress)?;
     let mut run = Run {
@@ -546,10 +611,18 @@ pub fn provision(cfg: &ImagesConfig, agent: &Path, progress: &mut dyn Progress) 
     let kernel = run.kernel(progress)?;
     let (busybox_version, busybox) = run.busybox(progress)?;
 
-    let agent_bytes = std::fs::read(agent).map_err(|e| ImagesError::io("reading the guest agent", agent, e))?;
+    let agent_bytes =
+        std::fs::read(agent).map_err(|e| ImagesError::io("reading the guest agent", agent, e))?;
     let bb = std::fs::read(&busybox).map_err(|e| ImagesError::io("reading", &busybox, e))?;
     let mut h = DefaultHasher::new();
-    (&agent_bytes, &bb, &kernel.release, &cfg.modules, initramfs::INIT_SCRIPT).hash(&mut h);
+    (
+        &agent_bytes,
+        &bb,
+        &kernel.release,
+        &cfg.modules,
+        initramfs::INIT_SCRIPT,
+    )
+        .hash(&mut h);
     let dir = cfg.cache_dir.join("initramfs");
     mkdir(&dir)?;
     let out = dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
