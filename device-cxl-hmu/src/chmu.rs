@@ -199,7 +199,7 @@ impl ChmuBlock {
 
     fn valid(offset: u64, len: usize) -> bool {
         matches!(len, 1 | 2 | 4 | 8)
-            && offset % len as u64 == 0
+            && offset.is_multiple_of(len as u64)
             && offset
                 .checked_add(len as u64)
                 .is_some_and(|e| e <= CHMU_BLOCK_SIZE)

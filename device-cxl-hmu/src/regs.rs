@@ -314,7 +314,7 @@ mod tests {
         for w in offs.windows(2) {
             assert!(w[0].0 < w[1].0);
         }
-        assert!(CHMU_RANGE_BITMAP >= CHMU_HOTLIST_TAIL + 2);
-        assert_eq!(CHMU_HOTLIST % 8, 0);
+        const { assert!(CHMU_RANGE_BITMAP >= CHMU_HOTLIST_TAIL + 2) };
+        const { assert!(CHMU_HOTLIST.is_multiple_of(8)) };
     }
 }

@@ -89,7 +89,7 @@ impl crate::vfio_server::PciDevice for SdxiDevice {
             regs::CONTROL_BAR => self.function.mmio_write(offset, data),
             regs::DOORBELL_BAR => {
                 let stride = self.function.config().doorbell_stride();
-                if data.len() != 8 || offset % stride != 0 {
+                if data.len() != 8 || !offset.is_multiple_of(stride) {
                     self.doorbells.doorbell_guest_errors += 1;
                     return;
                 }

@@ -179,7 +179,7 @@ impl SdxiFunction {
 
     /// Checks an access the way the spec's access rules allow: 4- or 8-byte, naturally aligned.
     fn valid_access(offset: u64, len: usize) -> bool {
-        matches!(len, 4 | 8) && offset % len as u64 == 0
+        matches!(len, 4 | 8) && offset.is_multiple_of(len as u64)
     }
 
     /// A guest read of BAR0. Bad accesses and holes read as 0.

@@ -304,7 +304,7 @@ pub struct BarMapping {
 
 impl BarMapping {
     fn checked(&self, off: usize, width: usize) -> Option<*mut u8> {
-        (off % width == 0 && off.checked_add(width)? <= self.len)
+        (off.is_multiple_of(width) && off.checked_add(width)? <= self.len)
             // SAFETY: off + width <= len, so the pointer stays inside the mapping.
             .then(|| unsafe { self.ptr.add(off) })
     }

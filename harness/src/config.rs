@@ -116,13 +116,13 @@ impl VmConfig {
     /// Checks values that would make QEMU or the devices fail later with a worse message.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.node0_mib < 256 || self.node0_mib % 256 != 0 {
+        if self.node0_mib < 256 || !self.node0_mib.is_multiple_of(256) {
             return bad(format!(
                 "node0_mib = {}: must be a multiple of 256, at least 256",
                 self.node0_mib
             ));
         }
-        if self.node1_mib < 256 || self.node1_mib % 256 != 0 {
+        if self.node1_mib < 256 || !self.node1_mib.is_multiple_of(256) {
             return bad(format!(
                 "node1_mib = {}: must be a multiple of 256, at least 256 (the CXL range granularity)",
                 self.node1_mib
@@ -197,7 +197,7 @@ mod tests {
             node1_mib: 2048,
             ..VmConfig::default()
         };
-        let e = c.validate().unwrap_err().to_string();
+        let e = c.validate().expect_err("must fail").to_string();
         assert!(e.contains("PCI hole"), "{e}");
     }
 
@@ -213,7 +213,7 @@ mod tests {
         std::fs::write(&bad, "[vm]\nnode1_mb = 512\n").expect("write");
         let e = format!(
             "{:#}",
-            anyhow::Error::from(VmConfig::load(Some(&bad)).unwrap_err())
+            anyhow::Error::from(VmConfig::load(Some(&bad)).expect_err("must fail"))
         );
         assert!(e.contains("node1_mb"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -227,7 +227,7 @@ mod tests {
         };
         assert!(c
             .validate()
-            .unwrap_err()
+            .expect_err("must fail")
             .to_string()
             .contains("node1_mib = 300"));
     }

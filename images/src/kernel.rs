@@ -230,7 +230,7 @@ mod tests {
         f.extend_from_slice(shstr);
         let info_off = f.len();
         f.extend_from_slice(info);
-        while f.len() % 8 != 0 {
+        while !f.len().is_multiple_of(8) {
             f.push(0);
         }
         let shoff = f.len();
@@ -294,14 +294,19 @@ mod tests {
             order,
             vec!["vfio", "irqbypass", "vfio_pci_core", "vfio_pci"]
         );
-        let missing = idx.resolve(&["nope".to_owned()]).unwrap_err().to_string();
+        let missing = idx
+            .resolve(&["nope".to_owned()])
+            .expect_err("must fail")
+            .to_string();
         assert!(missing.contains("nope"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn extract_vmlinux_rejects_non_bzimage() {
-        let e = extract_vmlinux(&[0u8; 4096]).unwrap_err().to_string();
+        let e = extract_vmlinux(&[0u8; 4096])
+            .expect_err("must fail")
+            .to_string();
         assert!(e.contains("HdrS"), "{e}");
     }
 }

@@ -1,0 +1,192 @@
+//! VM tests: the real QEMU, the real Debian guest, real vfio-user sockets and device servers.
+//! They provision on first use (about 15 s and 160 MB on a fresh machine) and run one VM at a
+//! time.
+
+use harness::config::VmConfig;
+use harness::{Reporter, ToolPaths};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_VM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn results_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("harness-vmtest-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("results dir");
+    d
+}
+
+/// Processes whose command line mentions `mark`.
+fn processes_mentioning(mark: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            (pid != std::process::id() && c.contains(mark)).then(|| format!("{pid}: {c}"))
+        })
+        .collect()
+}
+
+#[test]
+fn guest_sees_both_devices_their_registers_and_a_lower_cxl_tier() {
+    let _vm = serial();
+    let cfg = VmConfig::default();
+    let out = results_dir("inventory");
+    let r = harness::execute(
+        &cfg,
+        &ToolPaths::default(),
+        "inventory",
+        Some(&out),
+        Arc::new(AtomicBool::new(false)),
+        &mut Reporter::new(false, false),
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(r.passed, "{}", r.summary());
+
+    // Guest side, checked here independently of the scenario's own checks.
+    let inv = &r.inventory;
+    assert!(inv
+        .pci
+        .iter()
+        .any(|f| f.class == 0x12_01_00 && f.driver.as_deref() == Some("vfio-pci")));
+    assert!(inv
+        .pci
+        .iter()
+        .any(|f| f.class == 0x05_02_10 && f.driver.as_deref() == Some("vfio-pci")));
+    let sdxi = match &inv.sdxi.as_ref().expect("sdxi probed").result {
+        guest_agent::protocol::ProbeResult::Found(id) => id.clone(),
+        other => panic!("SDXi probe: {other:?}"),
+    };
+    assert_eq!((sdxi.version_major, sdxi.version_minor), (1, 0));
+    assert_eq!(sdxi.max_cxt, cfg.sdxi_max_cxt);
+    let n1 = inv.node(1).expect("node 1");
+    assert!(
+        n1.cpus.is_empty() && n1.mem_total_kib > 900 * 1024,
+        "{n1:?}"
+    );
+    assert!(inv.tier_of(1) > inv.tier_of(0), "{:?}", inv.memory_tiers);
+    for m in ["vfio_pci", "vfio_iommu_type1", "uio_pci_generic"] {
+        assert!(
+            inv.modules.iter().any(|x| x == m),
+            "module {m} not loaded: {:?}",
+            inv.modules
+        );
+    }
+
+    // Device side: the servers saw the guest's BAR reads and guest RAM arrived with fds.
+    let sdxi_c = &r.teardown.counters["sdxi"];
+    assert!(
+        sdxi_c["registers"]["function"]["mmio_reads"].as_u64() >= Some(4),
+        "{sdxi_c}"
+    );
+    assert_eq!(sdxi_c["registers"]["function"]["guest_errors"], 0);
+    assert!(
+        sdxi_c["transport"]["dma_maps"].as_u64()
+            > sdxi_c["transport"]["dma_maps_without_fd"].as_u64()
+    );
+    let hmu_c = &r.teardown.counters["cxl_hmu"];
+    assert!(
+        hmu_c["registers"]["chmu"]["mmio_reads"].as_u64() >= Some(2),
+        "{hmu_c}"
+    );
+
+    // Nothing left behind: processes, sockets, guest RAM files.
+    assert!(r.teardown.stray_processes.is_empty());
+    assert!(
+        r.teardown
+            .qemu_exit
+            .as_deref()
+            .is_some_and(|s| s.contains('0')),
+        "{:?}",
+        r.teardown.qemu_exit
+    );
+    let mark = format!("tierbed-{}-", std::process::id());
+    assert!(
+        processes_mentioning(&mark).is_empty(),
+        "{:?}",
+        processes_mentioning(&mark)
+    );
+    for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().contains(&mark))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", d.display());
+    }
+    assert!(Path::new(&r.run_dir).join("result.json").is_file());
+    assert!(Path::new(&r.run_dir).join("console.log").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn ctrl_c_during_boot_kills_everything_and_exits_130() {
+    let _vm = serial();
+    let out = results_dir("sigint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "--results"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn harness");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        seen.push(line.clone());
+        if line.contains("booting the guest") {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        }
+    }
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(130), "{seen:#?}");
+    let mark = format!("tierbed-{pid}-");
+    assert!(
+        processes_mentioning(&mark).is_empty(),
+        "{:?}",
+        processes_mentioning(&mark)
+    );
+    assert!(!Path::new(&format!("/dev/shm/tierbed-ram-{pid}-0")).exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_device_server_that_cannot_serve_is_an_infrastructure_failure_with_logs() {
+    let _vm = serial();
+    let out = results_dir("badserver");
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "--sdxi-server", "/bin/false", "--results"])
+        .arg(&out)
+        .output()
+        .expect("run harness");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("exited early"), "{err}");
+    assert!(err.contains("qemu.log"), "log tails printed: {err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn invalid_configuration_is_a_usage_error_naming_the_value() {
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "--node1-mib", "100"])
+        .output()
+        .expect("run harness");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node1_mib = 100"));
+}
