@@ -35,6 +35,25 @@ pub struct ServerArgs {
     pub log: String,
 }
 
+/// Makes the listening socket `fd` the child's fd 3 (what `--fd 3` expects), whatever number
+/// it has in the parent.
+pub fn pass_listener_as_fd3(cmd: &mut std::process::Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls the async-signal-safe
+    // dup2/fcntl on `fd`, which is open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The QEMU arguments a user needs for a device served on `socket` (printed by `--help`).
 pub fn qemu_usage(socket: &str, extra: &str) -> String {
     format!(

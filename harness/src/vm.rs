@@ -223,21 +223,16 @@ fn spawn(
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (prctl, dup2, fcntl) on fds that are open in the child.
+    // SAFETY: the closure runs between fork and exec and only calls the async-signal-safe
+    // prctl.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if let Some(fd) = listen_fd {
-                if fd == 3 {
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
             Ok(())
         });
+    }
+    if let Some(fd) = listen_fd {
+        device_sdxi::cli::pass_listener_as_fd3(&mut cmd, fd);
     }
     debug!(?cmd, "spawning {name}");
     let child = cmd
