@@ -173,8 +173,16 @@ impl SdxiFunction {
         }
     }
 
-    fn reg(&self, offset: u64) -> u64 {
+    /// The current value of the register at `offset` (0 for holes).
+    pub fn reg(&self, offset: u64) -> u64 {
         Self::index_of(offset).map_or(0, |i| self.values[i])
+    }
+
+    /// A device-side update (not subject to the software write masks), e.g. ERR_WRT.
+    pub fn device_set(&mut self, offset: u64, value: u64) {
+        if let Some(i) = Self::index_of(offset) {
+            self.values[i] = value;
+        }
     }
 
     /// Checks an access the way the spec's access rules allow: 4- or 8-byte, naturally aligned.

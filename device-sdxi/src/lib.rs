@@ -11,7 +11,11 @@
 //! unknown offsets read 0, and nothing the guest writes can panic the server.
 
 pub mod device;
+pub mod dma;
+pub mod driver;
+pub mod engine;
 pub mod function;
+pub mod mem;
 pub mod pci;
 pub mod regs;
 

@@ -1,0 +1,262 @@
+//! Driver-side helper: lays out SDXi context tables, rings, AKeys and completion blocks in
+//! memory the device can reach, builds descriptors, and submits them. Shared by the device's
+//! tests, the conformance suite and the guest agent's userspace driver, so all of them
+//! program the device the same way the Linux driver does (digest A.4, A.13).
+
+use crate::mem::*;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::IntoBytes;
+
+/// Memory the driver writes tables into (device-visible addresses).
+pub trait DriverMemory {
+    fn write_bytes(&self, addr: u64, bytes: &[u8]);
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]);
+
+    fn read_u64(&self, addr: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b);
+        u64::from_le_bytes(b)
+    }
+}
+
+impl<T: crate::dma::DmaMemory> DriverMemory for T {
+    fn write_bytes(&self, addr: u64, bytes: &[u8]) {
+        let _ = self.write(addr, bytes);
+    }
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) {
+        let _ = self.read(addr, buf);
+    }
+}
+
+/// Where one context's structures live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextLayout {
+    pub id: u16,
+    pub ring: u64,
+    pub entries: u32,
+    pub ctl: u64,
+    pub sts: u64,
+    pub write_index: u64,
+    pub akeys: u64,
+}
+
+/// A bump allocator over a device-visible window plus the tables it set up.
+#[derive(Debug)]
+pub struct Driver {
+    next: u64,
+    end: u64,
+    pub l2: u64,
+    pub l1: u64,
+    pub contexts: Vec<ContextLayout>,
+    /// Write index of each context as last submitted.
+    write_idx: Vec<(u16, u64)>,
+}
+
+/// The window ran out of room.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("driver memory window exhausted ({need:#x} bytes more needed)")]
+pub struct OutOfMemory {
+    pub need: u64,
+}
+
+impl Driver {
+    /// Uses `base..base+size` (4 KiB aligned) for tables; allocates L2 and one L1 table.
+    pub fn new<D: DriverMemory>(m: &D, base: u64, size: u64) -> Result<Self, OutOfMemory> {
+        let mut d = Self {
+            next: base,
+            end: base + size,
+            l2: 0,
+            l1: 0,
+            contexts: Vec::new(),
+            write_idx: Vec::new(),
+        };
+        d.l2 = d.alloc(4096, 4096)?;
+        d.l1 = d.alloc(4096, 4096)?;
+        m.write_bytes(d.l2, CxtL2Ent::new(d.l1).as_bytes());
+        Ok(d)
+    }
+
+    /// Allocates zeroed-by-caller space.
+    pub fn alloc(&mut self, size: u64, align: u64) -> Result<u64, OutOfMemory> {
+        let a = self.next.next_multiple_of(align);
+        if a + size > self.end {
+            return Err(OutOfMemory { need: a + size - self.end });
+        }
+        self.next = a + size;
+        Ok(a)
+    }
+
+    /// Creates context `id` (< 128) with a ring of `entries`, AKey entries and the state
+    /// (`Run` for the admin context, whose state software sets; `StopSw` for data contexts,
+    /// which CXT_START starts). Publishes its L1 entry last.
+    pub fn add_context<D: DriverMemory>(
+        &mut self,
+        m: &D,
+        id: u16,
+        entries: u32,
+        akeys: &[AkeyEnt],
+        state: CxtState,
+    ) -> Result<ContextLayout, OutOfMemory> {
+        let ring = self.alloc(u64::from(entries) * DESC_SIZE, 4096)?;
+        let ctl = self.alloc(64, 64)?;
+        let sts = self.alloc(16, 16)?;
+        let wi = self.alloc(8, 8)?;
+        let akt = self.alloc(4096, 4096)?;
+        m.write_bytes(ring, &vec![0u8; (u64::from(entries) * DESC_SIZE) as usize]);
+        m.write_bytes(akt, &[0u8; 4096]);
+        for (i, a) in akeys.iter().enumerate() {
+            m.write_bytes(akt + i as u64 * 16, a.as_bytes());
+        }
+        m.write_bytes(wi, &0u64.to_le_bytes());
+        let s = CxtSts {
+            state: U32::new(state as u32),
+            ..CxtSts::default()
+        };
+        m.write_bytes(sts, s.as_bytes());
+        let c = CxtCtl {
+            // vl | se | csa, as the Linux driver writes it.
+            ds_ring_ptr: U64::new(ring | 0x31),
+            ds_ring_sz: U32::new(entries),
+            cxt_sts_ptr: U64::new(sts),
+            write_index_ptr: U64::new(wi),
+            ..CxtCtl::default()
+        };
+        m.write_bytes(ctl, c.as_bytes());
+        let l1 = CxtL1Ent {
+            cxt_ctl_ptr: U64::new(ctl | 0b11),
+            akey_ptr: U64::new(akt),
+            misc: U32::new(11 << 20),
+            ..CxtL1Ent::default()
+        };
+        let (_, i1) = table_indices(id);
+        m.write_bytes(self.l1 + u64::from(i1) * 32, l1.as_bytes());
+        let layout = ContextLayout {
+            id,
+            ring,
+            entries,
+            ctl,
+            sts,
+            write_index: wi,
+            akeys: akt,
+        };
+        self.contexts.push(layout);
+        self.write_idx.push((id, 0));
+        Ok(layout)
+    }
+
+    pub fn context(&self, id: u16) -> Option<ContextLayout> {
+        self.contexts.iter().copied().find(|c| c.id == id)
+    }
+
+    /// Allocates a CST_BLK with signal = `count`.
+    pub fn csb<D: DriverMemory>(&mut self, m: &D, count: u64) -> Result<u64, OutOfMemory> {
+        let a = self.alloc(32, 32)?;
+        let c = CstBlk {
+            signal: U64::new(count),
+            ..CstBlk::default()
+        };
+        m.write_bytes(a, c.as_bytes());
+        Ok(a)
+    }
+
+    /// Writes `descs` at the ring's next slots, then the new write index; returns it (the
+    /// doorbell value).
+    pub fn submit<D: DriverMemory>(&mut self, m: &D, id: u16, descs: &[Descriptor]) -> u64 {
+        let Some(c) = self.context(id) else {
+            return 0;
+        };
+        let Some(w) = self.write_idx.iter_mut().find(|(i, _)| *i == id) else {
+            return 0;
+        };
+        for d in descs {
+            let slot = c.ring + (w.1 % u64::from(c.entries)) * DESC_SIZE;
+            // Body first, header (with vl) last, as the spec's enqueue sample does.
+            m.write_bytes(slot + 4, &d.as_bytes()[4..]);
+            m.write_bytes(slot, &d.as_bytes()[..4]);
+            w.1 += 1;
+        }
+        m.write_bytes(c.write_index, &w.1.to_le_bytes());
+        w.1
+    }
+
+    /// A context's read index as the device wrote it.
+    pub fn read_index<D: DriverMemory>(&self, m: &D, id: u16) -> u64 {
+        self.context(id).map_or(0, |c| m.read_u64(c.sts + 8))
+    }
+
+    /// A context's state as the device wrote it.
+    pub fn state<D: DriverMemory>(&self, m: &D, id: u16) -> Option<CxtState> {
+        let c = self.context(id)?;
+        CxtState::from_bits(m.read_u64(c.sts) as u8)
+    }
+}
+
+/// (signal, er) of a CST_BLK.
+pub fn csb_status<D: DriverMemory>(m: &D, csb: u64) -> (u64, bool) {
+    let mut b = [0u8; 12];
+    m.read_bytes(csb, &mut b);
+    let signal = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let flags = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    (signal, flags & CST_FLAGS_ER != 0)
+}
+
+/// DMAB COPY of `len` (1..=4 GiB) bytes with AKey 0 for both sides.
+pub fn copy(src: u64, dst: u64, len: u64, csb: Option<u64>, fe: bool) -> Descriptor {
+    Descriptor::from_type(&DscDmabCopy {
+        header: Descriptor::header_for(DSC_TYPE_DMAB, DSC_DMAB_COPY, fe),
+        size: U32::new(len.saturating_sub(1).min(u64::from(u32::MAX)) as u32),
+        addr0: U64::new(src),
+        addr1: U64::new(dst),
+        csb_ptr: Descriptor::csb_field(csb),
+        ..DscDmabCopy::default()
+    })
+}
+
+/// DMAB NOP.
+pub fn nop(csb: Option<u64>, fe: bool) -> Descriptor {
+    Descriptor {
+        header: Descriptor::header_for(DSC_TYPE_DMAB, DSC_DMAB_NOP, fe),
+        csb_ptr: Descriptor::csb_field(csb),
+        ..Descriptor::default()
+    }
+}
+
+/// INTR through AKey `akey`.
+pub fn intr(akey: u16, fe: bool) -> Descriptor {
+    let mut d = <DscIntr as zerocopy::FromZeros>::new_zeroed();
+    d.header = Descriptor::header_for(DSC_TYPE_INTR, DSC_INTR, fe);
+    d.akey = U16::new(akey);
+    d.csb_ptr = Descriptor::csb_field(None);
+    Descriptor::from_type(&d)
+}
+
+/// Admin CXT_START_NM (or _RS) for `start..=end`.
+pub fn cxt_start(start: u16, end: u16, restart: bool, db_value: u64, csb: Option<u64>) -> Descriptor {
+    let sub = if restart { DSC_ADMIN_CXT_START_RS } else { DSC_ADMIN_CXT_START_NM };
+    Descriptor::from_type(&DscCxtStart {
+        header: Descriptor::header_for(DSC_TYPE_ADMIN, sub, true),
+        cxt_start: U16::new(start),
+        cxt_end: U16::new(end),
+        db_value: U64::new(db_value),
+        csb_ptr: Descriptor::csb_field(csb),
+        ..DscCxtStart::default()
+    })
+}
+
+/// Admin CXT_STOP for `start..=end`.
+pub fn cxt_stop(start: u16, end: u16, csb: Option<u64>) -> Descriptor {
+    let mut d = cxt_start(start, end, false, 0, csb);
+    d.header = Descriptor::header_for(DSC_TYPE_ADMIN, DSC_ADMIN_CXT_STOP, true);
+    d
+}
+
+/// Admin SYNC over contexts `start..=end` with `filter` (0 CXT, 1 STOP).
+pub fn sync(start: u16, end: u16, filter: u8, csb: Option<u64>) -> Descriptor {
+    let mut s = <DscSync as zerocopy::FromZeros>::new_zeroed();
+    s.header = Descriptor::header_for(DSC_TYPE_ADMIN, DSC_ADMIN_SYNC, true);
+    s.cflags = filter & 7;
+    s.cxt_start = U16::new(start);
+    s.cxt_end = U16::new(end);
+    s.csb_ptr = Descriptor::csb_field(csb);
+    Descriptor::from_type(&s)
+}

@@ -1,0 +1,351 @@
+//! Engine tests over in-process guest memory, driven the way the Linux driver drives the
+//! device (through the shared driver helper).
+
+use super::*;
+use crate::dma::GuestRam;
+use crate::driver::{self, csb_status, Driver, DriverMemory};
+use crate::regs::*;
+use std::sync::Mutex as StdMutex;
+
+/// Records raised vectors.
+#[derive(Debug, Default)]
+struct Vectors(StdMutex<Vec<u16>>);
+
+impl Irq for Arc<Vectors> {
+    fn trigger(&self, vector: u16) -> bool {
+        self.0.lock().expect("lock").push(vector);
+        true
+    }
+}
+
+const RAM: u64 = 0x10_0000;
+const RAM_SIZE: usize = 16 << 20;
+const DATA: u64 = RAM + (8 << 20);
+const ERRLOG: u64 = RAM + (7 << 20);
+
+struct Bed {
+    e: Engine<GuestRam, Arc<Vectors>>,
+    ram: Arc<GuestRam>,
+    drv: Driver,
+    vectors: Arc<Vectors>,
+}
+
+impl Bed {
+    /// Init as the driver does: tables, admin context, error log, ACTIVE, jump start, then
+    /// data context 1 (AKey 0 raising vector 1) started through the admin ring.
+    fn new(ooo: bool) -> Self {
+        let vectors = Arc::new(Vectors::default());
+        let ram = Arc::new(GuestRam::anonymous(RAM, RAM_SIZE));
+        let opts = EngineOptions::default();
+        opts.force_out_of_order.store(ooo, Ordering::Relaxed);
+        let e = Engine::new(SdxiConfig::default(), Arc::clone(&vectors), opts);
+        e.set_memory(Some(Arc::clone(&ram)));
+        let mut drv = Driver::new(&*ram, RAM, 4 << 20).expect("driver window");
+        drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run).expect("admin");
+        let w = |off: u64, v: u64| e.mmio_write(off, &v.to_le_bytes());
+        w(MMIO_CXT_L2, drv.l2);
+        w(MMIO_ERR_CTL, 1);
+        w(MMIO_CTL0, Ctl0::new().with_fn_err_intr_en(true).into());
+        w(MMIO_ERR_CFG, ErrCfg::new().with_en(true).with_sz(1).with_ptr(ERRLOG >> 12).into());
+        w(MMIO_CTL0, Ctl0::new().with_fn_err_intr_en(true).with_fn_gsr(FnRequest::Active as u8).into());
+        assert_eq!(e.registers().state(), FnState::Active);
+        assert!(e.doorbell(0), "jump start");
+        assert!(e.process(0).is_empty());
+        let mut bed = Self { e, ram, drv, vectors };
+        bed.drv
+            .add_context(&*bed.ram, 1, 1024, &[AkeyEnt::new(Some(1), 0)], CxtState::StopSw)
+            .expect("context 1");
+        let csb = bed.drv.csb(&*bed.ram, 1).expect("csb");
+        bed.admin(&[driver::cxt_start(1, 1, false, 0, Some(csb))]);
+        assert_eq!(csb_status(&*bed.ram, csb), (0, false));
+        assert_eq!(bed.drv.state(&*bed.ram, 1), Some(CxtState::Run));
+        bed
+    }
+
+    fn admin(&mut self, d: &[Descriptor]) {
+        self.drv.submit(&*self.ram, 0, d);
+        let kicks = self.e.process(0);
+        for k in kicks {
+            self.e.process(k);
+        }
+    }
+
+    fn run(&mut self, cxt: u16, d: &[Descriptor]) {
+        self.drv.submit(&*self.ram, cxt, d);
+        assert!(self.e.doorbell(cxt));
+        self.e.process(cxt);
+    }
+
+    fn fill(&self, addr: u64, len: usize, seed: u8) {
+        let v: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+        self.ram.write_bytes(addr, &v);
+    }
+
+    fn bytes(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.ram.read_bytes(addr, &mut v);
+        v
+    }
+
+    fn errlog(&self, i: u64) -> ErrlogHdEnt {
+        let mut b = [0u8; 64];
+        self.ram.read_bytes(ERRLOG + i * 64, &mut b);
+        ErrlogHdEnt::read_from_bytes(&b).expect("64 bytes")
+    }
+}
+
+#[test]
+fn copy_moves_the_bytes_completes_and_advances_the_read_index() {
+    for len in [1usize, 7, 4096, 65536 + 3, 1 << 20] {
+        let mut b = Bed::new(false);
+        b.fill(DATA, len, len as u8);
+        let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+        b.run(1, &[driver::copy(DATA, DATA + (2 << 20), len as u64, Some(csb), false)]);
+        assert_eq!(b.bytes(DATA + (2 << 20), len), b.bytes(DATA, len), "len {len}");
+        assert_eq!(b.bytes(DATA + (2 << 20) + len as u64, 1), vec![0], "no byte past the end");
+        assert_eq!(csb_status(&*b.ram, csb), (0, false));
+        assert_eq!(b.drv.read_index(&*b.ram, 1), 1);
+        assert_eq!(b.e.counters.bytes_copied.load(Ordering::Relaxed), len as u64);
+    }
+}
+
+#[test]
+fn intr_raises_the_akey_vector_and_nop_completes() {
+    let mut b = Bed::new(false);
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.run(1, &[driver::nop(Some(csb), true), driver::intr(0, true)]);
+    assert_eq!(csb_status(&*b.ram, csb).0, 0);
+    assert_eq!(*b.vectors.0.lock().expect("lock"), vec![1]);
+    assert_eq!(b.e.counters.dsc_intr.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn ring_wraps_over_many_batches_and_one_csb_counts_a_batch() {
+    let mut b = Bed::new(false);
+    b.drv.add_context(&*b.ram, 2, 16, &[AkeyEnt::new(None, 0)], CxtState::StopSw).expect("cxt 2");
+    b.admin(&[driver::cxt_start(2, 2, false, 0, None)]);
+    b.fill(DATA, 64 * 512, 9);
+    for batch in 0..5u64 {
+        let csb = b.drv.csb(&*b.ram, 10).expect("csb");
+        let descs: Vec<Descriptor> = (0..10u64)
+            .map(|i| {
+                let n = batch * 10 + i;
+                driver::copy(DATA + n * 512, DATA + (4 << 20) + n * 512, 512, Some(csb), false)
+            })
+            .collect();
+        b.run(2, &descs);
+        assert_eq!(csb_status(&*b.ram, csb), (0, false), "batch {batch}");
+    }
+    assert_eq!(b.drv.read_index(&*b.ram, 2), 50);
+    assert_eq!(b.bytes(DATA + (4 << 20), 50 * 512), b.bytes(DATA, 50 * 512));
+}
+
+/// Submits one bad descriptor and checks the spec reaction: CST er, error log entry,
+/// ERR_STS.sts, vector 0, context stopped in the error state; returns the log entry.
+fn expect_error(b: &mut Bed, cxt: u16, d: Descriptor, class: ErrClass) -> ErrlogHdEnt {
+    let before = b.e.counters.error_count(class);
+    b.run(cxt, &[d]);
+    assert_eq!(b.e.counters.error_count(class), before + 1, "{class:?}");
+    let e = b.errlog(b.e.registers().reg(MMIO_ERR_WRT) - 1);
+    assert_eq!(e.err_class.get(), class as u16);
+    let h = ErrlogHdr::from(e.hdr.get());
+    assert!(h.vl() && h.cv());
+    assert_eq!((h.ty(), h.cxt_num(), h.re()), (0x7f7, cxt, RE_CONTEXT_STOPPED));
+    assert!(ErrSts::from(b.e.registers().reg(MMIO_ERR_STS)).sts());
+    assert_eq!(b.vectors.0.lock().expect("lock").last(), Some(&0));
+    assert_eq!(b.drv.state(&*b.ram, cxt), Some(ERROR_STATE));
+    e
+}
+
+#[test]
+fn every_error_class_gets_the_spec_reaction() {
+    let cases: Vec<(Descriptor, ErrClass)> = vec![
+        (driver::copy(DATA, DATA + 100, 4096, None, false), ErrClass::Overlap),
+        (driver::copy(DATA, 0x10, 64, None, false), ErrClass::AddressFault),
+        (driver::copy(RAM + RAM_SIZE as u64 - 8, DATA, 64, None, false), ErrClass::AddressFault),
+        (driver::copy(u64::MAX - 10, DATA, 64, None, false), ErrClass::AddressFault),
+        (driver::intr(9, false), ErrClass::InvalidAkey),
+        (driver::intr(300, false), ErrClass::InvalidAkey),
+        (driver::cxt_start(1, 1, false, 0, None), ErrClass::InvalidDescriptor),
+        (Descriptor { header: Descriptor::header_for(0x7ff, 0x99, false), ..Descriptor::default() }, ErrClass::InvalidDescriptor),
+    ];
+    for (d, class) in cases {
+        let mut b = Bed::new(false);
+        let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+        let mut d = d;
+        d.csb_ptr = Descriptor::csb_field(Some(csb));
+        let e = expect_error(&mut b, 1, d, class);
+        assert_eq!(e.dsc_index.get(), 0);
+        assert_eq!(csb_status(&*b.ram, csb), (0, true), "{class:?}: CSB er");
+        // The context stays stopped: later work is not executed.
+        let csb2 = b.drv.csb(&*b.ram, 1).expect("csb");
+        b.run(1, &[driver::nop(Some(csb2), false)]);
+        assert_eq!(csb_status(&*b.ram, csb2), (1, false));
+    }
+}
+
+#[test]
+fn descriptor_without_vl_inside_the_window_is_invalid() {
+    let mut b = Bed::new(false);
+    let mut d = driver::nop(None, false);
+    d.header = (d.header.get() & !1).into();
+    expect_error(&mut b, 1, d, ErrClass::InvalidDescriptor);
+}
+
+#[test]
+fn write_index_past_the_ring_is_a_ring_index_error() {
+    let b = Bed::new(false);
+    let c = b.drv.context(1).expect("cxt");
+    b.ram.write_bytes(c.write_index, &5000u64.to_le_bytes());
+    assert!(b.e.doorbell(1));
+    b.e.process(1);
+    assert_eq!(b.e.counters.error_count(ErrClass::RingIndex), 1);
+    assert_eq!(b.drv.state(&*b.ram, 1), Some(ERROR_STATE));
+}
+
+#[test]
+fn starting_a_context_without_a_table_entry_fails_the_admin_descriptor() {
+    let mut b = Bed::new(false);
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.admin(&[driver::cxt_start(5, 5, false, 0, Some(csb))]);
+    assert_eq!(csb_status(&*b.ram, csb), (0, true));
+    assert_eq!(b.e.counters.error_count(ErrClass::InvalidContext), 1);
+}
+
+#[test]
+fn restart_after_an_error_resumes_the_context() {
+    let mut b = Bed::new(false);
+    expect_error(&mut b, 1, driver::intr(9, false), ErrClass::InvalidAkey);
+    b.admin(&[driver::cxt_start(1, 1, true, 0, None)]);
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.run(1, &[driver::nop(Some(csb), false)]);
+    assert_eq!(csb_status(&*b.ram, csb), (0, false));
+}
+
+#[test]
+fn error_log_overflow_sets_ovf_and_keeps_serving() {
+    let b = Bed::new(false);
+    // Doorbells of a context without a table entry: logged (reaction: inform), no stop.
+    for _ in 0..70 {
+        b.e.process(9);
+    }
+    assert_eq!(b.e.counters.errlog_entries.load(Ordering::Relaxed), 64);
+    assert_eq!(b.e.counters.errlog_overflows.load(Ordering::Relaxed), 6);
+    assert!(ErrSts::from(b.e.registers().reg(MMIO_ERR_STS)).ovf());
+    // Software consumes the log (ERR_RD) and clears the status (W1C).
+    b.e.mmio_write(MMIO_ERR_RD, &64u64.to_le_bytes());
+    b.e.mmio_write(MMIO_ERR_STS, &0b11u64.to_le_bytes());
+    b.e.process(9);
+    assert_eq!(b.e.registers().reg(MMIO_ERR_WRT), 65);
+    assert_eq!(ErrlogHdr::from(b.errlog(0).hdr.get()).re(), RE_INFORM);
+}
+
+#[test]
+fn stop_then_sync_leaves_the_context_stopped() {
+    let mut b = Bed::new(false);
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.admin(&[driver::cxt_stop(1, 1, None), driver::sync(1, 1, 1, Some(csb))]);
+    assert_eq!(csb_status(&*b.ram, csb), (0, false));
+    assert_eq!(b.drv.state(&*b.ram, 1), Some(CxtState::StopSw));
+    let csb2 = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.run(1, &[driver::nop(Some(csb2), false)]);
+    assert_eq!(csb_status(&*b.ram, csb2).0, 1, "stopped context does not run");
+}
+
+#[test]
+fn doorbells_are_ignored_unless_the_function_is_active() {
+    let mut b = Bed::new(false);
+    b.e.mmio_write(MMIO_CTL0, &(FnRequest::StopSf as u64).to_le_bytes());
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.drv.submit(&*b.ram, 1, &[driver::nop(Some(csb), false)]);
+    assert!(!b.e.doorbell(1));
+    b.e.process(1);
+    assert_eq!(csb_status(&*b.ram, csb).0, 1);
+}
+
+/// Guest memory that records the order of CST_BLK completions.
+#[derive(Debug)]
+struct Recording(GuestRam, StdMutex<Vec<u64>>);
+
+impl crate::dma::DmaMemory for Recording {
+    fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
+        self.0.read(a, b)
+    }
+    fn write(&self, a: u64, b: &[u8]) -> Result<(), Fault> {
+        self.0.write(a, b)
+    }
+    fn copy(&self, d: u64, s: u64, l: u64) -> Result<(), Fault> {
+        self.0.copy(d, s, l)
+    }
+    fn decrement_u64(&self, a: u64) -> Result<u64, Fault> {
+        self.1.lock().expect("lock").push(a);
+        self.0.decrement_u64(a)
+    }
+    fn or_u32(&self, a: u64, b: u32) -> Result<(), Fault> {
+        self.0.or_u32(a, b)
+    }
+    fn check(&self, a: u64, l: u64, w: bool) -> Result<(), Fault> {
+        self.0.check(a, l, w)
+    }
+}
+
+#[test]
+fn forced_out_of_order_completion_reverses_between_fences() {
+    let ram = Arc::new(Recording(GuestRam::anonymous(RAM, RAM_SIZE), StdMutex::new(Vec::new())));
+    let opts = EngineOptions::default();
+    opts.force_out_of_order.store(true, Ordering::Relaxed);
+    let e: Engine<Recording, Arc<Vectors>> = Engine::new(SdxiConfig::default(), Arc::new(Vectors::default()), opts);
+    e.set_memory(Some(Arc::clone(&ram)));
+    let mut drv = Driver::new(&*ram, RAM, 4 << 20).expect("window");
+    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run).expect("admin");
+    e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
+    e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
+    let csbs: Vec<u64> = (0..4).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();
+    let descs = [
+        driver::nop(Some(csbs[0]), false),
+        driver::nop(Some(csbs[1]), false),
+        driver::nop(Some(csbs[2]), true),
+        driver::nop(Some(csbs[3]), false),
+    ];
+    drv.submit(&*ram, 0, &descs);
+    e.process(0);
+    // Before the fence: 1 then 0 (reversed); the fenced descriptor completes after them.
+    assert_eq!(*ram.1.lock().expect("lock"), vec![csbs[1], csbs[0], csbs[2], csbs[3]]);
+}
+
+#[test]
+fn large_copies_split_over_threads_are_exact() {
+    let vectors = Arc::new(Vectors::default());
+    let ram = Arc::new(GuestRam::anonymous(RAM, 64 << 20));
+    let opts = EngineOptions { copy_threads: 4, split_copy_min: 1 << 20, ..EngineOptions::default() };
+    let e = Engine::new(SdxiConfig::default(), vectors, opts);
+    e.set_memory(Some(Arc::clone(&ram)));
+    let mut drv = Driver::new(&*ram, RAM, 1 << 20).expect("window");
+    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run).expect("admin");
+    e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
+    e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
+    let len = (20 << 20) + 12345;
+    let src = RAM + (2 << 20);
+    let dst = RAM + (30 << 20);
+    let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    ram.write_bytes(src, &v);
+    let csb = drv.csb(&*ram, 1).expect("csb");
+    drv.submit(&*ram, 0, &[driver::copy(src, dst, len as u64, Some(csb), false)]);
+    e.process(0);
+    let mut out = vec![0u8; len];
+    ram.read_bytes(dst, &mut out);
+    assert!(out == v);
+    assert_eq!(csb_status(&*ram, csb), (0, false));
+}
+
+#[test]
+fn reset_restores_registers_and_stops_processing() {
+    let mut b = Bed::new(false);
+    b.e.reset();
+    assert_eq!(b.e.registers().state(), FnState::Stop);
+    assert_eq!(b.e.registers().reg(MMIO_CXT_L2), 0);
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    b.drv.submit(&*b.ram, 1, &[driver::nop(Some(csb), false)]);
+    b.e.process(1);
+    assert_eq!(csb_status(&*b.ram, csb).0, 1);
+}
