@@ -132,6 +132,8 @@ pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, Co
 pub struct HmuDevice {
     pub chmu: ChmuBlock,
     pub range: MemRange,
+    #[cfg(feature = "server")]
+    interrupts: device_sdxi::vfio_server::Interrupts,
 }
 
 impl HmuDevice {
@@ -139,6 +141,8 @@ impl HmuDevice {
         Self {
             chmu: ChmuBlock::new(cfg),
             range,
+            #[cfg(feature = "server")]
+            interrupts: device_sdxi::vfio_server::Interrupts::default(),
         }
     }
 }
@@ -147,6 +151,10 @@ impl HmuDevice {
 impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     fn name(&self) -> &'static str {
         "cxl-hmu"
+    }
+
+    fn interrupts(&self) -> device_sdxi::vfio_server::Interrupts {
+        self.interrupts.clone()
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {

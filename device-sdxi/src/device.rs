@@ -1,9 +1,10 @@
 //! The SDXi PCI function as a vfio-user device: BAR0 control registers, BAR2 doorbells,
 //! BAR4 MSI-X table (emulated by QEMU itself), and its configuration space.
 //!
-//! Left out at this stage: doorbell processing (a doorbell is counted and logged only).
+//! Doorbells kick the context's pass on the worker pool; the engine ([`crate::engine`]) does
+//! the rest.
 
-use crate::function::{SdxiConfig, SdxiFunction};
+use crate::function::SdxiConfig;
 use crate::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
@@ -55,61 +56,140 @@ pub struct DoorbellCounters {
     pub doorbell_guest_errors: u64,
 }
 
-/// The device model behind the transport.
-#[derive(Debug)]
-pub struct SdxiDevice {
-    pub function: SdxiFunction,
-    pub doorbells: DoorbellCounters,
-}
-
-impl SdxiDevice {
-    pub fn new(cfg: SdxiConfig) -> Self {
-        Self {
-            function: SdxiFunction::new(cfg),
-            doorbells: DoorbellCounters::default(),
-        }
-    }
-}
+#[cfg(feature = "server")]
+pub use server::{DeviceOptions, SdxiDevice};
 
 #[cfg(feature = "server")]
-impl crate::vfio_server::PciDevice for SdxiDevice {
-    fn name(&self) -> &'static str {
-        "sdxi"
+mod server {
+    use super::DoorbellCounters;
+    use crate::dma::GuestRam;
+    use crate::engine::{Engine, EngineOptions};
+    use crate::function::SdxiConfig;
+    use crate::regs;
+    use crate::vfio_server::{DmaRegion, Interrupts, PciDevice};
+    use crate::workers::Workers;
+    use std::sync::Arc;
+
+    /// How the device runs.
+    #[derive(Clone, Debug)]
+    pub struct DeviceOptions {
+        /// Worker threads running context passes.
+        pub workers: usize,
+        /// Threads one large COPY is split over.
+        pub copy_threads: usize,
+        /// Complete descriptors between fences in reverse order.
+        pub force_out_of_order: bool,
     }
 
-    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
-        match bar {
-            regs::CONTROL_BAR => self.function.mmio_read(offset, data),
-            _ => data.fill(0),
-        }
-    }
-
-    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
-        match bar {
-            regs::CONTROL_BAR => self.function.mmio_write(offset, data),
-            regs::DOORBELL_BAR => {
-                let stride = self.function.config().doorbell_stride();
-                if data.len() != 8 || !offset.is_multiple_of(stride) {
-                    self.doorbells.doorbell_guest_errors += 1;
-                    return;
-                }
-                self.doorbells.doorbells += 1;
-                tracing::debug!(context = offset / stride, "doorbell");
+    impl Default for DeviceOptions {
+        fn default() -> Self {
+            Self {
+                workers: 2,
+                copy_threads: 1,
+                force_out_of_order: false,
             }
-            _ => {}
         }
     }
 
-    fn reset(&mut self) {
-        self.function.reset();
+    /// The device model behind the transport.
+    pub struct SdxiDevice {
+        pub engine: Arc<Engine<GuestRam, Interrupts>>,
+        workers: Workers,
+        interrupts: Interrupts,
+        pub doorbells: DoorbellCounters,
     }
 
-    fn counters(&self) -> serde_json::Value {
-        serde_json::json!({
-            "function": self.function.counters(),
-            "state": self.function.state(),
-            "doorbells": self.doorbells,
-        })
+    impl std::fmt::Debug for SdxiDevice {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SdxiDevice")
+                .field("workers", &self.workers)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl SdxiDevice {
+        pub fn new(cfg: SdxiConfig, opts: &DeviceOptions) -> Self {
+            let interrupts = Interrupts::default();
+            let eo = EngineOptions {
+                copy_threads: opts.copy_threads,
+                ..EngineOptions::default()
+            };
+            eo.force_out_of_order.store(
+                opts.force_out_of_order,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let contexts = usize::from(cfg.max_cxt) + 1;
+            let engine = Arc::new(Engine::new(cfg, interrupts.clone(), eo));
+            let e = Arc::clone(&engine);
+            let workers = Workers::new(opts.workers, contexts, move |c| e.process(c));
+            Self {
+                engine,
+                workers,
+                interrupts,
+                doorbells: DoorbellCounters::default(),
+            }
+        }
+    }
+
+    impl PciDevice for SdxiDevice {
+        fn name(&self) -> &'static str {
+            "sdxi"
+        }
+
+        fn interrupts(&self) -> Interrupts {
+            self.interrupts.clone()
+        }
+
+        fn dma_changed(&mut self, maps: &[DmaRegion]) {
+            let mapped: Vec<_> = maps.iter().filter_map(|m| m.mapped.clone()).collect();
+            match GuestRam::from_mapped(&mapped) {
+                Ok(ram) => self.engine.set_memory(Some(Arc::new(ram))),
+                Err(e) => {
+                    tracing::error!(error = %e, "DMA maps unusable; the engine has no guest memory");
+                    self.engine.set_memory(None);
+                }
+            }
+        }
+
+        fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+            match bar {
+                regs::CONTROL_BAR => self.engine.mmio_read(offset, data),
+                _ => data.fill(0),
+            }
+        }
+
+        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+            match bar {
+                regs::CONTROL_BAR => self.engine.mmio_write(offset, data),
+                regs::DOORBELL_BAR => {
+                    let stride = self.engine.config().doorbell_stride();
+                    if data.len() != 8 || !offset.is_multiple_of(stride) {
+                        self.doorbells.doorbell_guest_errors += 1;
+                        return;
+                    }
+                    self.doorbells.doorbells += 1;
+                    let cxt = u16::try_from(offset / stride).unwrap_or(u16::MAX);
+                    if self.engine.doorbell(cxt) {
+                        self.workers.kick(cxt);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn reset(&mut self) {
+            self.engine.reset();
+        }
+
+        fn counters(&self) -> serde_json::Value {
+            let regs = self.engine.registers();
+            serde_json::json!({
+                "function": regs.counters(),
+                "state": regs.state(),
+                "doorbells": self.doorbells,
+                "engine": self.engine.counters.json(),
+            })
+        }
     }
 }
 

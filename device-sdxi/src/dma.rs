@@ -6,11 +6,12 @@
 //! map lookup itself. Nothing outside the maps is reachable; writes need a writable map.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, Permissions, VolatileMemory, VolatileSlice,
+    Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap, Permissions, VolatileMemory, VolatileSlice,
 };
 
 /// An access outside what the guest mapped (or a write to a read-only map).
@@ -61,41 +62,80 @@ pub enum MapError {
     Bad { iova: u64, size: u64, why: String },
 }
 
-impl GuestRam {
-    /// Maps every spec (shared, pre-faulted). Overlapping or empty maps are refused.
-    pub fn build(specs: &[MapSpec<'_>]) -> Result<Self, MapError> {
-        let mut regions = Vec::new();
-        let mut writable = Vec::new();
-        for s in specs {
-            let bad = |why: String| MapError::Bad {
-                iova: s.iova,
-                size: s.size,
-                why,
-            };
-            let size = usize::try_from(s.size).map_err(|_| bad("too large".into()))?;
-            if size == 0 || s.iova.checked_add(s.size).is_none() {
-                return Err(bad("empty or wrapping".into()));
-            }
-            let file = s.file.try_clone().map_err(|e| bad(format!("dup: {e}")))?;
-            let prot = if s.writable {
-                libc::PROT_READ | libc::PROT_WRITE
-            } else {
-                libc::PROT_READ
-            };
-            let region = MmapRegionBuilder::new(size)
-                .with_file_offset(FileOffset::new(file, s.file_offset))
-                .with_mmap_prot(prot)
-                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_POPULATE)
-                .build()
-                .map_err(|e| bad(format!("mmap: {e}")))?;
-            regions.push(GuestRegionMmap::new(region, GuestAddress(s.iova)).ok_or_else(|| bad("invalid region".into()))?);
-            if s.writable {
-                writable.push((s.iova, s.iova + s.size));
-            }
+/// One DMA map, mmapped (shared, pre-faulted) once and reused across rebuilds.
+#[derive(Clone, Debug)]
+pub struct MappedRegion {
+    region: Arc<GuestRegionMmap>,
+    writable: bool,
+}
+
+impl MappedRegion {
+    /// Maps a spec.
+    pub fn map(s: &MapSpec<'_>) -> Result<Self, MapError> {
+        let bad = |why: String| MapError::Bad {
+            iova: s.iova,
+            size: s.size,
+            why,
+        };
+        let size = usize::try_from(s.size).map_err(|_| bad("too large".into()))?;
+        if size == 0 || s.iova.checked_add(s.size).is_none() {
+            return Err(bad("empty or wrapping".into()));
         }
+        let file = s.file.try_clone().map_err(|e| bad(format!("dup: {e}")))?;
+        let prot = if s.writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let region = MmapRegionBuilder::new(size)
+            .with_file_offset(FileOffset::new(file, s.file_offset))
+            .with_mmap_prot(prot)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_POPULATE)
+            .build()
+            .map_err(|e| bad(format!("mmap: {e}")))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(s.iova))
+            .ok_or_else(|| bad("invalid region".into()))?;
+        Ok(Self {
+            region: Arc::new(region),
+            writable: s.writable,
+        })
+    }
+
+    pub fn start(&self) -> u64 {
+        self.region.start_addr().0
+    }
+
+    pub fn len(&self) -> u64 {
+        self.region.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.len() == 0
+    }
+}
+
+impl GuestRam {
+    /// Maps every spec. Overlapping or empty maps are refused.
+    pub fn build(specs: &[MapSpec<'_>]) -> Result<Self, MapError> {
+        let mapped = specs
+            .iter()
+            .map(MappedRegion::map)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_mapped(&mapped)
+    }
+
+    /// Guest RAM over already mapped regions (cheap: no mmap).
+    pub fn from_mapped(mapped: &[MappedRegion]) -> Result<Self, MapError> {
+        let mut regions: Vec<Arc<GuestRegionMmap>> =
+            mapped.iter().map(|m| Arc::clone(&m.region)).collect();
         regions.sort_by_key(|r| r.start_addr());
+        let mut writable: Vec<(u64, u64)> = mapped
+            .iter()
+            .filter(|m| m.writable)
+            .map(|m| (m.start(), m.start() + m.len()))
+            .collect();
         writable.sort_unstable();
-        let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| MapError::Bad {
+        let mem = GuestMemoryMmap::from_arc_regions(regions).map_err(|e| MapError::Bad {
             iova: 0,
             size: 0,
             why: format!("overlapping maps: {e}"),
@@ -141,7 +181,13 @@ impl GuestRam {
         let off = addr - region.start_addr().0;
         let avail = region.len() - off;
         let n = usize::try_from(len.min(avail)).ok()?;
-        region.as_volatile_slice().ok()?.offset(usize::try_from(off).ok()?).ok()?.subslice(0, n).ok()
+        region
+            .as_volatile_slice()
+            .ok()?
+            .offset(usize::try_from(off).ok()?)
+            .ok()?
+            .subslice(0, n)
+            .ok()
     }
 
     fn fault(addr: u64, len: u64, write: bool) -> Fault {
@@ -167,7 +213,12 @@ impl DmaMemory for GuestRam {
 
     fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
         let ok = addr.checked_add(len).is_some()
-            && GuestMemory::check_range(&self.mem, GuestAddress(addr), usize::try_from(len).unwrap_or(usize::MAX), Permissions::Read)
+            && GuestMemory::check_range(
+                &self.mem,
+                GuestAddress(addr),
+                usize::try_from(len).unwrap_or(usize::MAX),
+                Permissions::Read,
+            )
             && (!write || self.writable(addr, len));
         if ok {
             Ok(())
@@ -182,15 +233,23 @@ impl DmaMemory for GuestRam {
         let mut done = 0u64;
         while done < len {
             let (s, d) = (src + done, dst + done);
-            let sv = self.slice(s, len - done).ok_or_else(|| Self::fault(s, len - done, false))?;
-            let dv = self.slice(d, len - done).ok_or_else(|| Self::fault(d, len - done, true))?;
+            let sv = self
+                .slice(s, len - done)
+                .ok_or_else(|| Self::fault(s, len - done, false))?;
+            let dv = self
+                .slice(d, len - done)
+                .ok_or_else(|| Self::fault(d, len - done, true))?;
             let n = sv.len().min(dv.len());
             // SAFETY: both slices are live mappings of at least `n` bytes (checked above);
             // the engine refuses overlapping ranges. The guest may write these bytes
             // concurrently, as with any DMA; the copy then transfers some mix of old and new
             // bytes, which is what real hardware does.
             unsafe {
-                std::ptr::copy_nonoverlapping(sv.ptr_guard().as_ptr(), dv.ptr_guard_mut().as_ptr(), n);
+                std::ptr::copy_nonoverlapping(
+                    sv.ptr_guard().as_ptr(),
+                    dv.ptr_guard_mut().as_ptr(),
+                    n,
+                );
             }
             done += n as u64;
         }
@@ -201,19 +260,30 @@ impl DmaMemory for GuestRam {
         if !addr.is_multiple_of(8) || !self.writable(addr, 8) {
             return Err(Self::fault(addr, 8, true));
         }
-        let s = self.slice(addr, 8).filter(|s| s.len() == 8).ok_or_else(|| Self::fault(addr, 8, true))?;
-        let a: &AtomicU64 = s.get_atomic_ref(0).map_err(|_| Self::fault(addr, 8, true))?;
-        Ok(a
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(1)))
-            .unwrap_or_else(|v| v))
+        let s = self
+            .slice(addr, 8)
+            .filter(|s| s.len() == 8)
+            .ok_or_else(|| Self::fault(addr, 8, true))?;
+        let a: &AtomicU64 = s
+            .get_atomic_ref(0)
+            .map_err(|_| Self::fault(addr, 8, true))?;
+        Ok(a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            Some(v.saturating_sub(1))
+        })
+        .unwrap_or_else(|v| v))
     }
 
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault> {
         if !addr.is_multiple_of(4) || !self.writable(addr, 4) {
             return Err(Self::fault(addr, 4, true));
         }
-        let s = self.slice(addr, 4).filter(|s| s.len() == 4).ok_or_else(|| Self::fault(addr, 4, true))?;
-        let a: &AtomicU32 = s.get_atomic_ref(0).map_err(|_| Self::fault(addr, 4, true))?;
+        let s = self
+            .slice(addr, 4)
+            .filter(|s| s.len() == 4)
+            .ok_or_else(|| Self::fault(addr, 4, true))?;
+        let a: &AtomicU32 = s
+            .get_atomic_ref(0)
+            .map_err(|_| Self::fault(addr, 4, true))?;
         a.fetch_or(bits, Ordering::AcqRel);
         Ok(())
     }
@@ -241,7 +311,11 @@ mod tests {
         assert!(ram.read(u64::MAX - 1, &mut [0u8; 4]).is_err());
         assert_eq!(
             ram.check(0x1ff0, 0x20, false),
-            Err(Fault { addr: 0x1ff0, len: 0x20, write: false })
+            Err(Fault {
+                addr: 0x1ff0,
+                len: 0x20,
+                write: false
+            })
         );
         assert!(ram.copy(0x1000, u64::MAX - 8, 64).is_err());
     }
@@ -272,8 +346,20 @@ mod tests {
         let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         file.set_len(0x4000).expect("size");
         let ram = GuestRam::build(&[
-            MapSpec { iova: 0x10_0000, size: 0x2000, file: &file, file_offset: 0, writable: true },
-            MapSpec { iova: 0x10_2000, size: 0x2000, file: &file, file_offset: 0x2000, writable: false },
+            MapSpec {
+                iova: 0x10_0000,
+                size: 0x2000,
+                file: &file,
+                file_offset: 0,
+                writable: true,
+            },
+            MapSpec {
+                iova: 0x10_2000,
+                size: 0x2000,
+                file: &file,
+                file_offset: 0x2000,
+                writable: false,
+            },
         ])
         .expect("build");
         assert_eq!(ram.regions(), 2);
@@ -282,7 +368,11 @@ mod tests {
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, 0x10).expect("pread");
         assert_eq!(&b, b"hello");
         assert!(ram.write(0x10_2000, b"x").is_err(), "read-only map");
-        assert!(ram.copy(0x10_2000, 0x10_0000, 16).is_err(), "copy into read-only map");
-        ram.copy(0x10_0100, 0x10_2000, 16).expect("copy from read-only map");
+        assert!(
+            ram.copy(0x10_2000, 0x10_0000, 16).is_err(),
+            "copy into read-only map"
+        );
+        ram.copy(0x10_0100, 0x10_2000, 16)
+            .expect("copy from read-only map");
     }
 }

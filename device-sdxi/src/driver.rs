@@ -80,7 +80,9 @@ impl Driver {
     pub fn alloc(&mut self, size: u64, align: u64) -> Result<u64, OutOfMemory> {
         let a = self.next.next_multiple_of(align);
         if a + size > self.end {
-            return Err(OutOfMemory { need: a + size - self.end });
+            return Err(OutOfMemory {
+                need: a + size - self.end,
+            });
         }
         self.next = a + size;
         Ok(a)
@@ -231,8 +233,18 @@ pub fn intr(akey: u16, fe: bool) -> Descriptor {
 }
 
 /// Admin CXT_START_NM (or _RS) for `start..=end`.
-pub fn cxt_start(start: u16, end: u16, restart: bool, db_value: u64, csb: Option<u64>) -> Descriptor {
-    let sub = if restart { DSC_ADMIN_CXT_START_RS } else { DSC_ADMIN_CXT_START_NM };
+pub fn cxt_start(
+    start: u16,
+    end: u16,
+    restart: bool,
+    db_value: u64,
+    csb: Option<u64>,
+) -> Descriptor {
+    let sub = if restart {
+        DSC_ADMIN_CXT_START_RS
+    } else {
+        DSC_ADMIN_CXT_START_NM
+    };
     Descriptor::from_type(&DscCxtStart {
         header: Descriptor::header_for(DSC_TYPE_ADMIN, sub, true),
         cxt_start: U16::new(start),

@@ -84,7 +84,11 @@ pub const RE_CONTEXT_STOPPED: u8 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     #[error("{what}")]
-    Invalid { class: ErrClass, step: u8, what: &'static str },
+    Invalid {
+        class: ErrClass,
+        step: u8,
+        what: &'static str,
+    },
     #[error("{0}")]
     Fault(Fault, u8),
 }
@@ -196,6 +200,8 @@ pub struct Engine<M, I> {
     mem: RwLock<Option<Arc<M>>>,
     irq: I,
     busy: Vec<Mutex<()>>,
+    /// Bumped by every reset; a pass started before it stops at its next descriptor.
+    generation: AtomicU64,
     pub counters: EngineCounters,
     pub options: EngineOptions,
 }
@@ -212,6 +218,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
             mem: RwLock::new(None),
             irq,
             busy: (0..n).map(|_| Mutex::new(())).collect(),
+            generation: AtomicU64::new(0),
             counters: EngineCounters::default(),
             options,
         }
@@ -223,11 +230,17 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
 
     /// Replaces the guest memory the engine works on (DMA map/unmap).
     pub fn set_memory(&self, mem: Option<Arc<M>>) {
-        *self.mem.write().unwrap_or_else(std::sync::PoisonError::into_inner) = mem;
+        *self
+            .mem
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mem;
     }
 
     fn memory(&self) -> Option<Arc<M>> {
-        self.mem.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.mem
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn registers(&self) -> MutexGuard<'_, SdxiFunction> {
@@ -244,6 +257,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
 
     /// Function-level reset: waits for passes in flight, then restores the registers.
     pub fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let _all: Vec<_> = self.busy.iter().map(lock).collect();
         lock(&self.regs).reset();
     }
@@ -258,13 +272,16 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
     fn read_obj<T: FromBytes>(mem: &M, addr: u64, step: u8) -> Result<T, EngineError> {
         let mut buf = [0u8; 64];
         let n = std::mem::size_of::<T>();
-        mem.read(addr, &mut buf[..n]).map_err(|f| EngineError::Fault(f, step))?;
-        T::read_from_bytes(&buf[..n]).map_err(|_| invalid(ErrClass::InvalidDescriptor, step, "short read"))
+        mem.read(addr, &mut buf[..n])
+            .map_err(|f| EngineError::Fault(f, step))?;
+        T::read_from_bytes(&buf[..n])
+            .map_err(|_| invalid(ErrClass::InvalidDescriptor, step, "short read"))
     }
 
     fn read_u64(mem: &M, addr: u64, step: u8) -> Result<u64, EngineError> {
         let mut b = [0u8; 8];
-        mem.read(addr, &mut b).map_err(|f| EngineError::Fault(f, step))?;
+        mem.read(addr, &mut b)
+            .map_err(|f| EngineError::Fault(f, step))?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -307,11 +324,19 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
 
     fn akey(&self, mem: &M, cx: &Cxt, index: u16) -> Result<AkeyEnt, EngineError> {
         if u32::from(index) >= cx.akey_entries {
-            return Err(invalid(ErrClass::InvalidAkey, step::AKEY, "AKey index beyond the table"));
+            return Err(invalid(
+                ErrClass::InvalidAkey,
+                step::AKEY,
+                "AKey index beyond the table",
+            ));
         }
         let a: AkeyEnt = Self::read_obj(mem, cx.akey_table + u64::from(index) * 16, step::AKEY)?;
         if !a.vl() {
-            return Err(invalid(ErrClass::InvalidAkey, step::AKEY, "AKey entry not valid"));
+            return Err(invalid(
+                ErrClass::InvalidAkey,
+                step::AKEY,
+                "AKey entry not valid",
+            ));
         }
         Ok(a)
     }
@@ -320,7 +345,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         if self.irq.trigger(vector) {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.counters.interrupts_dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .interrupts_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -347,15 +374,24 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
             }
         };
         if let Err((e, index)) = self.run_ring(&mem, cxt, &cx, &mut kicks) {
-            self.counters.contexts_stopped.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .contexts_stopped
+                .fetch_add(1, Ordering::Relaxed);
             let _ = Self::set_cxt_state(&mem, cx.sts, ERROR_STATE);
             self.log_error(&mem, Some(cxt), index, e, RE_CONTEXT_STOPPED);
         }
         kicks
     }
 
-    fn run_ring(&self, mem: &M, cxt: u16, cx: &Cxt, kicks: &mut Vec<u16>) -> Result<(), (EngineError, Option<u64>)> {
+    fn run_ring(
+        &self,
+        mem: &M,
+        cxt: u16,
+        cx: &Cxt,
+        kicks: &mut Vec<u16>,
+    ) -> Result<(), (EngineError, Option<u64>)> {
         let ooo = self.options.force_out_of_order.load(Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Acquire);
         let mut deferred: Vec<Option<u64>> = Vec::new();
         let flush = |deferred: &mut Vec<Option<u64>>| {
             while let Some(csb) = deferred.pop() {
@@ -373,14 +409,32 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 return Ok(());
             }
             if ri > wi || wi - ri > cx.entries {
-                return Err((invalid(ErrClass::RingIndex, step::RING, "write index behind the read index or past the ring"), Some(ri)));
+                return Err((
+                    invalid(
+                        ErrClass::RingIndex,
+                        step::RING,
+                        "write index behind the read index or past the ring",
+                    ),
+                    Some(ri),
+                ));
             }
             while ri < wi {
+                if self.generation.load(Ordering::Acquire) != generation {
+                    return Ok(());
+                }
                 let slot = cx.ring + (ri % cx.entries) * DESC_SIZE;
-                let d: Descriptor = Self::read_obj(mem, slot, step::DESCRIPTOR).map_err(|e| (e, Some(ri)))?;
+                let d: Descriptor =
+                    Self::read_obj(mem, slot, step::DESCRIPTOR).map_err(|e| (e, Some(ri)))?;
                 let h = d.header();
                 if !h.vl() {
-                    return Err((invalid(ErrClass::InvalidDescriptor, step::DESCRIPTOR, "descriptor without vl inside the valid window"), Some(ri)));
+                    return Err((
+                        invalid(
+                            ErrClass::InvalidDescriptor,
+                            step::DESCRIPTOR,
+                            "descriptor without vl inside the valid window",
+                        ),
+                        Some(ri),
+                    ));
                 }
                 if h.fe() {
                     flush(&mut deferred);
@@ -424,7 +478,14 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         }
     }
 
-    fn execute(&self, mem: &M, cxt: u16, cx: &Cxt, d: &Descriptor, kicks: &mut Vec<u16>) -> Result<(), EngineError> {
+    fn execute(
+        &self,
+        mem: &M,
+        cxt: u16,
+        cx: &Cxt,
+        d: &Descriptor,
+        kicks: &mut Vec<u16>,
+    ) -> Result<(), EngineError> {
         let h = d.header();
         let bad = |what| Err(invalid(ErrClass::InvalidDescriptor, step::DESCRIPTOR, what));
         match (h.ty(), h.subtype()) {
@@ -442,7 +503,11 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 let i: DscIntr = d.as_type();
                 let a = self.akey(mem, cx, i.akey.get())?;
                 if !a.iv() {
-                    return Err(invalid(ErrClass::InvalidAkey, step::INT, "INTR through an AKey without an interrupt"));
+                    return Err(invalid(
+                        ErrClass::InvalidAkey,
+                        step::INT,
+                        "INTR through an AKey without an interrupt",
+                    ));
                 }
                 self.raise(a.intr_num());
                 Ok(())
@@ -463,10 +528,23 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         let (src, dst) = (c.addr0.get(), c.addr1.get());
         let (src_end, dst_end) = match (src.checked_add(len), dst.checked_add(len)) {
             (Some(a), Some(b)) => (a, b),
-            _ => return Err(EngineError::Fault(Fault { addr: src.max(dst), len, write: false }, step::DATA)),
+            _ => {
+                return Err(EngineError::Fault(
+                    Fault {
+                        addr: src.max(dst),
+                        len,
+                        write: false,
+                    },
+                    step::DATA,
+                ))
+            }
         };
         if src < dst_end && dst < src_end {
-            return Err(invalid(ErrClass::Overlap, step::DATA, "COPY source and destination overlap"));
+            return Err(invalid(
+                ErrClass::Overlap,
+                step::DATA,
+                "COPY source and destination overlap",
+            ));
         }
         let fault = |f| EngineError::Fault(f, step::DATA);
         let threads = self.options.copy_threads.max(1) as u64;
@@ -480,9 +558,21 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                     .filter(|off| *off < len)
                     .map(|off| s.spawn(move || mem.copy(dst + off, src + off, part.min(len - off))))
                     .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or(Err(Fault { addr: src, len, write: false }))).collect()
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or(Err(Fault {
+                            addr: src,
+                            len,
+                            write: false,
+                        }))
+                    })
+                    .collect()
             });
-            results.into_iter().collect::<Result<(), Fault>>().map_err(fault)?;
+            results
+                .into_iter()
+                .collect::<Result<(), Fault>>()
+                .map_err(fault)?;
         } else {
             mem.copy(dst, src, len).map_err(fault)?;
         }
@@ -490,11 +580,21 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         Ok(())
     }
 
-    fn admin(&self, mem: &M, sub: u8, d: &Descriptor, kicks: &mut Vec<u16>) -> Result<(), EngineError> {
+    fn admin(
+        &self,
+        mem: &M,
+        sub: u8,
+        d: &Descriptor,
+        kicks: &mut Vec<u16>,
+    ) -> Result<(), EngineError> {
         let max = self.busy.len() as u16 - 1;
         let range = |start: u16, end: u16| -> Result<std::ops::RangeInclusive<u16>, EngineError> {
             if start == 0 || start > end || end > max {
-                return Err(invalid(ErrClass::InvalidContext, step::DESCRIPTOR, "context range empty, includes 0 or exceeds max_cxt"));
+                return Err(invalid(
+                    ErrClass::InvalidContext,
+                    step::DESCRIPTOR,
+                    "context range empty, includes 0 or exceeds max_cxt",
+                ));
             }
             Ok(start..=end)
         };
@@ -504,7 +604,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 for id in range(s.cxt_start.get(), s.cxt_end.get())? {
                     let cx = self.load(mem, id)?;
                     Self::set_cxt_state(mem, cx.sts, CxtState::Run)?;
-                    self.counters.contexts_started.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .contexts_started
+                        .fetch_add(1, Ordering::Relaxed);
                     debug!(cxt = id, "context started");
                     kicks.push(id);
                 }
@@ -517,7 +619,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                     let _pass = lock(&self.busy[usize::from(id)]);
                     let cx = self.load(mem, id)?;
                     Self::set_cxt_state(mem, cx.sts, CxtState::StopSw)?;
-                    self.counters.contexts_stopped.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .contexts_stopped
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
             }
@@ -530,7 +634,11 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 Ok(())
             }
             DSC_ADMIN_CXT_UPD | DSC_ADMIN_AKEY_UPD | DSC_ADMIN_FN_UPD => Ok(()),
-            _ => Err(invalid(ErrClass::InvalidDescriptor, step::DESCRIPTOR, "unknown admin subtype")),
+            _ => Err(invalid(
+                ErrClass::InvalidDescriptor,
+                step::DESCRIPTOR,
+                "unknown admin subtype",
+            )),
         }
     }
 
@@ -548,7 +656,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         let (wrt, rd) = (regs.reg(regs::MMIO_ERR_WRT), regs.reg(regs::MMIO_ERR_RD));
         let mut sts = ErrSts::from(regs.reg(regs::MMIO_ERR_STS));
         if wrt.wrapping_sub(rd) >= entries {
-            self.counters.errlog_overflows.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .errlog_overflows
+                .fetch_add(1, Ordering::Relaxed);
             sts.set_ovf(true);
         } else {
             let hdr = ErrlogHdr::new()

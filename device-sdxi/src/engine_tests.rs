@@ -41,19 +41,44 @@ impl Bed {
         let e = Engine::new(SdxiConfig::default(), Arc::clone(&vectors), opts);
         e.set_memory(Some(Arc::clone(&ram)));
         let mut drv = Driver::new(&*ram, RAM, 4 << 20).expect("driver window");
-        drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run).expect("admin");
+        drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
+            .expect("admin");
         let w = |off: u64, v: u64| e.mmio_write(off, &v.to_le_bytes());
         w(MMIO_CXT_L2, drv.l2);
         w(MMIO_ERR_CTL, 1);
         w(MMIO_CTL0, Ctl0::new().with_fn_err_intr_en(true).into());
-        w(MMIO_ERR_CFG, ErrCfg::new().with_en(true).with_sz(1).with_ptr(ERRLOG >> 12).into());
-        w(MMIO_CTL0, Ctl0::new().with_fn_err_intr_en(true).with_fn_gsr(FnRequest::Active as u8).into());
+        w(
+            MMIO_ERR_CFG,
+            ErrCfg::new()
+                .with_en(true)
+                .with_sz(1)
+                .with_ptr(ERRLOG >> 12)
+                .into(),
+        );
+        w(
+            MMIO_CTL0,
+            Ctl0::new()
+                .with_fn_err_intr_en(true)
+                .with_fn_gsr(FnRequest::Active as u8)
+                .into(),
+        );
         assert_eq!(e.registers().state(), FnState::Active);
         assert!(e.doorbell(0), "jump start");
         assert!(e.process(0).is_empty());
-        let mut bed = Self { e, ram, drv, vectors };
+        let mut bed = Self {
+            e,
+            ram,
+            drv,
+            vectors,
+        };
         bed.drv
-            .add_context(&*bed.ram, 1, 1024, &[AkeyEnt::new(Some(1), 0)], CxtState::StopSw)
+            .add_context(
+                &*bed.ram,
+                1,
+                1024,
+                &[AkeyEnt::new(Some(1), 0)],
+                CxtState::StopSw,
+            )
             .expect("context 1");
         let csb = bed.drv.csb(&*bed.ram, 1).expect("csb");
         bed.admin(&[driver::cxt_start(1, 1, false, 0, Some(csb))]);
@@ -77,7 +102,9 @@ impl Bed {
     }
 
     fn fill(&self, addr: u64, len: usize, seed: u8) {
-        let v: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+        let v: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
         self.ram.write_bytes(addr, &v);
     }
 
@@ -100,12 +127,32 @@ fn copy_moves_the_bytes_completes_and_advances_the_read_index() {
         let mut b = Bed::new(false);
         b.fill(DATA, len, len as u8);
         let csb = b.drv.csb(&*b.ram, 1).expect("csb");
-        b.run(1, &[driver::copy(DATA, DATA + (2 << 20), len as u64, Some(csb), false)]);
-        assert_eq!(b.bytes(DATA + (2 << 20), len), b.bytes(DATA, len), "len {len}");
-        assert_eq!(b.bytes(DATA + (2 << 20) + len as u64, 1), vec![0], "no byte past the end");
+        b.run(
+            1,
+            &[driver::copy(
+                DATA,
+                DATA + (2 << 20),
+                len as u64,
+                Some(csb),
+                false,
+            )],
+        );
+        assert_eq!(
+            b.bytes(DATA + (2 << 20), len),
+            b.bytes(DATA, len),
+            "len {len}"
+        );
+        assert_eq!(
+            b.bytes(DATA + (2 << 20) + len as u64, 1),
+            vec![0],
+            "no byte past the end"
+        );
         assert_eq!(csb_status(&*b.ram, csb), (0, false));
         assert_eq!(b.drv.read_index(&*b.ram, 1), 1);
-        assert_eq!(b.e.counters.bytes_copied.load(Ordering::Relaxed), len as u64);
+        assert_eq!(
+            b.e.counters.bytes_copied.load(Ordering::Relaxed),
+            len as u64
+        );
     }
 }
 
@@ -122,7 +169,9 @@ fn intr_raises_the_akey_vector_and_nop_completes() {
 #[test]
 fn ring_wraps_over_many_batches_and_one_csb_counts_a_batch() {
     let mut b = Bed::new(false);
-    b.drv.add_context(&*b.ram, 2, 16, &[AkeyEnt::new(None, 0)], CxtState::StopSw).expect("cxt 2");
+    b.drv
+        .add_context(&*b.ram, 2, 16, &[AkeyEnt::new(None, 0)], CxtState::StopSw)
+        .expect("cxt 2");
     b.admin(&[driver::cxt_start(2, 2, false, 0, None)]);
     b.fill(DATA, 64 * 512, 9);
     for batch in 0..5u64 {
@@ -130,7 +179,13 @@ fn ring_wraps_over_many_batches_and_one_csb_counts_a_batch() {
         let descs: Vec<Descriptor> = (0..10u64)
             .map(|i| {
                 let n = batch * 10 + i;
-                driver::copy(DATA + n * 512, DATA + (4 << 20) + n * 512, 512, Some(csb), false)
+                driver::copy(
+                    DATA + n * 512,
+                    DATA + (4 << 20) + n * 512,
+                    512,
+                    Some(csb),
+                    false,
+                )
             })
             .collect();
         b.run(2, &descs);
@@ -150,7 +205,10 @@ fn expect_error(b: &mut Bed, cxt: u16, d: Descriptor, class: ErrClass) -> Errlog
     assert_eq!(e.err_class.get(), class as u16);
     let h = ErrlogHdr::from(e.hdr.get());
     assert!(h.vl() && h.cv());
-    assert_eq!((h.ty(), h.cxt_num(), h.re()), (0x7f7, cxt, RE_CONTEXT_STOPPED));
+    assert_eq!(
+        (h.ty(), h.cxt_num(), h.re()),
+        (0x7f7, cxt, RE_CONTEXT_STOPPED)
+    );
     assert!(ErrSts::from(b.e.registers().reg(MMIO_ERR_STS)).sts());
     assert_eq!(b.vectors.0.lock().expect("lock").last(), Some(&0));
     assert_eq!(b.drv.state(&*b.ram, cxt), Some(ERROR_STATE));
@@ -160,14 +218,35 @@ fn expect_error(b: &mut Bed, cxt: u16, d: Descriptor, class: ErrClass) -> Errlog
 #[test]
 fn every_error_class_gets_the_spec_reaction() {
     let cases: Vec<(Descriptor, ErrClass)> = vec![
-        (driver::copy(DATA, DATA + 100, 4096, None, false), ErrClass::Overlap),
-        (driver::copy(DATA, 0x10, 64, None, false), ErrClass::AddressFault),
-        (driver::copy(RAM + RAM_SIZE as u64 - 8, DATA, 64, None, false), ErrClass::AddressFault),
-        (driver::copy(u64::MAX - 10, DATA, 64, None, false), ErrClass::AddressFault),
+        (
+            driver::copy(DATA, DATA + 100, 4096, None, false),
+            ErrClass::Overlap,
+        ),
+        (
+            driver::copy(DATA, 0x10, 64, None, false),
+            ErrClass::AddressFault,
+        ),
+        (
+            driver::copy(RAM + RAM_SIZE as u64 - 8, DATA, 64, None, false),
+            ErrClass::AddressFault,
+        ),
+        (
+            driver::copy(u64::MAX - 10, DATA, 64, None, false),
+            ErrClass::AddressFault,
+        ),
         (driver::intr(9, false), ErrClass::InvalidAkey),
         (driver::intr(300, false), ErrClass::InvalidAkey),
-        (driver::cxt_start(1, 1, false, 0, None), ErrClass::InvalidDescriptor),
-        (Descriptor { header: Descriptor::header_for(0x7ff, 0x99, false), ..Descriptor::default() }, ErrClass::InvalidDescriptor),
+        (
+            driver::cxt_start(1, 1, false, 0, None),
+            ErrClass::InvalidDescriptor,
+        ),
+        (
+            Descriptor {
+                header: Descriptor::header_for(0x7ff, 0x99, false),
+                ..Descriptor::default()
+            },
+            ErrClass::InvalidDescriptor,
+        ),
     ];
     for (d, class) in cases {
         let mut b = Bed::new(false);
@@ -244,12 +323,19 @@ fn error_log_overflow_sets_ovf_and_keeps_serving() {
 fn stop_then_sync_leaves_the_context_stopped() {
     let mut b = Bed::new(false);
     let csb = b.drv.csb(&*b.ram, 1).expect("csb");
-    b.admin(&[driver::cxt_stop(1, 1, None), driver::sync(1, 1, 1, Some(csb))]);
+    b.admin(&[
+        driver::cxt_stop(1, 1, None),
+        driver::sync(1, 1, 1, Some(csb)),
+    ]);
     assert_eq!(csb_status(&*b.ram, csb), (0, false));
     assert_eq!(b.drv.state(&*b.ram, 1), Some(CxtState::StopSw));
     let csb2 = b.drv.csb(&*b.ram, 1).expect("csb");
     b.run(1, &[driver::nop(Some(csb2), false)]);
-    assert_eq!(csb_status(&*b.ram, csb2).0, 1, "stopped context does not run");
+    assert_eq!(
+        csb_status(&*b.ram, csb2).0,
+        1,
+        "stopped context does not run"
+    );
 }
 
 #[test]
@@ -291,13 +377,18 @@ impl crate::dma::DmaMemory for Recording {
 
 #[test]
 fn forced_out_of_order_completion_reverses_between_fences() {
-    let ram = Arc::new(Recording(GuestRam::anonymous(RAM, RAM_SIZE), StdMutex::new(Vec::new())));
+    let ram = Arc::new(Recording(
+        GuestRam::anonymous(RAM, RAM_SIZE),
+        StdMutex::new(Vec::new()),
+    ));
     let opts = EngineOptions::default();
     opts.force_out_of_order.store(true, Ordering::Relaxed);
-    let e: Engine<Recording, Arc<Vectors>> = Engine::new(SdxiConfig::default(), Arc::new(Vectors::default()), opts);
+    let e: Engine<Recording, Arc<Vectors>> =
+        Engine::new(SdxiConfig::default(), Arc::new(Vectors::default()), opts);
     e.set_memory(Some(Arc::clone(&ram)));
     let mut drv = Driver::new(&*ram, RAM, 4 << 20).expect("window");
-    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run).expect("admin");
+    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
+        .expect("admin");
     e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
     e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
     let csbs: Vec<u64> = (0..4).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();
@@ -310,18 +401,26 @@ fn forced_out_of_order_completion_reverses_between_fences() {
     drv.submit(&*ram, 0, &descs);
     e.process(0);
     // Before the fence: 1 then 0 (reversed); the fenced descriptor completes after them.
-    assert_eq!(*ram.1.lock().expect("lock"), vec![csbs[1], csbs[0], csbs[2], csbs[3]]);
+    assert_eq!(
+        *ram.1.lock().expect("lock"),
+        vec![csbs[1], csbs[0], csbs[2], csbs[3]]
+    );
 }
 
 #[test]
 fn large_copies_split_over_threads_are_exact() {
     let vectors = Arc::new(Vectors::default());
     let ram = Arc::new(GuestRam::anonymous(RAM, 64 << 20));
-    let opts = EngineOptions { copy_threads: 4, split_copy_min: 1 << 20, ..EngineOptions::default() };
+    let opts = EngineOptions {
+        copy_threads: 4,
+        split_copy_min: 1 << 20,
+        ..EngineOptions::default()
+    };
     let e = Engine::new(SdxiConfig::default(), vectors, opts);
     e.set_memory(Some(Arc::clone(&ram)));
     let mut drv = Driver::new(&*ram, RAM, 1 << 20).expect("window");
-    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run).expect("admin");
+    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
+        .expect("admin");
     e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
     e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
     let len = (20 << 20) + 12345;
@@ -330,7 +429,11 @@ fn large_copies_split_over_threads_are_exact() {
     let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     ram.write_bytes(src, &v);
     let csb = drv.csb(&*ram, 1).expect("csb");
-    drv.submit(&*ram, 0, &[driver::copy(src, dst, len as u64, Some(csb), false)]);
+    drv.submit(
+        &*ram,
+        0,
+        &[driver::copy(src, dst, len as u64, Some(csb), false)],
+    );
     e.process(0);
     let mut out = vec![0u8; len];
     ram.read_bytes(dst, &mut out);

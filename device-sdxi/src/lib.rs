@@ -18,6 +18,7 @@ pub mod function;
 pub mod mem;
 pub mod pci;
 pub mod regs;
+pub mod workers;
 
 #[cfg(feature = "server")]
 pub mod cli;

@@ -41,7 +41,9 @@ pub struct CxtL2Ent {
 
 impl CxtL2Ent {
     pub fn new(l1: u64) -> Self {
-        Self { lv1_ptr: U64::new((l1 & !0xfff) | 1) }
+        Self {
+            lv1_ptr: U64::new((l1 & !0xfff) | 1),
+        }
     }
     pub fn vl(&self) -> bool {
         self.lv1_ptr.get() & 1 != 0
@@ -262,7 +264,14 @@ impl Descriptor {
     }
     /// Builds a header word.
     pub fn header_for(ty: u16, subtype: u8, fe: bool) -> U32 {
-        U32::new(DscHeader::new().with_vl(true).with_fe(fe).with_ty(ty).with_subtype(subtype).into())
+        U32::new(
+            DscHeader::new()
+                .with_vl(true)
+                .with_fe(fe)
+                .with_ty(ty)
+                .with_subtype(subtype)
+                .into(),
+        )
     }
     /// CSB pointer field for `csb` (None = no completion block).
     pub fn csb_field(csb: Option<u64>) -> U64 {
@@ -502,7 +511,10 @@ mod tests {
         assert_eq!(&raw[56..64], &0x9020u64.to_le_bytes());
         let g = Descriptor::read_from_bytes(&raw).expect("64 bytes");
         assert_eq!(g.csb(), Some(0x9020));
-        assert_eq!((g.header().ty(), g.header().subtype(), g.header().fe()), (1, 3, true));
+        assert_eq!(
+            (g.header().ty(), g.header().subtype(), g.header().fe()),
+            (1, 3, true)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! region accesses never fail; `SET_IRQS` arrives raw (eventfd per vector, `count=0` to
 //! disable, a missing fd to de-assign).
 
+use crate::dma::{MapSpec, MappedRegion};
 use crate::pci::ConfigSpace;
 use serde::Serialize;
 use std::fs::File;
@@ -201,13 +202,24 @@ pub struct DmaRegion {
     pub size: u64,
     pub file_offset: u64,
     pub flags: DmaMapFlags,
-    pub fd: Option<File>,
+    /// The mapping into this process (None without an fd, or if mmap failed).
+    pub mapped: Option<MappedRegion>,
+}
+
+impl crate::engine::Irq for Interrupts {
+    fn trigger(&self, vector: u16) -> bool {
+        Interrupts::trigger(self, vector)
+    }
 }
 
 /// The emulated function as the transport sees it.
 pub trait PciDevice: Send {
     /// Short name for logs ("sdxi", "cxl-hmu").
     fn name(&self) -> &'static str;
+    /// The interrupt handle the transport arms from SET_IRQS and gates with Bus Master Enable.
+    fn interrupts(&self) -> Interrupts;
+    /// The set of DMA maps changed.
+    fn dma_changed(&mut self, _maps: &[DmaRegion]) {}
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
     /// Function-level or device reset: restore reset values, drop in-flight work.
@@ -225,6 +237,7 @@ pub struct TransportCounters {
     pub dma_maps: u64,
     pub dma_maps_without_fd: u64,
     pub dma_unmaps: u64,
+    pub dma_map_failures: u64,
     pub resets: u64,
     pub set_irqs: u64,
 }
@@ -243,10 +256,10 @@ pub struct Backend<D> {
 impl<D: PciDevice> Backend<D> {
     pub fn new(device: D, config: ConfigSpace) -> Self {
         Self {
+            interrupts: device.interrupts(),
             device,
             pristine: config.clone(),
             config,
-            interrupts: Interrupts::default(),
             dma: Vec::new(),
             counters: TransportCounters::default(),
         }
@@ -311,6 +324,7 @@ impl<D: PciDevice> Backend<D> {
     /// Forgets everything tied to a client connection.
     pub fn disconnect(&mut self) {
         self.dma.clear();
+        self.device.dma_changed(&self.dma);
         self.interrupts.clear();
         self.config.reset(&self.pristine);
         self.device.reset();
@@ -379,14 +393,32 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
             has_fd = fd.is_some(),
             "DMA map"
         );
-        self.dma.retain(|r| r.iova != address);
+        let mapped = fd.as_ref().and_then(|f| {
+            let spec = MapSpec {
+                iova: address,
+                size,
+                file: f,
+                file_offset: offset,
+                writable: flags.contains(DmaMapFlags::WRITE),
+            };
+            MappedRegion::map(&spec)
+                .map_err(|e| {
+                    self.counters.dma_map_failures += 1;
+                    warn!(error = %e, "DMA map not usable by the device");
+                })
+                .ok()
+        });
+        let end = address.saturating_add(size);
+        self.dma
+            .retain(|r| r.iova.saturating_add(r.size) <= address || r.iova >= end);
         self.dma.push(DmaRegion {
             iova: address,
             size,
             file_offset: offset,
             flags,
-            fd,
+            mapped,
         });
+        self.device.dma_changed(&self.dma);
         Ok(())
     }
 
@@ -396,6 +428,7 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
         let end = address.saturating_add(size);
         self.dma
             .retain(|r| r.iova.saturating_add(r.size) <= address || r.iova >= end);
+        self.device.dma_changed(&self.dma);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use device_sdxi::cli::{self, ServerArgs};
-use device_sdxi::device::{config_space, SdxiDevice};
+use device_sdxi::device::{config_space, DeviceOptions, SdxiDevice};
 use device_sdxi::function::SdxiConfig;
 use std::process::ExitCode;
 
@@ -19,6 +19,17 @@ struct Args {
     /// Highest context ID the function offers (CAP1.max_cxt); context 0 is the admin context.
     #[arg(long, default_value_t = 63, value_parser = clap::value_parser!(u16).range(1..=2047))]
     max_cxt: u16,
+    /// Worker threads running context passes (contexts run in parallel, one pass per context
+    /// at a time).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: u64,
+    /// Threads one large COPY (8 MiB or more) is split over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    copy_threads: u64,
+    /// Complete the descriptors between two fences in reverse order, to test drivers'
+    /// handling of out-of-order completion.
+    #[arg(long)]
+    force_out_of_order: bool,
 }
 
 fn main() -> ExitCode {
@@ -29,7 +40,14 @@ fn main() -> ExitCode {
     };
     let result = config_space(&cfg)
         .map_err(anyhow::Error::from)
-        .and_then(|space| cli::run(&args.server, SdxiDevice::new(cfg), space));
+        .and_then(|space| {
+            let opts = DeviceOptions {
+                workers: args.workers as usize,
+                copy_threads: args.copy_threads as usize,
+                force_out_of_order: args.force_out_of_order,
+            };
+            cli::run(&args.server, SdxiDevice::new(cfg, &opts), space)
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,468 @@
+//! Conformance suite: the real `sdxi-server` process, a real vfio-user client (QEMU's role),
+//! and a shared memfd as guest memory, driven the way the Linux SDXi driver drives the device
+//! (digest A.4, A.13). No VM; runs in seconds.
+
+use device_sdxi::dma::{GuestRam, MapSpec};
+use device_sdxi::driver::{self, csb_status, Driver, DriverMemory};
+use device_sdxi::engine::ErrClass;
+use device_sdxi::mem::*;
+use device_sdxi::regs::*;
+use device_sdxi::testing::ServerProcess;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const IOVA: u64 = 0x1_0000_0000;
+const RAM_SIZE: u64 = 160 << 20;
+const TABLES: u64 = IOVA;
+const ERRLOG: u64 = IOVA + (3 << 20);
+const DATA: u64 = IOVA + (4 << 20);
+const CONFIG_REGION: u32 = 7;
+const MSIX: u32 = 2;
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+
+fn memfd(size: u64) -> File {
+    let name = std::ffi::CString::new("guest-ram").expect("name");
+    // SAFETY: memfd_create with a valid NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create");
+    // SAFETY: a fresh fd we own.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(size).expect("size");
+    f
+}
+
+fn eventfd() -> File {
+    // SAFETY: plain eventfd creation.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh fd we own.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+/// Waits for an eventfd to fire; returns its count (0 on timeout).
+fn wait_event(f: &File, timeout: Duration) -> u64 {
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    if n <= 0 {
+        return 0;
+    }
+    let mut v = [0u8; 8];
+    // SAFETY: reading 8 bytes into a live buffer from our eventfd.
+    let r = unsafe { libc::read(f.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+    if r == 8 {
+        u64::from_le_bytes(v)
+    } else {
+        0
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A device under test: server process, client, guest memory and the driver's tables.
+struct Dut {
+    srv: ServerProcess,
+    c: vfio_user::Client,
+    ram: GuestRam,
+    _file: File,
+    drv: Driver,
+    vectors: Vec<File>,
+}
+
+impl Dut {
+    fn rd(&mut self, off: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.c
+            .region_read(u32::from(CONTROL_BAR), off, &mut b)
+            .expect("read");
+        u64::from_le_bytes(b)
+    }
+
+    fn wr(&mut self, off: u64, v: u64) {
+        self.c
+            .region_write(u32::from(CONTROL_BAR), off, &v.to_le_bytes())
+            .expect("write");
+    }
+
+    fn doorbell(&mut self, cxt: u16, value: u64) {
+        self.c
+            .region_write(
+                u32::from(DOORBELL_BAR),
+                u64::from(cxt) * 4096,
+                &value.to_le_bytes(),
+            )
+            .expect("doorbell");
+    }
+
+    /// Function init as the Linux driver does it (digest A.4 and A.13), then `n` data
+    /// contexts started through the admin ring; context i's AKey 0 raises vector i.
+    fn start(args: &[&str], n: u16) -> Self {
+        let mut a = vec!["--max-clients", "1"];
+        a.extend_from_slice(args);
+        let srv =
+            ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_sdxi-server")), &a).expect("spawn");
+        let mut c = srv.client().expect("connect");
+        let file = memfd(RAM_SIZE);
+        c.dma_map(0, IOVA, RAM_SIZE, file.as_raw_fd())
+            .expect("DMA_MAP");
+        let ram = GuestRam::build(&[MapSpec {
+            iova: IOVA,
+            size: RAM_SIZE,
+            file: &file,
+            file_offset: 0,
+            writable: true,
+        }])
+        .expect("local view of guest RAM");
+        // Bus mastering on, MSI-X vectors armed.
+        c.region_write(CONFIG_REGION, 4, &0x0006u16.to_le_bytes())
+            .expect("command");
+        let count = u32::from(n) + 1;
+        let vectors: Vec<File> = (0..count).map(|_| eventfd()).collect();
+        let fds: Vec<i32> = vectors.iter().map(AsRawFd::as_raw_fd).collect();
+        c.set_irqs(
+            MSIX,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            count,
+            &fds,
+        )
+        .expect("SET_IRQS");
+        let drv = Driver::new(&ram, TABLES, 3 << 20).expect("tables");
+        let mut d = Self {
+            srv,
+            c,
+            ram,
+            _file: file,
+            drv,
+            vectors,
+        };
+        // 1. stop: from STOP the driver writes RESET and expects to stay in STOP.
+        d.wr(MMIO_CTL0, FnRequest::Reset as u64);
+        assert_eq!(Sts0::from(d.rd(MMIO_STS0)).fn_gsv(), FnState::Stop as u8);
+        // 2-3. identity, CTL2 from CAP1.
+        assert_eq!(Version::from(d.rd(MMIO_VERSION)).major(), 1);
+        let cap1 = Cap1::from(d.rd(MMIO_CAP1));
+        d.wr(
+            MMIO_CTL2,
+            Ctl2::new()
+                .with_max_buffer(cap1.max_buffer())
+                .with_max_akey_sz(cap1.max_akey_sz())
+                .with_max_cxt(cap1.max_cxt())
+                .with_opb_000_avl(cap1.opb_000_cap())
+                .into(),
+        );
+        // 4-6. tables and the admin context.
+        d.wr(MMIO_CXT_L2, d.drv.l2);
+        d.drv
+            .add_context(&d.ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
+            .expect("admin");
+        // 7. error log.
+        d.wr(MMIO_ERR_CFG, 0);
+        d.wr(MMIO_ERR_STS, 0xb);
+        d.wr(MMIO_ERR_CTL, 1);
+        d.wr(MMIO_ERR_WRT, 0);
+        d.wr(MMIO_ERR_RD, 0);
+        d.wr(
+            MMIO_ERR_CFG,
+            ErrCfg::new()
+                .with_en(true)
+                .with_sz(1)
+                .with_ptr(ERRLOG >> 12)
+                .into(),
+        );
+        // 8. ACTIVE, polled.
+        d.wr(
+            MMIO_CTL0,
+            Ctl0::new()
+                .with_fn_err_intr_en(true)
+                .with_fn_gsr(FnRequest::Active as u8)
+                .into(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Sts0::from(d.rd(MMIO_STS0)).fn_gsv() != FnState::Active as u8 {
+            assert!(Instant::now() < deadline, "ACTIVE within the driver's 1 s");
+        }
+        // 9. jump start.
+        d.doorbell(0, 0);
+        // 10. data contexts.
+        for id in 1..=n {
+            d.drv
+                .add_context(
+                    &d.ram,
+                    id,
+                    1024,
+                    &[AkeyEnt::new(Some(id), 0)],
+                    CxtState::StopSw,
+                )
+                .expect("context");
+            let csb = d.drv.csb(&d.ram, 1).expect("csb");
+            let wi = d
+                .drv
+                .submit(&d.ram, 0, &[driver::cxt_start(id, id, false, 0, Some(csb))]);
+            d.doorbell(0, wi);
+            d.wait_csb(csb, "CXT_START_NM");
+            assert_eq!(csb_status(&d.ram, csb), (0, false));
+            assert_eq!(d.drv.state(&d.ram, id), Some(CxtState::Run));
+        }
+        d
+    }
+
+    fn wait_csb(&self, csb: u64, what: &str) {
+        wait_for(what, Duration::from_secs(10), || {
+            csb_status(&self.ram, csb).0 == 0
+        });
+    }
+
+    fn submit(&mut self, cxt: u16, descs: &[Descriptor]) {
+        let wi = self.drv.submit(&self.ram, cxt, descs);
+        self.doorbell(cxt, wi);
+    }
+
+    fn fill(&self, addr: u64, len: u64, seed: u64) {
+        let v: Vec<u8> = (0..len).map(|i| ((i * 7 + seed) % 253) as u8).collect();
+        self.ram.write_bytes(addr, &v);
+    }
+
+    fn same(&self, a: u64, b: u64, len: u64) -> bool {
+        let mut x = vec![0u8; len as usize];
+        let mut y = vec![0u8; len as usize];
+        self.ram.read_bytes(a, &mut x);
+        self.ram.read_bytes(b, &mut y);
+        x == y
+    }
+
+    fn finish(self) -> serde_json::Value {
+        drop(self.c);
+        self.srv.finish().expect("counters")
+    }
+}
+
+#[test]
+fn init_sequence_admin_context_and_eight_contexts() {
+    let d = Dut::start(&[], 8);
+    let counters = d.finish();
+    let e = &counters["registers"]["engine"];
+    assert_eq!(e["contexts_started"], 8);
+    assert_eq!(e["descriptors"]["admin"], 8);
+    assert_eq!(e["errlog_entries"], 0);
+}
+
+#[test]
+fn copies_from_one_byte_to_64_mib_are_exact() {
+    let mut d = Dut::start(&[], 1);
+    let sizes = [
+        1u64,
+        2,
+        63,
+        64,
+        4095,
+        4096,
+        4097,
+        65536,
+        1 << 20,
+        (2 << 20) + 17,
+        64 << 20,
+    ];
+    let src = DATA;
+    let dst = DATA + (72 << 20);
+    let mut total = 0;
+    for len in sizes {
+        d.fill(src, len, len);
+        // A guard byte after the destination must survive.
+        d.ram.write_bytes(dst + len, &[0xa5]);
+        let csb = d.drv.csb(&d.ram, 1).expect("csb");
+        d.submit(1, &[driver::copy(src, dst, len, Some(csb), false)]);
+        d.wait_csb(csb, "copy");
+        assert_eq!(csb_status(&d.ram, csb), (0, false), "len {len}");
+        assert!(d.same(src, dst, len), "len {len}");
+        let mut g = [0u8];
+        d.ram.read_bytes(dst + len, &mut g);
+        assert_eq!(g, [0xa5], "len {len}: wrote past the end");
+        total += len;
+    }
+    let counters = d.finish();
+    assert_eq!(counters["registers"]["engine"]["bytes_copied"], total);
+    assert_eq!(
+        counters["registers"]["engine"]["descriptors"]["copy"],
+        sizes.len()
+    );
+}
+
+#[test]
+fn batch_of_512_pages_with_one_completion_and_an_interrupt() {
+    let mut d = Dut::start(&[], 2);
+    let n = 512u64;
+    d.fill(DATA, n * 4096, 3);
+    let csb = d.drv.csb(&d.ram, n).expect("csb");
+    let mut descs: Vec<Descriptor> = (0..n)
+        .map(|i| {
+            driver::copy(
+                DATA + i * 4096,
+                DATA + (8 << 20) + i * 4096,
+                4096,
+                Some(csb),
+                false,
+            )
+        })
+        .collect();
+    descs.push(driver::intr(0, true));
+    // 513 descriptors do not fit a 1024 ring twice: submit in two halves.
+    d.submit(2, &descs[..256]);
+    d.submit(2, &descs[256..]);
+    d.wait_csb(csb, "batch");
+    assert!(d.same(DATA, DATA + (8 << 20), n * 4096));
+    assert!(
+        wait_event(&d.vectors[2], Duration::from_secs(5)) >= 1,
+        "context 2's vector"
+    );
+    assert_eq!(d.drv.read_index(&d.ram, 2), n + 1);
+    let counters = d.finish();
+    assert!(counters["interrupts"]["raised"].as_u64() >= Some(1));
+}
+
+#[test]
+fn contexts_run_in_parallel_and_complete_independently() {
+    let mut d = Dut::start(&["--workers", "4"], 4);
+    let mut csbs = Vec::new();
+    for id in 1..=4u16 {
+        let base = DATA + u64::from(id) * (16 << 20);
+        d.fill(base, 1 << 20, u64::from(id));
+        let csb = d.drv.csb(&d.ram, 8).expect("csb");
+        let descs: Vec<Descriptor> = (0..8u64)
+            .map(|i| {
+                driver::copy(
+                    base + i * (128 << 10),
+                    base + (8 << 20) + i * (128 << 10),
+                    128 << 10,
+                    Some(csb),
+                    false,
+                )
+            })
+            .collect();
+        d.submit(id, &descs);
+        csbs.push((id, base, csb));
+    }
+    for (id, base, csb) in csbs {
+        d.wait_csb(csb, "parallel contexts");
+        assert!(d.same(base, base + (8 << 20), 1 << 20), "context {id}");
+    }
+    d.finish();
+}
+
+#[test]
+fn errors_reach_the_cst_the_error_log_and_vector_zero_then_the_device_keeps_serving() {
+    let mut d = Dut::start(&[], 2);
+    let cases = [
+        (
+            1u16,
+            driver::copy(DATA, DATA + 8, 64, None, false),
+            ErrClass::Overlap,
+        ),
+        (
+            2u16,
+            driver::copy(0x1000, DATA, 64, None, false),
+            ErrClass::AddressFault,
+        ),
+    ];
+    for (i, (cxt, mut desc, class)) in cases.into_iter().enumerate() {
+        let csb = d.drv.csb(&d.ram, 1).expect("csb");
+        desc.csb_ptr = Descriptor::csb_field(Some(csb));
+        d.submit(cxt, &[desc]);
+        d.wait_csb(csb, "failed descriptor's completion");
+        assert_eq!(csb_status(&d.ram, csb), (0, true), "{class:?}");
+        assert!(
+            wait_event(&d.vectors[0], Duration::from_secs(5)) >= 1,
+            "vector 0 for {class:?}"
+        );
+        assert_eq!(d.rd(MMIO_ERR_WRT), i as u64 + 1);
+        let mut ent = [0u8; 64];
+        d.ram.read_bytes(ERRLOG + i as u64 * 64, &mut ent);
+        assert_eq!(u16::from_le_bytes([ent[44], ent[45]]), class as u16);
+        assert_eq!(d.drv.state(&d.ram, cxt), Some(CxtState::ErrFn));
+        assert!(ErrSts::from(d.rd(MMIO_ERR_STS)).sts());
+    }
+    // Software consumes the log; the admin context restarts context 1, which works again.
+    d.wr(MMIO_ERR_RD, 2);
+    d.wr(MMIO_ERR_STS, 1);
+    let csb = d.drv.csb(&d.ram, 1).expect("csb");
+    let wi = d
+        .drv
+        .submit(&d.ram, 0, &[driver::cxt_start(1, 1, true, 0, Some(csb))]);
+    d.doorbell(0, wi);
+    d.wait_csb(csb, "restart");
+    let csb = d.drv.csb(&d.ram, 1).expect("csb");
+    d.fill(DATA, 4096, 1);
+    d.submit(
+        1,
+        &[driver::copy(DATA, DATA + (1 << 20), 4096, Some(csb), false)],
+    );
+    d.wait_csb(csb, "copy after restart");
+    assert_eq!(csb_status(&d.ram, csb), (0, false));
+    let counters = d.finish();
+    let errs = &counters["registers"]["engine"]["errors"];
+    assert_eq!(
+        (errs["Overlap"].as_u64(), errs["AddressFault"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn hostile_rings_and_registers_never_crash_the_server() {
+    let mut d = Dut::start(&[], 1);
+    // Garbage in the whole ring, a write index far ahead, doorbells on every context page.
+    let c = d.drv.context(1).expect("cxt");
+    let junk: Vec<u8> = (0..64 * 1024u64)
+        .map(|i| (i * 2654435761 % 251) as u8)
+        .collect();
+    d.ram.write_bytes(c.ring, &junk);
+    d.ram.write_bytes(c.write_index, &u64::MAX.to_le_bytes());
+    for cxt in 0..64u16 {
+        d.doorbell(cxt, u64::MAX);
+    }
+    for off in (0..0x21000u64).step_by(0x108) {
+        d.wr(off & !7, 0xffff_ffff_ffff_ffff);
+    }
+    // Still answering.
+    assert_eq!(d.rd(MMIO_VERSION), 0x0001_0000);
+    assert!(d.srv.alive());
+    d.finish();
+}
+
+#[test]
+fn reset_in_the_middle_of_work_stops_the_function_and_all_progress() {
+    let mut d = Dut::start(&["--workers", "2"], 1);
+    let csb = d.drv.csb(&d.ram, 200).expect("csb");
+    let descs: Vec<Descriptor> = (0..200u64)
+        .map(|i| {
+            driver::copy(
+                DATA,
+                DATA + (16 << 20) + (i % 4) * (2 << 20),
+                2 << 20,
+                Some(csb),
+                false,
+            )
+        })
+        .collect();
+    d.submit(1, &descs);
+    d.c.reset().expect("DEVICE_RESET");
+    assert_eq!(Sts0::from(d.rd(MMIO_STS0)).fn_gsv(), FnState::Stop as u8);
+    assert_eq!(d.rd(MMIO_CXT_L2), 0);
+    // Whatever completed before the reset completed; nothing runs after it.
+    let done = d.drv.read_index(&d.ram, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(d.drv.read_index(&d.ram, 1), done, "no progress after reset");
+    d.finish();
+}
