@@ -272,3 +272,163 @@ pub fn sync(start: u16, end: u16, filter: u8, csb: Option<u64>) -> Descriptor {
     s.csb_ptr = Descriptor::csb_field(csb);
     Descriptor::from_type(&s)
 }
+
+/// Register and doorbell access as a driver has it (BAR mmaps in a guest, vfio-user
+/// messages in host tests).
+pub trait Mmio {
+    fn read64(&mut self, offset: u64) -> u64;
+    fn write64(&mut self, offset: u64, value: u64);
+    /// Writes `value` to context `cxt`'s doorbell (stride from CAP0).
+    fn doorbell(&mut self, cxt: u16, value: u64);
+}
+
+/// Why the init sequence failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InitError {
+    #[error("MMIO_VERSION major {0}, expected 1")]
+    Version(u8),
+    #[error("function did not reach ACTIVE within 1 s (STS0.fn_gsv = {0})")]
+    NotActive(u8),
+    #[error("function did not stop within 1 s (STS0.fn_gsv = {0})")]
+    NotStopped(u8),
+    #[error(transparent)]
+    Memory(#[from] OutOfMemory),
+    #[error("context {0}: {1}")]
+    Context(u16, &'static str),
+}
+
+fn gsv<M: Mmio>(m: &mut M) -> u8 {
+    crate::regs::Sts0::from(m.read64(crate::regs::MMIO_STS0)).fn_gsv()
+}
+
+fn poll_state<M: Mmio>(m: &mut M, want: crate::regs::FnState) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        if gsv(m) == want as u8 {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The function init sequence of the Linux driver (digest A.4, A.13): stop, read identity,
+/// CTL2 from CAP1, CXT_L2, admin context (ID 0, 1024 entries), error log at `errlog`
+/// (64 entries) with interrupts, ACTIVE, jump start.
+pub fn init_function<M: Mmio, D: DriverMemory>(
+    mmio: &mut M,
+    mem: &D,
+    drv: &mut Driver,
+    errlog: Option<u64>,
+) -> Result<(), InitError> {
+    use crate::regs::*;
+    match FnState::from_gsv(gsv(mmio)) {
+        Some(FnState::Stop) => mmio.write64(MMIO_CTL0, FnRequest::Reset as u64),
+        Some(FnState::Error) => mmio.write64(MMIO_CTL0, FnRequest::Reset as u64),
+        Some(FnState::StopgSf) => mmio.write64(MMIO_CTL0, FnRequest::StopHd as u64),
+        _ => mmio.write64(MMIO_CTL0, FnRequest::StopSf as u64),
+    }
+    if !poll_state(mmio, FnState::Stop) {
+        return Err(InitError::NotStopped(gsv(mmio)));
+    }
+    let major = Version::from(mmio.read64(MMIO_VERSION)).major();
+    if major != 1 {
+        return Err(InitError::Version(major));
+    }
+    let cap1 = Cap1::from(mmio.read64(MMIO_CAP1));
+    mmio.write64(
+        MMIO_CTL2,
+        Ctl2::new()
+            .with_max_buffer(cap1.max_buffer())
+            .with_max_akey_sz(cap1.max_akey_sz())
+            .with_max_cxt(cap1.max_cxt().min(127))
+            .with_opb_000_avl(cap1.opb_000_cap())
+            .into(),
+    );
+    mmio.write64(MMIO_CXT_L2, drv.l2);
+    drv.add_context(
+        mem,
+        0,
+        MIN_RING_ENTRIES,
+        &[AkeyEnt::new(None, 0)],
+        CxtState::Run,
+    )?;
+    let mut ctl0 = Ctl0::new();
+    if let Some(log) = errlog {
+        mem.write_bytes(log, &[0u8; 64 * 64]);
+        mmio.write64(MMIO_ERR_CFG, 0);
+        mmio.write64(MMIO_ERR_STS, 0xb);
+        mmio.write64(MMIO_ERR_CTL, 1);
+        mmio.write64(MMIO_ERR_WRT, 0);
+        mmio.write64(MMIO_ERR_RD, 0);
+        mmio.write64(
+            MMIO_ERR_CFG,
+            ErrCfg::new()
+                .with_en(true)
+                .with_sz(1)
+                .with_ptr(log >> 12)
+                .into(),
+        );
+        ctl0 = ctl0.with_fn_err_intr_en(true);
+    }
+    mmio.write64(MMIO_CTL0, ctl0.with_fn_gsr(FnRequest::Active as u8).into());
+    if !poll_state(mmio, FnState::Active) {
+        return Err(InitError::NotActive(gsv(mmio)));
+    }
+    mmio.doorbell(0, 0);
+    Ok(())
+}
+
+/// Creates data context `id` (AKey 0 raising `vector`) and starts it through the admin ring,
+/// waiting (up to `timeout`) for the CXT_START_NM completion.
+pub fn start_context<M: Mmio, D: DriverMemory>(
+    mmio: &mut M,
+    mem: &D,
+    drv: &mut Driver,
+    id: u16,
+    entries: u32,
+    vector: Option<u16>,
+    timeout: std::time::Duration,
+) -> Result<(), InitError> {
+    drv.add_context(
+        mem,
+        id,
+        entries,
+        &[AkeyEnt::new(vector, 0)],
+        CxtState::StopSw,
+    )?;
+    let csb = drv.csb(mem, 1)?;
+    let wi = drv.submit(mem, 0, &[cxt_start(id, id, false, 0, Some(csb))]);
+    mmio.doorbell(0, wi);
+    match wait_csb(mem, csb, timeout) {
+        Some(false) => Ok(()),
+        Some(true) => Err(InitError::Context(
+            id,
+            "CXT_START_NM completed with an error",
+        )),
+        None => Err(InitError::Context(id, "CXT_START_NM did not complete")),
+    }
+}
+
+/// Polls a CST_BLK until its signal reaches 0; returns its er flag, or None on timeout.
+pub fn wait_csb<D: DriverMemory>(mem: &D, csb: u64, timeout: std::time::Duration) -> Option<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut spins = 0u32;
+    loop {
+        let (signal, er) = csb_status(mem, csb);
+        if signal == 0 {
+            return Some(er);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        spins += 1;
+        if spins > 64 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}

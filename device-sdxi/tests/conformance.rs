@@ -3,7 +3,7 @@
 //! (digest A.4, A.13). No VM; runs in seconds.
 
 use device_sdxi::dma::{GuestRam, MapSpec};
-use device_sdxi::driver::{self, csb_status, Driver, DriverMemory};
+use device_sdxi::driver::{self, csb_status, Driver, DriverMemory, Mmio};
 use device_sdxi::engine::ErrClass;
 use device_sdxi::mem::*;
 use device_sdxi::regs::*;
@@ -72,6 +72,33 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The device's registers and doorbells through vfio-user region messages.
+struct ClientMmio<'a>(&'a mut vfio_user::Client);
+
+impl driver::Mmio for ClientMmio<'_> {
+    fn read64(&mut self, offset: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.0
+            .region_read(u32::from(CONTROL_BAR), offset, &mut b)
+            .expect("BAR0 read");
+        u64::from_le_bytes(b)
+    }
+    fn write64(&mut self, offset: u64, value: u64) {
+        self.0
+            .region_write(u32::from(CONTROL_BAR), offset, &value.to_le_bytes())
+            .expect("BAR0 write");
+    }
+    fn doorbell(&mut self, cxt: u16, value: u64) {
+        self.0
+            .region_write(
+                u32::from(DOORBELL_BAR),
+                u64::from(cxt) * 4096,
+                &value.to_le_bytes(),
+            )
+            .expect("doorbell");
+    }
+}
+
 /// A device under test: server process, client, guest memory and the driver's tables.
 struct Dut {
     srv: ServerProcess,
@@ -84,31 +111,20 @@ struct Dut {
 
 impl Dut {
     fn rd(&mut self, off: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.c
-            .region_read(u32::from(CONTROL_BAR), off, &mut b)
-            .expect("read");
-        u64::from_le_bytes(b)
+        ClientMmio(&mut self.c).read64(off)
     }
 
     fn wr(&mut self, off: u64, v: u64) {
-        self.c
-            .region_write(u32::from(CONTROL_BAR), off, &v.to_le_bytes())
-            .expect("write");
+        ClientMmio(&mut self.c).write64(off, v);
     }
 
     fn doorbell(&mut self, cxt: u16, value: u64) {
-        self.c
-            .region_write(
-                u32::from(DOORBELL_BAR),
-                u64::from(cxt) * 4096,
-                &value.to_le_bytes(),
-            )
-            .expect("doorbell");
+        ClientMmio(&mut self.c).doorbell(cxt, value);
     }
 
-    /// Function init as the Linux driver does it (digest A.4 and A.13), then `n` data
-    /// contexts started through the admin ring; context i's AKey 0 raises vector i.
+    /// Function init as the Linux driver does it (the shared driver helper follows digest A.4
+    /// and A.13), then `n` data contexts started through the admin ring; context i's AKey 0
+    /// raises vector i.
     fn start(args: &[&str], n: u16) -> Self {
         let mut a = vec!["--max-clients", "1"];
         a.extend_from_slice(args);
@@ -140,84 +156,30 @@ impl Dut {
             &fds,
         )
         .expect("SET_IRQS");
-        let drv = Driver::new(&ram, TABLES, 3 << 20).expect("tables");
-        let mut d = Self {
+        let mut drv = Driver::new(&ram, TABLES, 3 << 20).expect("tables");
+        driver::init_function(&mut ClientMmio(&mut c), &ram, &mut drv, Some(ERRLOG))
+            .expect("init sequence");
+        for id in 1..=n {
+            driver::start_context(
+                &mut ClientMmio(&mut c),
+                &ram,
+                &mut drv,
+                id,
+                1024,
+                Some(id),
+                Duration::from_secs(10),
+            )
+            .expect("context start");
+            assert_eq!(drv.state(&ram, id), Some(CxtState::Run));
+        }
+        Self {
             srv,
             c,
             ram,
             _file: file,
             drv,
             vectors,
-        };
-        // 1. stop: from STOP the driver writes RESET and expects to stay in STOP.
-        d.wr(MMIO_CTL0, FnRequest::Reset as u64);
-        assert_eq!(Sts0::from(d.rd(MMIO_STS0)).fn_gsv(), FnState::Stop as u8);
-        // 2-3. identity, CTL2 from CAP1.
-        assert_eq!(Version::from(d.rd(MMIO_VERSION)).major(), 1);
-        let cap1 = Cap1::from(d.rd(MMIO_CAP1));
-        d.wr(
-            MMIO_CTL2,
-            Ctl2::new()
-                .with_max_buffer(cap1.max_buffer())
-                .with_max_akey_sz(cap1.max_akey_sz())
-                .with_max_cxt(cap1.max_cxt())
-                .with_opb_000_avl(cap1.opb_000_cap())
-                .into(),
-        );
-        // 4-6. tables and the admin context.
-        d.wr(MMIO_CXT_L2, d.drv.l2);
-        d.drv
-            .add_context(&d.ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
-            .expect("admin");
-        // 7. error log.
-        d.wr(MMIO_ERR_CFG, 0);
-        d.wr(MMIO_ERR_STS, 0xb);
-        d.wr(MMIO_ERR_CTL, 1);
-        d.wr(MMIO_ERR_WRT, 0);
-        d.wr(MMIO_ERR_RD, 0);
-        d.wr(
-            MMIO_ERR_CFG,
-            ErrCfg::new()
-                .with_en(true)
-                .with_sz(1)
-                .with_ptr(ERRLOG >> 12)
-                .into(),
-        );
-        // 8. ACTIVE, polled.
-        d.wr(
-            MMIO_CTL0,
-            Ctl0::new()
-                .with_fn_err_intr_en(true)
-                .with_fn_gsr(FnRequest::Active as u8)
-                .into(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Sts0::from(d.rd(MMIO_STS0)).fn_gsv() != FnState::Active as u8 {
-            assert!(Instant::now() < deadline, "ACTIVE within the driver's 1 s");
         }
-        // 9. jump start.
-        d.doorbell(0, 0);
-        // 10. data contexts.
-        for id in 1..=n {
-            d.drv
-                .add_context(
-                    &d.ram,
-                    id,
-                    1024,
-                    &[AkeyEnt::new(Some(id), 0)],
-                    CxtState::StopSw,
-                )
-                .expect("context");
-            let csb = d.drv.csb(&d.ram, 1).expect("csb");
-            let wi = d
-                .drv
-                .submit(&d.ram, 0, &[driver::cxt_start(id, id, false, 0, Some(csb))]);
-            d.doorbell(0, wi);
-            d.wait_csb(csb, "CXT_START_NM");
-            assert_eq!(csb_status(&d.ram, csb), (0, false));
-            assert_eq!(d.drv.state(&d.ram, id), Some(CxtState::Run));
-        }
-        d
     }
 
     fn wait_csb(&self, csb: u64, what: &str) {
