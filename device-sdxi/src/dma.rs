@@ -90,15 +90,40 @@ impl MappedRegion {
         let region = MmapRegionBuilder::new(size)
             .with_file_offset(FileOffset::new(file, s.file_offset))
             .with_mmap_prot(prot)
-            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_POPULATE)
+            .with_mmap_flags(libc::MAP_SHARED)
             .build()
             .map_err(|e| bad(format!("mmap: {e}")))?;
-        let region = GuestRegionMmap::new(region, GuestAddress(s.iova))
-            .ok_or_else(|| bad("invalid region".into()))?;
+        let region = Arc::new(
+            GuestRegionMmap::new(region, GuestAddress(s.iova))
+                .ok_or_else(|| bad("invalid region".into()))?,
+        );
+        Self::prefault(&region, s.writable);
         Ok(Self {
-            region: Arc::new(region),
+            region,
             writable: s.writable,
         })
+    }
+
+    /// Pre-faults the mapping in the background, so the first descriptors do not pay page
+    /// faults and the client's DMA_MAP (which QEMU waits for while the guest boots) is not
+    /// delayed by populating gigabytes.
+    fn prefault(region: &Arc<GuestRegionMmap>, writable: bool) {
+        let r = Arc::clone(region);
+        let advice = if writable {
+            libc::MADV_POPULATE_WRITE
+        } else {
+            libc::MADV_POPULATE_READ
+        };
+        let _ = std::thread::Builder::new()
+            .name("dma-prefault".into())
+            .spawn(move || {
+                // Lowest CPU priority: on a small host this must not slow the guest's boot.
+                // SAFETY: setpriority on this thread only.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                // SAFETY: the range is exactly this live mapping, kept alive by `r`; populating
+                // does not change its contents.
+                unsafe { libc::madvise(r.as_ptr().cast(), r.size(), advice) };
+            });
     }
 
     pub fn start(&self) -> u64 {

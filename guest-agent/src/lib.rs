@@ -9,4 +9,5 @@
 pub mod drivers;
 pub mod inventory;
 pub mod protocol;
+pub mod sdxi;
 pub mod vfio;

@@ -82,6 +82,20 @@ fn inventory() -> Inventory {
     }
 }
 
+fn sdxi_copy(sizes: &[u64]) -> Outcome {
+    let pci = inventory::pci_functions(Path::new("/sys"));
+    let Some(f) = pci
+        .iter()
+        .find(|f| f.class == device_sdxi::regs::SDXI_CLASS_CODE)
+    else {
+        return Outcome::Error("no SDXi function (class 0x120100)".into());
+    };
+    match guest_agent::sdxi::copy_test(&f.bdf, sizes) {
+        Ok(r) => Outcome::Ok(Reply::SdxiCopy(r)),
+        Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
+    }
+}
+
 fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p)
         .map(|s| s.trim().to_owned())
@@ -138,6 +152,7 @@ fn run(port: &str) -> std::io::Result<()> {
                     Outcome::Ok(Reply::Inventory(Box::new(inventory()))),
                     false,
                 ),
+                Request::SdxiCopy { sizes } => (m.id, sdxi_copy(&sizes), false),
                 Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),
             },
         };

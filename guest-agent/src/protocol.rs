@@ -25,6 +25,11 @@ pub enum Request {
     /// Enumerate PCI functions, NUMA nodes and memory tiers; bind both devices to vfio-pci
     /// and read their identity registers.
     Inventory,
+    /// Initialise the SDXi function from userspace and copy buffers of these sizes through it,
+    /// checking every byte.
+    SdxiCopy {
+        sizes: Vec<u64>,
+    },
     /// Answer, then exit (the init script powers the guest off).
     Shutdown,
 }
@@ -60,7 +65,35 @@ pub enum Outcome {
 pub enum Reply {
     Pong,
     Inventory(Box<Inventory>),
+    SdxiCopy(SdxiCopyReport),
     ShuttingDown,
+}
+
+/// One copy through the SDXi device, checked in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyResult {
+    pub bytes: u64,
+    /// The completion block's signal reached 0.
+    pub completed: bool,
+    /// The completion block's er flag.
+    pub error_flag: bool,
+    pub mismatched_bytes: u64,
+    /// Doorbell to completion seen by the guest.
+    pub micros: u64,
+}
+
+/// What the guest's SDXi driver saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdxiCopyReport {
+    pub init_micros: u64,
+    pub results: Vec<CopyResult>,
+    /// MSI-X vector 1 fired after the final INTR descriptor.
+    pub interrupt_received: bool,
+    pub interrupt_micros: u64,
+    /// MMIO_ERR_WRT after the run.
+    pub errlog_entries: u64,
+    /// Where the DMA buffer sits in the device's (IOVA) address space.
+    pub dma_iova: u64,
 }
 
 /// What the guest sees.

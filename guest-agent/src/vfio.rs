@@ -25,6 +25,24 @@ ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE, VFIO_BASE + 4);
 ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE, VFIO_BASE + 6);
 ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE, VFIO_BASE + 9);
+ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
+
+/// `struct vfio_iommu_type1_dma_map`.
+#[repr(C)]
+struct DmaMap {
+    argsz: u32,
+    flags: u32,
+    vaddr: u64,
+    iova: u64,
+    size: u64,
+}
+const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
+const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+/// MSI-X interrupt index.
+pub const MSIX_IRQ_INDEX: u32 = 2;
 
 /// Errors of the VFIO plumbing; each names the device and the step.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +108,7 @@ pub fn iommu_group(bdf: &str) -> Option<u32> {
 pub struct VfioDevice {
     pub bdf: String,
     pub group: u32,
-    _container: File,
+    container: File,
     _group: File,
     device: File,
 }
@@ -191,7 +209,7 @@ impl VfioDevice {
         Ok(Self {
             bdf: bdf.to_owned(),
             group,
-            _container: container,
+            container,
             _group: gfile,
             device,
         })
@@ -258,6 +276,61 @@ impl VfioDevice {
                 .map_err(VfioError::sys(&self.bdf, "reading configuration space"))?;
         }
         Ok(buf)
+    }
+
+    /// Makes `size` bytes at `vaddr` (pinned by the kernel) reachable by the device at `iova`.
+    pub fn map_dma(&self, vaddr: u64, iova: u64, size: u64) -> Result<(), VfioError> {
+        let m = DmaMap {
+            argsz: std::mem::size_of::<DmaMap>() as u32,
+            flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr,
+            iova,
+            size,
+        };
+        // SAFETY: the kernel reads a vfio_iommu_type1_dma_map of `argsz` bytes; the memory it
+        // names belongs to this process and stays mapped while the device uses it.
+        if unsafe { libc::ioctl(self.container.as_raw_fd(), VFIO_IOMMU_MAP_DMA(), &m) } < 0 {
+            return Err(VfioError::sys(&self.bdf, "VFIO_IOMMU_MAP_DMA")(last_err()));
+        }
+        Ok(())
+    }
+
+    /// Arms MSI-X vectors `0..fds.len()` with eventfds.
+    pub fn set_msix(&self, fds: &[i32]) -> Result<(), VfioError> {
+        let mut buf = Vec::with_capacity(20 + 4 * fds.len());
+        let argsz = (20 + 4 * fds.len()) as u32;
+        for v in [
+            argsz,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            MSIX_IRQ_INDEX,
+            0,
+            fds.len() as u32,
+        ] {
+            buf.extend_from_slice(&v.to_ne_bytes());
+        }
+        for fd in fds {
+            buf.extend_from_slice(&fd.to_ne_bytes());
+        }
+        // SAFETY: the kernel reads a vfio_irq_set header followed by `count` fds, all in `buf`.
+        if unsafe {
+            libc::ioctl(
+                self.device.as_raw_fd(),
+                VFIO_DEVICE_SET_IRQS(),
+                buf.as_ptr(),
+            )
+        } < 0
+        {
+            return Err(VfioError::sys(&self.bdf, "VFIO_DEVICE_SET_IRQS")(last_err()));
+        }
+        Ok(())
+    }
+
+    /// Writes configuration space (vfio-pci virtualises what it must, e.g. BARs).
+    pub fn config_write(&self, offset: u64, data: &[u8]) -> Result<(), VfioError> {
+        let r = self.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        self.device
+            .write_all_at(data, r.offset + offset)
+            .map_err(VfioError::sys(&self.bdf, "writing configuration space"))
     }
 
     /// Maps a BAR.
@@ -359,5 +432,8 @@ mod tests {
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD(), 0x3b6a);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO(), 0x3b6c);
         assert_eq!(VFIO_DEVICE_GET_IRQ_INFO(), 0x3b6d);
+        assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
+        assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
+        assert_eq!(std::mem::size_of::<DmaMap>(), 32);
     }
 }

@@ -156,6 +156,8 @@ pub struct RunResult {
     pub kernel_package_version: String,
     pub download_bytes: u64,
     pub inventory: Inventory,
+    /// The guest SDXi driver's report (sdxi-copy scenario).
+    pub sdxi_copy: Option<guest_agent::protocol::SdxiCopyReport>,
     pub teardown: vm::Teardown,
     pub run_dir: PathBuf,
 }
@@ -229,11 +231,31 @@ pub fn execute(
             ))))
         }
     };
+    let sdxi_copy = if scenario_name == "sdxi-copy" {
+        progress.step("guest SDXi driver: init, context start, copies through the device");
+        let sizes = scenario::SDXI_COPY_SIZES.to_vec();
+        match vm
+            .request(Request::SdxiCopy { sizes }, timeout)
+            .map_err(vm_err)?
+        {
+            Reply::SdxiCopy(r) => Some(r),
+            other => {
+                return Err(vm_err(vm::VmError::Protocol(format!(
+                    "expected an SDXi copy report, got {other:?}"
+                ))))
+            }
+        }
+    } else {
+        None
+    };
     let scenario_s = t1.elapsed().as_secs_f64();
     progress.step("shutting down");
     let t2 = Instant::now();
     let teardown = vm.shutdown(timeout).map_err(vm_err)?;
     let mut checks = scenario::inventory_checks(cfg, &inventory);
+    if let Some(r) = &sdxi_copy {
+        checks.extend(scenario::sdxi_copy_checks(r, teardown.counters.get("sdxi")));
+    }
     checks.push(scenario::Check {
         name: "no_stray_processes".into(),
         passed: teardown.stray_processes.is_empty(),
@@ -257,6 +279,7 @@ pub fn execute(
         kernel_package_version: imgs.kernel.version.clone(),
         download_bytes: imgs.download_bytes,
         inventory,
+        sdxi_copy,
         teardown,
         run_dir: run.dir.clone(),
     };

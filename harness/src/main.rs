@@ -64,7 +64,7 @@ enum Cmd {
     /// Boot the test bed and run one scenario; writes result.json and logs to a run directory.
     Run {
         /// Scenario to run (see `harness scenarios`).
-        #[arg(default_value = "inventory")]
+        #[arg(default_value = harness::scenario::DEFAULT)]
         scenario: String,
         #[command(flatten)]
         vm: VmArgs,
@@ -248,7 +248,7 @@ fn main() -> ExitCode {
             results,
             json,
         } => (vm, scenario.as_str(), results.clone(), *json),
-        Cmd::Demo { vm } => (vm, "inventory", None, false),
+        Cmd::Demo { vm } => (vm, harness::scenario::DEFAULT, None, false),
     };
     vm_args.apply(&mut cfg);
     match harness::execute(

@@ -10,10 +10,63 @@ use guest_agent::protocol::{Inventory, ProbeResult};
 use serde::Serialize;
 
 /// Names of the built-in scenarios.
-pub const BUILTIN: &[(&str, &str)] = &[(
-    "inventory",
-    "boot, enumerate PCI/NUMA/tiers, bind both devices to vfio-pci and read their identity registers",
-)];
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "inventory",
+        "boot, enumerate PCI/NUMA/tiers, bind both devices to vfio-pci and read their identity registers",
+    ),
+    (
+        "sdxi-copy",
+        "inventory, then the guest's SDXi driver copies 1 B..16 MiB through the device (IOVAs via the vIOMMU, MSI-X), every byte checked",
+    ),
+];
+
+/// The scenario `harness demo` runs.
+pub const DEFAULT: &str = "sdxi-copy";
+
+/// Sizes the sdxi-copy scenario copies.
+pub const SDXI_COPY_SIZES: &[u64] = &[1, 4096, 65536, 2 << 20, 16 << 20];
+
+/// Checks the guest's SDXi copy report and the device's own counters of the same run.
+pub fn sdxi_copy_checks(
+    report: &guest_agent::protocol::SdxiCopyReport,
+    device_counters: Option<&serde_json::Value>,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    for r in &report.results {
+        out.push(check(
+            &format!("sdxi.copy_{}", r.bytes),
+            r.completed && !r.error_flag && r.mismatched_bytes == 0,
+            format!(
+                "{} bytes: completed {}, er {}, {} mismatched bytes, {} us doorbell to completion",
+                r.bytes, r.completed, r.error_flag, r.mismatched_bytes, r.micros
+            ),
+        ));
+    }
+    out.push(check(
+        "sdxi.msix_interrupt",
+        report.interrupt_received,
+        format!(
+            "INTR -> MSI-X vector 1 after {} us",
+            report.interrupt_micros
+        ),
+    ));
+    let total: u64 = report.results.iter().map(|r| r.bytes).sum();
+    let engine = device_counters.map(|c| &c["registers"]["engine"]);
+    let copied = engine.and_then(|e| e["bytes_copied"].as_u64());
+    let errors: u64 = engine.and_then(|e| e["errors"].as_object()).map_or(0, |m| {
+        m.values().filter_map(serde_json::Value::as_u64).sum()
+    });
+    out.push(check(
+        "sdxi.device_counters",
+        copied == Some(total) && errors == 0 && report.errlog_entries == 0,
+        format!(
+            "device copied {copied:?} of {total} bytes, {errors} errors, {} error-log entries",
+            report.errlog_entries
+        ),
+    ));
+    out
+}
 
 /// One check's verdict.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
