@@ -35,6 +35,10 @@ pub const ERROR_STATE: CxtState = CxtState::ErrFn;
 pub trait Irq: Send + Sync {
     /// Returns false when the interrupt could not be delivered (masked, bus mastering off).
     fn trigger(&self, vector: u16) -> bool;
+    /// PCI Command.Bus Master Enable: while clear the engine does no DMA at all.
+    fn bus_master(&self) -> bool {
+        true
+    }
 }
 
 /// Error classes (ERRLOG_HD_ENT.err_class, counters).
@@ -116,6 +120,8 @@ fn invalid(class: ErrClass, step: u8, what: &'static str) -> EngineError {
 pub struct EngineCounters {
     pub doorbells: AtomicU64,
     pub passes: AtomicU64,
+    /// Passes refused because Bus Master Enable was clear.
+    pub passes_without_bus_master: AtomicU64,
     pub dsc_nop: AtomicU64,
     pub dsc_copy: AtomicU64,
     pub dsc_intr: AtomicU64,
@@ -142,6 +148,7 @@ impl EngineCounters {
         serde_json::json!({
             "doorbells": g(&self.doorbells),
             "passes": g(&self.passes),
+            "passes_without_bus_master": g(&self.passes_without_bus_master),
             "descriptors": { "nop": g(&self.dsc_nop), "copy": g(&self.dsc_copy), "intr": g(&self.dsc_intr), "admin": g(&self.dsc_admin) },
             "bytes_copied": g(&self.bytes_copied),
             "completions": g(&self.completions),
@@ -360,6 +367,10 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         };
         let _pass = lock(busy);
         if lock(&self.regs).state() != FnState::Active {
+            return kicks;
+        }
+        if !self.irq.bus_master() {
+            self.counters.passes_without_bus_master.fetch_add(1, Ordering::Relaxed);
             return kicks;
         }
         let Some(mem) = self.memory() else {

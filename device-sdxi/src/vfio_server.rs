@@ -210,6 +210,9 @@ impl crate::engine::Irq for Interrupts {
     fn trigger(&self, vector: u16) -> bool {
         Interrupts::trigger(self, vector)
     }
+    fn bus_master(&self) -> bool {
+        Interrupts::bus_master(self)
+    }
 }
 
 /// The emulated function as the transport sees it.
