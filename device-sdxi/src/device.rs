@@ -57,7 +57,7 @@ pub struct DoorbellCounters {
 }
 
 #[cfg(feature = "server")]
-pub use server::{DeviceOptions, SdxiDevice};
+pub use server::{DeviceOptions, DoorbellMode, SdxiDevice};
 
 #[cfg(feature = "server")]
 mod server {
@@ -67,12 +67,25 @@ mod server {
     use crate::function::SdxiConfig;
     use crate::regs;
     use crate::vfio_server::{DmaRegion, Interrupts, PciDevice};
+    use crate::doorbell::MappedDoorbells;
+    use crate::regs::FnState;
     use crate::workers::Workers;
     use std::sync::Arc;
+
+    /// How doorbells reach the device.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+    pub enum DoorbellMode {
+        /// BAR2 is a memfd QEMU maps into the guest; a watcher thread notices writes.
+        Mapped,
+        /// Every doorbell write is a vfio-user message through the socket.
+        Trapped,
+    }
 
     /// How the device runs.
     #[derive(Clone, Debug)]
     pub struct DeviceOptions {
+        /// Doorbell path.
+        pub doorbell: DoorbellMode,
         /// Worker threads running context passes.
         pub workers: usize,
         /// Threads one large COPY is split over.
@@ -84,6 +97,7 @@ mod server {
     impl Default for DeviceOptions {
         fn default() -> Self {
             Self {
+                doorbell: DoorbellMode::Mapped,
                 workers: 2,
                 copy_threads: 1,
                 force_out_of_order: false,
@@ -94,7 +108,8 @@ mod server {
     /// The device model behind the transport.
     pub struct SdxiDevice {
         pub engine: Arc<Engine<GuestRam, Interrupts>>,
-        workers: Workers,
+        workers: Arc<Workers>,
+        mapped: Option<MappedDoorbells>,
         interrupts: Interrupts,
         pub doorbells: DoorbellCounters,
     }
@@ -119,12 +134,28 @@ mod server {
                 std::sync::atomic::Ordering::Relaxed,
             );
             let contexts = usize::from(cfg.max_cxt) + 1;
+            let stride = cfg.doorbell_stride() as usize;
+            let bar_size = cfg.doorbell_bar_size() as usize;
             let engine = Arc::new(Engine::new(cfg, interrupts.clone(), eo));
             let e = Arc::clone(&engine);
-            let workers = Workers::new(opts.workers, contexts, move |c| e.process(c));
+            let workers = Arc::new(Workers::new(opts.workers, contexts, move |c| e.process(c)));
+            let mapped = match opts.doorbell {
+                DoorbellMode::Trapped => None,
+                DoorbellMode::Mapped => {
+                    let (e, w) = (Arc::clone(&engine), Arc::clone(&workers));
+                    MappedDoorbells::new(bar_size, stride, move |c| {
+                        if e.doorbell(c) {
+                            w.kick(c);
+                        }
+                    })
+                    .map_err(|err| tracing::error!(error = %err, "falling back to trapped doorbells"))
+                    .ok()
+                }
+            };
             Self {
                 engine,
                 workers,
+                mapped,
                 interrupts,
                 doorbells: DoorbellCounters::default(),
             }
@@ -138,6 +169,10 @@ mod server {
 
         fn interrupts(&self) -> Interrupts {
             self.interrupts.clone()
+        }
+
+        fn bar_mmap_fd(&self, bar: u8) -> Option<std::os::fd::RawFd> {
+            (bar == regs::DOORBELL_BAR).then(|| self.mapped.as_ref().map(MappedDoorbells::fd)).flatten()
         }
 
         fn dma_changed(&mut self, maps: &[DmaRegion]) {
@@ -160,7 +195,15 @@ mod server {
 
         fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
             match bar {
-                regs::CONTROL_BAR => self.engine.mmio_write(offset, data),
+                regs::CONTROL_BAR => {
+                    let was = self.engine.registers().state();
+                    self.engine.mmio_write(offset, data);
+                    // Entering ACTIVE runs the admin context once: the jump start, also for a
+                    // mapped doorbell where a write of 0 to a page reading 0 is invisible.
+                    if was != FnState::Active && self.engine.registers().state() == FnState::Active {
+                        self.workers.kick(0);
+                    }
+                }
                 regs::DOORBELL_BAR => {
                     let stride = self.engine.config().doorbell_stride();
                     if data.len() != 8 || !offset.is_multiple_of(stride) {
@@ -169,6 +212,11 @@ mod server {
                     }
                     self.doorbells.doorbells += 1;
                     let cxt = u16::try_from(offset / stride).unwrap_or(u16::MAX);
+                    if let Some(m) = &self.mapped {
+                        let mut v = [0u8; 8];
+                        v.copy_from_slice(data);
+                        m.store(cxt, u64::from_le_bytes(v));
+                    }
                     if self.engine.doorbell(cxt) {
                         self.workers.kick(cxt);
                     }
@@ -179,6 +227,9 @@ mod server {
 
         fn reset(&mut self) {
             self.engine.reset();
+            if let Some(m) = &self.mapped {
+                m.reset();
+            }
         }
 
         fn counters(&self) -> serde_json::Value {
@@ -187,6 +238,11 @@ mod server {
                 "function": regs.counters(),
                 "state": regs.state(),
                 "doorbells": self.doorbells,
+                "mapped_doorbells": self.mapped.as_ref().map(|m| serde_json::json!({
+                    "doorbells": m.counters.doorbells.load(std::sync::atomic::Ordering::Relaxed),
+                    "scans": m.counters.scans.load(std::sync::atomic::Ordering::Relaxed),
+                    "sleeps": m.counters.sleeps.load(std::sync::atomic::Ordering::Relaxed),
+                })),
                 "engine": self.engine.counters.json(),
             })
         }

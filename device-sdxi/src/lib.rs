@@ -27,3 +27,5 @@ pub mod cli;
 pub mod testing;
 #[cfg(feature = "server")]
 pub mod vfio_server;
+#[cfg(feature = "server")]
+pub mod doorbell;

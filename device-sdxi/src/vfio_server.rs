@@ -26,9 +26,10 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_region_sparse_mmap_area,
 };
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion, SparseArea};
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +224,10 @@ pub trait PciDevice: Send {
     fn interrupts(&self) -> Interrupts;
     /// The set of DMA maps changed.
     fn dma_changed(&mut self, _maps: &[DmaRegion]) {}
+    /// An fd backing `bar` that the client may map directly (sparse mmap of the whole BAR).
+    fn bar_mmap_fd(&self, _bar: u8) -> Option<RawFd> {
+        None
+    }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
     /// Function-level or device reset: restore reset values, drop in-flight work.
@@ -284,10 +289,23 @@ impl<D: PciDevice> Backend<D> {
                         .and_then(|i| self.config.bar(i))
                         .map_or(0, |b| b.size)
                 };
-                let flags = if size > 0 {
+                let mut flags = if size > 0 {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
                 } else {
                     0
+                };
+                let mmap_fd = u8::try_from(index)
+                    .ok()
+                    .filter(|_| index != VFIO_PCI_CONFIG_REGION_INDEX && size > 0)
+                    .and_then(|b| self.device.bar_mmap_fd(b));
+                let sparse_areas = match mmap_fd {
+                    Some(_) => {
+                        flags |= VFIO_REGION_INFO_FLAG_MMAP;
+                        vec![SparseArea {
+                            area: vfio_region_sparse_mmap_area { offset: 0, size },
+                        }]
+                    }
+                    None => Vec::new(),
                 };
                 ServerRegion {
                     region_info: vfio_region_info {
@@ -298,8 +316,8 @@ impl<D: PciDevice> Backend<D> {
                         size,
                         offset: 0,
                     },
-                    sparse_areas: Vec::new(),
-                    mmap_fd: None,
+                    sparse_areas,
+                    mmap_fd,
                 }
             })
             .collect()

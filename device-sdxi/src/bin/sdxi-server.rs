@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use device_sdxi::cli::{self, ServerArgs};
-use device_sdxi::device::{config_space, DeviceOptions, SdxiDevice};
+use device_sdxi::device::{config_space, DeviceOptions, DoorbellMode, SdxiDevice};
 use device_sdxi::function::SdxiConfig;
 use std::process::ExitCode;
 
@@ -19,6 +19,10 @@ struct Args {
     /// Highest context ID the function offers (CAP1.max_cxt); context 0 is the admin context.
     #[arg(long, default_value_t = 63, value_parser = clap::value_parser!(u16).range(1..=2047))]
     max_cxt: u16,
+    /// Doorbell path: `mapped` puts BAR2 in guest memory (a store per doorbell, noticed by a
+    /// watcher thread); `trapped` sends every doorbell through the socket.
+    #[arg(long, value_enum, default_value = "mapped")]
+    doorbell: DoorbellMode,
     /// Worker threads running context passes (contexts run in parallel, one pass per context
     /// at a time).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|space| {
             let opts = DeviceOptions {
+                doorbell: args.doorbell,
                 workers: args.workers as usize,
                 copy_threads: args.copy_threads as usize,
                 force_out_of_order: args.force_out_of_order,
