@@ -63,12 +63,12 @@ pub use server::{DeviceOptions, DoorbellMode, SdxiDevice};
 mod server {
     use super::DoorbellCounters;
     use crate::dma::GuestRam;
+    use crate::doorbell::MappedDoorbells;
     use crate::engine::{Engine, EngineOptions};
     use crate::function::SdxiConfig;
     use crate::regs;
-    use crate::vfio_server::{DmaRegion, Interrupts, PciDevice};
-    use crate::doorbell::MappedDoorbells;
     use crate::regs::FnState;
+    use crate::vfio_server::{DmaRegion, Interrupts, PciDevice};
     use crate::workers::Workers;
     use std::sync::Arc;
 
@@ -148,7 +148,9 @@ mod server {
                             w.kick(c);
                         }
                     })
-                    .map_err(|err| tracing::error!(error = %err, "falling back to trapped doorbells"))
+                    .map_err(
+                        |err| tracing::error!(error = %err, "falling back to trapped doorbells"),
+                    )
                     .ok()
                 }
             };
@@ -172,7 +174,9 @@ mod server {
         }
 
         fn bar_mmap_fd(&self, bar: u8) -> Option<std::os::fd::RawFd> {
-            (bar == regs::DOORBELL_BAR).then(|| self.mapped.as_ref().map(MappedDoorbells::fd)).flatten()
+            (bar == regs::DOORBELL_BAR)
+                .then(|| self.mapped.as_ref().map(MappedDoorbells::fd))
+                .flatten()
         }
 
         fn dma_changed(&mut self, maps: &[DmaRegion]) {
@@ -200,7 +204,8 @@ mod server {
                     self.engine.mmio_write(offset, data);
                     // Entering ACTIVE runs the admin context once: the jump start, also for a
                     // mapped doorbell where a write of 0 to a page reading 0 is invisible.
-                    if was != FnState::Active && self.engine.registers().state() == FnState::Active {
+                    if was != FnState::Active && self.engine.registers().state() == FnState::Active
+                    {
                         self.workers.kick(0);
                     }
                 }

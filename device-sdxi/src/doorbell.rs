@@ -63,14 +63,20 @@ pub struct MappedDoorbells {
 
 impl std::fmt::Debug for MappedDoorbells {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedDoorbells").field("contexts", &self.contexts).finish_non_exhaustive()
+        f.debug_struct("MappedDoorbells")
+            .field("contexts", &self.contexts)
+            .finish_non_exhaustive()
     }
 }
 
 impl MappedDoorbells {
     /// A page of `size` bytes with one doorbell per `stride`; `ring(cxt)` is called for every
     /// changed doorbell.
-    pub fn new(size: usize, stride: usize, ring: impl Fn(u16) + Send + 'static) -> Result<Self, DoorbellError> {
+    pub fn new(
+        size: usize,
+        stride: usize,
+        ring: impl Fn(u16) + Send + 'static,
+    ) -> Result<Self, DoorbellError> {
         let name = c"sdxi-doorbells";
         // SAFETY: memfd_create with a valid NUL-terminated name.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
@@ -94,14 +100,22 @@ impl MappedDoorbells {
         if p == libc::MAP_FAILED {
             return Err(DoorbellError(std::io::Error::last_os_error()));
         }
-        let page = Arc::new(Page { ptr: p.cast(), len: size });
+        let page = Arc::new(Page {
+            ptr: p.cast(),
+            len: size,
+        });
         let contexts = size / stride.max(8);
         let stop = Arc::new(AtomicBool::new(false));
         // A fresh page is all zeros.
         let last = Arc::new(std::sync::Mutex::new(vec![0u64; contexts]));
         let counters = Arc::new(WatchCounters::default());
         let thread = {
-            let (page, stop, last, counters) = (Arc::clone(&page), Arc::clone(&stop), Arc::clone(&last), Arc::clone(&counters));
+            let (page, stop, last, counters) = (
+                Arc::clone(&page),
+                Arc::clone(&stop),
+                Arc::clone(&last),
+                Arc::clone(&counters),
+            );
             std::thread::Builder::new()
                 .name("sdxi-doorbells".into())
                 .spawn(move || watch(&page, stride, &stop, &last, &counters, ring))
@@ -136,7 +150,10 @@ impl MappedDoorbells {
 
     /// Function reset: doorbells read 0 again, without ringing.
     pub fn reset(&self) {
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (i, l) in last.iter_mut().enumerate() {
             // SAFETY: inside the page, aligned.
             unsafe { std::ptr::write_volatile(self.page.ptr.add(i * self.stride / 8), 0) };
@@ -173,7 +190,9 @@ fn watch(
         c.scans.fetch_add(1, Ordering::Relaxed);
         {
             // Held for one scan, so a reset's zeroing is never seen half done.
-            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut last = last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (i, l) in last.iter_mut().enumerate() {
                 let v = read(i);
                 if v != *l {
@@ -219,10 +238,18 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(5));
         d.store(5, 1);
         d.store(3, 7);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(3), "same value does not ring again");
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(3),
+            "same value does not ring again"
+        );
         d.reset();
         d.store(3, 7);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(3), "after reset the same value rings");
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(3),
+            "after reset the same value rings"
+        );
         d.store(99, 1);
         assert!(d.counters.doorbells.load(Ordering::Relaxed) >= 3);
     }

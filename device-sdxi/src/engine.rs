@@ -370,7 +370,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
             return kicks;
         }
         if !self.irq.bus_master() {
-            self.counters.passes_without_bus_master.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .passes_without_bus_master
+                .fetch_add(1, Ordering::Relaxed);
             return kicks;
         }
         let Some(mem) = self.memory() else {

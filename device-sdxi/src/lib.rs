@@ -23,9 +23,9 @@ pub mod workers;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]
+pub mod doorbell;
+#[cfg(feature = "server")]
 #[doc(hidden)]
 pub mod testing;
 #[cfg(feature = "server")]
 pub mod vfio_server;
-#[cfg(feature = "server")]
-pub mod doorbell;

@@ -432,15 +432,24 @@ fn reset_in_the_middle_of_work_stops_the_function_and_all_progress() {
 #[test]
 fn no_dma_while_bus_mastering_is_off() {
     let mut d = Dut::start(&[], 1);
-    d.c.region_write(CONFIG_REGION, 4, &0x0002u16.to_le_bytes()).expect("BME off");
+    d.c.region_write(CONFIG_REGION, 4, &0x0002u16.to_le_bytes())
+        .expect("BME off");
     d.fill(DATA, 4096, 5);
     let csb = d.drv.csb(&d.ram, 1).expect("csb");
-    d.submit(1, &[driver::copy(DATA, DATA + (1 << 20), 4096, Some(csb), false)]);
+    d.submit(
+        1,
+        &[driver::copy(DATA, DATA + (1 << 20), 4096, Some(csb), false)],
+    );
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(csb_status(&d.ram, csb), (1, false), "nothing done without bus mastering");
+    assert_eq!(
+        csb_status(&d.ram, csb),
+        (1, false),
+        "nothing done without bus mastering"
+    );
     assert_eq!(d.drv.read_index(&d.ram, 1), 0);
     // Bus mastering back on: the next doorbell runs the pending work.
-    d.c.region_write(CONFIG_REGION, 4, &0x0006u16.to_le_bytes()).expect("BME on");
+    d.c.region_write(CONFIG_REGION, 4, &0x0006u16.to_le_bytes())
+        .expect("BME on");
     d.doorbell(1, 1);
     d.wait_csb(csb, "copy after BME");
     assert!(d.same(DATA, DATA + (1 << 20), 4096));

@@ -1,0 +1,256 @@
+//! `sdxi-bench`: measures the SDXi engine against plain memcpy, side by side in one run, and
+//! doorbell-to-completion latency through the socket and through the mapped doorbell page.
+//!
+//! Run it optimised: `cargo run --release -p device-sdxi --bin sdxi-bench`.
+
+use clap::Parser;
+use device_sdxi::dma::{GuestRam, MapSpec};
+use device_sdxi::driver::{self, csb_status, Driver, DriverMemory, Mmio};
+use device_sdxi::engine::{Engine, EngineOptions, Irq};
+use device_sdxi::function::SdxiConfig;
+use device_sdxi::mem::{AkeyEnt, CxtState, Descriptor};
+use device_sdxi::regs::{CONTROL_BAR, DOORBELL_BAR};
+use device_sdxi::testing::ServerProcess;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sdxi-bench",
+    about = "SDXi engine throughput vs memcpy, and doorbell latency (socket vs mapped)"
+)]
+struct Args {
+    /// Repetitions of each throughput measurement (the median is reported).
+    #[arg(long, default_value_t = 9)]
+    reps: usize,
+    /// Round trips per latency measurement.
+    #[arg(long, default_value_t = 2000)]
+    latency_iters: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug)]
+struct NoIrq;
+impl Irq for NoIrq {
+    fn trigger(&self, _: u16) -> bool {
+        true
+    }
+}
+
+const BASE: u64 = 0x1000_0000;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+/// Engine throughput vs memcpy for `count` descriptors of `len` bytes, GB/s medians.
+fn throughput(reps: usize, len: u64, count: u64) -> (f64, f64) {
+    let span = len * count;
+    let ram = std::sync::Arc::new(GuestRam::anonymous(BASE, (2 * span + (8 << 20)) as usize));
+    let src = BASE + (8 << 20);
+    let dst = src + span;
+    let pattern: Vec<u8> = (0..span).map(|i| (i % 251) as u8).collect();
+    ram.write_bytes(src, &pattern);
+    ram.write_bytes(dst, &vec![0u8; span as usize]);
+    let e = Engine::new(SdxiConfig::default(), NoIrq, EngineOptions::default());
+    e.set_memory(Some(std::sync::Arc::clone(&ram)));
+    let mut drv = Driver::new(&*ram, BASE, 8 << 20).expect("tables");
+    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
+        .expect("admin");
+    e.mmio_write(device_sdxi::regs::MMIO_CXT_L2, &drv.l2.to_le_bytes());
+    e.mmio_write(device_sdxi::regs::MMIO_CTL0, &3u64.to_le_bytes());
+    let mut a = vec![0u8; span as usize];
+    let mut b = vec![0u8; span as usize];
+    a.copy_from_slice(&pattern);
+    b.fill(1);
+    let (mut eng, mut mem) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        // memcpy of the same bytes, the same way (count copies of len).
+        let t = Instant::now();
+        for i in 0..count as usize {
+            let r = i * len as usize..(i + 1) * len as usize;
+            b[r.clone()].copy_from_slice(&a[r]);
+        }
+        mem.push(span as f64 / t.elapsed().as_secs_f64() / 1e9);
+        std::hint::black_box(&b);
+        let csb = drv.csb(&*ram, count).expect("csb");
+        let descs: Vec<Descriptor> = (0..count)
+            .map(|i| driver::copy(src + i * len, dst + i * len, len, Some(csb), false))
+            .collect();
+        for chunk in descs.chunks(1000) {
+            drv.submit(&*ram, 0, chunk);
+        }
+        let t = Instant::now();
+        e.process(0);
+        eng.push(span as f64 / t.elapsed().as_secs_f64() / 1e9);
+        assert_eq!(
+            csb_status(&*ram, csb),
+            (0, false),
+            "engine completed the batch"
+        );
+    }
+    (median(eng), median(mem))
+}
+
+struct ClientMmio<'a> {
+    c: &'a mut vfio_user::Client,
+    page: Option<*mut u64>,
+}
+
+impl Mmio for ClientMmio<'_> {
+    fn read64(&mut self, offset: u64) -> u64 {
+        let mut b = [0u8; 8];
+        let _ = self.c.region_read(u32::from(CONTROL_BAR), offset, &mut b);
+        u64::from_le_bytes(b)
+    }
+    fn write64(&mut self, offset: u64, value: u64) {
+        let _ = self
+            .c
+            .region_write(u32::from(CONTROL_BAR), offset, &value.to_le_bytes());
+    }
+    fn doorbell(&mut self, cxt: u16, value: u64) {
+        match self.page {
+            // SAFETY: the page is the server's doorbell BAR mapped here; cxt * 512 u64s is
+            // inside it (4 KiB stride, cxt <= max_cxt).
+            Some(p) => unsafe { std::ptr::write_volatile(p.add(usize::from(cxt) * 512), value) },
+            None => {
+                let _ = self.c.region_write(
+                    u32::from(DOORBELL_BAR),
+                    u64::from(cxt) * 4096,
+                    &value.to_le_bytes(),
+                );
+            }
+        }
+    }
+}
+
+/// Doorbell-to-completion latency (us: median, p99) for one NOP, trapped or mapped.
+fn latency(server: &std::path::Path, mode: &str, iters: usize) -> (f64, f64) {
+    let srv = ServerProcess::spawn(
+        server,
+        &["--doorbell", mode, "--max-clients", "1", "--max-cxt", "7"],
+    )
+    .expect("spawn server");
+    let mut c = srv.client().expect("connect");
+    let name = c"bench-ram";
+    // SAFETY: memfd_create with a valid name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    // SAFETY: a fresh fd we own.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let size = 16u64 << 20;
+    file.set_len(size).expect("size");
+    c.dma_map(0, BASE, size, file.as_raw_fd()).expect("map");
+    c.region_write(7, 4, &6u16.to_le_bytes())
+        .expect("bus master");
+    let ram = GuestRam::build(&[MapSpec {
+        iova: BASE,
+        size,
+        file: &file,
+        file_offset: 0,
+        writable: true,
+    }])
+    .expect("ram");
+    let page = c.region(u32::from(DOORBELL_BAR)).and_then(|r| {
+        let fo = r.file_offset.as_ref()?;
+        // SAFETY: a shared mapping of the doorbell BAR fd the server sent.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                r.size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fo.file().as_raw_fd(),
+                fo.start() as i64,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(p.cast::<u64>())
+    });
+    assert_eq!(
+        page.is_some(),
+        mode == "mapped",
+        "doorbell BAR mappable only in mapped mode"
+    );
+    let mut mmio = ClientMmio { c: &mut c, page };
+    let mut drv = Driver::new(&ram, BASE, 8 << 20).expect("tables");
+    driver::init_function(&mut mmio, &ram, &mut drv, None).expect("init");
+    driver::start_context(
+        &mut mmio,
+        &ram,
+        &mut drv,
+        1,
+        4096,
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("start");
+    let mut lat = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let Ok(csb) = drv.csb(&ram, 1) else {
+            break;
+        };
+        let wi = drv.submit(&ram, 1, &[driver::nop(Some(csb), false)]);
+        let t = Instant::now();
+        mmio.doorbell(1, wi);
+        while csb_status(&ram, csb).0 != 0 {
+            std::hint::spin_loop();
+            assert!(t.elapsed() < Duration::from_secs(5), "completion timed out");
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(mmio);
+    drop(c);
+    let _ = srv.finish();
+    (median(lat.clone()), percentile(lat, 0.99))
+}
+
+fn main() {
+    let args = Args::parse();
+    let (e2m, m2m) = throughput(args.reps, 2 << 20, 32);
+    let (e4k, m4k) = throughput(args.reps, 4096, 512);
+    let server = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join("sdxi-server")))
+        .filter(|p| p.is_file());
+    let lat = server.map(|s| {
+        (
+            latency(&s, "trapped", args.latency_iters),
+            latency(&s, "mapped", args.latency_iters),
+        )
+    });
+    let json = serde_json::json!({
+        "copy_2mib_x32": { "engine_gbs": e2m, "memcpy_gbs": m2m, "ratio": e2m / m2m, "target": 0.9 },
+        "copy_4kib_x512": { "engine_gbs": e4k, "memcpy_gbs": m4k, "ratio": e4k / m4k, "target": 0.7 },
+        "doorbell_to_completion_us": lat.map(|((tm, tp), (mm, mp))| serde_json::json!({
+            "trapped": { "median": tm, "p99": tp }, "mapped": { "median": mm, "p99": mp }
+        })),
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "SDXi engine vs memcpy (one worker, medians of {} runs)",
+        args.reps
+    );
+    println!("  2 MiB x 32 descriptors : engine {e2m:6.2} GB/s  memcpy {m2m:6.2} GB/s  ratio {:.2} (target >= 0.9)", e2m / m2m);
+    println!("  4 KiB x 512 descriptors: engine {e4k:6.2} GB/s  memcpy {m4k:6.2} GB/s  ratio {:.2} (target >= 0.7)", e4k / m4k);
+    match lat {
+        Some(((tm, tp), (mm, mp))) => {
+            println!("doorbell to completion, one NOP ({} round trips)", args.latency_iters);
+            println!("  trapped (socket): median {tm:7.1} us  p99 {tp:7.1} us");
+            println!("  mapped (page)   : median {mm:7.1} us  p99 {mp:7.1} us");
+        }
+        None => println!("doorbell latency skipped: no sdxi-server next to this binary (cargo build --release first)"),
+    }
+}
