@@ -205,7 +205,6 @@ fn latency(server: &std::path::Path, mode: &str, iters: usize) -> (f64, f64) {
         }
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    drop(mmio);
     drop(c);
     let _ = srv.finish();
     (median(lat.clone()), percentile(lat, 0.99))
