@@ -15,6 +15,8 @@ pub mod dma;
 pub mod driver;
 pub mod engine;
 pub mod function;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mem;
 pub mod pci;
 pub mod regs;
