@@ -263,7 +263,7 @@ mod tests {
         let c = config_space(&SdxiConfig::default()).expect("valid");
         assert_eq!(c.get_u32(0x08) >> 8, 0x12_01_00);
         assert_eq!(c.bar(0).map(|b| b.size), Some(0x40000));
-        assert_eq!(c.bar(2).map(|b| b.size), Some(0x40000));
-        assert_eq!(c.msix().map(|m| m.vectors), Some(65));
+        assert_eq!(c.bar(2).map(|b| b.size), Some(0x80000));
+        assert_eq!(c.msix().map(|m| m.vectors), Some(66));
     }
 }

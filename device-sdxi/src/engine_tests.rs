@@ -452,3 +452,26 @@ fn reset_restores_registers_and_stops_processing() {
     b.e.process(1);
     assert_eq!(csb_status(&*b.ram, csb).0, 1);
 }
+
+#[test]
+fn update_descriptors_complete_and_nothing_is_cached_between_passes() {
+    let mut b = Bed::new(false);
+    let csb = b.drv.csb(&*b.ram, 3).expect("csb");
+    let upd = |sub| {
+        let mut d = driver::sync(1, 1, 0, Some(csb));
+        d.header = Descriptor::header_for(DSC_TYPE_ADMIN, sub, true);
+        d
+    };
+    b.admin(&[
+        upd(DSC_ADMIN_CXT_UPD),
+        upd(DSC_ADMIN_AKEY_UPD),
+        upd(DSC_ADMIN_FN_UPD),
+    ]);
+    assert_eq!(csb_status(&*b.ram, csb), (0, false));
+    // Change context 1's AKey 0 in memory: the next INTR uses the new vector at once.
+    let c = b.drv.context(1).expect("cxt");
+    b.ram
+        .write_bytes(c.akeys, AkeyEnt::new(Some(7), 0).as_bytes());
+    b.run(1, &[driver::intr(0, false)]);
+    assert_eq!(b.vectors.0.lock().expect("lock").last(), Some(&7));
+}

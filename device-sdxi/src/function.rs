@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 /// Capabilities of an emulated function (fixed at creation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SdxiConfig {
-    /// Highest context ID (CAP1.max_cxt); context 0 is the admin context.
+    /// Highest context ID (CAP1.max_cxt); context 0 is the admin context, so the default
+    /// offers 64 data contexts.
     pub max_cxt: u16,
     /// Doorbell stride exponent: stride = 4 KiB << db_stride.
     pub db_stride: u8,
@@ -30,7 +31,7 @@ pub struct SdxiConfig {
 impl Default for SdxiConfig {
     fn default() -> Self {
         Self {
-            max_cxt: 63,
+            max_cxt: 64,
             db_stride: 0,
             max_ds_ring_sz: 4,
             max_buffer: 11,
@@ -297,7 +298,7 @@ mod tests {
     fn capability_registers_describe_the_config() {
         let mut f = SdxiFunction::new(SdxiConfig::default());
         let cap1 = Cap1::from(read64(&mut f, MMIO_CAP1));
-        assert_eq!(cap1.max_cxt(), 63);
+        assert_eq!(cap1.max_cxt(), 64);
         assert_eq!(cap1.max_buffer(), 11);
         let cap0 = Cap0::from(read64(&mut f, MMIO_CAP0));
         assert_eq!(cap0.max_ds_ring_sz(), 4);
@@ -395,7 +396,8 @@ mod tests {
     #[test]
     fn doorbell_bar_holds_one_page_per_context() {
         let c = SdxiConfig::default();
-        assert_eq!(c.doorbell_bar_size(), 64 * 4096);
-        assert_eq!(c.msix_vectors(), 65);
+        // 65 contexts (admin + 64 data contexts), rounded up to 128 pages.
+        assert_eq!(c.doorbell_bar_size(), 128 * 4096);
+        assert_eq!(c.msix_vectors(), 66);
     }
 }

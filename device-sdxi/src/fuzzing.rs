@@ -55,7 +55,8 @@ pub fn mmio_sequence(data: &[u8]) {
     let e = engine(&ram);
     let mut b = Bytes(data);
     while let (Some(kind), Some(off), Some(v)) = (b.u8(), b.take::<3>(), b.u64()) {
-        let off = u64::from(u32::from_le_bytes([off[0], off[1], off[2], 0])) % regs::CONTROL_BAR_SIZE;
+        let off =
+            u64::from(u32::from_le_bytes([off[0], off[1], off[2], 0])) % regs::CONTROL_BAR_SIZE;
         let width = [1usize, 2, 4, 8, 3][usize::from(kind >> 5) % 5];
         match kind & 3 {
             0 => e.mmio_write(off, &v.to_le_bytes()[..width]),
@@ -90,7 +91,10 @@ pub fn ring_processing(data: &[u8]) {
     let e = engine(&ram);
     e.mmio_write(regs::MMIO_CXT_L2, &l2.to_le_bytes());
     e.mmio_write(regs::MMIO_ERR_CFG, &(RAM_BASE | 1).to_le_bytes());
-    e.mmio_write(regs::MMIO_CTL0, &(regs::FnRequest::Active as u64 | (1 << 4)).to_le_bytes());
+    e.mmio_write(
+        regs::MMIO_CTL0,
+        &(regs::FnRequest::Active as u64 | (1 << 4)).to_le_bytes(),
+    );
     for _ in 0..2 {
         for c in 0..8u16 {
             for k in e.process(c) {
@@ -149,7 +153,10 @@ mod tests {
             ram.write_bytes(c.ring, &d);
             ram.write_bytes(c.write_index, &(n as u64 % 70).to_le_bytes());
             e.mmio_write(regs::MMIO_CXT_L2, &drv.l2.to_le_bytes());
-            e.mmio_write(regs::MMIO_CTL0, &(regs::FnRequest::Active as u64).to_le_bytes());
+            e.mmio_write(
+                regs::MMIO_CTL0,
+                &(regs::FnRequest::Active as u64).to_le_bytes(),
+            );
             for k in e.process(0) {
                 e.process(k);
             }

@@ -64,7 +64,7 @@ impl Default for VmConfig {
             node1_latency_ns: 300,
             node0_bandwidth_mbs: 20_000,
             node1_bandwidth_mbs: 5_000,
-            sdxi_max_cxt: 63,
+            sdxi_max_cxt: 64,
             chmu_instances: 2,
             kernel_args: String::new(),
         }

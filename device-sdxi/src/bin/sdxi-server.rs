@@ -17,7 +17,7 @@ struct Args {
     #[command(flatten)]
     server: ServerArgs,
     /// Highest context ID the function offers (CAP1.max_cxt); context 0 is the admin context.
-    #[arg(long, default_value_t = 63, value_parser = clap::value_parser!(u16).range(1..=2047))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=2047))]
     max_cxt: u16,
     /// Doorbell path: `mapped` puts BAR2 in guest memory (a store per doorbell, noticed by a
     /// watcher thread); `trapped` sends every doorbell through the socket.
