@@ -75,22 +75,61 @@ pub fn mmio_sequence(data: &[u8]) {
     }
 }
 
-/// Descriptor rings over random guest memory: the input fills guest RAM (tables, rings and
-/// descriptors are whatever it says), then the function is activated with CXT_L2 pointing
-/// into it and every context is processed, twice.
+/// Descriptor rings over hostile guest memory: valid tables are laid out the way the driver
+/// does (admin context plus three data contexts, 64-entry rings), then the input overwrites
+/// 8-byte words anywhere in them (ring slots, CXT_CTL, CXT_STS, write indices, L1 entries,
+/// AKeys) and sets the write indices; every context is then processed, twice.
 pub fn ring_processing(data: &[u8]) {
+    use crate::driver::Driver;
+    use crate::mem::{AkeyEnt, CxtState};
     let ram = Arc::new(GuestRam::anonymous(RAM_BASE, RAM_SIZE));
+    let Ok(mut drv) = Driver::new(&*ram, RAM_BASE, RAM_SIZE as u64 / 2) else {
+        return;
+    };
+    for id in 0..4u16 {
+        let state = if id == 0 {
+            CxtState::Run
+        } else {
+            CxtState::StopSw
+        };
+        if drv
+            .add_context(&*ram, id, 64, &[AkeyEnt::new(Some(id), 0)], state)
+            .is_err()
+        {
+            return;
+        }
+    }
+    let used = drv.alloc(0, 4096).unwrap_or(RAM_BASE) - RAM_BASE;
     let mut b = Bytes(data);
-    let l2 = b.u64().unwrap_or(0);
-    // Spread the input over memory so tables, rings and descriptors land in many places.
-    let mut at = RAM_BASE;
-    while let (Some(step), Some(chunk)) = (b.u8(), b.take::<64>()) {
-        at = RAM_BASE + (at - RAM_BASE + u64::from(step) * 4096 + 64) % RAM_SIZE as u64;
-        ram.write_bytes(at & !63, &chunk);
+    while let (Some(sel), Some(off), Some(v)) = (b.u8(), b.take::<2>(), b.u64()) {
+        let off = u64::from(u16::from_le_bytes(off));
+        let addr = match sel % 4 {
+            // Anywhere in the tables the driver wrote.
+            0 => RAM_BASE + (off * 8) % used,
+            // A write index: small values, so rings are actually walked.
+            1 => match drv.context(u16::from(sel >> 2) % 4) {
+                Some(c) => {
+                    ram.write_bytes(c.write_index, &(v % 130).to_le_bytes());
+                    continue;
+                }
+                None => continue,
+            },
+            // A ring slot of some context.
+            2 => match drv.context(u16::from(sel >> 2) % 4) {
+                Some(c) => c.ring + (off * 8) % (64 * 64),
+                None => continue,
+            },
+            // The data area behind the tables (copy sources, destinations, CST_BLKs).
+            _ => RAM_BASE + used + (off * 8) % (RAM_SIZE as u64 - used),
+        };
+        ram.write_bytes(addr & !7, &v.to_le_bytes());
     }
     let e = engine(&ram);
-    e.mmio_write(regs::MMIO_CXT_L2, &l2.to_le_bytes());
-    e.mmio_write(regs::MMIO_ERR_CFG, &(RAM_BASE | 1).to_le_bytes());
+    e.mmio_write(regs::MMIO_CXT_L2, &drv.l2.to_le_bytes());
+    e.mmio_write(
+        regs::MMIO_ERR_CFG,
+        &(RAM_BASE + RAM_SIZE as u64 - 8192 | 1).to_le_bytes(),
+    );
     e.mmio_write(
         regs::MMIO_CTL0,
         &(regs::FnRequest::Active as u64 | (1 << 4)).to_le_bytes(),
