@@ -128,7 +128,7 @@ pub fn ring_processing(data: &[u8]) {
     e.mmio_write(regs::MMIO_CXT_L2, &drv.l2.to_le_bytes());
     e.mmio_write(
         regs::MMIO_ERR_CFG,
-        &(RAM_BASE + RAM_SIZE as u64 - 8192 | 1).to_le_bytes(),
+        &((RAM_BASE + RAM_SIZE as u64 - 8192) | 1).to_le_bytes(),
     );
     e.mmio_write(
         regs::MMIO_CTL0,
