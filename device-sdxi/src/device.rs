@@ -110,6 +110,7 @@ mod server {
         pub engine: Arc<Engine<GuestRam, Interrupts>>,
         workers: Arc<Workers>,
         mapped: Option<MappedDoorbells>,
+        maps: Vec<crate::dma::MappedRegion>,
         interrupts: Interrupts,
         pub doorbells: DoorbellCounters,
     }
@@ -158,6 +159,7 @@ mod server {
                 engine,
                 workers,
                 mapped,
+                maps: Vec::new(),
                 interrupts,
                 doorbells: DoorbellCounters::default(),
             }
@@ -181,7 +183,12 @@ mod server {
 
         fn dma_changed(&mut self, maps: &[DmaRegion]) {
             let mapped: Vec<_> = maps.iter().filter_map(|m| m.mapped.clone()).collect();
-            match GuestRam::from_mapped(&mapped) {
+            if self.engine.registers().state() == FnState::Active {
+                mapped.iter().for_each(crate::dma::MappedRegion::prefault);
+            }
+            let result = GuestRam::from_mapped(&mapped);
+            self.maps = mapped;
+            match result {
                 Ok(ram) => self.engine.set_memory(Some(Arc::new(ram))),
                 Err(e) => {
                     tracing::error!(error = %e, "DMA maps unusable; the engine has no guest memory");
