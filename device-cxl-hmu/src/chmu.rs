@@ -47,6 +47,13 @@ impl ChmuConfig {
         (CHMU_HOTLIST + u64::from(self.hotlist_size) * 8 + 63) & !63
     }
 
+    /// The largest hotlist for which all instances fit in the 64 KiB block.
+    pub fn max_hotlist_size(instances: u8) -> u16 {
+        let per = (CHMU_BLOCK_SIZE - CHMU_FIRST_INSTANCE) / u64::from(instances.max(1));
+        let entries = (per.saturating_sub(CHMU_HOTLIST + 63)) / 8;
+        u16::try_from(entries).unwrap_or(u16::MAX)
+    }
+
     pub fn instance_base(&self, i: u8) -> u64 {
         CHMU_FIRST_INSTANCE + u64::from(i) * self.instance_length()
     }
@@ -98,17 +105,30 @@ pub struct ChmuBlock {
     wmask: Vec<u8>,
     w1c: Vec<u8>,
     counters: ChmuCounters,
+    /// Per instance, bumped by enable, disable and reset-counters: counting restarts.
+    generation: Vec<u64>,
 }
 
 impl ChmuBlock {
-    pub fn new(config: ChmuConfig) -> Self {
+    /// A block for `config`; a hotlist too large for the instances to fit the 64 KiB block is
+    /// reduced to the largest that fits.
+    pub fn new(mut config: ChmuConfig) -> Self {
+        let max = ChmuConfig::max_hotlist_size(config.instances);
+        if config.hotlist_size > max {
+            warn!(
+                requested = config.hotlist_size,
+                max, "CHMU hotlist reduced to fit the register block"
+            );
+            config.hotlist_size = max;
+        }
         let size = CHMU_BLOCK_SIZE as usize;
         let mut b = Self {
-            config,
+            config: config.clone(),
             bytes: vec![0; size],
             wmask: vec![0; size],
             w1c: vec![0; size],
             counters: ChmuCounters::default(),
+            generation: vec![0; usize::from(config.instances)],
         };
         b.reset();
         b
@@ -136,8 +156,44 @@ impl ChmuBlock {
             .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
 
+    /// A device-side register update, bypassing the host write masks.
+    pub fn device_set(&mut self, off: u64, v: u64) {
+        if let Some(b) = self.bytes.get_mut(off as usize..off as usize + 8) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Hotlist HEAD (host-written) and TAIL (device-written) of instance `i`.
+    pub fn head_tail(&self, i: u8) -> (u64, u64) {
+        let base = (self.config.instance_base(i) + CHMU_HOTLIST_HEAD) as usize;
+        let h = u16::from_le_bytes([self.bytes[base], self.bytes[base + 1]]);
+        let t = u16::from_le_bytes([self.bytes[base + 2], self.bytes[base + 3]]);
+        (u64::from(h), u64::from(t))
+    }
+
+    pub fn set_tail(&mut self, i: u8, tail: u64) {
+        let o = (self.config.instance_base(i) + CHMU_HOTLIST_TAIL) as usize;
+        self.bytes[o..o + 2].copy_from_slice(&(tail as u16).to_le_bytes());
+    }
+
+    /// Whether instance `i`'s range bitmap selects the 256 MiB range holding `dpa`.
+    pub fn range_selected(&self, i: u8, dpa: u64) -> bool {
+        let bit = dpa / CHMU_RANGE_UNIT;
+        if bit >= CHMU_RANGE_BITMAP_BYTES * 8 {
+            return false;
+        }
+        let o = (self.config.instance_base(i) + CHMU_RANGE_BITMAP + bit / 8) as usize;
+        self.bytes[o] & (1 << (bit % 8)) != 0
+    }
+
+    /// Counting generation of instance `i` (changes when counting must restart).
+    pub fn generation(&self, i: u8) -> u64 {
+        self.generation.get(usize::from(i)).copied().unwrap_or(0)
+    }
+
     /// Restores every register to its reset value.
     pub fn reset(&mut self) {
+        self.generation.iter_mut().for_each(|g| *g += 1);
         self.bytes.fill(0);
         self.wmask.fill(0);
         self.w1c.fill(0);
@@ -264,6 +320,9 @@ impl ChmuBlock {
         let base = self.config.instance_base(inst);
         let mut cfg0 = ChmuCfg0::from(self.get(base + CHMU_CFG0));
         let mut status = ChmuStatus::from(self.get(base + CHMU_STATUS));
+        if let Some(g) = self.generation.get_mut(usize::from(inst)) {
+            *g += 1;
+        }
         if cfg0.reset_counters() {
             self.counters.counter_resets += 1;
             cfg0.set_reset_counters(false);
@@ -401,6 +460,18 @@ mod tests {
         b.mmio_read(base + CHMU_HOTLIST_HEAD, &mut h);
         b.mmio_read(base + CHMU_HOTLIST_TAIL, &mut t);
         assert_eq!((u16::from_le_bytes(h), u16::from_le_bytes(t)), (5, 0));
+    }
+
+    #[test]
+    fn oversized_hotlists_are_reduced_to_fit_the_block() {
+        let b = ChmuBlock::new(ChmuConfig {
+            instances: 2,
+            hotlist_size: u16::MAX,
+            ..ChmuConfig::default()
+        });
+        let c = b.config();
+        assert!(c.hotlist_size > 3000);
+        assert!(c.instance_base(2) <= CHMU_BLOCK_SIZE);
     }
 
     #[test]

@@ -12,4 +12,5 @@
 
 pub mod chmu;
 pub mod device;
+pub mod hotness;
 pub mod regs;

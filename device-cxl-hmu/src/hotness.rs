@@ -1,0 +1,286 @@
+//! The CHMU's counting and reporting (CXL 3.2 CHMU operation, digest B.2/B.4): accesses in, hot
+//! units out through each instance's hotlist ring. No I/O: the server feeds it records (from
+//! the TCG plugin or a trace) and raises the vectors it returns.
+//!
+//! Time is whatever clock the records carry (host nanoseconds, or guest instructions counted
+//! as one nanosecond each); epochs end when a record's time crosses the epoch boundary, so the
+//! same records always give the same hotlist. Readings chosen here:
+//! - down-sampling keeps every 2^n-th matching access of an instance (or a seeded random one
+//!   in 2^n with CFG0 randomized down-sampling);
+//! - counts saturate at 2^counter_width - 1; a unit is hot when its count exceeds the
+//!   threshold; at epoch end the hot units are appended in unit order, then counters clear;
+//! - always-on reporting appends a unit the moment its count first exceeds the threshold in
+//!   the epoch;
+//! - a full hotlist drops further entries and sets STATUS.overflow (CAP1 insert-after-clear
+//!   is not offered);
+//! - TEE and non-TEE request types are not distinguished (there is no TEE traffic).
+
+use crate::chmu::ChmuBlock;
+use crate::regs::*;
+use std::collections::BTreeMap;
+
+/// Kind of a memory request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqKind {
+    Read,
+    Write,
+}
+
+/// One access to the monitored memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Device physical address (offset in the monitored range).
+    pub dpa: u64,
+    pub kind: ReqKind,
+    /// Clock value of the access (ns, or instructions).
+    pub time: u64,
+}
+
+/// Epoch length in clock units for CFG1's scale and multiplier (1 = 100 us ... 5 = 1 s).
+pub fn epoch_length(scale: u8, mult: u16) -> Option<u64> {
+    let unit = match scale {
+        1 => 100_000,
+        2 => 1_000_000,
+        3 => 10_000_000,
+        4 => 100_000_000,
+        5 => 1_000_000_000,
+        _ => return None,
+    };
+    (mult > 0).then(|| unit * u64::from(mult))
+}
+
+/// Whether request type `cfg` (CFG0[7:0]) tracks `kind`.
+pub fn tracks(cfg: u8, kind: ReqKind) -> bool {
+    match (cfg, kind) {
+        (1 | 4, ReqKind::Read) | (2 | 5, ReqKind::Write) | (3 | 6, _) => true,
+        _ => false,
+    }
+}
+
+/// Per-instance counting state.
+#[derive(Debug, Default, Clone)]
+struct Tracker {
+    counts: BTreeMap<u64, u64>,
+    reported: std::collections::BTreeSet<u64>,
+    epoch_end: Option<u64>,
+    seen: u64,
+    rng: u64,
+    generation: u64,
+}
+
+/// Hotness counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HotnessCounters {
+    pub accesses_seen: u64,
+    pub accesses_in_range: u64,
+    pub sampled: u64,
+    pub epochs: u64,
+    pub entries_written: u64,
+    pub overflows: u64,
+    pub fill_events: u64,
+}
+
+/// Counting and reporting for every instance of a CHMU block.
+#[derive(Debug, Default)]
+pub struct Hotness {
+    trackers: Vec<Tracker>,
+    /// Size of the monitored memory (accesses beyond it are out of range).
+    pub range_size: u64,
+    pub counters: HotnessCounters,
+}
+
+impl Hotness {
+    pub fn new(instances: u8, range_size: u64) -> Self {
+        Self {
+            trackers: (0..instances)
+                .map(|i| Tracker {
+                    rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(i),
+                    ..Tracker::default()
+                })
+                .collect(),
+            range_size,
+            counters: HotnessCounters::default(),
+        }
+    }
+
+    /// Forgets all counts (enable, disable, reset-counters action, device reset).
+    pub fn clear(&mut self, instance: u8) {
+        if let Some(t) = self.trackers.get_mut(usize::from(instance)) {
+            t.counts.clear();
+            t.reported.clear();
+            t.epoch_end = None;
+            t.seen = 0;
+        }
+    }
+
+    /// Feeds accesses in time order; returns the MSI-X vectors to raise.
+    pub fn feed(&mut self, block: &mut ChmuBlock, accesses: &[Access]) -> Vec<u16> {
+        let mut irqs = Vec::new();
+        let n = self
+            .trackers
+            .len()
+            .min(usize::from(block.config().instances));
+        for a in accesses {
+            self.counters.accesses_seen += 1;
+            if a.dpa >= self.range_size {
+                continue;
+            }
+            self.counters.accesses_in_range += 1;
+            for i in 0..n {
+                self.account(block, i as u8, a, &mut irqs);
+            }
+        }
+        irqs.sort_unstable();
+        irqs.dedup();
+        irqs
+    }
+
+    /// Ends every epoch that is over at `now` (for a clock that advances without accesses).
+    pub fn advance(&mut self, block: &mut ChmuBlock, now: u64) -> Vec<u16> {
+        let mut irqs = Vec::new();
+        for i in 0..self
+            .trackers
+            .len()
+            .min(usize::from(block.config().instances))
+        {
+            self.roll_epochs(block, i as u8, now, &mut irqs);
+        }
+        irqs.sort_unstable();
+        irqs.dedup();
+        irqs
+    }
+
+    fn roll_epochs(&mut self, block: &mut ChmuBlock, i: u8, now: u64, irqs: &mut Vec<u16>) {
+        self.sync_generation(block, i);
+        let base = block.config().instance_base(i);
+        if !ChmuStatus::from(block.get(base + CHMU_STATUS)).enabled() {
+            return;
+        }
+        let cfg1 = ChmuCfg1::from(block.get(base + CHMU_CFG1));
+        let Some(len) = epoch_length(cfg1.epoch_scale(), cfg1.epoch_mult()) else {
+            return;
+        };
+        let t = &mut self.trackers[usize::from(i)];
+        let end = *t.epoch_end.get_or_insert(now.saturating_add(len));
+        if now < end {
+            return;
+        }
+        self.end_epoch(block, i, irqs);
+        // Skip whole idle epochs at once.
+        let skipped = (now - end) / len;
+        self.trackers[usize::from(i)].epoch_end = Some(end + (skipped + 1) * len);
+    }
+
+    /// Restarts counting if the host enabled, disabled or reset the instance since last time.
+    fn sync_generation(&mut self, block: &ChmuBlock, i: u8) {
+        let g = block.generation(i);
+        if self.trackers[usize::from(i)].generation != g {
+            self.clear(i);
+            self.trackers[usize::from(i)].generation = g;
+        }
+    }
+
+    fn account(&mut self, block: &mut ChmuBlock, i: u8, a: &Access, irqs: &mut Vec<u16>) {
+        self.sync_generation(block, i);
+        let base = block.config().instance_base(i);
+        let status = ChmuStatus::from(block.get(base + CHMU_STATUS));
+        if !status.enabled() {
+            return;
+        }
+        self.roll_epochs(block, i, a.time, irqs);
+        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
+        let cfg1 = ChmuCfg1::from(block.get(base + CHMU_CFG1));
+        if !tracks(cfg0.m2s_req_type(), a.kind) || !block.range_selected(i, a.dpa) {
+            return;
+        }
+        let t = &mut self.trackers[usize::from(i)];
+        let every = 1u64 << cfg1.downsampling().min(15);
+        t.seen += 1;
+        let keep = if cfg0.randomized_downsampling() {
+            t.rng ^= t.rng << 13;
+            t.rng ^= t.rng >> 7;
+            t.rng ^= t.rng << 17;
+            t.rng.is_multiple_of(every)
+        } else {
+            t.seen.is_multiple_of(every)
+        };
+        if !keep {
+            return;
+        }
+        self.counters.sampled += 1;
+        let unit = a.dpa >> cfg1.unit_size().min(63);
+        let max = (1u64 << status.counter_width().min(63)) - 1;
+        let c = t.counts.entry(unit).or_insert(0);
+        *c = (*c + 1).min(max);
+        let count = *c;
+        if cfg1.reporting_mode() == 1
+            && count > u64::from(cfg0.threshold())
+            && t.reported.insert(unit)
+        {
+            self.append(block, i, unit, count, irqs);
+        }
+    }
+
+    fn end_epoch(&mut self, block: &mut ChmuBlock, i: u8, irqs: &mut Vec<u16>) {
+        self.counters.epochs += 1;
+        let base = block.config().instance_base(i);
+        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
+        let cfg1 = ChmuCfg1::from(block.get(base + CHMU_CFG1));
+        let t = &mut self.trackers[usize::from(i)];
+        let counts = std::mem::take(&mut t.counts);
+        t.reported.clear();
+        if cfg1.reporting_mode() != 0 {
+            return;
+        }
+        for (unit, count) in counts {
+            if count > u64::from(cfg0.threshold()) {
+                self.append(block, i, unit, count, irqs);
+            }
+        }
+    }
+
+    /// Appends one hotlist entry, or marks overflow; checks the fill threshold.
+    fn append(&mut self, block: &mut ChmuBlock, i: u8, unit: u64, count: u64, irqs: &mut Vec<u16>) {
+        let base = block.config().instance_base(i);
+        let size = u64::from(block.config().hotlist_size.max(1));
+        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
+        let fill = u64::from(ChmuCfg2::from(block.get(base + CHMU_CFG2)).fill_threshold());
+        let mut status = ChmuStatus::from(block.get(base + CHMU_STATUS));
+        let (head, tail) = block.head_tail(i);
+        let vector = u16::from(block.config().msix_vector);
+        if (tail + 1) % size == head % size {
+            self.counters.overflows += 1;
+            if !status.overflow() && cfg0.overflow_int_en() {
+                irqs.push(vector);
+            }
+            status.set_overflow(true);
+            block.device_set(base + CHMU_STATUS, status.into());
+            return;
+        }
+        let w = u32::from(status.counter_width().min(63));
+        let entry = (unit << w) | count.min((1u64 << w) - 1);
+        block.device_set(base + CHMU_HOTLIST + (tail % size) * 8, entry);
+        let new_tail = (tail + 1) % size;
+        block.set_tail(i, new_tail);
+        self.counters.entries_written += 1;
+        let used = (new_tail + size - head % size) % size;
+        if fill > 0 && used >= fill && !status.fill_reached() {
+            self.counters.fill_events += 1;
+            status.set_fill_reached(true);
+            block.device_set(base + CHMU_STATUS, status.into());
+            if cfg0.fill_int_en() {
+                irqs.push(vector);
+            }
+        }
+    }
+}
+
+/// Decodes a hotlist entry into (unit index, count) for counter width `w`.
+pub fn decode_entry(entry: u64, w: u8) -> (u64, u64) {
+    let w = u32::from(w.min(63));
+    (entry >> w, entry & ((1u64 << w) - 1))
+}
+
+#[cfg(test)]
+#[path = "hotness_tests.rs"]
+mod tests;
