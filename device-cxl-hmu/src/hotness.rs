@@ -51,10 +51,10 @@ pub fn epoch_length(scale: u8, mult: u16) -> Option<u64> {
 
 /// Whether request type `cfg` (CFG0[7:0]) tracks `kind`.
 pub fn tracks(cfg: u8, kind: ReqKind) -> bool {
-    match (cfg, kind) {
-        (1 | 4, ReqKind::Read) | (2 | 5, ReqKind::Write) | (3 | 6, _) => true,
-        _ => false,
-    }
+    matches!(
+        (cfg, kind),
+        (1 | 4, ReqKind::Read) | (2 | 5, ReqKind::Write) | (3 | 6, _)
+    )
 }
 
 /// Per-instance counting state.
