@@ -12,10 +12,12 @@
 //! function (the guest agent drives it from userspace).
 
 use crate::chmu::{ChmuBlock, ChmuConfig};
+use crate::hotness::Hotness;
 use crate::regs::*;
 use device_sdxi::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// DVSEC ID 0 register offsets (from the DVSEC start).
 pub const DVSEC_CXL_CAPABILITY: usize = 0x0a;
@@ -127,10 +129,27 @@ pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, Co
     .build())
 }
 
+/// The CHMU's registers and counting state, shared by the transport (MMIO) and the feeds.
+#[derive(Debug)]
+pub struct HmuState {
+    pub block: ChmuBlock,
+    pub hotness: Hotness,
+}
+
+impl HmuState {
+    pub fn new(cfg: ChmuConfig, range: MemRange) -> Self {
+        let instances = cfg.instances;
+        Self {
+            block: ChmuBlock::new(cfg),
+            hotness: Hotness::new(instances, range.size),
+        }
+    }
+}
+
 /// The device model behind the transport.
 #[derive(Debug)]
 pub struct HmuDevice {
-    pub chmu: ChmuBlock,
+    pub state: Arc<Mutex<HmuState>>,
     pub range: MemRange,
     #[cfg(feature = "server")]
     interrupts: device_sdxi::vfio_server::Interrupts,
@@ -139,11 +158,17 @@ pub struct HmuDevice {
 impl HmuDevice {
     pub fn new(cfg: ChmuConfig, range: MemRange) -> Self {
         Self {
-            chmu: ChmuBlock::new(cfg),
+            state: Arc::new(Mutex::new(HmuState::new(cfg, range))),
             range,
             #[cfg(feature = "server")]
             interrupts: device_sdxi::vfio_server::Interrupts::default(),
         }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, HmuState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -159,7 +184,9 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         match offset.checked_sub(CHMU_BLOCK_OFFSET) {
-            Some(rel) if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE => self.chmu.mmio_read(rel, data),
+            Some(rel) if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE => {
+                self.lock().block.mmio_read(rel, data)
+            }
             _ => data.fill(0),
         }
     }
@@ -167,17 +194,23 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
         if let Some(rel) = offset.checked_sub(CHMU_BLOCK_OFFSET) {
             if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE {
-                self.chmu.mmio_write(rel, data);
+                self.lock().block.mmio_write(rel, data);
             }
         }
     }
 
     fn reset(&mut self) {
-        self.chmu.reset();
+        let mut s = self.lock();
+        s.block.reset();
+        let n = s.block.config().instances;
+        for i in 0..n {
+            s.hotness.clear(i);
+        }
     }
 
     fn counters(&self) -> serde_json::Value {
-        serde_json::json!({ "chmu": self.chmu.counters(), "range": self.range })
+        let s = self.lock();
+        serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range })
     }
 }
 

@@ -12,5 +12,7 @@
 
 pub mod chmu;
 pub mod device;
+#[cfg(feature = "server")]
+pub mod feed;
 pub mod hotness;
 pub mod regs;

@@ -129,3 +129,163 @@ fn misaligned_range_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("256 MiB"));
 }
+
+fn eventfd() -> std::fs::File {
+    // SAFETY: plain eventfd creation.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh fd we own.
+    unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+}
+
+fn wait_event(f: &std::fs::File, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+/// Enables instance 0 for 4 KiB units, threshold `thr`, 100 us epochs, fill threshold `fill`.
+fn enable(c: &mut vfio_user::Client, thr: u32, fill: u16) {
+    let base = ChmuConfig::default().instance_base(0);
+    wr(
+        c,
+        base + CHMU_CFG1,
+        ChmuCfg1::new()
+            .with_unit_size(12)
+            .with_epoch_scale(1)
+            .with_epoch_mult(1)
+            .into(),
+    );
+    wr(c, base + CHMU_CFG2, u64::from(fill));
+    c.region_write(
+        u32::from(REGS_BAR),
+        CHMU_BLOCK_OFFSET + base + CHMU_RANGE_BITMAP,
+        &[0x0f],
+    )
+    .expect("bitmap");
+    let cfg0 = ChmuCfg0::new()
+        .with_m2s_req_type(6)
+        .with_threshold(thr)
+        .with_fill_int_en(true)
+        .with_enable(true);
+    wr(c, base + CHMU_CFG0, cfg0.into());
+}
+
+/// Drains instance 0's hotlist as the driver does: entries [head, tail), then HEAD = TAIL.
+fn drain(c: &mut vfio_user::Client) -> Vec<(u64, u64)> {
+    let base = ChmuConfig::default().instance_base(0);
+    let ht = rd(c, base + CHMU_HOTLIST_HEAD);
+    let (head, tail) = (ht & 0xffff, (ht >> 16) & 0xffff);
+    let w = ChmuStatus::from(rd(c, base + CHMU_STATUS)).counter_width();
+    let mut out = Vec::new();
+    let mut h = head;
+    while h != tail {
+        let e = rd(c, base + CHMU_HOTLIST + h * 8);
+        out.push(device_cxl_hmu::hotness::decode_entry(e, w));
+        h = (h + 1) % 1024;
+    }
+    c.region_write(
+        u32::from(REGS_BAR),
+        CHMU_BLOCK_OFFSET + base + CHMU_HOTLIST_HEAD,
+        &(tail as u16).to_le_bytes(),
+    )
+    .expect("head");
+    out
+}
+
+#[test]
+fn trace_replay_reports_the_hot_units_with_a_fill_interrupt() {
+    let dir = std::env::temp_dir().join(format!("hmu-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let trace = dir.join("t.trace");
+    // Monitored range 0x40000000+1 GiB. Unit 0x10 is hot (50 accesses), 0x20 warm (5), one
+    // access outside the range; epoch 1 then has unit 0x30 hot.
+    let mut t = String::from("# gpa kind time\n");
+    for i in 0..50 {
+        t.push_str(&format!("{:#x} R {}\n", 0x4001_0000 + (i % 64) * 64, i));
+    }
+    for i in 0..5 {
+        t.push_str(&format!("{:#x} W {}\n", 0x4002_0000, 100 + i));
+    }
+    t.push_str("0x1000 R 200\n");
+    for i in 0..30 {
+        t.push_str(&format!("{:#x} W {}\n", 0x4003_0000, 150_000 + i));
+    }
+    std::fs::write(&trace, t).expect("trace");
+    let tp = trace.to_string_lossy().into_owned();
+    let srv = server(&["--trace", &tp]);
+    let mut c = srv.client().expect("connect");
+    c.region_write(7, 4, &0x0006u16.to_le_bytes())
+        .expect("bus master");
+    let v = eventfd();
+    use std::os::fd::AsRawFd;
+    c.set_irqs(2, (1 << 2) | (1 << 5), 0, 1, &[v.as_raw_fd()])
+        .expect("MSI-X");
+    enable(&mut c, 10, 1);
+    assert!(wait_event(&v, 10_000), "fill-threshold interrupt");
+    // The replay ends both epochs; poll the hotlist for both reports.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.len() < 2 && std::time::Instant::now() < deadline {
+        got.extend(drain(&mut c));
+    }
+    assert_eq!(got, vec![(0x10, 50), (0x30, 30)]);
+    drop(c);
+    let counters = srv.finish().expect("counters");
+    let h = &counters["registers"]["hotness"];
+    assert_eq!(h["accesses_seen"], 86);
+    assert_eq!(h["accesses_in_range"], 85);
+    assert_eq!(h["entries_written"], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn socket_feed_records_reach_the_hotlist() {
+    use device_cxl_hmu::feed::GpaAccess;
+    use device_cxl_hmu::hotness::ReqKind;
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("hmu-feed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let sock = dir.join("feed.sock");
+    let sp = sock.to_string_lossy().into_owned();
+    let srv = server(&["--feed-socket", &sp]);
+    let mut c = srv.client().expect("connect");
+    enable(&mut c, 3, 0);
+    let mut feed = std::os::unix::net::UnixStream::connect(&sock).expect("feed socket");
+    let mut bytes = Vec::new();
+    for i in 0..8u64 {
+        bytes.extend(
+            GpaAccess {
+                gpa: 0x4005_0000 + i * 8,
+                kind: ReqKind::Read,
+                time: i,
+            }
+            .encode(),
+        );
+    }
+    // A record past the epoch end closes it.
+    bytes.extend(
+        GpaAccess {
+            gpa: 0x4000_0000,
+            kind: ReqKind::Read,
+            time: 500_000,
+        }
+        .encode(),
+    );
+    feed.write_all(&bytes).expect("feed");
+    drop(feed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = drain(&mut c);
+    }
+    assert_eq!(got, vec![(0x50, 8)]);
+    drop(c);
+    srv.finish().expect("counters");
+    let _ = std::fs::remove_dir_all(&dir);
+}

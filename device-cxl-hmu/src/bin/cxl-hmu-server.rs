@@ -1,9 +1,12 @@
 //! `cxl-hmu-server`: serves one emulated CXL memory device with a CHMU over vfio-user.
 
+use anyhow::Context;
 use clap::Parser;
 use device_cxl_hmu::chmu::ChmuConfig;
 use device_cxl_hmu::device::{config_space, HmuDevice, MemRange};
+use device_cxl_hmu::feed::{self, Sink};
 use device_sdxi::cli::{self, ServerArgs};
+use device_sdxi::vfio_server::PciDevice;
 use std::process::ExitCode;
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -36,6 +39,24 @@ struct Args {
     /// Number of CHMU instances.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
     instances: u8,
+    /// Replay this trace (lines `GPA R|W TIME`) once the host enables an instance; epochs
+    /// follow the trace's times, so the resulting hotlist is reproducible.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
+    /// Accept access feeds (16-byte records, e.g. from the TCG plugin) on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    feed_socket: Option<std::path::PathBuf>,
+    /// Clock of the socket feed's records: `records` (their own time stamps, e.g. guest
+    /// instruction counts) or `host` (also end epochs on the host's clock when no record
+    /// arrives).
+    #[arg(long, value_enum, default_value = "records")]
+    clock: Clock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Clock {
+    Records,
+    Host,
 }
 
 fn main() -> ExitCode {
@@ -56,9 +77,40 @@ fn main() -> ExitCode {
         hpa_base: args.hpa_base,
         size: args.size,
     };
+    let device = HmuDevice::new(cfg.clone(), range);
+    let sink = Sink {
+        state: std::sync::Arc::clone(&device.state),
+        range,
+        interrupts: device.interrupts(),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeds = (|| -> anyhow::Result<()> {
+        if let Some(t) = &args.trace {
+            feed::spawn_trace_replay(t, sink.clone(), std::sync::Arc::clone(&stop))
+                .with_context(|| format!("trace {}", t.display()))?;
+        }
+        if let Some(p) = &args.feed_socket {
+            let _ = std::fs::remove_file(p);
+            let l = std::os::unix::net::UnixListener::bind(p)
+                .with_context(|| format!("feed socket {}", p.display()))?;
+            feed::spawn_feed_listener(l, sink.clone())?;
+            if args.clock == Clock::Host {
+                feed::spawn_host_clock(
+                    sink.clone(),
+                    std::time::Instant::now(),
+                    std::sync::Arc::clone(&stop),
+                )?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = feeds {
+        eprintln!("cxl-hmu-server: {e:#}");
+        return ExitCode::from(2);
+    }
     let result = config_space(&cfg, range)
         .map_err(anyhow::Error::from)
-        .and_then(|space| cli::run(&args.server, HmuDevice::new(cfg, range), space));
+        .and_then(|space| cli::run(&args.server, device, space));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

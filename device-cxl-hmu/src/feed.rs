@@ -1,0 +1,272 @@
+//! Where the CHMU's accesses come from: a trace file replayed by the server, or a stream of
+//! records on a unix socket (the QEMU TCG plugin's feed). Both carry guest-physical addresses;
+//! the device keeps those inside its range (DVSEC Range 1) and counts them by DPA.
+//!
+//! Socket feed format: a stream of 16-byte little-endian records
+//! `{ u64 gpa_and_kind, u64 time }`, where bit 0 of the first word is 1 for a write (addresses
+//! are at least 2-byte granular, so the bit is free) and `time` is the feed's clock.
+//! Trace file format: text lines `GPA KIND TIME` (GPA hex with or without 0x, KIND `R` or `W`,
+//! TIME decimal); `#` starts a comment.
+
+use crate::device::{HmuState, MemRange};
+use crate::hotness::{Access, ReqKind};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Size of one socket feed record.
+pub const RECORD_SIZE: usize = 16;
+
+/// A guest-physical access as feeds carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpaAccess {
+    pub gpa: u64,
+    pub kind: ReqKind,
+    pub time: u64,
+}
+
+impl GpaAccess {
+    pub fn encode(&self) -> [u8; RECORD_SIZE] {
+        let mut r = [0u8; RECORD_SIZE];
+        let w = (self.gpa & !1) | u64::from(self.kind == ReqKind::Write);
+        r[..8].copy_from_slice(&w.to_le_bytes());
+        r[8..].copy_from_slice(&self.time.to_le_bytes());
+        r
+    }
+
+    pub fn decode(r: &[u8; RECORD_SIZE]) -> Self {
+        let w = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
+        let time = u64::from_le_bytes([r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]]);
+        Self {
+            gpa: w & !1,
+            kind: if w & 1 != 0 {
+                ReqKind::Write
+            } else {
+                ReqKind::Read
+            },
+            time,
+        }
+    }
+}
+
+/// A bad trace line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("trace line {line}: {why}")]
+pub struct TraceError {
+    pub line: usize,
+    pub why: String,
+}
+
+/// Parses a trace file's text.
+pub fn parse_trace(text: &str) -> Result<Vec<GpaAccess>, TraceError> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let l = raw.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let bad = |why: String| TraceError { line: n + 1, why };
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let [a, k, t] = f[..] else {
+            return Err(bad(format!("expected `GPA KIND TIME`, got {l:?}")));
+        };
+        let gpa = u64::from_str_radix(a.trim_start_matches("0x"), 16)
+            .map_err(|e| bad(format!("address {a:?}: {e}")))?;
+        let kind = match k {
+            "R" | "r" => ReqKind::Read,
+            "W" | "w" => ReqKind::Write,
+            _ => return Err(bad(format!("kind {k:?} is not R or W"))),
+        };
+        let time = t.parse().map_err(|e| bad(format!("time {t:?}: {e}")))?;
+        out.push(GpaAccess { gpa, kind, time });
+    }
+    Ok(out)
+}
+
+/// Feeds records into the shared CHMU state and raises the vectors it reports.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    pub state: Arc<Mutex<HmuState>>,
+    pub range: MemRange,
+    pub interrupts: device_sdxi::vfio_server::Interrupts,
+}
+
+impl Sink {
+    /// Feeds guest-physical accesses (those outside the range are counted and dropped).
+    pub fn push(&self, recs: &[GpaAccess]) {
+        let end = self.range.hpa_base.saturating_add(self.range.size);
+        let accesses: Vec<Access> = recs
+            .iter()
+            .map(|r| Access {
+                // Out-of-range records map beyond the device, where Hotness counts them as seen.
+                dpa: if (self.range.hpa_base..end).contains(&r.gpa) {
+                    r.gpa - self.range.hpa_base
+                } else {
+                    u64::MAX
+                },
+                kind: r.kind,
+                time: r.time,
+            })
+            .collect();
+        let irqs = {
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let HmuState { block, hotness } = &mut *s;
+            hotness.feed(block, &accesses)
+        };
+        irqs.into_iter().for_each(|v| {
+            self.interrupts.trigger(v);
+        });
+    }
+
+    /// Ends the epochs that are over at `now`.
+    pub fn advance(&self, now: u64) {
+        let irqs = {
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let HmuState { block, hotness } = &mut *s;
+            hotness.advance(block, now)
+        };
+        irqs.into_iter().for_each(|v| {
+            self.interrupts.trigger(v);
+        });
+    }
+
+    fn any_enabled(&self) -> bool {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.block.counters().enables > 0
+    }
+}
+
+/// Replays a trace once the host has enabled an instance (so the replay is seen whenever the
+/// driver starts); epochs follow the trace's own times, so a replay is reproducible.
+pub fn spawn_trace_replay(path: &Path, sink: Sink, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let recs = parse_trace(&text).map_err(std::io::Error::other)?;
+    std::thread::Builder::new()
+        .name("chmu-trace".into())
+        .spawn(move || {
+            while !sink.any_enabled() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            for chunk in recs.chunks(4096) {
+                sink.push(chunk);
+            }
+            // Close the last epoch: the longest epoch the CHMU offers past the final record.
+            let last = recs.last().map_or(0, |r| r.time);
+            sink.advance(last.saturating_add(101_000_000_000));
+            tracing::info!(records = recs.len(), "trace replayed");
+        })?;
+    Ok(())
+}
+
+/// Accepts feed connections on `listener` and streams their records into the sink.
+pub fn spawn_feed_listener(
+    listener: std::os::unix::net::UnixListener,
+    sink: Sink,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("chmu-feed".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else {
+                    continue;
+                };
+                let sink = sink.clone();
+                let _ = std::thread::Builder::new()
+                    .name("chmu-feed-conn".into())
+                    .spawn(move || {
+                        let mut buf = vec![0u8; RECORD_SIZE * 4096];
+                        let mut have = 0usize;
+                        loop {
+                            match c.read(&mut buf[have..]) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => have += n,
+                            }
+                            let whole = have / RECORD_SIZE * RECORD_SIZE;
+                            let recs: Vec<GpaAccess> = buf[..whole]
+                                .chunks_exact(RECORD_SIZE)
+                                .filter_map(|r| r.try_into().ok().map(GpaAccess::decode))
+                                .collect();
+                            sink.push(&recs);
+                            buf.copy_within(whole..have, 0);
+                            have -= whole;
+                        }
+                    });
+            }
+        })?;
+    Ok(())
+}
+
+/// Ends epochs on the host clock (nanoseconds since `start`) every millisecond, for feeds
+/// whose records carry host time.
+pub fn spawn_host_clock(
+    sink: Sink,
+    start: std::time::Instant,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("chmu-clock".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                sink.advance(start.elapsed().as_nanos() as u64);
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_with_the_kind_bit() {
+        let a = GpaAccess {
+            gpa: 0x4000_1040,
+            kind: ReqKind::Write,
+            time: 77,
+        };
+        assert_eq!(GpaAccess::decode(&a.encode()), a);
+        let r = GpaAccess {
+            kind: ReqKind::Read,
+            ..a
+        };
+        assert_eq!(GpaAccess::decode(&r.encode()), r);
+        assert_eq!(a.encode()[0] & 1, 1);
+    }
+
+    #[test]
+    fn trace_parsing_names_the_bad_line() {
+        let ok =
+            parse_trace("# hot page\n0x40001000 R 5\n40002000 w 6 # write\n\n").expect("valid");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(
+            ok[1],
+            GpaAccess {
+                gpa: 0x4000_2000,
+                kind: ReqKind::Write,
+                time: 6
+            }
+        );
+        let e = parse_trace("0x1000 R 1\n0x2000 X 2\n").expect_err("bad kind");
+        assert_eq!(e.line, 2);
+        assert!(e.why.contains("\"X\""));
+        assert_eq!(parse_trace("0x1000 R").expect_err("short").line, 1);
+        assert!(parse_trace("zz R 1")
+            .expect_err("hex")
+            .why
+            .contains("address"));
+    }
+}
