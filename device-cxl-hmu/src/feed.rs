@@ -90,12 +90,16 @@ pub struct Sink {
     pub state: Arc<Mutex<HmuState>>,
     pub range: MemRange,
     pub interrupts: device_sdxi::vfio_server::Interrupts,
+    /// Host-clock mode: records are stamped with the time since this instant on arrival
+    /// (their own stamps come from another process's clock).
+    pub host_clock: Option<std::time::Instant>,
 }
 
 impl Sink {
     /// Feeds guest-physical accesses (those outside the range are counted and dropped).
     pub fn push(&self, recs: &[GpaAccess]) {
         let end = self.range.hpa_base.saturating_add(self.range.size);
+        let now = self.host_clock.map(|t| t.elapsed().as_nanos() as u64);
         let accesses: Vec<Access> = recs
             .iter()
             .map(|r| Access {
@@ -106,7 +110,7 @@ impl Sink {
                     u64::MAX
                 },
                 kind: r.kind,
-                time: r.time,
+                time: now.unwrap_or(r.time),
             })
             .collect();
         let irqs = {
@@ -209,13 +213,11 @@ pub fn spawn_feed_listener(
     Ok(())
 }
 
-/// Ends epochs on the host clock (nanoseconds since `start`) every millisecond, for feeds
-/// whose records carry host time.
-pub fn spawn_host_clock(
-    sink: Sink,
-    start: std::time::Instant,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<()> {
+/// Ends epochs on the host clock every millisecond (for a sink in host-clock mode).
+pub fn spawn_host_clock(sink: Sink, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let Some(start) = sink.host_clock else {
+        return Ok(());
+    };
     std::thread::Builder::new()
         .name("chmu-clock".into())
         .spawn(move || {

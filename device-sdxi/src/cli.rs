@@ -38,15 +38,20 @@ pub struct ServerArgs {
 /// Makes the listening socket `fd` the child's fd 3 (what `--fd 3` expects), whatever number
 /// it has in the parent.
 pub fn pass_listener_as_fd3(cmd: &mut std::process::Command, fd: RawFd) {
+    pass_fd(cmd, fd, 3);
+}
+
+/// Makes `fd` the child's fd `target` (inherited across exec).
+pub fn pass_fd(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs between fork and exec and only calls the async-signal-safe
     // dup2/fcntl on `fd`, which is open in the child.
     unsafe {
         cmd.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, 3) < 0 {
+            if fd == target {
+                let flags = libc::fcntl(target, libc::F_GETFD);
+                libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, target) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -46,6 +46,9 @@ struct Args {
     /// Accept access feeds (16-byte records, e.g. from the TCG plugin) on this unix socket.
     #[arg(long, value_name = "PATH")]
     feed_socket: Option<std::path::PathBuf>,
+    /// Accept access feeds on this inherited, already listening unix socket fd instead.
+    #[arg(long, value_name = "N", conflicts_with = "feed_socket")]
+    feed_fd: Option<i32>,
     /// Clock of the socket feed's records: `records` (their own time stamps, e.g. guest
     /// instruction counts) or `host` (also end epochs on the host's clock when no record
     /// arrives).
@@ -82,6 +85,11 @@ fn main() -> ExitCode {
         state: std::sync::Arc::clone(&device.state),
         range,
         interrupts: device.interrupts(),
+        host_clock: None,
+    };
+    let feed_sink = Sink {
+        host_clock: (args.clock == Clock::Host).then(std::time::Instant::now),
+        ..sink.clone()
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeds = (|| -> anyhow::Result<()> {
@@ -93,14 +101,17 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_file(p);
             let l = std::os::unix::net::UnixListener::bind(p)
                 .with_context(|| format!("feed socket {}", p.display()))?;
-            feed::spawn_feed_listener(l, sink.clone())?;
-            if args.clock == Clock::Host {
-                feed::spawn_host_clock(
-                    sink.clone(),
-                    std::time::Instant::now(),
-                    std::sync::Arc::clone(&stop),
-                )?;
-            }
+            feed::spawn_feed_listener(l, feed_sink.clone())?;
+        }
+        if let Some(fd) = args.feed_fd {
+            // SAFETY: the caller hands over an open listening socket with this number.
+            let l = unsafe {
+                <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            };
+            feed::spawn_feed_listener(l, feed_sink.clone())?;
+        }
+        if args.feed_socket.is_some() || args.feed_fd.is_some() {
+            feed::spawn_host_clock(feed_sink.clone(), std::sync::Arc::clone(&stop))?;
         }
         Ok(())
     })();

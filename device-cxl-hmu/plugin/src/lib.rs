@@ -1,0 +1,335 @@
+//! `chmu-tap`: a QEMU TCG plugin (plugin API version 7, QEMU 11.1) that feeds the emulated
+//! CHMU with the guest's memory accesses to the monitored range.
+//!
+//! Overhead is controlled at translation time: only a fixed, pseudo-random one in `sample`
+//! memory instructions is instrumented (chosen by a hash of the instruction's address and
+//! `seed`, so the same instructions are chosen in every run). Each instrumented access costs a
+//! callback, a physical-address lookup and a range check; accesses in range are batched per
+//! vCPU thread and written to the CHMU server's feed socket as 16-byte records
+//! (`device_cxl_hmu::feed` format: `gpa | write`, `time` in host nanoseconds since load).
+//!
+//! Arguments (`-plugin libchmu_tap.so,feed=PATH,base=0x...,size=0x...,sample=N,seed=S`).
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// The API version this plugin is written against (QEMU 11.1 accepts only 7).
+#[no_mangle]
+pub static qemu_plugin_version: c_int = 7;
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct QemuPluginTb {
+    _private: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug)]
+pub struct QemuPluginInsn {
+    _private: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug)]
+pub struct QemuPluginHwaddr {
+    _private: [u8; 0],
+}
+
+/// `qemu_info_t` (only the leading fields are read).
+#[repr(C)]
+#[derive(Debug)]
+pub struct QemuInfo {
+    pub target_name: *const c_char,
+    pub version_min: c_int,
+    pub version_cur: c_int,
+    pub system_emulation: bool,
+}
+
+type TbTransCb = extern "C" fn(*mut QemuPluginTb, *mut c_void);
+type MemCb = extern "C" fn(c_uint, u32, u64, *mut c_void);
+type AtExitCb = extern "C" fn(*mut c_void);
+
+extern "C" {
+    fn qemu_plugin_register_vcpu_tb_trans_cb(id: u64, cb: TbTransCb, userdata: *mut c_void);
+    fn qemu_plugin_tb_n_insns(tb: *const QemuPluginTb) -> usize;
+    fn qemu_plugin_tb_get_insn(tb: *const QemuPluginTb, idx: usize) -> *mut QemuPluginInsn;
+    fn qemu_plugin_insn_vaddr(insn: *const QemuPluginInsn) -> u64;
+    fn qemu_plugin_register_vcpu_mem_cb(
+        insn: *mut QemuPluginInsn,
+        cb: MemCb,
+        flags: c_int,
+        rw: c_int,
+        userdata: *mut c_void,
+    );
+    fn qemu_plugin_get_hwaddr(meminfo: u32, vaddr: u64) -> *mut QemuPluginHwaddr;
+    fn qemu_plugin_hwaddr_phys_addr(h: *const QemuPluginHwaddr) -> u64;
+    fn qemu_plugin_mem_is_store(meminfo: u32) -> bool;
+    fn qemu_plugin_register_atexit_cb(id: u64, cb: AtExitCb, userdata: *mut c_void);
+}
+
+/// QEMU_PLUGIN_CB_NO_REGS and QEMU_PLUGIN_MEM_RW.
+const CB_NO_REGS: c_int = 0;
+const MEM_RW: c_int = 3;
+/// Records per vCPU batch, and the longest a batch waits.
+const BATCH: usize = 1024;
+const BATCH_NS: u64 = 1_000_000;
+
+/// Parsed plugin arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub feed: String,
+    pub base: u64,
+    pub size: u64,
+    pub sample: u64,
+    pub seed: u64,
+}
+
+fn num(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// Parses `key=value` arguments; the error names the offending one.
+pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config, String> {
+    let mut c = Config {
+        feed: String::new(),
+        base: 0,
+        size: 0,
+        sample: 1,
+        seed: 0,
+    };
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| format!("argument {a:?} is not key=value"))?;
+        let n = || num(v).ok_or_else(|| format!("{k}={v:?} is not a number"));
+        match k {
+            "feed" => c.feed = v.to_owned(),
+            "base" => c.base = n()?,
+            "size" => c.size = n()?,
+            "sample" => c.sample = n()?.max(1),
+            "seed" => c.seed = n()?,
+            _ => {
+                return Err(format!(
+                    "unknown argument {k:?} (feed, base, size, sample, seed)"
+                ))
+            }
+        }
+    }
+    if c.feed.is_empty() || c.size == 0 {
+        return Err("feed=PATH and size=BYTES are required".into());
+    }
+    Ok(c)
+}
+
+/// Whether the instruction at `vaddr` is instrumented (one in `sample`, fixed per address).
+pub fn chosen(vaddr: u64, seed: u64, sample: u64) -> bool {
+    let mut x = vaddr ^ seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x.is_multiple_of(sample)
+}
+
+struct State {
+    cfg: Config,
+    out: Mutex<UnixStream>,
+    start: Instant,
+    instrumented: AtomicU64,
+    callbacks: AtomicU64,
+    in_range: AtomicU64,
+    sent: AtomicU64,
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+
+thread_local! {
+    static BUF: std::cell::RefCell<(Vec<u8>, u64)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+fn flush(s: &State, buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        return;
+    }
+    if let Ok(mut o) = s.out.lock() {
+        if o.write_all(buf).is_ok() {
+            s.sent.fetch_add((buf.len() / 16) as u64, Ordering::Relaxed);
+        }
+    }
+    buf.clear();
+}
+
+extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) {
+    let Some(s) = STATE.get() else {
+        return;
+    };
+    s.callbacks.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: meminfo/vaddr come from QEMU for this access; the hwaddr is valid during the
+    // callback only and is not kept.
+    let gpa = unsafe {
+        let h = qemu_plugin_get_hwaddr(meminfo, vaddr);
+        if h.is_null() {
+            return;
+        }
+        qemu_plugin_hwaddr_phys_addr(h)
+    };
+    if gpa.wrapping_sub(s.cfg.base) >= s.cfg.size {
+        return;
+    }
+    s.in_range.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: a pure query on the meminfo QEMU passed in.
+    let write = unsafe { qemu_plugin_mem_is_store(meminfo) };
+    let now = s.start.elapsed().as_nanos() as u64;
+    BUF.with(|b| {
+        let Ok(mut b) = b.try_borrow_mut() else {
+            return;
+        };
+        let (buf, since) = &mut *b;
+        if buf.is_empty() {
+            *since = now;
+        }
+        buf.extend_from_slice(&((gpa & !1) | u64::from(write)).to_le_bytes());
+        buf.extend_from_slice(&now.to_le_bytes());
+        if buf.len() >= BATCH * 16 || now.saturating_sub(*since) > BATCH_NS {
+            flush(s, buf);
+        }
+    });
+}
+
+extern "C" fn on_tb(tb: *mut QemuPluginTb, _ud: *mut c_void) {
+    let Some(s) = STATE.get() else {
+        return;
+    };
+    // SAFETY: `tb` is the block QEMU is translating; its instructions are valid during the
+    // callback, where they are instrumented.
+    unsafe {
+        for i in 0..qemu_plugin_tb_n_insns(tb) {
+            let insn = qemu_plugin_tb_get_insn(tb, i);
+            if insn.is_null() || !chosen(qemu_plugin_insn_vaddr(insn), s.cfg.seed, s.cfg.sample) {
+                continue;
+            }
+            s.instrumented.fetch_add(1, Ordering::Relaxed);
+            qemu_plugin_register_vcpu_mem_cb(
+                insn,
+                on_mem,
+                CB_NO_REGS,
+                MEM_RW,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+}
+
+extern "C" fn on_exit(_ud: *mut c_void) {
+    if let Some(s) = STATE.get() {
+        BUF.with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                flush(s, &mut b.0);
+            }
+        });
+        eprintln!(
+            "chmu-tap: instrumented {} instructions, {} callbacks, {} in range, {} records sent",
+            s.instrumented.load(Ordering::Relaxed),
+            s.callbacks.load(Ordering::Relaxed),
+            s.in_range.load(Ordering::Relaxed),
+            s.sent.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The plugin entry point.
+///
+/// # Safety
+/// Called by QEMU with `argc` valid C strings in `argv`.
+#[no_mangle]
+pub unsafe extern "C" fn qemu_plugin_install(
+    id: u64,
+    _info: *const QemuInfo,
+    argc: c_int,
+    argv: *const *const c_char,
+) -> c_int {
+    let args: Vec<String> = (0..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: QEMU passes argc valid NUL-terminated strings.
+            unsafe { CStr::from_ptr(*argv.add(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let cfg = match parse_args(args.iter().map(String::as_str)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chmu-tap: {e}");
+            return -1;
+        }
+    };
+    let out = match UnixStream::connect(&cfg.feed) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "chmu-tap: cannot connect to the CHMU feed {}: {e}",
+                cfg.feed
+            );
+            return -1;
+        }
+    };
+    let _ = STATE.set(State {
+        cfg,
+        out: Mutex::new(out),
+        start: Instant::now(),
+        instrumented: AtomicU64::new(0),
+        callbacks: AtomicU64::new(0),
+        in_range: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+    });
+    // SAFETY: registering our callbacks with the id QEMU gave us.
+    unsafe {
+        qemu_plugin_register_vcpu_tb_trans_cb(id, on_tb, std::ptr::null_mut());
+        qemu_plugin_register_atexit_cb(id, on_exit, std::ptr::null_mut());
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse_and_errors_name_the_argument() {
+        let c = parse_args([
+            "feed=/tmp/f.sock",
+            "base=0x40000000",
+            "size=1073741824",
+            "sample=8",
+            "seed=3",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (c.base, c.size, c.sample, c.seed),
+            (0x4000_0000, 1 << 30, 8, 3)
+        );
+        assert!(parse_args(["feed=/x", "size=1", "bogus=1"])
+            .expect_err("unknown")
+            .contains("bogus"));
+        assert!(parse_args(["feed=/x", "size=zz"])
+            .expect_err("number")
+            .contains("size"));
+        assert!(parse_args(["base=1"])
+            .expect_err("required")
+            .contains("required"));
+    }
+
+    #[test]
+    fn sampling_picks_about_one_in_n_and_is_stable() {
+        let picked = (0..100_000u64)
+            .filter(|a| chosen(0x40_0000 + a * 3, 7, 8))
+            .count();
+        assert!((11_000..14_000).contains(&picked), "{picked}");
+        assert!((0..1000u64).all(|a| chosen(a * 5, 1, 4) == chosen(a * 5, 1, 4)));
+        assert!((0..1000u64).all(|a| chosen(a, 9, 1)));
+    }
+}
