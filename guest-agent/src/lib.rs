@@ -6,6 +6,7 @@
 //! - [`vfio`]: the VFIO plumbing (container, group, device, BAR mmaps).
 //! - [`drivers`]: identity probes of the SDXi and CHMU functions.
 
+pub mod chmu;
 pub mod drivers;
 pub mod inventory;
 pub mod protocol;

@@ -96,6 +96,26 @@ fn sdxi_copy(sizes: &[u64]) -> Outcome {
     }
 }
 
+fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32) -> Outcome {
+    let pci = inventory::pci_functions(Path::new("/sys"));
+    let Some(f) = pci
+        .iter()
+        .find(|f| f.class == device_cxl_hmu::regs::CXL_MEMDEV_CLASS_CODE)
+    else {
+        return Outcome::Error("no CXL memory device (class 0x050210)".into());
+    };
+    match guest_agent::chmu::hot_test(
+        &f.bdf,
+        hot as usize,
+        cold as usize,
+        rounds as usize,
+        threshold,
+    ) {
+        Ok(r) => Outcome::Ok(Reply::ChmuHot(r)),
+        Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
+    }
+}
+
 fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p)
         .map(|s| s.trim().to_owned())
@@ -153,6 +173,16 @@ fn run(port: &str) -> std::io::Result<()> {
                     false,
                 ),
                 Request::SdxiCopy { sizes } => (m.id, sdxi_copy(&sizes), false),
+                Request::ChmuHot {
+                    hot_pages,
+                    cold_pages,
+                    rounds,
+                    threshold,
+                } => (
+                    m.id,
+                    chmu_hot(hot_pages, cold_pages, rounds, threshold),
+                    false,
+                ),
                 Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),
             },
         };

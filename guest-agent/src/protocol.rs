@@ -30,6 +30,13 @@ pub enum Request {
     SdxiCopy {
         sizes: Vec<u64>,
     },
+    /// Run a hot-page workload on node 1 with the CHMU enabled and report what it found.
+    ChmuHot {
+        hot_pages: u32,
+        cold_pages: u32,
+        rounds: u32,
+        threshold: u32,
+    },
     /// Answer, then exit (the init script powers the guest off).
     Shutdown,
 }
@@ -66,7 +73,30 @@ pub enum Reply {
     Pong,
     Inventory(Box<Inventory>),
     SdxiCopy(SdxiCopyReport),
+    ChmuHot(ChmuHotReport),
     ShuttingDown,
+}
+
+/// What the guest's CHMU driver found for a workload with a known hot set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChmuHotReport {
+    /// The monitored range (DVSEC Range 1).
+    pub hpa_base: u64,
+    pub size: u64,
+    /// Workload pages that landed in the monitored range.
+    pub pages_on_node1: u64,
+    pub hot_pages: u64,
+    pub cold_pages: u64,
+    /// Hot pages that appeared in the hotlist.
+    pub hot_found: u64,
+    /// Cold pages (one access each) that appeared in the hotlist.
+    pub cold_reported: u64,
+    /// Hotlist entries drained, and distinct units among them.
+    pub entries: u64,
+    pub distinct_units: u64,
+    pub workload_micros: u64,
+    /// Guest-physical addresses of the hot pages (the harness can check them itself).
+    pub hot_gpas: Vec<u64>,
 }
 
 /// One copy through the SDXi device, checked in the guest.

@@ -401,6 +401,20 @@ impl BarMapping {
             .is_some()
     }
 
+    pub fn write16(&self, off: usize, v: u16) -> bool {
+        // SAFETY: as in read64, for 2 bytes.
+        self.checked(off, 2)
+            .map(|p| unsafe { std::ptr::write_volatile(p.cast::<u16>(), v) })
+            .is_some()
+    }
+
+    pub fn write32(&self, off: usize, v: u32) -> bool {
+        // SAFETY: as in read64, for 4 bytes.
+        self.checked(off, 4)
+            .map(|p| unsafe { std::ptr::write_volatile(p.cast::<u32>(), v) })
+            .is_some()
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -46,6 +46,10 @@ pub struct VmConfig {
     pub chmu_instances: u8,
     /// Extra kernel command-line arguments.
     pub kernel_args: String,
+    /// Load the chmu-tap TCG plugin so the CHMU sees the guest's accesses to node 1.
+    pub chmu_feed: bool,
+    /// The plugin instruments one in this many memory instructions.
+    pub chmu_sample: u64,
 }
 
 impl Default for VmConfig {
@@ -67,6 +71,8 @@ impl Default for VmConfig {
             sdxi_max_cxt: 64,
             chmu_instances: 2,
             kernel_args: String::new(),
+            chmu_feed: false,
+            chmu_sample: 8,
         }
     }
 }

@@ -158,6 +158,8 @@ pub struct RunResult {
     pub inventory: Inventory,
     /// The guest SDXi driver's report (sdxi-copy scenario).
     pub sdxi_copy: Option<guest_agent::protocol::SdxiCopyReport>,
+    /// The guest CHMU driver's report (chmu-hot scenario).
+    pub chmu_hot: Option<guest_agent::protocol::ChmuHotReport>,
     pub teardown: vm::Teardown,
     pub run_dir: PathBuf,
 }
@@ -206,6 +208,11 @@ pub fn execute(
     }
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
     let provision_s = t0.elapsed().as_secs_f64();
+    let mut cfg = cfg.clone();
+    if scenario_name == "chmu-hot" {
+        cfg.chmu_feed = true;
+    }
+    let cfg = &cfg;
     let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
     progress.step(&format!("accelerator: {} ({})", accel.accel, accel.reason));
     let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
@@ -248,6 +255,31 @@ pub fn execute(
     } else {
         None
     };
+    let chmu_hot = if scenario_name == "chmu-hot" {
+        progress.step("guest CHMU driver: hot-page workload on node 1, draining the hotlist");
+        let (hot_pages, cold_pages, rounds, threshold) = scenario::CHMU_HOT;
+        match vm
+            .request(
+                Request::ChmuHot {
+                    hot_pages,
+                    cold_pages,
+                    rounds,
+                    threshold,
+                },
+                timeout,
+            )
+            .map_err(vm_err)?
+        {
+            Reply::ChmuHot(r) => Some(r),
+            other => {
+                return Err(vm_err(vm::VmError::Protocol(format!(
+                    "expected a CHMU report, got {other:?}"
+                ))))
+            }
+        }
+    } else {
+        None
+    };
     let scenario_s = t1.elapsed().as_secs_f64();
     progress.step("shutting down");
     let t2 = Instant::now();
@@ -255,6 +287,12 @@ pub fn execute(
     let mut checks = scenario::inventory_checks(cfg, &inventory);
     if let Some(r) = &sdxi_copy {
         checks.extend(scenario::sdxi_copy_checks(r, teardown.counters.get("sdxi")));
+    }
+    if let Some(r) = &chmu_hot {
+        checks.extend(scenario::chmu_hot_checks(
+            r,
+            teardown.counters.get("cxl_hmu"),
+        ));
     }
     checks.push(scenario::Check {
         name: "no_stray_processes".into(),
@@ -280,6 +318,7 @@ pub fn execute(
         download_bytes: imgs.download_bytes,
         inventory,
         sdxi_copy,
+        chmu_hot,
         teardown,
         run_dir: run.dir.clone(),
     };

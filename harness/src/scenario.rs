@@ -19,7 +19,59 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "sdxi-copy",
         "inventory, then the guest's SDXi driver copies 1 B..16 MiB through the device (IOVAs via the vIOMMU, MSI-X), every byte checked",
     ),
+    (
+        "chmu-hot",
+        "inventory, then a guest workload with a known hot set on node 1; the CHMU (fed by the chmu-tap TCG plugin) must report the hot pages",
+    ),
 ];
+
+/// Workload of the chmu-hot scenario: hot pages, cold pages, rounds, CHMU threshold.
+pub const CHMU_HOT: (u32, u32, u32, u32) = (32, 256, 300, 4);
+
+/// Checks the guest CHMU driver's report and the device's counters.
+pub fn chmu_hot_checks(
+    r: &guest_agent::protocol::ChmuHotReport,
+    device_counters: Option<&serde_json::Value>,
+) -> Vec<Check> {
+    let recall = r.hot_found as f64 / r.hot_pages.max(1) as f64;
+    let h = device_counters.map(|c| &c["registers"]["hotness"]);
+    let in_range = h.and_then(|h| h["accesses_in_range"].as_u64()).unwrap_or(0);
+    vec![
+        check(
+            "chmu.workload_on_node1",
+            r.pages_on_node1 == r.hot_pages + r.cold_pages && r.hot_pages > 0,
+            format!(
+                "{} of {} workload pages inside the monitored range",
+                r.pages_on_node1,
+                r.hot_pages + r.cold_pages
+            ),
+        ),
+        check(
+            "chmu.hot_pages_reported",
+            recall >= 0.95,
+            format!(
+                "{} of {} hot pages in the hotlist (recall {recall:.2})",
+                r.hot_found, r.hot_pages
+            ),
+        ),
+        check(
+            "chmu.cold_pages_not_reported",
+            r.cold_reported == 0,
+            format!(
+                "{} of {} cold pages reported",
+                r.cold_reported, r.cold_pages
+            ),
+        ),
+        check(
+            "chmu.device_fed",
+            in_range > 0,
+            format!(
+                "the CHMU saw {in_range} accesses in range; {} hotlist entries drained",
+                r.entries
+            ),
+        ),
+    ]
+}
 
 /// The scenario `harness demo` runs.
 pub const DEFAULT: &str = "sdxi-copy";

@@ -13,6 +13,8 @@ pub struct Tools {
     pub sdxi_server: PathBuf,
     pub hmu_server: PathBuf,
     pub agent: PathBuf,
+    /// The chmu-tap TCG plugin (None outside a source checkout).
+    pub plugin: Option<PathBuf>,
 }
 
 /// Errors locating or building the helpers.
@@ -99,6 +101,19 @@ pub fn ensure(
         .arg(t);
         run_build(c, "the device servers", progress)?;
     }
+    if let (Some(r), Some(t)) = (&root, &target) {
+        let mut c = cargo(r);
+        c.args([
+            "build",
+            "--release",
+            "-p",
+            "chmu-tap",
+            "--lib",
+            "--target-dir",
+        ])
+        .arg(t);
+        run_build(c, "the chmu-tap TCG plugin", progress)?;
+    }
     if let (Some(r), Some(t), None) = (&root, &target, agent) {
         let mut c = cargo(r);
         c.args([
@@ -148,5 +163,8 @@ pub fn ensure(
                 .map(|t| t.join(HOST_TARGET).join("release/guest-agent")),
             "guest-agent",
         )?,
+        plugin: target
+            .map(|t| t.join("release/libchmu_tap.so"))
+            .filter(|p| p.is_file()),
     })
 }

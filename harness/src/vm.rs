@@ -406,6 +406,19 @@ impl Vm {
             "--counters",
         ])
         .arg(run.path("cxl-hmu-counters.json"));
+        let feed = if cfg.chmu_feed {
+            let plugin = tools.plugin.clone().ok_or_else(|| {
+                VmError::Protocol(
+                    "chmu_feed needs the chmu-tap plugin (a source checkout builds it)".into(),
+                )
+            })?;
+            let l = bind(&vm.sock_dir.join("feed.sock"))?;
+            c.args(["--feed-fd", "4", "--clock", "host"]);
+            device_sdxi::cli::pass_fd(&mut c, l.as_raw_fd(), 4);
+            Some((l, plugin))
+        } else {
+            None
+        };
         vm.procs.push(spawn(
             "cxl-hmu-server",
             c,
@@ -422,7 +435,7 @@ impl Vm {
                 path: vm.sock_dir.join("agent.sock"),
                 source,
             })?;
-        let args = qemu_args(
+        let mut args = qemu_args(
             cfg,
             images,
             accel,
@@ -430,6 +443,18 @@ impl Vm {
             &vm.sock_dir,
             &run.path("console.log"),
         );
+        if let Some((l, plugin)) = feed {
+            args.push("-plugin".into());
+            args.push(format!(
+                "{},feed={},base={:#x},size={:#x},sample={},seed=1",
+                plugin.display(),
+                vm.sock_dir.join("feed.sock").display(),
+                node1.base,
+                node1.size,
+                cfg.chmu_sample
+            ));
+            drop(l);
+        }
         std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(
             |source| VmError::Io {
                 what: "writing",

@@ -231,3 +231,38 @@ fn guest_sdxi_driver_copies_through_the_device_byte_exact_with_msix() {
     assert!(r.teardown.counters["sdxi"]["interrupts"]["raised"].as_u64() >= Some(1));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn chmu_fed_by_the_tcg_plugin_reports_the_guest_hot_pages() {
+    let _vm = serial();
+    let out = results_dir("chmu-hot");
+    let r = harness::execute(
+        &VmConfig::default(),
+        &ToolPaths::default(),
+        "chmu-hot",
+        Some(&out),
+        Arc::new(AtomicBool::new(false)),
+        &mut Reporter::new(false, false),
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(r.passed, "{}", r.summary());
+    let rep = r.chmu_hot.as_ref().expect("CHMU report");
+    // Independently of the scenario's checks: every hot page's guest-physical address lies in
+    // node 1, and the device's own counters show the plugin's feed.
+    assert_eq!(rep.hot_gpas.len() as u64, rep.hot_pages);
+    assert!(rep
+        .hot_gpas
+        .iter()
+        .all(|g| (rep.hpa_base..rep.hpa_base + rep.size).contains(g)));
+    assert!(rep.hot_found * 100 >= rep.hot_pages * 95, "{rep:?}");
+    assert_eq!(rep.cold_reported, 0, "{rep:?}");
+    let h = &r.teardown.counters["cxl_hmu"]["registers"]["hotness"];
+    assert!(h["entries_written"].as_u64() >= Some(rep.hot_found), "{h}");
+    assert!(h["epochs"].as_u64() > Some(0), "{h}");
+    let qemu_log = std::fs::read_to_string(r.run_dir.join("qemu.log")).unwrap_or_default();
+    assert!(
+        qemu_log.contains("chmu-tap: instrumented"),
+        "plugin reported at exit: {qemu_log}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

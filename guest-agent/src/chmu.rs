@@ -1,0 +1,320 @@
+//! The guest's CHMU userspace driver and a hot-page workload on the CXL node: discover the
+//! CHMU through the Register Locator, configure and enable an instance, run a workload whose
+//! hot pages are known (their guest-physical addresses from /proc/self/pagemap), drain the
+//! hotlist as the Linux RFC driver does (entries [HEAD, TAIL), then HEAD = TAIL) and compare.
+
+use crate::protocol::ChmuHotReport;
+use crate::vfio::{BarMapping, VfioDevice, VfioError};
+use device_cxl_hmu::regs::*;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Errors of the CHMU driver.
+#[derive(Debug, thiserror::Error)]
+pub enum ChmuError {
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    #[error("{0}")]
+    Device(String),
+    #[error("{0}")]
+    Os(String),
+}
+
+/// An opened CHMU: its register block through the BAR mmap and the memory range it watches.
+#[derive(Debug)]
+pub struct Chmu {
+    _dev: VfioDevice,
+    bar: BarMapping,
+    block: usize,
+    pub hpa_base: u64,
+    pub size: u64,
+    instance_len: usize,
+    counter_width: u8,
+    hotlist_size: u64,
+}
+
+impl Chmu {
+    pub fn open(bdf: &str) -> Result<Self, ChmuError> {
+        crate::vfio::bind_vfio_pci(bdf)?;
+        let dev = VfioDevice::open(bdf)?;
+        let cfg = dev.config()?;
+        let dvsecs = device_sdxi::pci::dvsecs(&cfg);
+        let find = |id: u16| {
+            dvsecs
+                .iter()
+                .find(|d| d.vendor == CXL_DVSEC_VENDOR && d.id == id)
+                .copied()
+        };
+        let loc = find(CXL_DVSEC_REG_LOCATOR)
+            .ok_or_else(|| ChmuError::Device("no Register Locator".into()))?;
+        let mut block = None;
+        let mut e = loc.offset + REG_LOCATOR_FIRST_ENTRY;
+        while e + 8 <= (loc.offset + loc.length).min(cfg.len()) {
+            let low = RegLocLow::from(u32::from_le_bytes([
+                cfg[e],
+                cfg[e + 1],
+                cfg[e + 2],
+                cfg[e + 3],
+            ]));
+            let high = u32::from_le_bytes([cfg[e + 4], cfg[e + 5], cfg[e + 6], cfg[e + 7]]);
+            if low.block_id() == RBI_CHMU {
+                block = Some((low.bir(), low.offset(high)));
+            }
+            e += 8;
+        }
+        let (bir, off) = block.ok_or_else(|| ChmuError::Device("no CHMU block (id 5)".into()))?;
+        let range = find(CXL_DVSEC_PCIE_DEVICE)
+            .and_then(|d| device_cxl_hmu::device::decode_range1(&cfg, d.offset))
+            .ok_or_else(|| ChmuError::Device("no DVSEC range 1".into()))?;
+        let bar = dev.map_bar(u32::from(bir))?;
+        let block = usize::try_from(off).map_err(|_| ChmuError::Device("block offset".into()))?;
+        let mut c = Self {
+            _dev: dev,
+            bar,
+            block,
+            hpa_base: range.hpa_base,
+            size: range.size,
+            instance_len: 0,
+            counter_width: 16,
+            hotlist_size: 0,
+        };
+        c.instance_len = usize::from(CommonCap1::from(c.rd(CHMU_COMMON_CAP1)).instance_length());
+        let i0 = CHMU_FIRST_INSTANCE as usize;
+        c.hotlist_size = u64::from(ChmuCap0::from(c.rd((i0) as u64 + CHMU_CAP0)).hotlist_size());
+        c.counter_width = ChmuStatus::from(c.rd(i0 as u64 + CHMU_STATUS)).counter_width();
+        Ok(c)
+    }
+
+    fn rd(&self, off: u64) -> u64 {
+        self.bar.read64(self.block + off as usize).unwrap_or(0)
+    }
+
+    fn wr(&self, off: u64, v: u64) {
+        self.bar.write64(self.block + off as usize, v);
+    }
+
+    fn base(&self, i: u8) -> u64 {
+        CHMU_FIRST_INSTANCE + (usize::from(i) * self.instance_len) as u64
+    }
+
+    /// Configures instance `i` for 4 KiB units over the whole range and enables it, polling
+    /// operation-in-progress (100 ms, as the driver does).
+    pub fn enable(
+        &self,
+        i: u8,
+        threshold: u32,
+        epoch_scale: u8,
+        epoch_mult: u16,
+    ) -> Result<(), ChmuError> {
+        let b = self.base(i);
+        self.wr(
+            b + CHMU_CFG1,
+            ChmuCfg1::new()
+                .with_unit_size(12)
+                .with_epoch_scale(epoch_scale)
+                .with_epoch_mult(epoch_mult)
+                .into(),
+        );
+        self.wr(b + CHMU_CFG2, 0);
+        let bits = self.size.div_ceil(CHMU_RANGE_UNIT);
+        for byte in 0..bits.div_ceil(8) {
+            let n = (bits - byte * 8).min(8);
+            let v = if n == 8 { 0xff } else { (1u8 << n) - 1 };
+            let off = self.block + (b + CHMU_RANGE_BITMAP + byte) as usize;
+            let word = off & !3;
+            let cur = self.bar.read32(word).unwrap_or(0);
+            let shift = (off - word) * 8;
+            self.bar
+                .write32(word, (cur & !(0xff << shift)) | (u32::from(v) << shift));
+        }
+        self.wr(
+            b + CHMU_CFG0,
+            ChmuCfg0::new()
+                .with_m2s_req_type(6)
+                .with_threshold(threshold)
+                .with_enable(true)
+                .into(),
+        );
+        let deadline = Instant::now() + Duration::from_millis(100);
+        loop {
+            let st = ChmuStatus::from(self.rd(b + CHMU_STATUS));
+            if st.op_in_progress() == 0 {
+                return if st.enabled() {
+                    Ok(())
+                } else {
+                    Err(ChmuError::Device(
+                        "the CHMU refused the configuration".into(),
+                    ))
+                };
+            }
+            if Instant::now() > deadline {
+                return Err(ChmuError::Device(
+                    "operation in progress did not clear within 100 ms".into(),
+                ));
+            }
+        }
+    }
+
+    /// Drains instance `i`'s hotlist: (guest-physical address of the unit, count).
+    pub fn drain(&self, i: u8, out: &mut Vec<(u64, u64)>) {
+        let b = self.base(i);
+        let ht = self
+            .bar
+            .read32(self.block + (b + CHMU_HOTLIST_HEAD) as usize)
+            .unwrap_or(0);
+        let (head, tail) = (u64::from(ht & 0xffff), u64::from(ht >> 16));
+        let size = self.hotlist_size.max(1);
+        let w = u32::from(self.counter_width.min(63));
+        let mut h = head;
+        while h != tail {
+            let e = self.rd(b + CHMU_HOTLIST + (h % size) * 8);
+            out.push((self.hpa_base + ((e >> w) << 12), e & ((1 << w) - 1)));
+            h = (h + 1) % size;
+        }
+        self.bar
+            .write16(self.block + (b + CHMU_HOTLIST_HEAD) as usize, tail as u16);
+    }
+}
+
+/// Binds `[addr, addr+len)` to NUMA node `node` (MPOL_BIND, moving what is there).
+fn mbind(addr: *mut libc::c_void, len: usize, node: u32) -> Result<(), ChmuError> {
+    let mask: u64 = 1 << node;
+    // SAFETY: mbind(2) on our own mapping with a one-word node mask.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            2, /* MPOL_BIND */
+            &mask,
+            64u64,
+            3u32, /* MOVE|STRICT */
+        )
+    };
+    if r != 0 {
+        return Err(ChmuError::Os(format!(
+            "mbind to node {node}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Guest-physical address of the page at `va` (needs root for the PFN).
+fn gpa_of(pagemap: &std::fs::File, va: usize) -> Option<u64> {
+    let mut e = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(pagemap, &mut e, (va / 4096 * 8) as u64).ok()?;
+    let v = u64::from_le_bytes(e);
+    (v >> 63 == 1 && v & ((1 << 55) - 1) != 0).then(|| (v & ((1 << 55) - 1)) * 4096)
+}
+
+/// 64 distinct load instructions over a page, so a sampling tap that instruments a fixed
+/// fraction of instructions sees a proportional share of them.
+#[inline(never)]
+fn touch_page(p: *const u8) -> u64 {
+    let mut acc = 0u64;
+    macro_rules! ld {
+        ($($k:literal)*) => { $(
+            // SAFETY: k * 64 < 4096: inside the page the caller owns.
+            acc = acc.wrapping_add(u64::from(unsafe { std::ptr::read_volatile(p.add($k * 64)) }));
+        )* };
+    }
+    ld!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+    acc
+}
+
+/// Runs the hot-page workload on node 1 and reports what the CHMU found.
+pub fn hot_test(
+    bdf: &str,
+    hot: usize,
+    cold: usize,
+    rounds: usize,
+    threshold: u32,
+) -> Result<ChmuHotReport, ChmuError> {
+    let chmu = Chmu::open(bdf)?;
+    let pages = hot + cold;
+    let len = pages * 4096;
+    // SAFETY: a fresh private anonymous mapping, owned here.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(ChmuError::Os(format!(
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    mbind(p, len, 1)?;
+    let base = p.cast::<u8>();
+    for i in 0..pages {
+        // SAFETY: page i is inside the mapping; the write faults it in on node 1.
+        unsafe { std::ptr::write_volatile(base.add(i * 4096), i as u8) };
+    }
+    let pagemap = std::fs::File::open("/proc/self/pagemap")
+        .map_err(|e| ChmuError::Os(format!("pagemap: {e}")))?;
+    let gpas: Vec<Option<u64>> = (0..pages)
+        .map(|i| gpa_of(&pagemap, base as usize + i * 4096))
+        .collect();
+    let on_node1 = gpas
+        .iter()
+        .flatten()
+        .filter(|g| (chmu.hpa_base..chmu.hpa_base + chmu.size).contains(*g))
+        .count();
+    // 10 ms epochs (scale 3 x 1).
+    chmu.enable(0, threshold, 3, 1)?;
+    let mut reported = Vec::new();
+    let t0 = Instant::now();
+    let mut sink = 0u64;
+    for i in hot..pages {
+        // SAFETY: inside the mapping: one access per cold page.
+        sink = sink.wrapping_add(u64::from(unsafe {
+            std::ptr::read_volatile(base.add(i * 4096))
+        }));
+    }
+    for _ in 0..rounds {
+        for i in 0..hot {
+            // SAFETY: page i is inside the mapping.
+            sink = sink.wrapping_add(touch_page(unsafe { base.add(i * 4096) }));
+        }
+        chmu.drain(0, &mut reported);
+    }
+    let workload_micros = t0.elapsed().as_micros() as u64;
+    // Let the last epochs close, draining as the driver would.
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        chmu.drain(0, &mut reported);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::hint::black_box(sink);
+    let mut by_gpa: BTreeMap<u64, u64> = BTreeMap::new();
+    for (g, c) in &reported {
+        *by_gpa.entry(*g).or_default() += c;
+    }
+    let hot_gpas: Vec<u64> = gpas[..hot].iter().flatten().copied().collect();
+    let cold_gpas: Vec<u64> = gpas[hot..].iter().flatten().copied().collect();
+    let hot_found = hot_gpas.iter().filter(|g| by_gpa.contains_key(g)).count();
+    let cold_reported = cold_gpas.iter().filter(|g| by_gpa.contains_key(g)).count();
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(p, len) };
+    Ok(ChmuHotReport {
+        hpa_base: chmu.hpa_base,
+        size: chmu.size,
+        pages_on_node1: on_node1 as u64,
+        hot_pages: hot_gpas.len() as u64,
+        cold_pages: cold_gpas.len() as u64,
+        hot_found: hot_found as u64,
+        cold_reported: cold_reported as u64,
+        entries: reported.len() as u64,
+        distinct_units: by_gpa.len() as u64,
+        workload_micros,
+        hot_gpas,
+    })
+}
