@@ -14,5 +14,7 @@ pub mod chmu;
 pub mod device;
 #[cfg(feature = "server")]
 pub mod feed;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hotness;
 pub mod regs;
