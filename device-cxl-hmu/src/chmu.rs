@@ -24,6 +24,41 @@ pub struct ChmuConfig {
     pub downsampling: u16,
     /// MSI-X vector of every instance.
     pub msix_vector: u8,
+    /// Where the hotlists live, as an offset in the registers' BAR past the 64 KiB register
+    /// block (one 4 KiB-aligned stride per instance, CAP3 pointing there), so the server can
+    /// map them straight into the guest; None keeps each hotlist inside its instance.
+    pub hotlist_window: Option<u64>,
+}
+
+/// Storage of the hotlist entries when they live outside the register block.
+pub trait HotlistMemory: Send + std::fmt::Debug {
+    fn read(&self, index: usize) -> u64;
+    fn write(&self, index: usize, v: u64);
+}
+
+/// In-process hotlist storage (tests, and servers that cannot map it).
+#[derive(Debug, Default)]
+pub struct VecHotlist(std::sync::Mutex<Vec<u64>>);
+
+impl VecHotlist {
+    pub fn new(entries: usize) -> Self {
+        Self(std::sync::Mutex::new(vec![0; entries]))
+    }
+}
+
+impl HotlistMemory for VecHotlist {
+    fn read(&self, index: usize) -> u64 {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|v| v.get(index).copied())
+            .unwrap_or(0)
+    }
+    fn write(&self, index: usize, v: u64) {
+        if let Some(e) = self.0.lock().ok().as_mut().and_then(|g| g.get_mut(index)) {
+            *e = v;
+        }
+    }
 }
 
 impl Default for ChmuConfig {
@@ -37,6 +72,7 @@ impl Default for ChmuConfig {
             // 1, 2, 4, ... 32768.
             downsampling: 0xffff,
             msix_vector: 0,
+            hotlist_window: None,
         }
     }
 }
@@ -44,11 +80,39 @@ impl Default for ChmuConfig {
 impl ChmuConfig {
     /// Bytes of one instance: registers, range bitmap and hotlist, rounded to 64 bytes.
     pub fn instance_length(&self) -> u64 {
-        (CHMU_HOTLIST + u64::from(self.hotlist_size) * 8 + 63) & !63
+        match self.hotlist_window {
+            Some(_) => (CHMU_HOTLIST + 63) & !63,
+            None => (CHMU_HOTLIST + u64::from(self.hotlist_size) * 8 + 63) & !63,
+        }
+    }
+
+    /// Bytes between two instances' hotlists in the window.
+    pub fn hotlist_stride(&self) -> u64 {
+        (u64::from(self.hotlist_size) * 8).next_multiple_of(4096)
+    }
+
+    /// CAP3 of instance `i`: its hotlist's offset from the instance base.
+    pub fn cap3(&self, i: u8) -> u64 {
+        match self.hotlist_window {
+            Some(w) => {
+                w + u64::from(i) * self.hotlist_stride()
+                    - (CHMU_BLOCK_OFFSET + self.instance_base(i))
+            }
+            None => CHMU_HOTLIST,
+        }
+    }
+
+    /// Bytes of the hotlist window (0 without one).
+    pub fn hotlist_window_size(&self) -> u64 {
+        self.hotlist_window
+            .map_or(0, |_| u64::from(self.instances) * self.hotlist_stride())
     }
 
     /// The largest hotlist for which all instances fit in the 64 KiB block.
-    pub fn max_hotlist_size(instances: u8) -> u16 {
+    pub fn max_hotlist_size(instances: u8, window: bool) -> u16 {
+        if window {
+            return u16::MAX;
+        }
         let per = (CHMU_BLOCK_SIZE - CHMU_FIRST_INSTANCE) / u64::from(instances.max(1));
         let entries = (per.saturating_sub(CHMU_HOTLIST + 63)) / 8;
         u16::try_from(entries).unwrap_or(u16::MAX)
@@ -107,13 +171,15 @@ pub struct ChmuBlock {
     counters: ChmuCounters,
     /// Per instance, bumped by enable, disable and reset-counters: counting restarts.
     generation: Vec<u64>,
+    /// Hotlist entries when they live in the window (see [`ChmuConfig::hotlist_window`]).
+    external: Option<Box<dyn HotlistMemory>>,
 }
 
 impl ChmuBlock {
     /// A block for `config`; a hotlist too large for the instances to fit the 64 KiB block is
     /// reduced to the largest that fits.
     pub fn new(mut config: ChmuConfig) -> Self {
-        let max = ChmuConfig::max_hotlist_size(config.instances);
+        let max = ChmuConfig::max_hotlist_size(config.instances, config.hotlist_window.is_some());
         if config.hotlist_size > max {
             warn!(
                 requested = config.hotlist_size,
@@ -129,7 +195,12 @@ impl ChmuBlock {
             w1c: vec![0; size],
             counters: ChmuCounters::default(),
             generation: vec![0; usize::from(config.instances)],
+            external: None,
         };
+        if config.hotlist_window.is_some() {
+            let n = usize::from(config.instances) * (config.hotlist_stride() / 8) as usize;
+            b.external = Some(Box::new(VecHotlist::new(n)));
+        }
         b.reset();
         b
     }
@@ -161,6 +232,59 @@ impl ChmuBlock {
         if let Some(b) = self.bytes.get_mut(off as usize..off as usize + 8) {
             b.copy_from_slice(&v.to_le_bytes());
         }
+    }
+
+    /// Puts the hotlist window's entries in `mem` (e.g. a mapping the guest reads directly).
+    pub fn set_hotlist_memory(&mut self, mem: Box<dyn HotlistMemory>) {
+        if self.config.hotlist_window.is_some() {
+            self.external = Some(mem);
+        }
+    }
+
+    /// Writes entry `slot` of instance `i`'s hotlist.
+    pub fn write_hotlist(&mut self, i: u8, slot: u64, v: u64) {
+        let slot = slot % u64::from(self.config.hotlist_size.max(1));
+        match &self.external {
+            Some(m) => m.write(
+                (u64::from(i) * self.config.hotlist_stride() / 8 + slot) as usize,
+                v,
+            ),
+            None => {
+                let off = self.config.instance_base(i) + CHMU_HOTLIST + slot * 8;
+                self.device_set(off, v);
+            }
+        }
+    }
+
+    /// Reads entry `slot` of instance `i`'s hotlist.
+    pub fn read_hotlist(&self, i: u8, slot: u64) -> u64 {
+        let slot = slot % u64::from(self.config.hotlist_size.max(1));
+        match &self.external {
+            Some(m) => m.read((u64::from(i) * self.config.hotlist_stride() / 8 + slot) as usize),
+            None => self.get(self.config.instance_base(i) + CHMU_HOTLIST + slot * 8),
+        }
+    }
+
+    /// A read of the hotlist window through the socket (when the client did not map it):
+    /// `offset` is relative to the window.
+    pub fn window_read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let stride = self.config.hotlist_stride().max(8);
+        let (i, within) = (offset / stride, offset % stride);
+        if self.config.hotlist_window.is_none()
+            || i >= u64::from(self.config.instances)
+            || within % 8 != 0
+        {
+            return;
+        }
+        let v = if within / 8 < u64::from(self.config.hotlist_size) {
+            self.read_hotlist(i as u8, within / 8)
+        } else {
+            0
+        };
+        let b = v.to_le_bytes();
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&b[..n]);
     }
 
     /// Hotlist HEAD (host-written) and TAIL (device-written) of instance `i`.
@@ -220,7 +344,7 @@ impl ChmuBlock {
             self.put(base + CHMU_CAP0, c.cap0(), 0, 0);
             self.put(base + CHMU_CAP1, c.cap1(), 0, 0);
             self.put(base + CHMU_CAP2, CHMU_RANGE_BITMAP, 0, 0);
-            self.put(base + CHMU_CAP3, CHMU_HOTLIST, 0, 0);
+            self.put(base + CHMU_CAP3, c.cap3(i), 0, 0);
             let cfg0_mask: u64 = ChmuCfg0::new()
                 .with_m2s_req_type(0xff)
                 .with_randomized_downsampling(true)
@@ -460,6 +584,31 @@ mod tests {
         b.mmio_read(base + CHMU_HOTLIST_HEAD, &mut h);
         b.mmio_read(base + CHMU_HOTLIST_TAIL, &mut t);
         assert_eq!((u16::from_le_bytes(h), u16::from_le_bytes(t)), (5, 0));
+    }
+
+    #[test]
+    fn a_hotlist_window_moves_cap3_past_the_block_and_shrinks_instances() {
+        let cfg = ChmuConfig {
+            hotlist_window: Some(CHMU_HOTLIST_WINDOW),
+            ..ChmuConfig::default()
+        };
+        let mut b = ChmuBlock::new(cfg.clone());
+        for i in 0..2u8 {
+            let base = cfg.instance_base(i);
+            let cap3 = rd(&mut b, base + CHMU_CAP3);
+            assert_eq!(
+                CHMU_BLOCK_OFFSET + base + cap3,
+                CHMU_HOTLIST_WINDOW + u64::from(i) * 8192
+            );
+        }
+        assert_eq!(cfg.instance_length(), 0x280);
+        b.write_hotlist(1, 3, 0xabcd);
+        assert_eq!(b.read_hotlist(1, 3), 0xabcd);
+        let mut d = [0u8; 8];
+        b.window_read(8192 + 3 * 8, &mut d);
+        assert_eq!(u64::from_le_bytes(d), 0xabcd);
+        b.window_read(u64::MAX - 7, &mut d);
+        assert_eq!(d, [0; 8]);
     }
 
     #[test]

@@ -85,6 +85,14 @@ pub fn decode_range1(cfg: &[u8], dvsec: usize) -> Option<MemRange> {
     Some(MemRange { hpa_base, size })
 }
 
+/// Size of the registers' BAR: the register block plus the hotlist window, a power of two.
+pub fn regs_bar_size(cfg: &ChmuConfig) -> u64 {
+    match cfg.hotlist_window {
+        Some(w) => (w + cfg.hotlist_window_size()).next_power_of_two(),
+        None => CHMU_BLOCK_SIZE,
+    }
+}
+
 /// Builds the configuration space. The range must be 256 MiB aligned (DVSEC granularity).
 pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, ConfigError> {
     Ok(ConfigSpaceBuilder::new(
@@ -102,7 +110,7 @@ pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, Co
     })?
     .bar(BarDef {
         index: REGS_BAR,
-        size: CHMU_BLOCK_SIZE,
+        size: regs_bar_size(cfg),
         is_64bit: true,
         prefetchable: false,
     })?
@@ -153,16 +161,42 @@ pub struct HmuDevice {
     pub range: MemRange,
     #[cfg(feature = "server")]
     interrupts: device_sdxi::vfio_server::Interrupts,
+    /// The memfd backing the hotlist window: (fd, window offset, window size).
+    #[cfg(feature = "server")]
+    window: Option<(std::fs::File, u64, u64)>,
 }
 
 impl HmuDevice {
     pub fn new(cfg: ChmuConfig, range: MemRange) -> Self {
-        Self {
-            state: Arc::new(Mutex::new(HmuState::new(cfg, range))),
+        #[cfg(feature = "server")]
+        let window = cfg.hotlist_window;
+        #[cfg(feature = "server")]
+        let bar = regs_bar_size(&cfg);
+        #[cfg(feature = "server")]
+        let size = cfg.hotlist_window_size();
+        let state = HmuState::new(cfg, range);
+        #[allow(unused_mut)]
+        let mut d = Self {
+            state: Arc::new(Mutex::new(state)),
             range,
             #[cfg(feature = "server")]
             interrupts: device_sdxi::vfio_server::Interrupts::default(),
+            #[cfg(feature = "server")]
+            window: None,
+        };
+        #[cfg(feature = "server")]
+        if let Some(w) = window {
+            match window::MappedHotlist::new(bar, w) {
+                Ok((file, mem)) => {
+                    d.lock().block.set_hotlist_memory(Box::new(mem));
+                    d.window = Some((file, w, size));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "hotlist window not mappable; it stays behind the socket")
+                }
+            }
         }
+        d
     }
 
     pub fn lock(&self) -> MutexGuard<'_, HmuState> {
@@ -187,8 +221,18 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
             Some(rel) if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE => {
                 self.lock().block.mmio_read(rel, data)
             }
+            _ if bar == REGS_BAR && offset >= CHMU_HOTLIST_WINDOW => self
+                .lock()
+                .block
+                .window_read(offset - CHMU_HOTLIST_WINDOW, data),
             _ => data.fill(0),
         }
+    }
+
+    fn bar_mmap(&self, bar: u8) -> Option<(std::os::fd::RawFd, u64, u64)> {
+        use std::os::fd::AsRawFd;
+        let (f, off, size) = self.window.as_ref().filter(|_| bar == REGS_BAR)?;
+        Some((f.as_raw_fd(), *off, *size))
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
@@ -211,6 +255,76 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     fn counters(&self) -> serde_json::Value {
         let s = self.lock();
         serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range })
+    }
+}
+
+#[cfg(feature = "server")]
+mod window {
+    use crate::chmu::HotlistMemory;
+    use std::fs::File;
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// The hotlist window in a memfd the client maps into the guest.
+    #[derive(Debug)]
+    pub struct MappedHotlist {
+        ptr: *mut u64,
+        entries: usize,
+    }
+
+    // SAFETY: plain shared memory accessed only with volatile reads and writes.
+    unsafe impl Send for MappedHotlist {}
+
+    impl MappedHotlist {
+        /// A memfd of the whole BAR (`bar` bytes); entries start at `window`.
+        pub fn new(bar: u64, window: u64) -> std::io::Result<(File, Self)> {
+            // SAFETY: memfd_create with a valid NUL-terminated name.
+            let fd = unsafe { libc::memfd_create(c"chmu-hotlists".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd we own.
+            let file = unsafe { File::from_raw_fd(fd) };
+            file.set_len(bar)?;
+            let len = (bar - window) as usize;
+            // SAFETY: a shared mapping of our own memfd at the window's offset, kept for the
+            // process's life (the device lives as long as the server).
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    file.as_raw_fd(),
+                    window as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok((
+                file,
+                Self {
+                    ptr: p.cast(),
+                    entries: len / 8,
+                },
+            ))
+        }
+    }
+
+    impl HotlistMemory for MappedHotlist {
+        fn read(&self, index: usize) -> u64 {
+            if index >= self.entries {
+                return 0;
+            }
+            // SAFETY: index < entries: inside the mapping, aligned.
+            unsafe { std::ptr::read_volatile(self.ptr.add(index)) }
+        }
+        fn write(&self, index: usize, v: u64) {
+            if index < self.entries {
+                // SAFETY: as in read.
+                unsafe { std::ptr::write_volatile(self.ptr.add(index), v) };
+            }
+        }
     }
 }
 

@@ -259,7 +259,7 @@ impl Hotness {
         }
         let w = u32::from(status.counter_width().min(63));
         let entry = (unit << w) | count.min((1u64 << w) - 1);
-        block.device_set(base + CHMU_HOTLIST + (tail % size) * 8, entry);
+        block.write_hotlist(i, tail % size, entry);
         let new_tail = (tail + 1) % size;
         block.set_tail(i, new_tail);
         self.counters.entries_written += 1;

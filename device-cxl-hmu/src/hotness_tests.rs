@@ -44,7 +44,7 @@ fn hotlist(b: &ChmuBlock, i: u8) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut h = head;
     while h != tail {
-        out.push(decode_entry(b.get(base + CHMU_HOTLIST + h * 8), w));
+        out.push(decode_entry(b.read_hotlist(i, h), w));
         h = (h + 1) % size;
     }
     out

@@ -40,6 +40,9 @@ pub const REGS_BAR: u8 = 2;
 pub const CHMU_BLOCK_OFFSET: u64 = 0;
 /// Size mapped per register block.
 pub const CHMU_BLOCK_SIZE: u64 = 0x10000;
+/// Where this model puts the hotlist window in [`REGS_BAR`] (right after the register block),
+/// so the guest can map the hotlists and read them without a trap.
+pub const CHMU_HOTLIST_WINDOW: u64 = CHMU_BLOCK_OFFSET + CHMU_BLOCK_SIZE;
 
 /// Register Locator entry, low dword.
 #[bitfield(u32)]

@@ -75,6 +75,7 @@ fn discovery_through_dvsecs_finds_the_chmu_and_the_monitored_range() {
     assert_eq!((cap0.version(), cap0.num_instances()), (1, 3));
     let cfg3 = ChmuConfig {
         instances: 3,
+        hotlist_window: Some(CHMU_HOTLIST_WINDOW),
         ..ChmuConfig::default()
     };
     assert_eq!(rd(&mut c, cfg3.instance_base(2) + CHMU_CAP0), cfg3.cap0());
@@ -182,10 +183,12 @@ fn drain(c: &mut vfio_user::Client) -> Vec<(u64, u64)> {
     let ht = rd(c, base + CHMU_HOTLIST_HEAD);
     let (head, tail) = (ht & 0xffff, (ht >> 16) & 0xffff);
     let w = ChmuStatus::from(rd(c, base + CHMU_STATUS)).counter_width();
+    // The hotlist is where CAP3 says (with the server's default window: past the block).
+    let hotlist = base + rd(c, base + CHMU_CAP3);
     let mut out = Vec::new();
     let mut h = head;
     while h != tail {
-        let e = rd(c, base + CHMU_HOTLIST + h * 8);
+        let e = rd(c, hotlist + h * 8);
         out.push(device_cxl_hmu::hotness::decode_entry(e, w));
         h = (h + 1) % 1024;
     }

@@ -175,10 +175,9 @@ mod server {
             self.interrupts.clone()
         }
 
-        fn bar_mmap_fd(&self, bar: u8) -> Option<std::os::fd::RawFd> {
-            (bar == regs::DOORBELL_BAR)
-                .then(|| self.mapped.as_ref().map(MappedDoorbells::fd))
-                .flatten()
+        fn bar_mmap(&self, bar: u8) -> Option<(std::os::fd::RawFd, u64, u64)> {
+            let m = self.mapped.as_ref().filter(|_| bar == regs::DOORBELL_BAR)?;
+            Some((m.fd(), 0, self.engine.config().doorbell_bar_size()))
         }
 
         fn dma_changed(&mut self, maps: &[DmaRegion]) {

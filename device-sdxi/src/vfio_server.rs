@@ -225,8 +225,9 @@ pub trait PciDevice: Send {
     fn interrupts(&self) -> Interrupts;
     /// The set of DMA maps changed.
     fn dma_changed(&mut self, _maps: &[DmaRegion]) {}
-    /// An fd backing `bar` that the client may map directly (sparse mmap of the whole BAR).
-    fn bar_mmap_fd(&self, _bar: u8) -> Option<RawFd> {
+    /// A part of `bar` the client may map directly: (fd, offset, size), where the fd's bytes
+    /// at `offset` back the BAR's bytes at `offset` (a vfio-user sparse mmap area).
+    fn bar_mmap(&self, _bar: u8) -> Option<(RawFd, u64, u64)> {
         None
     }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
@@ -295,15 +296,16 @@ impl<D: PciDevice> Backend<D> {
                 } else {
                     0
                 };
-                let mmap_fd = u8::try_from(index)
+                let mmap = u8::try_from(index)
                     .ok()
                     .filter(|_| index != VFIO_PCI_CONFIG_REGION_INDEX && size > 0)
-                    .and_then(|b| self.device.bar_mmap_fd(b));
-                let sparse_areas = match mmap_fd {
-                    Some(_) => {
+                    .and_then(|b| self.device.bar_mmap(b));
+                let mmap_fd = mmap.map(|(fd, _, _)| fd);
+                let sparse_areas = match mmap {
+                    Some((_, offset, size)) => {
                         flags |= VFIO_REGION_INFO_FLAG_MMAP;
                         vec![SparseArea {
-                            area: vfio_region_sparse_mmap_area { offset: 0, size },
+                            area: vfio_region_sparse_mmap_area { offset, size },
                         }]
                     }
                     None => Vec::new(),

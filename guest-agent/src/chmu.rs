@@ -165,9 +165,11 @@ impl Chmu {
         let (head, tail) = (u64::from(ht & 0xffff), u64::from(ht >> 16));
         let size = self.hotlist_size.max(1);
         let w = u32::from(self.counter_width.min(63));
+        // CAP3 locates the hotlist (this model puts it in a window the guest maps directly).
+        let hotlist = b + self.rd(b + CHMU_CAP3);
         let mut h = head;
         while h != tail {
-            let e = self.rd(b + CHMU_HOTLIST + (h % size) * 8);
+            let e = self.rd(hotlist + (h % size) * 8);
             out.push((self.hpa_base + ((e >> w) << 12), e & ((1 << w) - 1)));
             h = (h + 1) % size;
         }

@@ -328,3 +328,82 @@ pub fn execute(
     std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
     Ok(result)
 }
+
+/// Plugin overhead: the same boot with the chmu-tap plugin off and on, alternating.
+#[derive(Clone, Debug, Serialize)]
+pub struct TapBench {
+    pub sample: u64,
+    pub boot_off_s: Vec<f64>,
+    pub boot_on_s: Vec<f64>,
+    pub median_off_s: f64,
+    pub median_on_s: f64,
+    pub ratio: f64,
+    /// From the plugin's exit line: records sent per second of guest run time.
+    pub records_per_s: f64,
+    pub plugin_line: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Boots `reps` times without and with the tap (alternating) and compares boot-to-agent time.
+pub fn bench_tap(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    reps: usize,
+    interrupted: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<TapBench, RunError> {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let mut line = String::new();
+    let mut rate = Vec::new();
+    let dir = std::env::temp_dir().join(format!("tierbed-bench-{}", std::process::id()));
+    for i in 0..reps * 2 {
+        let mut c = cfg.clone();
+        c.chmu_feed = i % 2 == 1;
+        progress.step(&format!(
+            "boot {}/{} with the tap {}",
+            i + 1,
+            reps * 2,
+            if c.chmu_feed { "on" } else { "off" }
+        ));
+        let r = execute(
+            &c,
+            paths,
+            "inventory",
+            Some(&dir),
+            Arc::clone(&interrupted),
+            &mut images::Silent,
+        )?;
+        if c.chmu_feed {
+            on.push(r.timings.boot_to_agent_s);
+            let log = std::fs::read_to_string(r.run_dir.join("qemu.log")).unwrap_or_default();
+            if let Some(l) = log.lines().find(|l| l.starts_with("chmu-tap:")) {
+                line = l.to_owned();
+                let sent = l
+                    .split(',')
+                    .find(|p| p.contains("records sent"))
+                    .and_then(|p| p.split_whitespace().next())
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                rate.push(sent / (r.timings.boot_to_agent_s + r.timings.scenario_s).max(1e-9));
+            }
+        } else {
+            off.push(r.timings.boot_to_agent_s);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mo, mn) = (median(off.clone()), median(on.clone()));
+    Ok(TapBench {
+        sample: cfg.chmu_sample,
+        boot_off_s: off,
+        boot_on_s: on,
+        median_off_s: mo,
+        median_on_s: mn,
+        ratio: mn / mo.max(1e-9),
+        records_per_s: median(rate),
+        plugin_line: line,
+    })
+}

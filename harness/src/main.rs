@@ -82,6 +82,18 @@ enum Cmd {
     },
     /// List the built-in scenarios.
     Scenarios,
+    /// Measure the chmu-tap TCG plugin's overhead: the same boot with the tap off and on,
+    /// alternating, in one run.
+    BenchTap {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Boots per variant.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Instrument one in this many memory instructions.
+        #[arg(long, default_value_t = 8)]
+        sample: u64,
+    },
     /// Report whether KVM can run guests here (the probe `--accel auto` uses).
     ProbeKvm,
 }
@@ -239,6 +251,31 @@ fn main() -> ExitCode {
                 Err(e) => {
                     print_chain(&e);
                     ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_INFRA })
+                }
+            };
+        }
+        Cmd::BenchTap { vm, reps, sample } => {
+            vm.apply(&mut cfg);
+            cfg.chmu_sample = *sample;
+            return match harness::bench_tap(&cfg, &vm.tools(), *reps, interrupted, &mut rep) {
+                Ok(b) => {
+                    println!(
+                        "chmu-tap overhead (sample 1/{}): boot to agent, medians of {} boots each",
+                        b.sample,
+                        b.boot_off_s.len()
+                    );
+                    println!("  tap off {:.2} s {:?}", b.median_off_s, b.boot_off_s);
+                    println!("  tap on  {:.2} s {:?}", b.median_on_s, b.boot_on_s);
+                    println!(
+                        "  ratio {:.2} (target <= 2), feed {:.0} records/s",
+                        b.ratio, b.records_per_s
+                    );
+                    println!("  {}", b.plugin_line);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    print_chain(&e);
+                    ExitCode::from(EXIT_INFRA)
                 }
             };
         }

@@ -39,6 +39,10 @@ struct Args {
     /// Number of CHMU instances.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
     instances: u8,
+    /// Keep the hotlists inside the register block (every read a trapped message) instead of
+    /// a window the guest maps directly.
+    #[arg(long)]
+    trapped_hotlist: bool,
     /// Replay this trace (lines `GPA R|W TIME`) once the host enables an instance; epochs
     /// follow the trace's times, so the resulting hotlist is reproducible.
     #[arg(long, value_name = "FILE")]
@@ -74,6 +78,8 @@ fn main() -> ExitCode {
     }
     let cfg = ChmuConfig {
         instances: args.instances,
+        hotlist_window: (!args.trapped_hotlist)
+            .then_some(device_cxl_hmu::regs::CHMU_HOTLIST_WINDOW),
         ..ChmuConfig::default()
     };
     let range = MemRange {
