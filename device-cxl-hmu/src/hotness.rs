@@ -78,6 +78,9 @@ pub struct HotnessCounters {
     pub entries_written: u64,
     pub overflows: u64,
     pub fill_events: u64,
+    /// First and latest clock value seen in the records (to check the feed's clock).
+    pub first_time: u64,
+    pub last_time: u64,
 }
 
 /// Counting and reporting for every instance of a CHMU block.
@@ -121,6 +124,10 @@ impl Hotness {
             .len()
             .min(usize::from(block.config().instances));
         for a in accesses {
+            if self.counters.accesses_seen == 0 {
+                self.counters.first_time = a.time;
+            }
+            self.counters.last_time = a.time;
             self.counters.accesses_seen += 1;
             if a.dpa >= self.range_size {
                 continue;

@@ -370,3 +370,31 @@ fn epoch_lengths_follow_cfg1_scales() {
     assert_eq!(epoch_length(0, 1), None);
     assert_eq!(epoch_length(2, 0), None);
 }
+
+#[test]
+fn epochs_roll_on_large_instruction_count_clocks() {
+    let (mut b, mut h) = bed(1024);
+    setup(&mut b, 0, 2, 0, 0, 6, 0);
+    let base = b.config().instance_base(0);
+    // 10 ms epochs = 10M clock units, clock values around 3e9 as an instruction count gives.
+    wr(
+        &mut b,
+        base + CHMU_CFG1,
+        ChmuCfg1::new()
+            .with_unit_size(12)
+            .with_epoch_scale(3)
+            .with_epoch_mult(1)
+            .into(),
+    );
+    let t0 = 3_000_000_000u64;
+    let a: Vec<Access> = (0..2000u64)
+        .map(|k| Access {
+            dpa: (k % 4) * 4096,
+            kind: ReqKind::Read,
+            time: t0 + k * 100_000,
+        })
+        .collect();
+    h.feed(&mut b, &a);
+    assert!(h.counters.epochs >= 19, "{:?}", h.counters);
+    assert!(!hotlist(&b, 0).is_empty());
+}

@@ -15,6 +15,16 @@ pub enum Accel {
     Kvm,
 }
 
+/// The clock CHMU epochs run on when the plugin feeds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChmuClock {
+    /// Host nanoseconds.
+    Host,
+    /// Guest instructions executed (all vCPUs), one per nanosecond of epoch length.
+    Insns,
+}
+
 /// Everything that shapes a test-bed VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +60,8 @@ pub struct VmConfig {
     pub chmu_feed: bool,
     /// The plugin instruments one in this many memory instructions.
     pub chmu_sample: u64,
+    /// Clock of the CHMU's epochs with the plugin feed.
+    pub chmu_clock: ChmuClock,
 }
 
 impl Default for VmConfig {
@@ -73,6 +85,7 @@ impl Default for VmConfig {
             kernel_args: String::new(),
             chmu_feed: false,
             chmu_sample: 8,
+            chmu_clock: ChmuClock::Host,
         }
     }
 }

@@ -125,6 +125,13 @@ struct VmArgs {
     /// Extra guest kernel command-line arguments.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     kernel_args: Option<String>,
+    /// Clock of the CHMU's epochs when the TCG plugin feeds it: host time, or guest
+    /// instructions executed (reproducible for a deterministic guest).
+    #[arg(long, value_enum)]
+    chmu_clock: Option<harness::config::ChmuClock>,
+    /// The CHMU plugin instruments one in this many memory instructions.
+    #[arg(long, value_name = "N")]
+    chmu_sample: Option<u64>,
     /// Use this sdxi-server binary instead of building it.
     #[arg(long, value_name = "PATH")]
     sdxi_server: Option<PathBuf>,
@@ -142,7 +149,8 @@ impl VmArgs {
             ($($f:ident => $t:ident),*) => { $(if let Some(v) = &self.$f { cfg.$t = v.clone(); })* };
         }
         set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
-             kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args);
+             kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args,
+             chmu_clock => chmu_clock, chmu_sample => chmu_sample);
         if self.qemu.is_some() {
             cfg.qemu = self.qemu.clone();
         }

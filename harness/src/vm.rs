@@ -413,7 +413,11 @@ impl Vm {
                 )
             })?;
             let l = bind(&vm.sock_dir.join("feed.sock"))?;
-            c.args(["--feed-fd", "4", "--clock", "host"]);
+            let clock = match cfg.chmu_clock {
+                crate::config::ChmuClock::Host => "host",
+                crate::config::ChmuClock::Insns => "records",
+            };
+            c.args(["--feed-fd", "4", "--clock", clock]);
             device_sdxi::cli::pass_fd(&mut c, l.as_raw_fd(), 4);
             Some((l, plugin))
         } else {
@@ -446,12 +450,16 @@ impl Vm {
         if let Some((l, plugin)) = feed {
             args.push("-plugin".into());
             args.push(format!(
-                "{},feed={},base={:#x},size={:#x},sample={},seed=1",
+                "{},feed={},base={:#x},size={:#x},sample={},seed=1,clock={}",
                 plugin.display(),
                 vm.sock_dir.join("feed.sock").display(),
                 node1.base,
                 node1.size,
-                cfg.chmu_sample
+                cfg.chmu_sample,
+                match cfg.chmu_clock {
+                    crate::config::ChmuClock::Host => "host",
+                    crate::config::ChmuClock::Insns => "insns",
+                }
             ));
             drop(l);
         }

@@ -47,6 +47,24 @@ pub struct QemuInfo {
     pub system_emulation: bool,
 }
 
+/// `struct qemu_plugin_scoreboard` (opaque).
+#[repr(C)]
+#[derive(Debug)]
+pub struct QemuPluginScoreboard {
+    _private: [u8; 0],
+}
+
+/// `qemu_plugin_u64`: a u64 at `offset` in every vCPU's scoreboard entry (passed by value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct QemuPluginU64 {
+    pub score: *mut QemuPluginScoreboard,
+    pub offset: usize,
+}
+
+/// `QEMU_PLUGIN_INLINE_ADD_U64`.
+const INLINE_ADD_U64: c_int = 0;
+
 type TbTransCb = extern "C" fn(*mut QemuPluginTb, *mut c_void);
 type MemCb = extern "C" fn(c_uint, u32, u64, *mut c_void);
 type AtExitCb = extern "C" fn(*mut c_void);
@@ -67,6 +85,14 @@ extern "C" {
     fn qemu_plugin_hwaddr_phys_addr(h: *const QemuPluginHwaddr) -> u64;
     fn qemu_plugin_mem_is_store(meminfo: u32) -> bool;
     fn qemu_plugin_register_atexit_cb(id: u64, cb: AtExitCb, userdata: *mut c_void);
+    fn qemu_plugin_scoreboard_new(element_size: usize) -> *mut QemuPluginScoreboard;
+    fn qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
+        tb: *mut QemuPluginTb,
+        op: c_int,
+        entry: QemuPluginU64,
+        imm: u64,
+    );
+    fn qemu_plugin_u64_sum(entry: QemuPluginU64) -> u64;
 }
 
 /// QEMU_PLUGIN_CB_NO_REGS and QEMU_PLUGIN_MEM_RW.
@@ -84,6 +110,9 @@ pub struct Config {
     pub size: u64,
     pub sample: u64,
     pub seed: u64,
+    /// Stamp records with the guest's executed instruction count (all vCPUs) instead of host
+    /// nanoseconds.
+    pub insns_clock: bool,
 }
 
 fn num(v: &str) -> Option<u64> {
@@ -101,6 +130,7 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
         size: 0,
         sample: 1,
         seed: 0,
+        insns_clock: false,
     };
     for a in args {
         let (k, v) = a
@@ -113,9 +143,16 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
             "size" => c.size = n()?,
             "sample" => c.sample = n()?.max(1),
             "seed" => c.seed = n()?,
+            "clock" => {
+                c.insns_clock = match v {
+                    "insns" => true,
+                    "host" => false,
+                    _ => return Err(format!("clock={v:?}: use insns or host")),
+                }
+            }
             _ => {
                 return Err(format!(
-                    "unknown argument {k:?} (feed, base, size, sample, seed)"
+                    "unknown argument {k:?} (feed, base, size, sample, seed, clock)"
                 ))
             }
         }
@@ -137,6 +174,8 @@ pub fn chosen(vaddr: u64, seed: u64, sample: u64) -> bool {
 
 struct State {
     cfg: Config,
+    /// Executed instructions per vCPU (inline counter), when the clock is instructions.
+    insns: Option<QemuPluginU64>,
     out: Mutex<UnixStream>,
     start: Instant,
     instrumented: AtomicU64,
@@ -146,6 +185,11 @@ struct State {
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
+
+// SAFETY: the scoreboard pointer is only handed back to QEMU's thread-safe accessors.
+unsafe impl Send for State {}
+// SAFETY: as above.
+unsafe impl Sync for State {}
 
 thread_local! {
     static BUF: std::cell::RefCell<(Vec<u8>, u64)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
@@ -183,7 +227,11 @@ extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) 
     s.in_range.fetch_add(1, Ordering::Relaxed);
     // SAFETY: a pure query on the meminfo QEMU passed in.
     let write = unsafe { qemu_plugin_mem_is_store(meminfo) };
-    let now = s.start.elapsed().as_nanos() as u64;
+    let now = match s.insns {
+        // SAFETY: the scoreboard lives for the plugin's life; summing reads every vCPU's entry.
+        Some(e) => unsafe { qemu_plugin_u64_sum(e) },
+        None => s.start.elapsed().as_nanos() as u64,
+    };
     BUF.with(|b| {
         let Ok(mut b) = b.try_borrow_mut() else {
             return;
@@ -207,7 +255,11 @@ extern "C" fn on_tb(tb: *mut QemuPluginTb, _ud: *mut c_void) {
     // SAFETY: `tb` is the block QEMU is translating; its instructions are valid during the
     // callback, where they are instrumented.
     unsafe {
-        for i in 0..qemu_plugin_tb_n_insns(tb) {
+        let n = qemu_plugin_tb_n_insns(tb);
+        if let Some(e) = s.insns {
+            qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, INLINE_ADD_U64, e, n as u64);
+        }
+        for i in 0..n {
             let insn = qemu_plugin_tb_get_insn(tb, i);
             if insn.is_null() || !chosen(qemu_plugin_insn_vaddr(insn), s.cfg.seed, s.cfg.sample) {
                 continue;
@@ -231,6 +283,9 @@ extern "C" fn on_exit(_ud: *mut c_void) {
                 flush(s, &mut b.0);
             }
         });
+        // SAFETY: the scoreboard lives for the plugin's life.
+        let insns = s.insns.map(|e| unsafe { qemu_plugin_u64_sum(e) });
+        eprintln!("chmu-tap: guest instructions counted: {insns:?}");
         eprintln!(
             "chmu-tap: instrumented {} instructions, {} callbacks, {} in range, {} records sent",
             s.instrumented.load(Ordering::Relaxed),
@@ -277,7 +332,13 @@ pub unsafe extern "C" fn qemu_plugin_install(
             return -1;
         }
     };
+    let insns = cfg.insns_clock.then(|| QemuPluginU64 {
+        // SAFETY: allocates a per-vCPU scoreboard of one u64, owned by QEMU for our life.
+        score: unsafe { qemu_plugin_scoreboard_new(8) },
+        offset: 0,
+    });
     let _ = STATE.set(State {
+        insns,
         cfg,
         out: Mutex::new(out),
         start: Instant::now(),
@@ -321,6 +382,14 @@ mod tests {
         assert!(parse_args(["base=1"])
             .expect_err("required")
             .contains("required"));
+        assert!(
+            parse_args(["feed=/x", "size=1", "clock=insns"])
+                .expect("valid")
+                .insns_clock
+        );
+        assert!(parse_args(["feed=/x", "size=1", "clock=tsc"])
+            .expect_err("clock")
+            .contains("tsc"));
     }
 
     #[test]
