@@ -81,6 +81,8 @@ pub struct HotnessCounters {
     /// First and latest clock value seen in the records (to check the feed's clock).
     pub first_time: u64,
     pub last_time: u64,
+    /// Clock value at which instance 0's current epoch ends (0 when not counting).
+    pub epoch_end_0: u64,
 }
 
 /// Counting and reporting for every instance of a CHMU block.
@@ -169,6 +171,9 @@ impl Hotness {
         };
         let t = &mut self.trackers[usize::from(i)];
         let end = *t.epoch_end.get_or_insert(now.saturating_add(len));
+        if i == 0 {
+            self.counters.epoch_end_0 = end;
+        }
         if now < end {
             return;
         }

@@ -185,11 +185,12 @@ mod server {
             if self.engine.registers().state() == FnState::Active {
                 mapped.iter().for_each(crate::dma::MappedRegion::prefault);
             }
-            let result = GuestRam::from_mapped(&mapped);
+            let result = (!mapped.is_empty()).then(|| GuestRam::from_mapped(&mapped));
             self.maps = mapped;
             match result {
-                Ok(ram) => self.engine.set_memory(Some(Arc::new(ram))),
-                Err(e) => {
+                None => self.engine.set_memory(None),
+                Some(Ok(ram)) => self.engine.set_memory(Some(Arc::new(ram))),
+                Some(Err(e)) => {
                     tracing::error!(error = %e, "DMA maps unusable; the engine has no guest memory");
                     self.engine.set_memory(None);
                 }

@@ -233,6 +233,7 @@ pub fn hot_test(
     cold: usize,
     rounds: usize,
     threshold: u32,
+    (epoch_scale, epoch_mult): (u8, u16),
 ) -> Result<ChmuHotReport, ChmuError> {
     let chmu = Chmu::open(bdf)?;
     let pages = hot + cold;
@@ -270,8 +271,7 @@ pub fn hot_test(
         .flatten()
         .filter(|g| (chmu.hpa_base..chmu.hpa_base + chmu.size).contains(*g))
         .count();
-    // 10 ms epochs (scale 3 x 1).
-    chmu.enable(0, threshold, 3, 1)?;
+    chmu.enable(0, threshold, epoch_scale, epoch_mult)?;
     let mut reported = Vec::new();
     let t0 = Instant::now();
     let mut sink = 0u64;

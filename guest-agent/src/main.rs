@@ -96,7 +96,7 @@ fn sdxi_copy(sizes: &[u64]) -> Outcome {
     }
 }
 
-fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32) -> Outcome {
+fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32, epoch: (u8, u16)) -> Outcome {
     let pci = inventory::pci_functions(Path::new("/sys"));
     let Some(f) = pci
         .iter()
@@ -110,6 +110,7 @@ fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32) -> Outcome {
         cold as usize,
         rounds as usize,
         threshold,
+        epoch,
     ) {
         Ok(r) => Outcome::Ok(Reply::ChmuHot(r)),
         Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
@@ -178,9 +179,17 @@ fn run(port: &str) -> std::io::Result<()> {
                     cold_pages,
                     rounds,
                     threshold,
+                    epoch_scale,
+                    epoch_mult,
                 } => (
                     m.id,
-                    chmu_hot(hot_pages, cold_pages, rounds, threshold),
+                    chmu_hot(
+                        hot_pages,
+                        cold_pages,
+                        rounds,
+                        threshold,
+                        (epoch_scale, epoch_mult),
+                    ),
                     false,
                 ),
                 Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),

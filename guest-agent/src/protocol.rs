@@ -36,6 +36,9 @@ pub enum Request {
         cold_pages: u32,
         rounds: u32,
         threshold: u32,
+        /// CFG1 epoch scale (1 = 100 us ... 5 = 1 s) and multiplier.
+        epoch_scale: u8,
+        epoch_mult: u16,
     },
     /// Answer, then exit (the init script powers the guest off).
     Shutdown,

@@ -258,18 +258,21 @@ pub fn execute(
     let chmu_hot = if scenario_name == "chmu-hot" {
         progress.step("guest CHMU driver: hot-page workload on node 1, draining the hotlist");
         let (hot_pages, cold_pages, rounds, threshold) = scenario::CHMU_HOT;
-        match vm
-            .request(
-                Request::ChmuHot {
-                    hot_pages,
-                    cold_pages,
-                    rounds,
-                    threshold,
-                },
-                timeout,
-            )
-            .map_err(vm_err)?
-        {
+        // 10 ms of host time, or 100 us as 100k guest instructions (the workload runs only a
+        // few million instructions, and an idle guest hardly advances the instruction clock).
+        let (epoch_scale, epoch_mult) = match cfg.chmu_clock {
+            config::ChmuClock::Host => (3, 1),
+            config::ChmuClock::Insns => (1, 1),
+        };
+        let req = Request::ChmuHot {
+            hot_pages,
+            cold_pages,
+            rounds,
+            threshold,
+            epoch_scale,
+            epoch_mult,
+        };
+        match vm.request(req, timeout).map_err(vm_err)? {
             Reply::ChmuHot(r) => Some(r),
             other => {
                 return Err(vm_err(vm::VmError::Protocol(format!(

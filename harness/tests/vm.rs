@@ -266,3 +266,32 @@ fn chmu_fed_by_the_tcg_plugin_reports_the_guest_hot_pages() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn chmu_epochs_on_the_guest_instruction_clock_also_find_the_hot_pages() {
+    let _vm = serial();
+    let out = results_dir("chmu-insns");
+    let cfg = VmConfig {
+        chmu_clock: harness::config::ChmuClock::Insns,
+        ..VmConfig::default()
+    };
+    let r = harness::execute(
+        &cfg,
+        &ToolPaths::default(),
+        "chmu-hot",
+        Some(&out),
+        Arc::new(AtomicBool::new(false)),
+        &mut Reporter::new(false, false),
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(r.passed, "{}", r.summary());
+    let h = &r.teardown.counters["cxl_hmu"]["registers"]["hotness"];
+    // The records carry instruction counts: billions after a boot, not host nanoseconds.
+    assert!(h["last_time"].as_u64() > h["first_time"].as_u64(), "{h}");
+    let qemu_log = std::fs::read_to_string(r.run_dir.join("qemu.log")).unwrap_or_default();
+    assert!(
+        qemu_log.contains("guest instructions counted: Some("),
+        "{qemu_log}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
