@@ -113,32 +113,30 @@ impl Sink {
                 time: now.unwrap_or(r.time),
             })
             .collect();
-        let irqs = {
-            let mut s = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let HmuState { block, hotness } = &mut *s;
-            hotness.feed(block, &accesses)
-        };
-        irqs.into_iter().for_each(|v| {
-            self.interrupts.trigger(v);
-        });
+        self.step(|block, hotness| hotness.feed(block, &accesses));
     }
 
     /// Ends the epochs that are over at `now`.
     pub fn advance(&self, now: u64) {
+        self.step(|block, hotness| hotness.advance(block, now));
+    }
+
+    /// Runs `f` on the locked state, then raises the vectors it returns (outside the lock).
+    fn step(
+        &self,
+        f: impl FnOnce(&mut crate::chmu::ChmuBlock, &mut crate::hotness::Hotness) -> Vec<u16>,
+    ) {
         let irqs = {
             let mut s = self
                 .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let HmuState { block, hotness } = &mut *s;
-            hotness.advance(block, now)
+            f(block, hotness)
         };
-        irqs.into_iter().for_each(|v| {
+        for v in irqs {
             self.interrupts.trigger(v);
-        });
+        }
     }
 
     fn any_enabled(&self) -> bool {

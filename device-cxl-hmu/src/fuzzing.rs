@@ -62,16 +62,11 @@ mod tests {
     use super::*;
 
     fn inputs(n: usize, len: usize, seed: u64) -> impl Iterator<Item = Vec<u8>> {
-        let mut x = seed;
-        (0..n).map(move |_| {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
+        (0..n as u64).map(move |i| {
+            device_sdxi::fuzzing::xorshift_bytes(
+                len,
+                seed.wrapping_add(i.wrapping_mul(0x9e37_79b9)),
+            )
         })
     }
 

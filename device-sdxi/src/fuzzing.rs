@@ -18,6 +18,20 @@ impl Irq for NoIrq {
     }
 }
 
+/// Deterministic pseudo-random bytes (xorshift64), for smoke-testing fuzz entry points and
+/// for data patterns that must differ byte by byte.
+pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Base and size of the fuzzed guest memory.
 pub const RAM_BASE: u64 = 0x10_0000;
 pub const RAM_SIZE: usize = 1 << 20;
@@ -147,19 +161,10 @@ pub fn ring_processing(data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// xorshift: deterministic pseudo-random inputs, so every CI run covers the same cases.
+    /// Deterministic pseudo-random inputs, so every CI run covers the same cases.
     fn inputs(n: usize, len: usize, seed: u64) -> impl Iterator<Item = Vec<u8>> {
-        let mut x = seed;
-        (0..n).map(move |_| {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
+        (0..n as u64)
+            .map(move |i| xorshift_bytes(len, seed.wrapping_add(i.wrapping_mul(0x9e37_79b9))))
     }
 
     #[test]

@@ -149,15 +149,7 @@ fn wait_event(f: &File, timeout: Duration) -> bool {
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    device_sdxi::fuzzing::xorshift_bytes(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// Initialises the function, starts context 1 and copies each size through the device,

@@ -24,6 +24,23 @@ fn results_dir(name: &str) -> PathBuf {
     d
 }
 
+/// Runs `scenario` in a VM with `cfg`, results in a private directory; panics on an
+/// infrastructure error and returns the result (and the directory, to remove at the end).
+fn run(cfg: &VmConfig, scenario: &str, name: &str) -> (harness::RunResult, PathBuf) {
+    let out = results_dir(name);
+    let r = harness::execute(
+        cfg,
+        &ToolPaths::default(),
+        scenario,
+        Some(&out),
+        Arc::new(AtomicBool::new(false)),
+        &mut Reporter::new(false, false),
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(r.passed, "{}", r.summary());
+    (r, out)
+}
+
 /// Processes whose command line mentions `mark`.
 fn processes_mentioning(mark: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
@@ -42,17 +59,7 @@ fn processes_mentioning(mark: &str) -> Vec<String> {
 fn guest_sees_both_devices_their_registers_and_a_lower_cxl_tier() {
     let _vm = serial();
     let cfg = VmConfig::default();
-    let out = results_dir("inventory");
-    let r = harness::execute(
-        &cfg,
-        &ToolPaths::default(),
-        "inventory",
-        Some(&out),
-        Arc::new(AtomicBool::new(false)),
-        &mut Reporter::new(false, false),
-    )
-    .unwrap_or_else(|e| panic!("{e:#?}"));
-    assert!(r.passed, "{}", r.summary());
+    let (r, out) = run(&cfg, "inventory", "inventory");
 
     // Guest side, checked here independently of the scenario's own checks.
     let inv = &r.inventory;
@@ -194,17 +201,7 @@ fn invalid_configuration_is_a_usage_error_naming_the_value() {
 #[test]
 fn guest_sdxi_driver_copies_through_the_device_byte_exact_with_msix() {
     let _vm = serial();
-    let out = results_dir("sdxi-copy");
-    let r = harness::execute(
-        &VmConfig::default(),
-        &ToolPaths::default(),
-        "sdxi-copy",
-        Some(&out),
-        Arc::new(AtomicBool::new(false)),
-        &mut Reporter::new(false, false),
-    )
-    .unwrap_or_else(|e| panic!("{e:#?}"));
-    assert!(r.passed, "{}", r.summary());
+    let (r, out) = run(&VmConfig::default(), "sdxi-copy", "sdxi-copy");
     let rep = r.sdxi_copy.as_ref().expect("copy report");
     // Checked here independently of the scenario's checks: every size, every byte.
     let sizes: Vec<u64> = rep.results.iter().map(|x| x.bytes).collect();
@@ -235,17 +232,7 @@ fn guest_sdxi_driver_copies_through_the_device_byte_exact_with_msix() {
 #[test]
 fn chmu_fed_by_the_tcg_plugin_reports_the_guest_hot_pages() {
     let _vm = serial();
-    let out = results_dir("chmu-hot");
-    let r = harness::execute(
-        &VmConfig::default(),
-        &ToolPaths::default(),
-        "chmu-hot",
-        Some(&out),
-        Arc::new(AtomicBool::new(false)),
-        &mut Reporter::new(false, false),
-    )
-    .unwrap_or_else(|e| panic!("{e:#?}"));
-    assert!(r.passed, "{}", r.summary());
+    let (r, out) = run(&VmConfig::default(), "chmu-hot", "chmu-hot");
     let rep = r.chmu_hot.as_ref().expect("CHMU report");
     // Independently of the scenario's checks: every hot page's guest-physical address lies in
     // node 1, and the device's own counters show the plugin's feed.
