@@ -209,7 +209,7 @@ pub fn execute(
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
     let provision_s = t0.elapsed().as_secs_f64();
     let mut cfg = cfg.clone();
-    if scenario_name == "chmu-hot" {
+    if scenario::uses_chmu(scenario_name) {
         cfg.chmu_feed = true;
     }
     let cfg = &cfg;
@@ -238,7 +238,7 @@ pub fn execute(
             ))))
         }
     };
-    let sdxi_copy = if scenario_name == "sdxi-copy" {
+    let sdxi_copy = if scenario::uses_sdxi(scenario_name) {
         progress.step("guest SDXi driver: init, context start, copies through the device");
         let sizes = scenario::SDXI_COPY_SIZES.to_vec();
         match vm
@@ -255,7 +255,7 @@ pub fn execute(
     } else {
         None
     };
-    let chmu_hot = if scenario_name == "chmu-hot" {
+    let chmu_hot = if scenario::uses_chmu(scenario_name) {
         progress.step("guest CHMU driver: hot-page workload on node 1, draining the hotlist");
         let (hot_pages, cold_pages, rounds, threshold) = scenario::CHMU_HOT;
         // 10 ms of host time, or 100 us as 100k guest instructions (the workload runs only a

@@ -23,7 +23,21 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "chmu-hot",
         "inventory, then a guest workload with a known hot set on node 1; the CHMU (fed by the chmu-tap TCG plugin) must report the hot pages",
     ),
+    (
+        "all",
+        "inventory, sdxi-copy and chmu-hot in one boot (the CHMU feed on throughout)",
+    ),
 ];
+
+/// Whether a scenario runs the SDXi copy step.
+pub fn uses_sdxi(name: &str) -> bool {
+    matches!(name, "sdxi-copy" | "all")
+}
+
+/// Whether a scenario runs the CHMU hot-page step (and so needs the plugin feed).
+pub fn uses_chmu(name: &str) -> bool {
+    matches!(name, "chmu-hot" | "all")
+}
 
 /// Workload of the chmu-hot scenario: hot pages, cold pages, rounds, CHMU threshold.
 pub const CHMU_HOT: (u32, u32, u32, u32) = (32, 256, 300, 4);
@@ -74,7 +88,7 @@ pub fn chmu_hot_checks(
 }
 
 /// The scenario `harness demo` runs.
-pub const DEFAULT: &str = "sdxi-copy";
+pub const DEFAULT: &str = "all";
 
 /// Sizes the sdxi-copy scenario copies.
 pub const SDXI_COPY_SIZES: &[u64] = &[1, 4096, 65536, 2 << 20, 16 << 20];

@@ -282,3 +282,32 @@ fn chmu_epochs_on_the_guest_instruction_clock_also_find_the_hot_pages() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_main_job_demo_passes_every_check_in_one_boot() {
+    let _vm = serial();
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["demo", "-q"])
+        .output()
+        .expect("run harness demo");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("scenario all: PASSED"), "{out}");
+    for check in [
+        "sdxi.copy_16777216",
+        "chmu.hot_pages_reported",
+        "numa.node1_lower_tier",
+        "no_stray_processes",
+    ] {
+        assert!(
+            out.contains(check),
+            "{check} missing from the summary: {out}"
+        );
+    }
+    assert!(!out.contains("[FAIL]"), "{out}");
+}
