@@ -317,6 +317,10 @@ pub fn hot_test(
         entries: reported.len() as u64,
         distinct_units: by_gpa.len() as u64,
         workload_micros,
+        hot_counts: hot_gpas
+            .iter()
+            .map(|g| by_gpa.get(g).copied().unwrap_or(0))
+            .collect(),
         hot_gpas,
     })
 }

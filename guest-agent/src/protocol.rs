@@ -100,6 +100,8 @@ pub struct ChmuHotReport {
     pub workload_micros: u64,
     /// Guest-physical addresses of the hot pages (the harness can check them itself).
     pub hot_gpas: Vec<u64>,
+    /// Summed hotlist counts of each hot page, in workload order.
+    pub hot_counts: Vec<u64>,
 }
 
 /// One copy through the SDXi device, checked in the guest.
