@@ -180,7 +180,8 @@ impl Hotness {
         self.end_epoch(block, i, irqs);
         // Skip whole idle epochs at once.
         let skipped = (now - end) / len;
-        self.trackers[usize::from(i)].epoch_end = Some(end + (skipped + 1) * len);
+        self.trackers[usize::from(i)].epoch_end =
+            Some(end.saturating_add(skipped.saturating_add(1).saturating_mul(len)));
     }
 
     /// Restarts counting if the host enabled, disabled or reset the instance since last time.

@@ -297,11 +297,19 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         let l2_base = CxtL2::from(lock(&self.regs).reg(regs::MMIO_CXT_L2)).ptr() << 12;
         let bad = |what| invalid(ErrClass::InvalidContext, step::CXT_TABLE, what);
         let (i2, i1) = table_indices(cxt);
-        let l2: CxtL2Ent = Self::read_obj(mem, l2_base + u64::from(i2) * 8, step::CXT_TABLE)?;
+        let l2: CxtL2Ent = Self::read_obj(
+            mem,
+            l2_base.wrapping_add(u64::from(i2) * 8),
+            step::CXT_TABLE,
+        )?;
         if !l2.vl() {
             return Err(bad("level-2 entry not valid"));
         }
-        let l1: CxtL1Ent = Self::read_obj(mem, l2.ptr() + u64::from(i1) * 32, step::CXT_TABLE)?;
+        let l1: CxtL1Ent = Self::read_obj(
+            mem,
+            l2.ptr().wrapping_add(u64::from(i1) * 32),
+            step::CXT_TABLE,
+        )?;
         if !l1.vl() {
             return Err(bad("level-1 entry not valid"));
         }
@@ -337,7 +345,11 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 "AKey index beyond the table",
             ));
         }
-        let a: AkeyEnt = Self::read_obj(mem, cx.akey_table + u64::from(index) * 16, step::AKEY)?;
+        let a: AkeyEnt = Self::read_obj(
+            mem,
+            cx.akey_table.wrapping_add(u64::from(index) * 16),
+            step::AKEY,
+        )?;
         if !a.vl() {
             return Err(invalid(
                 ErrClass::InvalidAkey,
@@ -435,7 +447,8 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 if self.generation.load(Ordering::Acquire) != generation {
                     return Ok(());
                 }
-                let slot = cx.ring + (ri % cx.entries) * DESC_SIZE;
+                // Guest-chosen bases wrap instead of overflowing; GuestRam bounds every access.
+                let slot = cx.ring.wrapping_add((ri % cx.entries) * DESC_SIZE);
                 let d: Descriptor =
                     Self::read_obj(mem, slot, step::DESCRIPTOR).map_err(|e| (e, Some(ri)))?;
                 let h = d.header();
@@ -688,7 +701,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 err_class: (class as u16).into(),
                 ..Default::default()
             };
-            let addr = (cfg.ptr() << 12) + (wrt % entries) * 64;
+            let addr = (cfg.ptr() << 12).wrapping_add((wrt % entries) * 64);
             if mem.write(addr, ent.as_bytes()).is_ok() {
                 regs.device_set(regs::MMIO_ERR_WRT, wrt + 1);
                 self.counters.errlog_entries.fetch_add(1, Ordering::Relaxed);

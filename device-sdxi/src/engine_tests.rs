@@ -475,3 +475,20 @@ fn update_descriptors_complete_and_nothing_is_cached_between_passes() {
     b.run(1, &[driver::intr(0, false)]);
     assert_eq!(b.vectors.0.lock().expect("lock").last(), Some(&7));
 }
+
+#[test]
+fn tables_at_the_top_of_the_address_space_fault_instead_of_overflowing() {
+    let mut b = Bed::new(false);
+    let c = b.drv.context(1).expect("cxt");
+    // Ring, AKey table and error log pointed at the last page of the 64-bit space.
+    let mut ctl = [0u8; 64];
+    b.ram.read_bytes(c.ctl, &mut ctl);
+    ctl[0..8].copy_from_slice(&(0xffff_ffff_ffff_ffc1u64).to_le_bytes());
+    b.ram.write_bytes(c.ctl, &ctl);
+    let l1 = b.drv.l1 + 32;
+    b.ram
+        .write_bytes(l1 + 8, &(0xffff_ffff_ffff_f008u64).to_le_bytes());
+    b.e.mmio_write(MMIO_ERR_CFG, &(0xffff_ffff_ffff_f03fu64).to_le_bytes());
+    b.run(1, &[driver::intr(60_000, false)]);
+    assert!(b.e.counters.error_count(ErrClass::AddressFault) >= 1);
+}
