@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod kvm;
+pub mod report;
 pub mod scenario;
 pub mod tools;
 pub mod vm;
@@ -409,4 +410,73 @@ pub fn bench_tap(
         records_per_s: median(rate),
         plugin_line: line,
     })
+}
+
+/// Runs `scenarios` one after another (a 2-core machine runs one VM at a time), each within
+/// `limit` if given; Ctrl-C stops the whole matrix.
+pub fn run_matrix(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    scenarios: &[String],
+    results_dir: Option<&Path>,
+    limit: Option<Duration>,
+    interrupted: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Vec<report::Outcome> {
+    let mut out = Vec::new();
+    for (i, name) in scenarios.iter().enumerate() {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        progress.step(&format!("scenario {}/{}: {name}", i + 1, scenarios.len()));
+        // A per-scenario stop flag, set by Ctrl-C or by the time limit.
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        {
+            let (stop, done, timed_out, global) = (
+                Arc::clone(&stop),
+                Arc::clone(&done),
+                Arc::clone(&timed_out),
+                Arc::clone(&interrupted),
+            );
+            let deadline = limit.map(|l| Instant::now() + l);
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if global.load(std::sync::atomic::Ordering::Relaxed) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        let t = Instant::now();
+        let r = execute(cfg, paths, name, results_dir, stop, progress);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        out.push(match r {
+            Ok(r) => report::Outcome::Ran(Box::new(r)),
+            Err(e) => {
+                let mut message = if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+                    format!("time limit of {:?} exceeded", limit.unwrap_or_default())
+                } else {
+                    e.to_string()
+                };
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    message.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                report::Outcome::Error {
+                    scenario: name.clone(),
+                    message,
+                    seconds: t.elapsed().as_secs_f64(),
+                }
+            }
+        });
+    }
+    out
 }

@@ -63,9 +63,18 @@ enum Cmd {
     },
     /// Boot the test bed and run one scenario; writes result.json and logs to a run directory.
     Run {
-        /// Scenario to run (see `harness scenarios`).
+        /// Scenarios to run, one after another (see `harness scenarios`).
         #[arg(default_value = harness::scenario::DEFAULT)]
-        scenario: String,
+        scenarios: Vec<String>,
+        /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<harness::report::Shard>,
+        /// Also write the outcomes as JUnit XML to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Time limit per scenario, in seconds (provisioning included).
+        #[arg(long, value_name = "S")]
+        scenario_timeout: Option<u64>,
         #[command(flatten)]
         vm: VmArgs,
         /// Directory for run directories [default: <cache>/runs].
@@ -162,6 +171,77 @@ impl VmArgs {
             hmu_server: self.hmu_server.clone(),
             agent: self.agent.clone(),
         }
+    }
+}
+
+/// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit with
+/// the worst outcome.
+#[allow(clippy::too_many_arguments)]
+fn run_matrix(
+    cfg: &VmConfig,
+    vm: &VmArgs,
+    scenarios: &[String],
+    results: Option<&std::path::Path>,
+    junit: Option<&std::path::Path>,
+    timeout: Option<u64>,
+    json: bool,
+    interrupted: Arc<AtomicBool>,
+    rep: &mut Reporter,
+) -> ExitCode {
+    if let Some(bad) = scenarios
+        .iter()
+        .find(|s| !harness::scenario::BUILTIN.iter().any(|(n, _)| n == *s))
+    {
+        eprintln!("error: unknown scenario {bad:?} (see `harness scenarios`)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let limit = timeout.map(std::time::Duration::from_secs);
+    let outcomes = harness::run_matrix(
+        cfg,
+        &vm.tools(),
+        scenarios,
+        results,
+        limit,
+        Arc::clone(&interrupted),
+        rep,
+    );
+    for o in &outcomes {
+        match o {
+            harness::report::Outcome::Ran(r) if json => {
+                println!("{}", serde_json::to_string_pretty(&**r).unwrap_or_default())
+            }
+            harness::report::Outcome::Ran(r) => print!("{}", r.summary()),
+            harness::report::Outcome::Error {
+                scenario, message, ..
+            } => println!("scenario {scenario}: ERROR: {message}"),
+        }
+    }
+    if let Some(p) = junit {
+        if let Err(e) = std::fs::write(p, harness::report::junit_xml(&outcomes)) {
+            eprintln!("error: writing JUnit XML to {}: {e}", p.display());
+            return ExitCode::from(EXIT_INFRA);
+        }
+    }
+    let passed = outcomes.iter().filter(|o| o.passed()).count();
+    let errors = outcomes
+        .iter()
+        .filter(|o| matches!(o, harness::report::Outcome::Error { .. }))
+        .count();
+    println!(
+        "{passed} passed, {} failed",
+        outcomes.len() - passed - errors
+    );
+    if errors > 0 {
+        println!("{errors} scenarios could not run (test bed errors)");
+    }
+    if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if errors > 0 {
+        ExitCode::from(EXIT_INFRA)
+    } else if passed < outcomes.len() {
+        ExitCode::from(EXIT_TEST_FAILED)
+    } else {
+        ExitCode::from(EXIT_PASS)
     }
 }
 
@@ -288,18 +368,38 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Run {
-            scenario,
+            scenarios,
+            shard,
+            junit,
+            scenario_timeout,
             vm,
             results,
             json,
-        } => (vm, scenario.as_str(), results.clone(), *json),
-        Cmd::Demo { vm } => (vm, harness::scenario::DEFAULT, None, false),
+        } => {
+            let selected = harness::report::select(scenarios, *shard);
+            if selected.len() != 1 || junit.is_some() || scenario_timeout.is_some() {
+                vm.apply(&mut cfg);
+                return run_matrix(
+                    &cfg,
+                    vm,
+                    &selected,
+                    results.as_deref(),
+                    junit.as_deref(),
+                    *scenario_timeout,
+                    *json,
+                    interrupted,
+                    &mut rep,
+                );
+            }
+            (vm, selected[0].clone(), results.clone(), *json)
+        }
+        Cmd::Demo { vm } => (vm, harness::scenario::DEFAULT.to_owned(), None, false),
     };
     vm_args.apply(&mut cfg);
     match harness::execute(
         &cfg,
         &vm_args.tools(),
-        scenario,
+        &scenario,
         results.as_deref(),
         interrupted,
         &mut rep,

@@ -311,3 +311,78 @@ fn the_main_job_demo_passes_every_check_in_one_boot() {
     }
     assert!(!out.contains("[FAIL]"), "{out}");
 }
+
+fn junit_counts(xml: &str) -> (usize, usize, usize, usize) {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let (mut suites, mut cases, mut failures, mut errors) = (0, 0, 0, 0);
+    loop {
+        match reader.read_event().expect("well-formed JUnit XML") {
+            quick_xml::events::Event::Eof => break,
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                match e.name().as_ref() {
+                    b"testsuite" => suites += 1,
+                    b"testcase" => cases += 1,
+                    b"failure" => failures += 1,
+                    b"error" => errors += 1,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    (suites, cases, failures, errors)
+}
+
+#[test]
+fn a_matrix_run_writes_junit_that_ci_tools_can_read() {
+    let _vm = serial();
+    let out = results_dir("matrix");
+    let junit = out.join("junit.xml");
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "inventory", "sdxi-copy", "-q", "--junit"])
+        .arg(&junit)
+        .arg("--results")
+        .arg(&out)
+        .output()
+        .expect("run harness");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    let (suites, cases, failures, errors) = junit_counts(&xml);
+    assert_eq!((suites, failures, errors), (2, 0, 0));
+    assert!(cases >= 20, "one test case per check: {cases}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_scenario_over_its_time_limit_is_an_error_and_leaves_nothing_behind() {
+    let _vm = serial();
+    let out = results_dir("timeout");
+    let junit = out.join("junit.xml");
+    let child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args([
+            "run",
+            "inventory",
+            "-q",
+            "--scenario-timeout",
+            "2",
+            "--junit",
+        ])
+        .arg(&junit)
+        .arg("--results")
+        .arg(&out)
+        .output()
+        .expect("run harness");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert_eq!(child.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("time limit"), "{stdout}");
+    let (suites, _, _, errors) = junit_counts(&std::fs::read_to_string(&junit).expect("junit"));
+    assert_eq!((suites, errors), (1, 1));
+    let _ = std::fs::remove_dir_all(&out);
+}
