@@ -252,6 +252,32 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
         }
     }
 
+    fn control(&mut self, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+        if req["cmd"].as_str() != Some("state") {
+            return Err(format!("unknown command {} (counters, state)", req["cmd"]));
+        }
+        let s = self.lock();
+        let b = &s.block;
+        let instances: Vec<serde_json::Value> = (0..b.config().instances)
+            .map(|i| {
+                let base = b.config().instance_base(i);
+                let (head, tail) = b.head_tail(i);
+                let st = ChmuStatus::from(b.get(base + CHMU_STATUS));
+                serde_json::json!({
+                    "instance": i,
+                    "cfg0": format!("{:#x}", b.get(base + CHMU_CFG0)),
+                    "cfg1": format!("{:#x}", b.get(base + CHMU_CFG1)),
+                    "enabled": st.enabled(),
+                    "overflow": st.overflow(),
+                    "fill_reached": st.fill_reached(),
+                    "head": head,
+                    "tail": tail,
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "device": "cxl-hmu", "range": self.range, "instances": instances }))
+    }
+
     fn counters(&self) -> serde_json::Value {
         let s = self.lock();
         serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range })

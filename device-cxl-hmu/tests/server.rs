@@ -256,7 +256,8 @@ fn socket_feed_records_reach_the_hotlist() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     let sock = dir.join("feed.sock");
     let sp = sock.to_string_lossy().into_owned();
-    let srv = server(&["--feed-socket", &sp]);
+    let ctl = dir.join("ctl.sock").to_string_lossy().into_owned();
+    let srv = server(&["--feed-socket", &sp, "--control", &ctl]);
     let mut c = srv.client().expect("connect");
     enable(&mut c, 3, 0);
     let mut feed = std::os::unix::net::UnixStream::connect(&sock).expect("feed socket");
@@ -288,6 +289,19 @@ fn socket_feed_records_reach_the_hotlist() {
         got = drain(&mut c);
     }
     assert_eq!(got, vec![(0x50, 8)]);
+    let ctl_answer = {
+        use std::io::{BufRead, BufReader};
+        let mut s = std::os::unix::net::UnixStream::connect(dir.join("ctl.sock")).expect("control");
+        s.write_all(b"{\"cmd\":\"state\"}\n").expect("send");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("answer");
+        serde_json::from_str::<serde_json::Value>(&line).expect("json")
+    };
+    assert_eq!(ctl_answer["instances"][0]["enabled"], true);
+    assert_eq!(
+        ctl_answer["instances"][0]["head"],
+        ctl_answer["instances"][0]["tail"]
+    );
     drop(c);
     srv.finish().expect("counters");
     let _ = std::fs::remove_dir_all(&dir);

@@ -27,6 +27,10 @@ pub struct ServerArgs {
     /// Write the device's counters as JSON to this file at exit (and on SIGUSR1).
     #[arg(long, value_name = "PATH")]
     pub counters: Option<PathBuf>,
+    /// Answer JSON-line requests on this unix socket: `{"cmd":"counters"}`, `{"cmd":"state"}`,
+    /// and device-specific ones (SDXi: `{"cmd":"fault",...}`).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Exit after this many client connections instead of serving forever.
     #[arg(long, value_name = "N")]
     pub max_clients: Option<u64>,
@@ -86,6 +90,55 @@ fn write_counters<D: PciDevice>(backend: &Mutex<Backend<D>>, path: &Path) -> any
     Ok(())
 }
 
+/// Answers one control request.
+pub fn control_request<D: PciDevice>(backend: &Mutex<Backend<D>>, line: &str) -> serde_json::Value {
+    let req: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return serde_json::json!({ "error": format!("not JSON: {e}") }),
+    };
+    let mut b = backend
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match req["cmd"].as_str() {
+        Some("counters") => b.counters_json(),
+        Some(_) => match b.device.control(&req) {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e }),
+        },
+        None => serde_json::json!({ "error": "missing \"cmd\"" }),
+    }
+}
+
+fn spawn_control<D: PciDevice + 'static>(
+    path: &Path,
+    backend: Arc<Mutex<Backend<D>>>,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in l.incoming() {
+                let Ok(c) = conn else {
+                    continue;
+                };
+                let Ok(mut w) = c.try_clone() else {
+                    continue;
+                };
+                for line in BufReader::new(c).lines().map_while(Result::ok) {
+                    let mut out =
+                        serde_json::to_vec(&control_request(&backend, &line)).unwrap_or_default();
+                    out.push(b'\n');
+                    if w.write_all(&out).is_err() {
+                        break;
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Runs a device server until its listener fails or a signal arrives.
 pub fn run<D: PciDevice + 'static>(
     args: &ServerArgs,
@@ -139,6 +192,10 @@ pub fn run<D: PciDevice + 'static>(
             .context("spawning the signal thread")?;
     }
 
+    if let Some(p) = &args.control {
+        spawn_control(p, Arc::clone(&backend))
+            .with_context(|| format!("control socket {}", p.display()))?;
+    }
     let result = serve(listener, &backend, args.max_clients);
     if let Some(p) = &args.counters {
         write_counters(&backend, p)?;

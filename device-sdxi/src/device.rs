@@ -244,6 +244,44 @@ mod server {
             }
         }
 
+        fn control(&mut self, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+            match req["cmd"].as_str() {
+                Some("state") => {
+                    let regs = self.engine.registers();
+                    let named: serde_json::Map<String, serde_json::Value> = regs::REGISTERS
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.name.to_owned(),
+                                format!("{:#x}", regs.reg(r.offset)).into(),
+                            )
+                        })
+                        .collect();
+                    Ok(serde_json::json!({
+                        "device": "sdxi",
+                        "state": regs.state(),
+                        "registers": named,
+                        "faults": self.engine.faults(),
+                        "doorbell_mode": if self.mapped.is_some() { "mapped" } else { "trapped" },
+                    }))
+                }
+                Some("fault") => {
+                    let mut plan = req.clone();
+                    if let Some(o) = plan.as_object_mut() {
+                        o.remove("cmd");
+                    }
+                    let plan: crate::engine::FaultPlan =
+                        serde_json::from_value(plan).map_err(|e| format!("bad fault plan: {e}"))?;
+                    self.engine.set_faults(plan.clone());
+                    Ok(serde_json::json!({ "faults": plan }))
+                }
+                _ => Err(format!(
+                    "unknown command {} (counters, state, fault)",
+                    req["cmd"]
+                )),
+            }
+        }
+
         fn counters(&self) -> serde_json::Value {
             let regs = self.engine.registers();
             serde_json::json!({

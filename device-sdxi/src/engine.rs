@@ -42,7 +42,7 @@ pub trait Irq: Send + Sync {
 }
 
 /// Error classes (ERRLOG_HD_ENT.err_class, counters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[repr(u16)]
 pub enum ErrClass {
     /// vl clear inside the valid window, unknown type or subtype, admin op on a data context.
@@ -133,6 +133,7 @@ pub struct EngineCounters {
     pub errors: [AtomicU64; 6],
     pub errlog_entries: AtomicU64,
     pub errlog_overflows: AtomicU64,
+    pub faults_injected: AtomicU64,
     pub contexts_started: AtomicU64,
     pub contexts_stopped: AtomicU64,
 }
@@ -157,6 +158,7 @@ impl EngineCounters {
             "errors": errors,
             "errlog_entries": g(&self.errlog_entries),
             "errlog_overflows": g(&self.errlog_overflows),
+            "faults_injected": g(&self.faults_injected),
             "contexts_started": g(&self.contexts_started),
             "contexts_stopped": g(&self.contexts_stopped),
         })
@@ -165,6 +167,38 @@ impl EngineCounters {
     pub fn error_count(&self, c: ErrClass) -> u64 {
         self.errors[c as usize - 1].load(Ordering::Relaxed)
     }
+}
+
+/// Faults injected into data descriptors (COPY, NOP, INTR), to exercise drivers' error paths.
+/// A faulted descriptor is not executed and gets the full error reaction of its class.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultPlan {
+    /// Fail the Nth data descriptor counted from when the plan is set (1 = the next one).
+    pub fail_nth: Option<u64>,
+    /// Fail every Nth data descriptor.
+    pub fail_every: Option<u64>,
+    /// The error class reported for an injected fault.
+    pub class: ErrClass,
+    /// Delay every completion by this many microseconds.
+    pub delay_us: u64,
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        Self {
+            fail_nth: None,
+            fail_every: None,
+            class: ErrClass::AddressFault,
+            delay_us: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    plan: FaultPlan,
+    seen: u64,
 }
 
 /// Tunables of the engine.
@@ -209,6 +243,7 @@ pub struct Engine<M, I> {
     busy: Vec<Mutex<()>>,
     /// Bumped by every reset; a pass started before it stops at its next descriptor.
     generation: AtomicU64,
+    faults: Mutex<FaultState>,
     pub counters: EngineCounters,
     pub options: EngineOptions,
 }
@@ -226,9 +261,30 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
             irq,
             busy: (0..n).map(|_| Mutex::new(())).collect(),
             generation: AtomicU64::new(0),
+            faults: Mutex::new(FaultState::default()),
             counters: EngineCounters::default(),
             options,
         }
+    }
+
+    /// Replaces the fault plan (counting restarts).
+    pub fn set_faults(&self, plan: FaultPlan) {
+        *lock(&self.faults) = FaultState { plan, seen: 0 };
+    }
+
+    pub fn faults(&self) -> FaultPlan {
+        lock(&self.faults).plan.clone()
+    }
+
+    /// Whether the next data descriptor is to fail, and the completion delay.
+    fn fault_for_next(&self) -> (Option<ErrClass>, u64) {
+        let mut f = lock(&self.faults);
+        f.seen += 1;
+        let n = f.seen;
+        let p = &f.plan;
+        let fail =
+            p.fail_nth == Some(n) || p.fail_every.is_some_and(|e| e > 0 && n.is_multiple_of(e));
+        (fail.then_some(p.class), p.delay_us)
     }
 
     pub fn config(&self) -> SdxiConfig {
@@ -513,6 +569,28 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         kicks: &mut Vec<u16>,
     ) -> Result<(), EngineError> {
         let h = d.header();
+        if matches!(h.ty(), DSC_TYPE_DMAB | DSC_TYPE_INTR) {
+            let (fault, delay_us) = self.fault_for_next();
+            if delay_us > 0 {
+                std::thread::sleep(std::time::Duration::from_micros(delay_us));
+            }
+            if let Some(class) = fault {
+                self.counters
+                    .faults_injected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(match class {
+                    ErrClass::AddressFault => EngineError::Fault(
+                        Fault {
+                            addr: 0,
+                            len: 0,
+                            write: false,
+                        },
+                        step::DATA,
+                    ),
+                    c => invalid(c, step::DATA, "injected fault"),
+                });
+            }
+        }
         let bad = |what| Err(invalid(ErrClass::InvalidDescriptor, step::DESCRIPTOR, what));
         match (h.ty(), h.subtype()) {
             (DSC_TYPE_DMAB, DSC_DMAB_NOP) => {

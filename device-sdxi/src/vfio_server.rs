@@ -236,6 +236,11 @@ pub trait PciDevice: Send {
     fn reset(&mut self);
     /// Counters as JSON, for `--counters` and logs.
     fn counters(&self) -> serde_json::Value;
+    /// A control-socket request other than `counters` (e.g. `state`, `fault`); the answer
+    /// or an error naming what was wrong.
+    fn control(&mut self, request: &serde_json::Value) -> Result<serde_json::Value, String> {
+        Err(format!("unknown command {}", request["cmd"]))
+    }
 }
 
 /// Transport counters.

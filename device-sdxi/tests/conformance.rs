@@ -456,3 +456,97 @@ fn no_dma_while_bus_mastering_is_off() {
     let counters = d.finish();
     assert!(counters["registers"]["engine"]["passes_without_bus_master"].as_u64() >= Some(1));
 }
+
+/// One JSON-line request on the server's control socket.
+fn control(path: &Path, req: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("control socket");
+    s.write_all(format!("{req}\n").as_bytes()).expect("send");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("answer");
+    serde_json::from_str(&line).expect("JSON answer")
+}
+
+#[test]
+fn faults_injected_at_run_time_get_the_spec_reaction_and_show_in_counters() {
+    let ctl = std::env::temp_dir().join(format!("sdxi-ctl-{}.sock", std::process::id()));
+    let cp = ctl.to_string_lossy().into_owned();
+    let mut d = Dut::start(&["--control", &cp], 1);
+    let s = control(&ctl, r#"{"cmd":"state"}"#);
+    assert_eq!(s["state"], "Active");
+    assert_eq!(s["registers"]["MMIO_VERSION"], "0x10000");
+    // The 2nd data descriptor from now fails as an overlap.
+    let r = control(&ctl, r#"{"cmd":"fault","fail_nth":2,"class":"Overlap"}"#);
+    assert_eq!(r["faults"]["fail_nth"], 2);
+    assert!(control(&ctl, r#"{"cmd":"fault","fail_nth":"x"}"#)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("bad fault plan")));
+    assert!(control(&ctl, r#"{"cmd":"nope"}"#)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("unknown command")));
+    d.fill(DATA, 4096, 2);
+    let csbs: Vec<u64> = (0..2).map(|_| d.drv.csb(&d.ram, 1).expect("csb")).collect();
+    d.submit(
+        1,
+        &[
+            driver::copy(DATA, DATA + (1 << 20), 4096, Some(csbs[0]), false),
+            driver::copy(DATA, DATA + (2 << 20), 4096, Some(csbs[1]), false),
+        ],
+    );
+    d.wait_csb(csbs[1], "faulted completion");
+    assert_eq!(csb_status(&d.ram, csbs[0]), (0, false));
+    assert_eq!(csb_status(&d.ram, csbs[1]), (0, true));
+    assert!(
+        wait_event(&d.vectors[0], Duration::from_secs(5)) >= 1,
+        "vector 0"
+    );
+    let mut ent = [0u8; 64];
+    d.ram.read_bytes(ERRLOG, &mut ent);
+    assert_eq!(
+        u16::from_le_bytes([ent[44], ent[45]]),
+        ErrClass::Overlap as u16
+    );
+    let c = control(&ctl, r#"{"cmd":"counters"}"#);
+    assert_eq!(c["registers"]["engine"]["faults_injected"], 1);
+    assert_eq!(c["registers"]["engine"]["errors"]["Overlap"], 1);
+    d.finish();
+    let _ = std::fs::remove_file(&ctl);
+}
+
+#[test]
+fn faults_given_at_start_apply_from_the_first_descriptor() {
+    let mut d = Dut::start(
+        &["--faults", r#"{"fail_every":2,"class":"AddressFault"}"#],
+        1,
+    );
+    let csbs: Vec<u64> = (0..4).map(|_| d.drv.csb(&d.ram, 1).expect("csb")).collect();
+    let descs: Vec<Descriptor> = csbs.iter().map(|c| driver::nop(Some(*c), false)).collect();
+    d.submit(1, &descs[..1]);
+    d.wait_csb(csbs[0], "first NOP");
+    d.submit(1, &descs[1..2]);
+    d.wait_csb(csbs[1], "second NOP");
+    assert_eq!(csb_status(&d.ram, csbs[0]), (0, false));
+    assert_eq!(
+        csb_status(&d.ram, csbs[1]),
+        (0, true),
+        "every 2nd data descriptor fails"
+    );
+    let counters = d.finish();
+    assert_eq!(counters["registers"]["engine"]["faults_injected"], 1);
+    assert_eq!(counters["registers"]["engine"]["errors"]["AddressFault"], 1);
+}
+
+#[test]
+fn a_bad_fault_plan_is_refused_at_start_naming_it() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sdxi-server"))
+        .args([
+            "--socket",
+            "/nonexistent/x.sock",
+            "--faults",
+            r#"{"fail_nth":1,"class":"Bogus"}"#,
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Bogus"));
+}

@@ -91,6 +91,19 @@ enum Cmd {
     },
     /// List the built-in scenarios.
     Scenarios,
+    /// Ask a running test bed's device servers for their state or counters (function state,
+    /// registers by name, fault plan; CHMU instance configuration and hotlist fill).
+    Inspect {
+        /// Control-socket directory of the test bed (default: the only one running).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Which device.
+        #[arg(long, value_enum, default_value = "sdxi")]
+        device: InspectDevice,
+        /// What to ask: state or counters.
+        #[arg(long, default_value = "state")]
+        what: String,
+    },
     /// Measure the chmu-tap TCG plugin's overhead: the same boot with the tap off and on,
     /// alternating, in one run.
     BenchTap {
@@ -105,6 +118,12 @@ enum Cmd {
     },
     /// Report whether KVM can run guests here (the probe `--accel auto` uses).
     ProbeKvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum InspectDevice {
+    Sdxi,
+    CxlHmu,
 }
 
 #[derive(Debug, Args, Default)]
@@ -289,6 +308,50 @@ fn main() -> ExitCode {
                 println!("{n:<12} {d}");
             }
             return ExitCode::SUCCESS;
+        }
+        Cmd::Inspect { dir, device, what } => {
+            let dirs = harness::vm::running_control_dirs();
+            let dir = match (dir, dirs.as_slice()) {
+                (Some(d), _) => d.clone(),
+                (None, [one]) => one.clone(),
+                (None, []) => {
+                    eprintln!(
+                        "error: no running test bed found (control sockets in {}/tierbed-*)",
+                        std::env::temp_dir().display()
+                    );
+                    return ExitCode::from(EXIT_INFRA);
+                }
+                (None, many) => {
+                    eprintln!("error: several test beds are running; pick one with --dir:");
+                    for d in many {
+                        eprintln!("  {}", d.display());
+                    }
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let sock = dir.join(match device {
+                InspectDevice::Sdxi => "sdxi.ctl",
+                InspectDevice::CxlHmu => "hmu.ctl",
+            });
+            let req = serde_json::json!({ "cmd": what });
+            return match harness::vm::control_request(
+                &sock,
+                &req,
+                std::time::Duration::from_secs(5),
+            ) {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    if v.get("error").is_some() {
+                        ExitCode::from(EXIT_USAGE)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", sock.display());
+                    ExitCode::from(EXIT_INFRA)
+                }
+            };
         }
         Cmd::ProbeKvm => {
             return match harness::kvm::probe(std::time::Duration::from_secs(3)) {

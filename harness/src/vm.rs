@@ -172,6 +172,41 @@ pub struct Vm {
     pub node1: GpaRange,
 }
 
+/// Directories of running test beds' device control sockets (`harness inspect` looks here).
+pub fn running_control_dirs() -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("tierbed-") && !f.starts_with("tierbed-ram"))
+                && p.join("sdxi.ctl").exists()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sends one control request to a device server's control socket.
+pub fn control_request(
+    socket: &Path,
+    request: &serde_json::Value,
+    timeout: Duration,
+) -> std::io::Result<serde_json::Value> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
@@ -373,16 +408,18 @@ impl Vm {
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
         let mut c = Command::new(&tools.sdxi_server);
-        c.args([
-            "--fd",
-            "3",
-            "--log",
-            "info",
-            "--max-cxt",
-            &cfg.sdxi_max_cxt.to_string(),
-            "--counters",
-        ])
-        .arg(run.path("sdxi-counters.json"));
+        c.arg("--control")
+            .arg(vm.sock_dir.join("sdxi.ctl"))
+            .args([
+                "--fd",
+                "3",
+                "--log",
+                "info",
+                "--max-cxt",
+                &cfg.sdxi_max_cxt.to_string(),
+                "--counters",
+            ])
+            .arg(run.path("sdxi-counters.json"));
         vm.procs.push(spawn(
             "sdxi-server",
             c,
@@ -392,6 +429,7 @@ impl Vm {
         drop(sdxi_l);
         let hmu_l = bind(&vm.sock_dir.join("hmu.sock"))?;
         let mut c = Command::new(&tools.hmu_server);
+        c.arg("--control").arg(vm.sock_dir.join("hmu.ctl"));
         c.args([
             "--fd",
             "3",
@@ -474,7 +512,7 @@ impl Vm {
         c.args(&args);
         vm.procs
             .push(spawn("qemu", c, &run.path("qemu.log"), None)?);
-        info!(accel, "QEMU started");
+        info!(accel, control = %vm.sock_dir.display(), "QEMU started; device control sockets in this directory");
 
         let deadline = started + Duration::from_secs(cfg.boot_timeout_s);
         let stream = vm.accept(&agent_l, deadline)?;

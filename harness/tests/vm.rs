@@ -386,3 +386,51 @@ fn a_scenario_over_its_time_limit_is_an_error_and_leaves_nothing_behind() {
     assert_eq!((suites, errors), (1, 1));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn inspect_reads_a_running_devices_state_through_its_control_socket() {
+    let _vm = serial();
+    let out = results_dir("inspect");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "inventory", "-q", "--results"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn harness");
+    let dir = std::env::temp_dir().join(format!("tierbed-{}-0", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("hmu.ctl").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control sockets never appeared"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "harness ended first"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ask = |device: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["inspect", "--device", device, "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run inspect");
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("JSON")
+    };
+    let sdxi = ask("sdxi");
+    assert_eq!(sdxi["device"], "sdxi");
+    assert_eq!(sdxi["registers"]["MMIO_VERSION"], "0x10000");
+    let hmu = ask("cxl-hmu");
+    assert_eq!(hmu["device"], "cxl-hmu");
+    assert_eq!(hmu["instances"].as_array().map(Vec::len), Some(2));
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -34,6 +34,15 @@ struct Args {
     /// handling of out-of-order completion.
     #[arg(long)]
     force_out_of_order: bool,
+    /// Fault injection from the start, as JSON (also settable at run time through the control
+    /// socket): e.g. `{"fail_nth":3,"class":"AddressFault"}` or `{"fail_every":10,"delay_us":50}`.
+    /// Classes: InvalidDescriptor, AddressFault, Overlap, InvalidAkey, InvalidContext, RingIndex.
+    #[arg(long, value_name = "JSON", value_parser = parse_faults)]
+    faults: Option<device_sdxi::engine::FaultPlan>,
+}
+
+fn parse_faults(s: &str) -> Result<device_sdxi::engine::FaultPlan, String> {
+    serde_json::from_str(s).map_err(|e| format!("fault plan {s:?}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -51,7 +60,11 @@ fn main() -> ExitCode {
                 copy_threads: args.copy_threads as usize,
                 force_out_of_order: args.force_out_of_order,
             };
-            cli::run(&args.server, SdxiDevice::new(cfg, &opts), space)
+            let device = SdxiDevice::new(cfg, &opts);
+            if let Some(plan) = args.faults.clone() {
+                device.engine.set_faults(plan);
+            }
+            cli::run(&args.server, device, space)
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
