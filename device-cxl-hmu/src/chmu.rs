@@ -403,6 +403,7 @@ impl ChmuBlock {
         }
         let o = offset as usize;
         data.copy_from_slice(&self.bytes[o..o + data.len()]);
+        tracing::trace!(target: "chmu::mmio", op = "read", offset = format_args!("{offset:#x}"), width = data.len());
     }
 
     pub fn mmio_write(&mut self, offset: u64, data: &[u8]) {
@@ -413,6 +414,7 @@ impl ChmuBlock {
             return;
         }
         let o = offset as usize;
+        tracing::trace!(target: "chmu::mmio", op = "write", offset = format_args!("{offset:#x}"), width = data.len());
         for (i, v) in data.iter().enumerate() {
             let (w, c) = (self.wmask[o + i], self.w1c[o + i]);
             self.bytes[o + i] = ((self.bytes[o + i] & !w) | (v & w)) & !(v & c);

@@ -236,6 +236,7 @@ impl Hotness {
 
     fn end_epoch(&mut self, block: &mut ChmuBlock, i: u8, irqs: &mut Vec<u16>) {
         self.counters.epochs += 1;
+        tracing::trace!(target: "chmu::epoch", instance = i, units = self.trackers[usize::from(i)].counts.len());
         let base = block.config().instance_base(i);
         let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
         let cfg1 = ChmuCfg1::from(block.get(base + CHMU_CFG1));
@@ -273,6 +274,7 @@ impl Hotness {
         let w = u32::from(status.counter_width().min(63));
         let entry = (unit << w) | count.min((1u64 << w) - 1);
         block.write_hotlist(i, tail % size, entry);
+        tracing::trace!(target: "chmu::hotlist", instance = i, slot = tail % size, unit, count);
         let new_tail = (tail + 1) % size;
         block.set_tail(i, new_tail);
         self.counters.entries_written += 1;

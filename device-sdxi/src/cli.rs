@@ -34,6 +34,15 @@ pub struct ServerArgs {
     /// Exit after this many client connections instead of serving forever.
     #[arg(long, value_name = "N")]
     pub max_clients: Option<u64>,
+    /// Write a device trace to this file: every MMIO access with its register, doorbells,
+    /// descriptors decoded by name and field, completions, interrupts, error-log entries
+    /// (CHMU: MMIO, hotlist entries, epochs).
+    #[arg(long, value_name = "PATH")]
+    pub trace_file: Option<PathBuf>,
+    /// Trace categories, comma-separated: mmio, doorbell, descriptor, completion, interrupt,
+    /// errlog, hotlist, epoch, or all.
+    #[arg(long, value_name = "CATS", default_value = "all")]
+    pub trace: String,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `device_sdxi=debug`.
     #[arg(long, value_name = "FILTER", default_value = "info", env = "RUST_LOG")]
     pub log: String,
@@ -87,6 +96,68 @@ fn write_counters<D: PciDevice>(backend: &Mutex<Backend<D>>, path: &Path) -> any
     std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)
         .with_context(|| format!("writing counters to {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Trace categories and the targets that carry them.
+pub const TRACE_CATEGORIES: &[&str] = &[
+    "mmio",
+    "doorbell",
+    "descriptor",
+    "completion",
+    "interrupt",
+    "errlog",
+    "hotlist",
+    "epoch",
+];
+
+/// Logs to stderr (`--log`) and, with `--trace-file`, the chosen trace categories to a file.
+fn init_logging(args: &ServerArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(tracing_subscriber::EnvFilter::new(&args.log));
+    let file = match &args.trace_file {
+        None => None,
+        Some(p) => {
+            let cats: Vec<&str> = if args.trace == "all" {
+                TRACE_CATEGORIES.to_vec()
+            } else {
+                args.trace
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            };
+            if let Some(bad) = cats.iter().find(|c| !TRACE_CATEGORIES.contains(c)) {
+                anyhow::bail!(
+                    "unknown trace category {bad:?} (one of {})",
+                    TRACE_CATEGORIES.join(", ")
+                );
+            }
+            let mut targets = tracing_subscriber::filter::Targets::new();
+            for c in cats {
+                for dev in ["sdxi", "chmu"] {
+                    targets = targets.with_target(format!("{dev}::{c}"), tracing::Level::TRACE);
+                }
+            }
+            let f =
+                std::fs::File::create(p).with_context(|| format!("trace file {}", p.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_ansi(false)
+                    .with_filter(targets),
+            )
+        }
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
     Ok(())
 }
 
@@ -145,11 +216,7 @@ pub fn run<D: PciDevice + 'static>(
     device: D,
     config: ConfigSpace,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(args)?;
     let listener = Listener::from_args(args.socket.as_deref(), args.fd)?;
     let socket_path = listener.path().map(Path::to_owned);
     let backend = Arc::new(Mutex::new(Backend::new(device, config)));

@@ -145,6 +145,7 @@ mod server {
                 DoorbellMode::Mapped => {
                     let (e, w) = (Arc::clone(&engine), Arc::clone(&workers));
                     MappedDoorbells::new(bar_size, stride, move |c| {
+                        tracing::trace!(target: "sdxi::doorbell", path = "mapped", cxt = c);
                         if e.doorbell(c) {
                             w.kick(c);
                         }
@@ -224,6 +225,7 @@ mod server {
                     }
                     self.doorbells.doorbells += 1;
                     let cxt = u16::try_from(offset / stride).unwrap_or(u16::MAX);
+                    tracing::trace!(target: "sdxi::doorbell", path = "trapped", cxt, value = format_args!("{:#x}", u64::from_le_bytes(data.try_into().unwrap_or([0; 8]))));
                     if let Some(m) = &self.mapped {
                         let mut v = [0u8; 8];
                         v.copy_from_slice(data);

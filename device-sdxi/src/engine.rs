@@ -417,6 +417,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
     }
 
     fn raise(&self, vector: u16) {
+        tracing::trace!(target: "sdxi::interrupt", vector);
         if self.irq.trigger(vector) {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -546,6 +547,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         let Some(a) = csb else {
             return;
         };
+        tracing::trace!(target: "sdxi::completion", csb = format_args!("{a:#x}"), er = failed);
         if failed {
             let _ = mem.or_u32(a + 8, CST_FLAGS_ER);
         }
@@ -569,6 +571,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         kicks: &mut Vec<u16>,
     ) -> Result<(), EngineError> {
         let h = d.header();
+        if tracing::enabled!(target: "sdxi::descriptor", tracing::Level::TRACE) {
+            tracing::trace!(target: "sdxi::descriptor", cxt, "{}", describe(d));
+        }
         if matches!(h.ty(), DSC_TYPE_DMAB | DSC_TYPE_INTR) {
             let (fault, delay_us) = self.fault_for_next();
             if delay_us > 0 {
@@ -750,6 +755,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
     pub fn log_error(&self, mem: &M, cxt: Option<u16>, index: Option<u64>, e: EngineError, re: u8) {
         let class = e.class();
         self.counters.errors[class as usize - 1].fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(target: "sdxi::errlog", ?cxt, ?index, ?class, step = e.step(), re, error = %e);
         warn!(?cxt, ?index, ?class, error = %e, "SDXi error");
         let mut regs = lock(&self.regs);
         let cfg = ErrCfg::from(regs.reg(regs::MMIO_ERR_CFG));
@@ -795,6 +801,56 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         if intr {
             self.raise(0);
         }
+    }
+}
+
+/// A descriptor decoded by name and field, for traces.
+pub fn describe(d: &Descriptor) -> String {
+    let h = d.header();
+    let flags = format!(
+        "{}{}{}",
+        if h.fe() { " fe" } else { "" },
+        if h.se() { " se" } else { "" },
+        if h.vl() { "" } else { " !vl" }
+    );
+    let csb = d.csb().map_or("none".to_owned(), |c| format!("{c:#x}"));
+    match (h.ty(), h.subtype()) {
+        (DSC_TYPE_DMAB, DSC_DMAB_COPY) => {
+            let c: DscDmabCopy = d.as_type();
+            format!(
+                "DMAB.COPY{flags} src={:#x} dst={:#x} len={} akey0={} akey1={} csb={csb}",
+                c.addr0.get(),
+                c.addr1.get(),
+                u64::from(c.size.get()) + 1,
+                c.akey0.get(),
+                c.akey1.get()
+            )
+        }
+        (DSC_TYPE_DMAB, DSC_DMAB_NOP) => format!("DMAB.NOP{flags} csb={csb}"),
+        (DSC_TYPE_INTR, DSC_INTR) => {
+            let i: DscIntr = d.as_type();
+            format!("INTR{flags} akey={} csb={csb}", i.akey.get())
+        }
+        (DSC_TYPE_ADMIN, sub) => {
+            let s: DscCxtStart = d.as_type();
+            let name = match sub {
+                DSC_ADMIN_CXT_START_NM => "CXT_START_NM",
+                DSC_ADMIN_CXT_START_RS => "CXT_START_RS",
+                DSC_ADMIN_CXT_STOP => "CXT_STOP",
+                DSC_ADMIN_SYNC => "SYNC",
+                DSC_ADMIN_CXT_UPD => "CXT_UPD",
+                DSC_ADMIN_AKEY_UPD => "AKEY_UPD",
+                DSC_ADMIN_FN_UPD => "FN_UPD",
+                _ => "unknown",
+            };
+            format!(
+                "ADMIN.{name}{flags} cxt={}..={} db_value={} csb={csb}",
+                s.cxt_start.get(),
+                s.cxt_end.get(),
+                s.db_value.get()
+            )
+        }
+        (ty, sub) => format!("type={ty:#x} subtype={sub:#x}{flags} csb={csb}"),
     }
 }
 

@@ -492,3 +492,17 @@ fn tables_at_the_top_of_the_address_space_fault_instead_of_overflowing() {
     b.run(1, &[driver::intr(60_000, false)]);
     assert!(b.e.counters.error_count(ErrClass::AddressFault) >= 1);
 }
+
+#[test]
+fn descriptors_decode_by_name_and_field_for_traces() {
+    let d = driver::copy(0x1000, 0x9000, 4096, Some(0x40), true);
+    assert_eq!(
+        describe(&d),
+        "DMAB.COPY fe src=0x1000 dst=0x9000 len=4096 akey0=0 akey1=0 csb=0x40"
+    );
+    assert_eq!(
+        describe(&driver::cxt_start(1, 3, false, 7, None)),
+        "ADMIN.CXT_START_NM fe cxt=1..=3 db_value=7 csb=none"
+    );
+    assert_eq!(describe(&driver::intr(2, false)), "INTR akey=2 csb=none");
+}

@@ -212,6 +212,7 @@ impl SdxiFunction {
         let bytes = self.values[i].to_le_bytes();
         let start = (offset & 7) as usize;
         data.copy_from_slice(&bytes[start..start + data.len()]);
+        tracing::trace!(target: "sdxi::mmio", op = "read", offset = format_args!("{offset:#x}"), width = data.len(), reg = REGISTERS[i].name, value = format_args!("{:#x}", self.values[i]));
     }
 
     /// A guest write of BAR0. Bad accesses and writes to holes are ignored.
@@ -246,6 +247,7 @@ impl SdxiFunction {
         let new = ((old & !wmask) | (value & wmask)) & !(value & w1c);
         self.values[i] = new;
         debug!(reg = info.name, old, new, "SDXi BAR0 write");
+        tracing::trace!(target: "sdxi::mmio", op = "write", offset = format_args!("{offset:#x}"), width = data.len(), reg = info.name, value = format_args!("{new:#x}"), old = format_args!("{old:#x}"));
         if info.offset == regs::MMIO_CTL0 {
             self.ctl0_written();
         }

@@ -550,3 +550,66 @@ fn a_bad_fault_plan_is_refused_at_start_naming_it() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("Bogus"));
 }
+
+#[test]
+fn the_trace_file_records_registers_doorbells_descriptors_and_completions_by_name() {
+    let trace = std::env::temp_dir().join(format!("sdxi-trace-{}.log", std::process::id()));
+    let tp = trace.to_string_lossy().into_owned();
+    let mut d = Dut::start(
+        &[
+            "--trace-file",
+            &tp,
+            "--trace",
+            "mmio,doorbell,descriptor,completion,interrupt",
+        ],
+        1,
+    );
+    let csb = d.drv.csb(&d.ram, 1).expect("csb");
+    d.submit(
+        1,
+        &[
+            driver::copy(DATA, DATA + (1 << 20), 4096, Some(csb), false),
+            driver::intr(0, true),
+        ],
+    );
+    d.wait_csb(csb, "copy");
+    d.finish();
+    let t = std::fs::read_to_string(&trace).expect("trace written");
+    for needle in [
+        "MMIO_VERSION",
+        "MMIO_CXT_L2",
+        "sdxi::doorbell",
+        "ADMIN.CXT_START_NM",
+        "DMAB.COPY",
+        "len=4096",
+        "sdxi::completion",
+        "sdxi::interrupt",
+    ] {
+        assert!(t.contains(needle), "{needle} missing from the trace:\n{t}");
+    }
+    assert!(
+        !t.contains("sdxi::errlog"),
+        "errlog category was not asked for"
+    );
+    let _ = std::fs::remove_file(&trace);
+}
+
+#[test]
+fn an_unknown_trace_category_is_refused_naming_it() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sdxi-server"))
+        .args([
+            "--socket",
+            "/nonexistent/x.sock",
+            "--trace-file",
+            "/tmp/t.log",
+            "--trace",
+            "mmio,bogus",
+        ])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"bogus\""),
+        "{o:?}"
+    );
+}

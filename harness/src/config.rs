@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub chmu_sample: u64,
     /// Clock of the CHMU's epochs with the plugin feed.
     pub chmu_clock: ChmuClock,
+    /// Device trace categories written to the run directory (`sdxi-trace.log`,
+    /// `cxl-hmu-trace.log`), e.g. "mmio,descriptor" or "all"; empty for none.
+    pub trace: String,
 }
 
 impl Default for VmConfig {
@@ -86,6 +89,7 @@ impl Default for VmConfig {
             chmu_feed: false,
             chmu_sample: 8,
             chmu_clock: ChmuClock::Host,
+            trace: String::new(),
         }
     }
 }

@@ -160,6 +160,10 @@ struct VmArgs {
     /// The CHMU plugin instruments one in this many memory instructions.
     #[arg(long, value_name = "N")]
     chmu_sample: Option<u64>,
+    /// Device trace categories to record in the run directory: mmio, doorbell, descriptor,
+    /// completion, interrupt, errlog, hotlist, epoch, or all (comma-separated).
+    #[arg(long, value_name = "CATS")]
+    trace: Option<String>,
     /// Use this sdxi-server binary instead of building it.
     #[arg(long, value_name = "PATH")]
     sdxi_server: Option<PathBuf>,
@@ -178,7 +182,7 @@ impl VmArgs {
         }
         set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
              kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args,
-             chmu_clock => chmu_clock, chmu_sample => chmu_sample);
+             chmu_clock => chmu_clock, chmu_sample => chmu_sample, trace => trace);
         if self.qemu.is_some() {
             cfg.qemu = self.qemu.clone();
         }

@@ -408,6 +408,11 @@ impl Vm {
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
         let mut c = Command::new(&tools.sdxi_server);
+        if !cfg.trace.is_empty() {
+            c.arg("--trace-file")
+                .arg(run.path("sdxi-trace.log"))
+                .args(["--trace", &cfg.trace]);
+        }
         c.arg("--control")
             .arg(vm.sock_dir.join("sdxi.ctl"))
             .args([
@@ -430,6 +435,11 @@ impl Vm {
         let hmu_l = bind(&vm.sock_dir.join("hmu.sock"))?;
         let mut c = Command::new(&tools.hmu_server);
         c.arg("--control").arg(vm.sock_dir.join("hmu.ctl"));
+        if !cfg.trace.is_empty() {
+            c.arg("--trace-file")
+                .arg(run.path("cxl-hmu-trace.log"))
+                .args(["--trace", &cfg.trace]);
+        }
         c.args([
             "--fd",
             "3",
