@@ -253,8 +253,29 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     }
 
     fn control(&mut self, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+        if req["cmd"].as_str() == Some("overflow") {
+            let i = req["instance"]
+                .as_u64()
+                .and_then(|i| u8::try_from(i).ok())
+                .ok_or("overflow needs \"instance\": an instance number")?;
+            let irqs = {
+                let mut s = self.lock();
+                let HmuState { block, hotness } = &mut *s;
+                if i >= block.config().instances {
+                    return Err(format!("no instance {i}"));
+                }
+                hotness.force_overflow(block, i)
+            };
+            for v in &irqs {
+                self.interrupts.trigger(*v);
+            }
+            return Ok(serde_json::json!({ "overflow": i, "interrupts": irqs }));
+        }
         if req["cmd"].as_str() != Some("state") {
-            return Err(format!("unknown command {} (counters, state)", req["cmd"]));
+            return Err(format!(
+                "unknown command {} (counters, state, overflow)",
+                req["cmd"]
+            ));
         }
         let s = self.lock();
         let b = &s.block;

@@ -290,6 +290,29 @@ impl Hotness {
     }
 }
 
+impl Hotness {
+    /// Fault injection: behaves as if instance `i`'s hotlist had just overflowed (STATUS
+    /// overflow set; the vector returned if overflow interrupts are enabled and the bit was
+    /// clear).
+    pub fn force_overflow(&mut self, block: &mut ChmuBlock, i: u8) -> Vec<u16> {
+        if i >= block.config().instances {
+            return Vec::new();
+        }
+        let base = block.config().instance_base(i);
+        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
+        let mut status = ChmuStatus::from(block.get(base + CHMU_STATUS));
+        let irq = !status.overflow() && cfg0.overflow_int_en();
+        status.set_overflow(true);
+        block.device_set(base + CHMU_STATUS, status.into());
+        self.counters.overflows += 1;
+        if irq {
+            vec![u16::from(block.config().msix_vector)]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 /// Decodes a hotlist entry into (unit index, count) for counter width `w`.
 pub fn decode_entry(entry: u64, w: u8) -> (u64, u64) {
     let w = u32::from(w.min(63));

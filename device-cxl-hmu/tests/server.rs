@@ -221,7 +221,7 @@ fn trace_replay_reports_the_hot_units_with_a_fill_interrupt() {
     }
     std::fs::write(&trace, t).expect("trace");
     let tp = trace.to_string_lossy().into_owned();
-    let srv = server(&["--trace", &tp]);
+    let srv = server(&["--replay", &tp]);
     let mut c = srv.client().expect("connect");
     c.region_write(7, 4, &0x0006u16.to_le_bytes())
         .expect("bus master");
@@ -298,6 +298,21 @@ fn socket_feed_records_reach_the_hotlist() {
         serde_json::from_str::<serde_json::Value>(&line).expect("json")
     };
     assert_eq!(ctl_answer["instances"][0]["enabled"], true);
+    let ov = {
+        use std::io::{BufRead, BufReader};
+        let mut s = std::os::unix::net::UnixStream::connect(dir.join("ctl.sock")).expect("control");
+        s.write_all(b"{\"cmd\":\"overflow\",\"instance\":0}\n")
+            .expect("send");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("answer");
+        serde_json::from_str::<serde_json::Value>(&line).expect("json")
+    };
+    assert_eq!(ov["overflow"], 0);
+    let base = ChmuConfig::default().instance_base(0);
+    assert!(
+        ChmuStatus::from(rd(&mut c, base + CHMU_STATUS)).overflow(),
+        "forced overflow shows in STATUS"
+    );
     assert_eq!(
         ctl_answer["instances"][0]["head"],
         ctl_answer["instances"][0]["tail"]

@@ -277,8 +277,21 @@ mod server {
                     self.engine.set_faults(plan.clone());
                     Ok(serde_json::json!({ "faults": plan }))
                 }
+                Some("stop_context") => {
+                    let cxt = req["cxt"]
+                        .as_u64()
+                        .and_then(|c| u16::try_from(c).ok())
+                        .ok_or("stop_context needs \"cxt\": a context number")?;
+                    if self.engine.stop_context(cxt) {
+                        Ok(serde_json::json!({ "stopped": cxt }))
+                    } else {
+                        Err(format!(
+                            "context {cxt} has no valid table entry (or no guest memory yet)"
+                        ))
+                    }
+                }
                 _ => Err(format!(
-                    "unknown command {} (counters, state, fault)",
+                    "unknown command {} (counters, state, fault, stop_context)",
                     req["cmd"]
                 )),
             }

@@ -182,6 +182,10 @@ pub struct FaultPlan {
     pub class: ErrClass,
     /// Delay every completion by this many microseconds.
     pub delay_us: u64,
+    /// Drop the Nth interrupt counted from when the plan is set (1 = the next one).
+    pub drop_interrupt_nth: Option<u64>,
+    /// Delay every interrupt by this many microseconds.
+    pub interrupt_delay_us: u64,
 }
 
 impl Default for FaultPlan {
@@ -191,6 +195,8 @@ impl Default for FaultPlan {
             fail_every: None,
             class: ErrClass::AddressFault,
             delay_us: 0,
+            drop_interrupt_nth: None,
+            interrupt_delay_us: 0,
         }
     }
 }
@@ -199,6 +205,7 @@ impl Default for FaultPlan {
 struct FaultState {
     plan: FaultPlan,
     seen: u64,
+    interrupts: u64,
 }
 
 /// Tunables of the engine.
@@ -269,11 +276,45 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
 
     /// Replaces the fault plan (counting restarts).
     pub fn set_faults(&self, plan: FaultPlan) {
-        *lock(&self.faults) = FaultState { plan, seen: 0 };
+        *lock(&self.faults) = FaultState {
+            plan,
+            seen: 0,
+            interrupts: 0,
+        };
     }
 
     pub fn faults(&self) -> FaultPlan {
         lock(&self.faults).plan.clone()
+    }
+
+    /// Stops context `cxt` as a function-side fault would: CXT_STS.state = STOP_FN, an error-log
+    /// entry (invalid context, reaction "context stopped"). Returns false when it has no valid
+    /// table entry.
+    pub fn stop_context(&self, cxt: u16) -> bool {
+        let Some(busy) = self.busy.get(usize::from(cxt)) else {
+            return false;
+        };
+        let _pass = lock(busy);
+        let Some(mem) = self.memory() else {
+            return false;
+        };
+        let Ok(cx) = self.load(&mem, cxt) else {
+            return false;
+        };
+        let _ = Self::set_cxt_state(&mem, cx.sts, CxtState::StopFn);
+        self.counters
+            .contexts_stopped
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .faults_injected
+            .fetch_add(1, Ordering::Relaxed);
+        let e = invalid(
+            ErrClass::InvalidContext,
+            step::CXT_TABLE,
+            "context stopped by fault injection",
+        );
+        self.log_error(&mem, Some(cxt), None, e, RE_CONTEXT_STOPPED);
+        true
     }
 
     /// Whether the next data descriptor is to fail, and the completion delay.
@@ -417,6 +458,27 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
     }
 
     fn raise(&self, vector: u16) {
+        let (drop, delay_us) = {
+            let mut f = lock(&self.faults);
+            f.interrupts += 1;
+            (
+                f.plan.drop_interrupt_nth == Some(f.interrupts),
+                f.plan.interrupt_delay_us,
+            )
+        };
+        if drop {
+            self.counters
+                .interrupts_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .faults_injected
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(target: "sdxi::interrupt", vector, injected = "dropped");
+            return;
+        }
+        if delay_us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay_us));
+        }
         tracing::trace!(target: "sdxi::interrupt", vector);
         if self.irq.trigger(vector) {
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);

@@ -613,3 +613,47 @@ fn an_unknown_trace_category_is_refused_naming_it() {
         "{o:?}"
     );
 }
+
+#[test]
+fn dropped_interrupts_and_stopped_contexts_through_the_control_socket() {
+    let ctl = std::env::temp_dir().join(format!("sdxi-ctl2-{}.sock", std::process::id()));
+    let cp = ctl.to_string_lossy().into_owned();
+    let mut d = Dut::start(&["--control", &cp], 2);
+    // The next interrupt is dropped: the INTR completes but vector 1 stays silent.
+    control(&ctl, r#"{"cmd":"fault","drop_interrupt_nth":1}"#);
+    let csb = d.drv.csb(&d.ram, 1).expect("csb");
+    d.submit(1, &[driver::intr(0, false), driver::nop(Some(csb), true)]);
+    d.wait_csb(csb, "after the INTR");
+    assert_eq!(
+        wait_event(&d.vectors[1], Duration::from_millis(300)),
+        0,
+        "dropped"
+    );
+    d.submit(1, &[driver::intr(0, false)]);
+    assert!(
+        wait_event(&d.vectors[1], Duration::from_secs(5)) >= 1,
+        "the next one is delivered"
+    );
+    // Context 2 stopped by the device: logged, and its work no longer runs.
+    let answer = control(&ctl, r#"{"cmd":"stop_context","cxt":2}"#);
+    assert_eq!(answer["stopped"], 2, "{answer}");
+    assert_eq!(d.drv.state(&d.ram, 2), Some(CxtState::StopFn));
+    assert!(control(&ctl, r#"{"cmd":"stop_context","cxt":9}"#)["error"].is_string());
+    let csb = d.drv.csb(&d.ram, 1).expect("csb");
+    d.submit(2, &[driver::nop(Some(csb), false)]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        csb_status(&d.ram, csb),
+        (1, false),
+        "stopped context does not run"
+    );
+    let mut ent = [0u8; 64];
+    d.ram.read_bytes(ERRLOG, &mut ent);
+    assert_eq!(
+        u16::from_le_bytes([ent[44], ent[45]]),
+        ErrClass::InvalidContext as u16
+    );
+    let c = d.finish();
+    assert_eq!(c["registers"]["engine"]["faults_injected"], 2);
+    let _ = std::fs::remove_file(&ctl);
+}

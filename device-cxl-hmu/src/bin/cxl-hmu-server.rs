@@ -46,7 +46,7 @@ struct Args {
     /// Replay this trace (lines `GPA R|W TIME`) once the host enables an instance; epochs
     /// follow the trace's times, so the resulting hotlist is reproducible.
     #[arg(long, value_name = "FILE")]
-    trace: Option<std::path::PathBuf>,
+    replay: Option<std::path::PathBuf>,
     /// Accept access feeds (16-byte records, e.g. from the TCG plugin) on this unix socket.
     #[arg(long, value_name = "PATH")]
     feed_socket: Option<std::path::PathBuf>,
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeds = (|| -> anyhow::Result<()> {
-        if let Some(t) = &args.trace {
+        if let Some(t) = &args.replay {
             feed::spawn_trace_replay(t, sink.clone(), std::sync::Arc::clone(&stop))
                 .with_context(|| format!("trace {}", t.display()))?;
         }
@@ -134,5 +134,14 @@ fn main() -> ExitCode {
             eprintln!("cxl-hmu-server: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate names, conflicts) that release builds skip.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
     }
 }
