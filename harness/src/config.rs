@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub chmu_sample: u64,
     /// Clock of the CHMU's epochs with the plugin feed.
     pub chmu_clock: ChmuClock,
+    /// Process fault: SIGKILL this process (`sdxi-server`, `cxl-hmu-server` or `qemu`) once
+    /// the guest agent is ready, to check that the test bed reports it and cleans up.
+    pub kill_after_boot: Option<String>,
     /// Device trace categories written to the run directory (`sdxi-trace.log`,
     /// `cxl-hmu-trace.log`), e.g. "mmio,descriptor" or "all"; empty for none.
     pub trace: String,
@@ -90,6 +93,7 @@ impl Default for VmConfig {
             chmu_sample: 8,
             chmu_clock: ChmuClock::Host,
             trace: String::new(),
+            kill_after_boot: None,
         }
     }
 }
@@ -153,6 +157,13 @@ impl VmConfig {
         }
         if !(1..=64).contains(&self.cpus) {
             return bad(format!("cpus = {}: must be 1..=64", self.cpus));
+        }
+        if let Some(k) = &self.kill_after_boot {
+            if !["sdxi-server", "cxl-hmu-server", "qemu"].contains(&k.as_str()) {
+                return bad(format!(
+                    "kill_after_boot = {k:?}: one of sdxi-server, cxl-hmu-server, qemu"
+                ));
+            }
         }
         if self.boot_timeout_s == 0 || self.request_timeout_s == 0 {
             return bad("timeouts must be at least 1 second".into());

@@ -226,6 +226,10 @@ pub fn execute(
     let mut vm =
         vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
     let boot = vm.hello_after.as_secs_f64();
+    if let Some(k) = &cfg.kill_after_boot {
+        progress.step(&format!("process fault: killing {k}"));
+        vm.kill_child(k);
+    }
     progress.step(&format!(
         "guest agent ready after {boot:.1}s; running scenario {scenario_name}"
     ));

@@ -164,6 +164,10 @@ struct VmArgs {
     /// completion, interrupt, errlog, hotlist, epoch, or all (comma-separated).
     #[arg(long, value_name = "CATS")]
     trace: Option<String>,
+    /// Process fault: SIGKILL this process once the guest is up (sdxi-server, cxl-hmu-server,
+    /// qemu); the run must report it and clean up.
+    #[arg(long, value_name = "PROC")]
+    kill_after_boot: Option<String>,
     /// Use this sdxi-server binary instead of building it.
     #[arg(long, value_name = "PATH")]
     sdxi_server: Option<PathBuf>,
@@ -183,6 +187,9 @@ impl VmArgs {
         set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
              kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args,
              chmu_clock => chmu_clock, chmu_sample => chmu_sample, trace => trace);
+        if self.kill_after_boot.is_some() {
+            cfg.kill_after_boot = self.kill_after_boot.clone();
+        }
         if self.qemu.is_some() {
             cfg.qemu = self.qemu.clone();
         }

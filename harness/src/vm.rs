@@ -660,6 +660,19 @@ impl Vm {
         }
     }
 
+    /// Process fault: SIGKILLs the named child (its whole process group).
+    pub fn kill_child(&mut self, name: &str) -> bool {
+        match self.procs.iter().find(|p| p.name == name) {
+            Some(p) => {
+                warn!(name, "killing on request (process fault)");
+                // SAFETY: kill(2) of our child's process group.
+                unsafe { libc::kill(-(p.child.id() as libc::pid_t), libc::SIGKILL) };
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sends one request and waits for its response.
     pub fn request(&mut self, request: Request, timeout: Duration) -> Result<Reply, VmError> {
         let id = self.next_id;

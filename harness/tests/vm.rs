@@ -128,7 +128,10 @@ fn guest_sees_both_devices_their_registers_and_a_lower_cxl_tier() {
         let left: Vec<_> = std::fs::read_dir(&d)
             .map(|rd| {
                 rd.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().contains(&mark))
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.contains(&mark) || n.contains(&mark.replace("tierbed-", "tierbed-ram-"))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -432,5 +435,52 @@ fn inspect_reads_a_running_devices_state_through_its_control_socket() {
     assert_eq!(hmu["device"], "cxl-hmu");
     assert_eq!(hmu["instances"].as_array().map(Vec::len), Some(2));
     assert_eq!(child.wait().expect("wait").code(), Some(0));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_device_server_killed_mid_run_is_reported_and_everything_is_cleaned_up() {
+    let _vm = serial();
+    let out = results_dir("kill");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args([
+            "run",
+            "sdxi-copy",
+            "--kill-after-boot",
+            "sdxi-server",
+            "--results",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn harness");
+    let pid = child.id();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(3), "{err}");
+    assert!(err.contains("sdxi-server exited early"), "{err}");
+    assert!(err.contains("sdxi-server.log"), "log tails printed: {err}");
+    let mark = format!("tierbed-{pid}-");
+    assert!(
+        processes_mentioning(&mark).is_empty(),
+        "{:?}",
+        processes_mentioning(&mark)
+    );
+    for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.contains(&mark) || n.contains(&mark.replace("tierbed-", "tierbed-ram-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", d.display());
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
