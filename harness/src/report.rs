@@ -143,6 +143,11 @@ mod tests {
     use super::*;
     use crate::scenario::Check;
 
+    /// A result with every field present (for the schema check).
+    pub(super) fn sample_result() -> RunResult {
+        result("inventory", vec![("a", true)])
+    }
+
     fn result(name: &str, checks: Vec<(&str, bool)>) -> RunResult {
         RunResult {
             schema_version: crate::RESULT_SCHEMA_VERSION,
@@ -232,5 +237,27 @@ mod tests {
         }
         assert_eq!((suites, cases, failures, errors), (2, 3, 1, 1));
         assert_eq!(messages, vec!["got <3> & \"x\"", "timed out <after> 30 s"]);
+    }
+}
+
+#[cfg(test)]
+mod schema_doc {
+    /// The key column of RESULTS.md's table must be exactly the top-level keys of `result.json`.
+    #[test]
+    fn results_md_documents_every_top_level_key() {
+        let doc = include_str!("../RESULTS.md");
+        let mut documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_owned)
+            .collect();
+        documented.sort();
+        let r = super::tests::sample_result();
+        let v = serde_json::to_value(&r).expect("serialize");
+        let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        assert_eq!(documented, keys);
+        assert_eq!(v["schema_version"], 1);
     }
 }
