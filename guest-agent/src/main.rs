@@ -123,6 +123,45 @@ fn read_trim(p: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Bring-up mode: run /bringup/run.sh (if any), report, exit.
+fn bringup(port: &str) -> std::io::Result<()> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags_noctty()
+        .open(port)?;
+    raw_mode(&f)?;
+    let mut out = f;
+    let modules: Vec<String> = std::fs::read_to_string("/tmp/bringup-modules.log")
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let (exit_code, output) = if Path::new("/bringup/run.sh").exists() {
+        match std::process::Command::new("/bin/sh")
+            .args(["-c", "exec 2>&1; /bin/sh /bringup/run.sh"])
+            .output()
+        {
+            Ok(o) => (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+            ),
+            Err(e) => (None, format!("cannot run the script: {e}")),
+        }
+    } else {
+        (None, String::new())
+    };
+    send(
+        &mut out,
+        &AgentMessage::Bringup {
+            v: PROTOCOL_VERSION,
+            modules,
+            exit_code,
+            output,
+        },
+    )
+}
+
 fn run(port: &str) -> std::io::Result<()> {
     let f = OpenOptions::new()
         .read(true)
@@ -223,9 +262,11 @@ impl NoCtty for OpenOptions {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut port = "/dev/ttyS1".to_owned();
+    let mut bringup_mode = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--port" => port = args.next().unwrap_or(port),
+            "--bringup" => bringup_mode = true,
             "--help" | "-h" => {
                 println!("guest-agent [--port /dev/ttyS1]: serves the tierbed harness protocol on a serial port");
                 return ExitCode::SUCCESS;
@@ -236,7 +277,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    match run(&port) {
+    let result = if bringup_mode {
+        bringup(&port)
+    } else {
+        run(&port)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("guest-agent: {port}: {e}");

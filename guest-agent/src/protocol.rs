@@ -61,6 +61,17 @@ pub enum AgentMessage {
         #[serde(flatten)]
         result: Outcome,
     },
+    /// Driver bring-up mode: what happened to the user's modules and script (the devices are
+    /// left unclaimed for the user's driver).
+    Bringup {
+        v: u32,
+        /// Lines `ok NAME` or `failed NAME: message`, in load order.
+        modules: Vec<String>,
+        /// The script's exit code (None without a script, or when it was killed).
+        exit_code: Option<i32>,
+        /// The script's standard output and error, interleaved.
+        output: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub chmu_sample: u64,
     /// Clock of the CHMU's epochs with the plugin feed.
     pub chmu_clock: ChmuClock,
+    /// Put the virtual IOMMU in front of the devices (guest DMA addresses are then IOVAs, each
+    /// guest mapping a DMA_MAP message); without it they are guest-physical.
+    pub iommu: bool,
     /// Process fault: SIGKILL this process (`sdxi-server`, `cxl-hmu-server` or `qemu`) once
     /// the guest agent is ready, to check that the test bed reports it and cleans up.
     pub kill_after_boot: Option<String>,
@@ -94,6 +97,7 @@ impl Default for VmConfig {
             chmu_clock: ChmuClock::Host,
             trace: String::new(),
             kill_after_boot: None,
+            iommu: true,
         }
     }
 }

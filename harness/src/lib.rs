@@ -484,3 +484,106 @@ pub fn run_matrix(
     }
     out
 }
+
+/// Driver bring-up: the user's modules (loaded in order, with parameters) and script, with
+/// both devices attached and unclaimed.
+#[derive(Clone, Debug, Default)]
+pub struct BringupSpec {
+    /// (module file, parameters) in load order; `.ko`, `.ko.xz` or `.ko.zst`.
+    pub modules: Vec<(PathBuf, String)>,
+    pub script: Option<PathBuf>,
+}
+
+/// What happened in a bring-up run (`bringup.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct BringupReport {
+    /// `ok NAME` or `failed NAME: message`, in load order.
+    pub modules: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub teardown: vm::Teardown,
+    pub run_dir: PathBuf,
+}
+
+impl BringupReport {
+    /// The script's exit code, or 1 if a module failed to load, else 0.
+    pub fn status(&self) -> i32 {
+        if self.modules.iter().any(|m| !m.starts_with("ok ")) {
+            return 1;
+        }
+        self.exit_code.unwrap_or(0)
+    }
+}
+
+/// Boots the test bed in bring-up mode and returns what the guest reported.
+pub fn bringup(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    spec: &BringupSpec,
+    results_dir: Option<&Path>,
+    interrupted: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<BringupReport, RunError> {
+    let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    let mut mods = Vec::new();
+    for (p, params) in &spec.modules {
+        let name = images::kernel::module_name(p).ok_or_else(|| {
+            config::ConfigError::Invalid(format!("--module {}: not a .ko file", p.display()))
+        })?;
+        let data = images::kernel::read_module(p)?;
+        mods.push((name, params.clone(), data));
+    }
+    let script = match &spec.script {
+        Some(p) => Some(std::fs::read(p).map_err(|e| config::ConfigError::Read(p.clone(), e))?),
+        None => None,
+    };
+    let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
+    let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
+    let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
+    let vm_err = |e| RunError::Vm(e, run.dir.clone());
+    let initrd = run.path("initrd-bringup.cpio");
+    let mut bytes =
+        std::fs::read(&imgs.initramfs).map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?;
+    bytes.extend(images::initramfs::bringup_archive(&mods, script.as_deref()));
+    std::fs::write(&initrd, bytes).map_err(|e| RunError::Results(initrd.clone(), e))?;
+    progress.step(&format!(
+        "booting for driver bring-up ({} modules, accel {})",
+        mods.len(),
+        accel.accel
+    ));
+    let boot = vm::Boot::Bringup { initrd };
+    let mut vm = vm::Vm::start_with(cfg, &boot, &imgs, &tools, accel.accel, &run, interrupted)
+        .map_err(vm_err)?;
+    let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_s + cfg.request_timeout_s);
+    let (modules, exit_code, output) = match vm
+        .next_message(deadline, "the bring-up report")
+        .map_err(vm_err)?
+    {
+        guest_agent::protocol::AgentMessage::Bringup {
+            modules,
+            exit_code,
+            output,
+            ..
+        } => (modules, exit_code, output),
+        other => {
+            return Err(vm_err(vm::VmError::Protocol(format!(
+                "expected a bring-up report, got {other:?}"
+            ))))
+        }
+    };
+    let teardown = vm
+        .finish(Duration::from_secs(cfg.request_timeout_s))
+        .map_err(vm_err)?;
+    let report = BringupReport {
+        modules,
+        exit_code,
+        output,
+        teardown,
+        run_dir: run.dir.clone(),
+    };
+    let path = run.path("bringup.json");
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| RunError::Results(path.clone(), e.into()))?;
+    std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
+    Ok(report)
+}

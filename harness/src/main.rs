@@ -89,6 +89,27 @@ enum Cmd {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Driver bring-up: boot with both devices attached and unclaimed, load your kernel
+    /// modules in order, run your script in the guest, and get its output and exit code back
+    /// (the command exits with it).
+    Bringup {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// A kernel module to load (.ko, .ko.xz, .ko.zst), optionally `PATH:param=value ...`;
+        /// repeatable, loaded in the order given.
+        #[arg(long = "module", value_name = "PATH[:PARAMS]")]
+        modules: Vec<String>,
+        /// A shell script to run in the guest (busybox sh) after the modules are loaded.
+        #[arg(long, value_name = "SCRIPT")]
+        run: Option<PathBuf>,
+        /// Put the virtual IOMMU in front of the devices (driver DMA addresses are IOVAs) or not
+        /// (guest-physical).
+        #[arg(long, value_enum, default_value = "on")]
+        iommu: OnOff,
+        /// Directory for the run directory [default: <cache>/runs].
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
+    },
     /// List the built-in scenarios.
     Scenarios,
     /// Ask a running test bed's device servers for their state or counters (function state,
@@ -118,6 +139,12 @@ enum Cmd {
     },
     /// Report whether KVM can run guests here (the probe `--accel auto` uses).
     ProbeKvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -319,6 +346,54 @@ fn main() -> ExitCode {
                 println!("{n:<12} {d}");
             }
             return ExitCode::SUCCESS;
+        }
+        Cmd::Bringup {
+            vm,
+            modules,
+            run,
+            iommu,
+            results,
+        } => {
+            vm.apply(&mut cfg);
+            cfg.iommu = *iommu == OnOff::On;
+            let spec = harness::BringupSpec {
+                modules: modules
+                    .iter()
+                    .map(|m| match m.split_once(':') {
+                        Some((p, params)) => (PathBuf::from(p), params.replace(',', " ")),
+                        None => (PathBuf::from(m), String::new()),
+                    })
+                    .collect(),
+                script: run.clone(),
+            };
+            return match harness::bringup(
+                &cfg,
+                &vm.tools(),
+                &spec,
+                results.as_deref(),
+                interrupted,
+                &mut rep,
+            ) {
+                Ok(r) => {
+                    for m in &r.modules {
+                        eprintln!("module {m}");
+                    }
+                    print!("{}", r.output);
+                    eprintln!(
+                        "script exit code {:?}; run directory {}",
+                        r.exit_code,
+                        r.run_dir.display()
+                    );
+                    ExitCode::from(u8::try_from(r.status()).unwrap_or(1))
+                }
+                Err(e) => {
+                    print_chain(&e);
+                    if let harness::RunError::Vm(_, dir) = &e {
+                        eprint!("{}", harness::vm::RunDir { dir: dir.clone() }.log_tails(25));
+                    }
+                    ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_INFRA })
+                }
+            };
         }
         Cmd::Inspect { dir, device, what } => {
             let dirs = harness::vm::running_control_dirs();

@@ -288,9 +288,37 @@ fn bind(path: &Path) -> Result<UnixListener, VmError> {
     })
 }
 
+/// What the guest runs.
+#[derive(Clone, Debug, Default)]
+pub enum Boot {
+    /// The guest agent serves harness requests.
+    #[default]
+    Agent,
+    /// Driver bring-up: the user's modules and script; `initrd` is the initramfs with the
+    /// bring-up archive appended.
+    Bringup { initrd: PathBuf },
+}
+
+impl Boot {
+    fn mode(&self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Bringup { .. } => "bringup",
+        }
+    }
+
+    fn initrd(&self, images: &Images) -> PathBuf {
+        match self {
+            Self::Agent => images.initramfs.clone(),
+            Self::Bringup { initrd } => initrd.clone(),
+        }
+    }
+}
+
 /// The QEMU command line (after the binary and its prefix arguments).
 pub fn qemu_args(
     cfg: &VmConfig,
+    boot: &Boot,
     images: &Images,
     accel: &str,
     ram_dir: &Path,
@@ -338,7 +366,9 @@ pub fn qemu_args(
             &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-bandwidth,bandwidth={bw}M"),
         ]);
     }
-    push(&["-device", "intel-iommu,caching-mode=on"]);
+    if cfg.iommu {
+        push(&["-device", "intel-iommu,caching-mode=on"]);
+    }
     for (i, sock) in ["sdxi.sock", "hmu.sock"].iter().enumerate() {
         push(&[
             "-device",
@@ -363,10 +393,13 @@ pub fn qemu_args(
         "-kernel",
         &d(&images.kernel.vmlinux),
         "-initrd",
-        &d(&images.initramfs),
+        &d(&boot.initrd(images)),
     ]);
-    let mut cmdline =
-        "console=ttyS0 loglevel=4 panic=-1 intel_iommu=on tierbed.mode=agent".to_owned();
+    let mut cmdline = format!(
+        "console=ttyS0 loglevel=4 panic=-1 {}tierbed.mode={}",
+        if cfg.iommu { "intel_iommu=on " } else { "" },
+        boot.mode()
+    );
     if !cfg.kernel_args.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&cfg.kernel_args);
@@ -379,6 +412,19 @@ impl Vm {
     /// Starts servers and QEMU, and waits for the guest agent's hello.
     pub fn start(
         cfg: &VmConfig,
+        images: &Images,
+        tools: &Tools,
+        accel: &str,
+        run: &RunDir,
+        interrupted: Arc<AtomicBool>,
+    ) -> Result<Self, VmError> {
+        Self::start_with(cfg, &Boot::Agent, images, tools, accel, run, interrupted)
+    }
+
+    /// Starts servers and QEMU for `boot`; with the agent, waits for its hello.
+    pub fn start_with(
+        cfg: &VmConfig,
+        boot: &Boot,
         images: &Images,
         tools: &Tools,
         accel: &str,
@@ -489,6 +535,7 @@ impl Vm {
             })?;
         let mut args = qemu_args(
             cfg,
+            boot,
             images,
             accel,
             &vm.ram_dir,
@@ -548,6 +595,9 @@ impl Vm {
             })?;
         vm.agent_tx = Some(tx);
         vm.agent_rx = Some(receiver);
+        if matches!(boot, Boot::Bringup { .. }) {
+            return Ok(vm);
+        }
         match vm.next_message(deadline, "the guest agent's hello")? {
             AgentMessage::Hello {
                 v, kernel_release, ..
@@ -621,7 +671,7 @@ impl Vm {
         }
     }
 
-    fn next_message(&mut self, deadline: Instant, what: &str) -> Result<AgentMessage, VmError> {
+    pub fn next_message(&mut self, deadline: Instant, what: &str) -> Result<AgentMessage, VmError> {
         loop {
             self.check_alive()?;
             let now = Instant::now();
@@ -709,8 +759,14 @@ impl Vm {
     /// Asks the guest to power off, waits for QEMU, stops the servers (they write their
     /// counters), and reports what is left.
     pub fn shutdown(mut self, timeout: Duration) -> Result<Teardown, VmError> {
-        let mut t = Teardown::default();
         self.request(Request::Shutdown, timeout)?;
+        self.finish(timeout)
+    }
+
+    /// Waits for the guest to power off, stops the servers (they write their counters), and
+    /// reports what is left.
+    pub fn finish(mut self, timeout: Duration) -> Result<Teardown, VmError> {
+        let mut t = Teardown::default();
         let deadline = Instant::now() + timeout;
         let qemu = self
             .procs

@@ -484,3 +484,68 @@ fn a_device_server_killed_mid_run_is_reported_and_everything_is_cleaned_up() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn bringup_loads_user_modules_runs_the_script_and_returns_its_output_and_exit_code() {
+    let _vm = serial();
+    let out = results_dir("bringup");
+    // A module of the guest kernel's own tree stands in for a user's driver.
+    let (_, imgs) = harness::provision(
+        &VmConfig::default(),
+        &ToolPaths::default(),
+        false,
+        &mut images::Silent,
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    let module = imgs
+        .kernel
+        .modules_dir
+        .join("kernel/drivers/net/dummy.ko.xz");
+    assert!(module.is_file(), "{}", module.display());
+    let script = out.join("probe.sh");
+    std::fs::write(
+        &script,
+        "test -d /sys/module/dummy && echo dummy-loaded\n\
+         echo dummies=$(ls /sys/class/net | grep -c '^dummy')\n\
+         echo iommu-groups=$(ls /sys/kernel/iommu_groups | wc -l)\n\
+         dev=$(dirname $(grep -l 0x120100 /sys/bus/pci/devices/*/class | head -1))\n\
+         echo driver=$(basename \"$(readlink $dev/driver)\")\n\
+         echo 1 > $dev/enable\n\
+         bar0=$(head -1 $dev/resource | cut -d' ' -f1)\n\
+         echo VERSION=$(devmem $(( bar0 + 0x210 )) 32)\n\
+         exit 5\n",
+    )
+    .expect("script");
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["bringup", "-q", "--iommu", "off", "--module"])
+        .arg(format!("{}:numdummies=3", module.display()))
+        .arg("--run")
+        .arg(&script)
+        .arg("--results")
+        .arg(&out)
+        .output()
+        .expect("run harness bringup");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "the script's exit code: {stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("module ok dummy"), "{stderr}");
+    // numdummies=3 made three interfaces; no IOMMU without --iommu on; the SDXi function is
+    // unclaimed and its VERSION register reads 1.0 through /dev/mem.
+    for line in [
+        "dummy-loaded",
+        "dummies=3",
+        "iommu-groups=0",
+        "driver=",
+        "VERSION=0x00010000",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.trim() == line),
+            "{line} missing: {stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

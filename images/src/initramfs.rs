@@ -107,7 +107,21 @@ mode=agent
 for a in $(cat /proc/cmdline); do
   case "$a" in tierbed.mode=*) mode="${a#tierbed.mode=}" ;; esac
 done
-if [ "$mode" = shell ]; then
+if [ "$mode" = bringup ]; then
+  : > /tmp/bringup-modules.log
+  if [ -f /bringup/modules ]; then
+    while read -r mod args; do
+      [ -n "$mod" ] || continue
+      if out=$(insmod "/bringup/$mod.ko" $args 2>&1); then
+        echo "ok $mod" >> /tmp/bringup-modules.log
+      else
+        echo "failed $mod: $out" >> /tmp/bringup-modules.log
+      fi
+    done < /bringup/modules
+  fi
+  /bin/guest-agent --port /dev/ttyS1 --bringup
+  echo "tierbed: guest-agent exited with $?"
+elif [ "$mode" = shell ]; then
   setsid cttyhack sh
 else
   /bin/guest-agent --port /dev/ttyS1
@@ -115,6 +129,24 @@ else
 fi
 poweroff -f
 "#;
+
+/// An archive to append to the initramfs for `tierbed.mode=bringup` (the kernel unpacks
+/// concatenated archives in order): the user's modules (loaded in order with their
+/// parameters) and an optional script the agent runs, returning its output and exit code.
+pub fn bringup_archive(modules: &[(String, String, Vec<u8>)], script: Option<&[u8]>) -> Vec<u8> {
+    let mut c = Cpio::new();
+    c.dir("bringup");
+    let mut list = String::new();
+    for (name, params, data) in modules {
+        c.file(&format!("bringup/{name}.ko"), 0o644, data);
+        list.push_str(&format!("{name} {params}\n"));
+    }
+    c.file("bringup/modules", 0o644, list.as_bytes());
+    if let Some(s) = script {
+        c.file("bringup/run.sh", 0o755, s);
+    }
+    c.finish()
+}
 
 /// Builds the initramfs. `modules` are (name, module bytes) in load order.
 pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
