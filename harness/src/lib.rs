@@ -489,6 +489,8 @@ pub fn run_matrix(
 /// both devices attached and unclaimed.
 #[derive(Clone, Debug, Default)]
 pub struct BringupSpec {
+    /// Kbuild directories to build for the guest kernel first (their modules load first).
+    pub build: Vec<PathBuf>,
     /// (module file, parameters) in load order; `.ko`, `.ko.xz` or `.ko.zst`.
     pub modules: Vec<(PathBuf, String)>,
     pub script: Option<PathBuf>,
@@ -525,8 +527,18 @@ pub fn bringup(
     progress: &mut dyn Progress,
 ) -> Result<BringupReport, RunError> {
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    let mut all: Vec<(PathBuf, String)> = Vec::new();
+    if !spec.build.is_empty() {
+        let root = images::kbuild::build_root(&cfg.cache_dir, &imgs.kernel.release, progress)?;
+        for dir in &spec.build {
+            for ko in images::kbuild::build_module(&root, &imgs.kernel.release, dir, progress)? {
+                all.push((ko, String::new()));
+            }
+        }
+    }
+    all.extend(spec.modules.iter().cloned());
     let mut mods = Vec::new();
-    for (p, params) in &spec.modules {
+    for (p, params) in &all {
         let name = images::kernel::module_name(p).ok_or_else(|| {
             config::ConfigError::Invalid(format!("--module {}: not a .ko file", p.display()))
         })?;

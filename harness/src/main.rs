@@ -99,6 +99,11 @@ enum Cmd {
         /// repeatable, loaded in the order given.
         #[arg(long = "module", value_name = "PATH[:PARAMS]")]
         modules: Vec<String>,
+        /// Build this out-of-tree module directory (Kbuild) for the guest kernel with its Debian
+        /// headers and gcc-14 in a private root, then load it (before the --module ones);
+        /// repeatable.
+        #[arg(long = "build-module", value_name = "DIR")]
+        build_modules: Vec<PathBuf>,
         /// A shell script to run in the guest (busybox sh) after the modules are loaded.
         #[arg(long, value_name = "SCRIPT")]
         run: Option<PathBuf>,
@@ -350,6 +355,7 @@ fn main() -> ExitCode {
         Cmd::Bringup {
             vm,
             modules,
+            build_modules,
             run,
             iommu,
             results,
@@ -357,6 +363,7 @@ fn main() -> ExitCode {
             vm.apply(&mut cfg);
             cfg.iommu = *iommu == OnOff::On;
             let spec = harness::BringupSpec {
+                build: build_modules.clone(),
                 modules: modules
                     .iter()
                     .map(|m| match m.split_once(':') {

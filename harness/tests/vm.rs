@@ -549,3 +549,41 @@ fn bringup_loads_user_modules_runs_the_script_and_returns_its_output_and_exit_co
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn an_out_of_tree_sdxi_driver_is_built_loaded_and_reads_the_version_register() {
+    let _vm = serial();
+    let out = results_dir("build-module");
+    let script = out.join("probe.sh");
+    std::fs::write(
+        &script,
+        "echo version=$(cat /sys/module/sdxi_probe/parameters/version)\n\
+         dev=$(dirname $(grep -l 0x120100 /sys/bus/pci/devices/*/class | head -1))\n\
+         echo driver=$(basename \"$(readlink $dev/driver)\")\n",
+    )
+    .expect("script");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdxi_probe");
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["bringup", "-q", "--build-module"])
+        .arg(&src)
+        .arg("--run")
+        .arg(&script)
+        .arg("--results")
+        .arg(&out)
+        .output()
+        .expect("run harness bringup");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("module ok sdxi_probe"), "{stderr}");
+    // The driver bound to the SDXi function and read MMIO_VERSION = 1.0 (0x10000).
+    assert!(
+        stdout.lines().any(|l| l.trim() == "version=65536"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "driver=sdxi_probe"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

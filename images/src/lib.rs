@@ -12,6 +12,7 @@
 
 pub mod apt;
 pub mod initramfs;
+pub mod kbuild;
 pub mod kernel;
 
 use fs2::FileExt;
@@ -325,7 +326,7 @@ fn write_manifest<T: Serialize>(p: &Path, v: &T) -> Result<(), ImagesError> {
     std::fs::rename(&tmp, p).map_err(|e| ImagesError::io("renaming", &tmp, e))
 }
 
-fn mkdir(p: &Path) -> Result<(), ImagesError> {
+pub(crate) fn mkdir(p: &Path) -> Result<(), ImagesError> {
     std::fs::create_dir_all(p).map_err(|e| ImagesError::io("creating", p, e))
 }
 
