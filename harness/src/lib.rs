@@ -494,6 +494,11 @@ pub struct BringupSpec {
     /// (module file, parameters) in load order; `.ko`, `.ko.xz` or `.ko.zst`.
     pub modules: Vec<(PathBuf, String)>,
     pub script: Option<PathBuf>,
+    /// Boot this kernel instead (an uncompressed `vmlinux` or a `bzImage`).
+    pub kernel: Option<PathBuf>,
+    /// Module tree matching `kernel` (…/lib/modules/RELEASE), for the modules the test bed
+    /// itself loads (vfio, uio) and for `--build-module` nothing else is needed.
+    pub modules_dir: Option<PathBuf>,
 }
 
 /// What happened in a bring-up run (`bringup.json`).
@@ -526,7 +531,35 @@ pub fn bringup(
     interrupted: Arc<AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Result<BringupReport, RunError> {
-    let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    if spec.kernel.is_some() && !spec.build.is_empty() {
+        return Err(config::ConfigError::Invalid(
+            "--build-module builds for the provisioned Debian kernel; with --kernel-image build the module yourself and pass --module".into(),
+        )
+        .into());
+    }
+    let (tools, mut imgs) = provision(cfg, paths, false, progress)?;
+    if let Some(k) = &spec.kernel {
+        progress.step(&format!("using the kernel {}", k.display()));
+        let base_modules = match &spec.modules_dir {
+            Some(d) => images::kernel::ModuleIndex::scan(d)?.resolve(&images::default_modules())?,
+            None => Vec::new(),
+        };
+        let busybox =
+            std::fs::read(&imgs.busybox).map_err(|e| RunError::Results(imgs.busybox.clone(), e))?;
+        let agent =
+            std::fs::read(&tools.agent).map_err(|e| RunError::Results(tools.agent.clone(), e))?;
+        let base = images::initramfs::build(&busybox, &agent, &base_modules);
+        let dir = cfg.cache_dir.join("initramfs");
+        let p = dir.join(format!("custom-{}.cpio", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| RunError::Results(dir.clone(), e))?;
+        std::fs::write(&p, base).map_err(|e| RunError::Results(p.clone(), e))?;
+        imgs.initramfs = p;
+        imgs.kernel.vmlinux = k.clone();
+        if let Some(d) = &spec.modules_dir {
+            imgs.kernel.modules_dir = d.clone();
+        }
+        imgs.modules = base_modules.into_iter().map(|(n, _)| n).collect();
+    }
     let mut all: Vec<(PathBuf, String)> = Vec::new();
     if !spec.build.is_empty() {
         let root = images::kbuild::build_root(&cfg.cache_dir, &imgs.kernel.release, progress)?;

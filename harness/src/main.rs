@@ -104,6 +104,14 @@ enum Cmd {
         /// repeatable.
         #[arg(long = "build-module", value_name = "DIR")]
         build_modules: Vec<PathBuf>,
+        /// Boot your own kernel (an uncompressed vmlinux with PVH, or a bzImage) instead of the
+        /// provisioned Debian one.
+        #[arg(long = "kernel-image", value_name = "PATH")]
+        kernel_image: Option<PathBuf>,
+        /// Module tree of that kernel (…/lib/modules/RELEASE): the test bed loads vfio and uio
+        /// from it.
+        #[arg(long, value_name = "DIR", requires = "kernel_image")]
+        modules_dir: Option<PathBuf>,
         /// A shell script to run in the guest (busybox sh) after the modules are loaded.
         #[arg(long, value_name = "SCRIPT")]
         run: Option<PathBuf>,
@@ -356,6 +364,8 @@ fn main() -> ExitCode {
             vm,
             modules,
             build_modules,
+            kernel_image,
+            modules_dir,
             run,
             iommu,
             results,
@@ -364,6 +374,8 @@ fn main() -> ExitCode {
             cfg.iommu = *iommu == OnOff::On;
             let spec = harness::BringupSpec {
                 build: build_modules.clone(),
+                kernel: kernel_image.clone(),
+                modules_dir: modules_dir.clone(),
                 modules: modules
                     .iter()
                     .map(|m| match m.split_once(':') {

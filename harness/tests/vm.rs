@@ -508,6 +508,7 @@ fn bringup_loads_user_modules_runs_the_script_and_returns_its_output_and_exit_co
         "test -d /sys/module/dummy && echo dummy-loaded\n\
          echo dummies=$(ls /sys/class/net | grep -c '^dummy')\n\
          echo iommu-groups=$(ls /sys/kernel/iommu_groups | wc -l)\n\
+         grep -q '^vfio_pci ' /proc/modules && echo base-modules-loaded\n\
          dev=$(dirname $(grep -l 0x120100 /sys/bus/pci/devices/*/class | head -1))\n\
          echo driver=$(basename \"$(readlink $dev/driver)\")\n\
          echo 1 > $dev/enable\n\
@@ -516,8 +517,14 @@ fn bringup_loads_user_modules_runs_the_script_and_returns_its_output_and_exit_co
          exit 5\n",
     )
     .expect("script");
+    // The kernel given explicitly (here the provisioned one, through the same path a user's
+    // own kernel takes), with its module tree for the test bed's own modules.
     let o = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["bringup", "-q", "--iommu", "off", "--module"])
+        .args(["bringup", "-q", "--iommu", "off", "--kernel-image"])
+        .arg(&imgs.kernel.vmlinux)
+        .arg("--modules-dir")
+        .arg(&imgs.kernel.modules_dir)
+        .arg("--module")
         .arg(format!("{}:numdummies=3", module.display()))
         .arg("--run")
         .arg(&script)
@@ -538,6 +545,7 @@ fn bringup_loads_user_modules_runs_the_script_and_returns_its_output_and_exit_co
     for line in [
         "dummy-loaded",
         "dummies=3",
+        "base-modules-loaded",
         "iommu-groups=0",
         "driver=",
         "VERSION=0x00010000",

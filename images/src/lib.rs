@@ -303,6 +303,8 @@ pub struct Images {
     pub qemu: Qemu,
     pub kernel: Kernel,
     pub busybox_version: String,
+    /// The busybox-static binary (for building other initramfs variants).
+    pub busybox: PathBuf,
     pub initramfs: PathBuf,
     /// Modules in the initramfs, in load order.
     pub modules: Vec<String>,
@@ -647,6 +649,7 @@ pub fn provision(
         qemu,
         kernel,
         busybox_version,
+        busybox,
         initramfs: out,
         modules,
         seconds: start.elapsed().as_secs_f64(),
