@@ -41,6 +41,29 @@ fn run(cfg: &VmConfig, scenario: &str, name: &str) -> (harness::RunResult, PathB
     (r, out)
 }
 
+/// No process, socket directory or guest-RAM directory of harness process `pid` is left.
+fn assert_nothing_left(pid: u32) {
+    let marks = [format!("tierbed-{pid}-"), format!("tierbed-ram-{pid}-")];
+    assert!(
+        processes_mentioning(&marks[0]).is_empty(),
+        "{:?}",
+        processes_mentioning(&marks[0])
+    );
+    for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        marks.iter().any(|m| n.contains(m.as_str()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", d.display());
+    }
+}
+
 /// Processes whose command line mentions `mark`.
 fn processes_mentioning(mark: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
@@ -118,25 +141,7 @@ fn guest_sees_both_devices_their_registers_and_a_lower_cxl_tier() {
         "{:?}",
         r.teardown.qemu_exit
     );
-    let mark = format!("tierbed-{}-", std::process::id());
-    assert!(
-        processes_mentioning(&mark).is_empty(),
-        "{:?}",
-        processes_mentioning(&mark)
-    );
-    for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
-        let left: Vec<_> = std::fs::read_dir(&d)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        n.contains(&mark) || n.contains(&mark.replace("tierbed-", "tierbed-ram-"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(left.is_empty(), "left in {}: {left:?}", d.display());
-    }
+    assert_nothing_left(std::process::id());
     assert!(Path::new(&r.run_dir).join("result.json").is_file());
     assert!(Path::new(&r.run_dir).join("console.log").is_file());
     let _ = std::fs::remove_dir_all(&out);
@@ -165,13 +170,7 @@ fn ctrl_c_during_boot_kills_everything_and_exits_130() {
     }
     let st = child.wait().expect("wait");
     assert_eq!(st.code(), Some(130), "{seen:#?}");
-    let mark = format!("tierbed-{pid}-");
-    assert!(
-        processes_mentioning(&mark).is_empty(),
-        "{:?}",
-        processes_mentioning(&mark)
-    );
-    assert!(!Path::new(&format!("/dev/shm/tierbed-ram-{pid}-0")).exists());
+    assert_nothing_left(pid);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -463,25 +462,7 @@ fn a_device_server_killed_mid_run_is_reported_and_everything_is_cleaned_up() {
     assert_eq!(st.code(), Some(3), "{err}");
     assert!(err.contains("sdxi-server exited early"), "{err}");
     assert!(err.contains("sdxi-server.log"), "log tails printed: {err}");
-    let mark = format!("tierbed-{pid}-");
-    assert!(
-        processes_mentioning(&mark).is_empty(),
-        "{:?}",
-        processes_mentioning(&mark)
-    );
-    for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
-        let left: Vec<_> = std::fs::read_dir(&d)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        n.contains(&mark) || n.contains(&mark.replace("tierbed-", "tierbed-ram-"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(left.is_empty(), "left in {}: {left:?}", d.display());
-    }
+    assert_nothing_left(pid);
     let _ = std::fs::remove_dir_all(&out);
 }
 
