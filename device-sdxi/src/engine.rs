@@ -244,6 +244,7 @@ struct Cxt {
 /// The SDXi engine of one function.
 #[derive(Debug)]
 pub struct Engine<M, I> {
+    config: SdxiConfig,
     regs: Mutex<SdxiFunction>,
     mem: RwLock<Option<Arc<M>>>,
     irq: I,
@@ -263,7 +264,8 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
     pub fn new(config: SdxiConfig, irq: I, options: EngineOptions) -> Self {
         let n = usize::from(config.max_cxt) + 1;
         Self {
-            regs: Mutex::new(SdxiFunction::new(config)),
+            regs: Mutex::new(SdxiFunction::new(config.clone())),
+            config,
             mem: RwLock::new(None),
             irq,
             busy: (0..n).map(|_| Mutex::new(())).collect(),
@@ -328,8 +330,9 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
         (fail.then_some(p.class), p.delay_us)
     }
 
-    pub fn config(&self) -> SdxiConfig {
-        lock(&self.regs).config().clone()
+    /// The function's capabilities (fixed at creation).
+    pub fn config(&self) -> &SdxiConfig {
+        &self.config
     }
 
     /// Replaces the guest memory the engine works on (DMA map/unmap).

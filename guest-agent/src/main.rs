@@ -125,13 +125,7 @@ fn read_trim(p: &str) -> String {
 
 /// Bring-up mode: run /bringup/run.sh (if any), report, exit.
 fn bringup(port: &str) -> std::io::Result<()> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags_noctty()
-        .open(port)?;
-    raw_mode(&f)?;
-    let mut out = f;
+    let mut out = open_port(port)?;
     let modules: Vec<String> = std::fs::read_to_string("/tmp/bringup-modules.log")
         .unwrap_or_default()
         .lines()
@@ -162,13 +156,19 @@ fn bringup(port: &str) -> std::io::Result<()> {
     )
 }
 
-fn run(port: &str) -> std::io::Result<()> {
+/// Opens the harness's serial port (not as a controlling terminal) in raw mode.
+fn open_port(port: &str) -> std::io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags_noctty()
         .open(port)?;
     raw_mode(&f)?;
+    Ok(f)
+}
+
+fn run(port: &str) -> std::io::Result<()> {
+    let f = open_port(port)?;
     let mut out = f.try_clone()?;
     let uptime = read_trim("/proc/uptime")
         .split_whitespace()

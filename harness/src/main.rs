@@ -436,7 +436,7 @@ fn main() -> ExitCode {
             };
             let sock = dir.join(match device {
                 InspectDevice::Sdxi => "sdxi.ctl",
-                InspectDevice::CxlHmu => "hmu.ctl",
+                InspectDevice::CxlHmu => "cxl-hmu.ctl",
             });
             let req = serde_json::json!({ "cmd": what });
             return match harness::vm::control_request(

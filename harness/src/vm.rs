@@ -280,6 +280,28 @@ fn spawn(
     })
 }
 
+/// A device server's command with what every server gets: its listener as fd 3, logs,
+/// counters (`<name>-counters.json`), a control socket (`<name>.ctl`) and, if asked, a trace.
+fn server_command(
+    bin: &Path,
+    name: &str,
+    cfg: &VmConfig,
+    run: &RunDir,
+    sock_dir: &Path,
+) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["--fd", "3", "--log", "info", "--counters"])
+        .arg(run.path(&format!("{name}-counters.json")))
+        .arg("--control")
+        .arg(sock_dir.join(format!("{name}.ctl")));
+    if !cfg.trace.is_empty() {
+        c.arg("--trace-file")
+            .arg(run.path(&format!("{name}-trace.log")))
+            .args(["--trace", &cfg.trace]);
+    }
+    c
+}
+
 fn bind(path: &Path) -> Result<UnixListener, VmError> {
     UnixListener::bind(path).map_err(|source| VmError::Io {
         what: "listening on",
@@ -453,24 +475,8 @@ impl Vm {
         };
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
-        let mut c = Command::new(&tools.sdxi_server);
-        if !cfg.trace.is_empty() {
-            c.arg("--trace-file")
-                .arg(run.path("sdxi-trace.log"))
-                .args(["--trace", &cfg.trace]);
-        }
-        c.arg("--control")
-            .arg(vm.sock_dir.join("sdxi.ctl"))
-            .args([
-                "--fd",
-                "3",
-                "--log",
-                "info",
-                "--max-cxt",
-                &cfg.sdxi_max_cxt.to_string(),
-                "--counters",
-            ])
-            .arg(run.path("sdxi-counters.json"));
+        let mut c = server_command(&tools.sdxi_server, "sdxi", cfg, run, &vm.sock_dir);
+        c.args(["--max-cxt", &cfg.sdxi_max_cxt.to_string()]);
         vm.procs.push(spawn(
             "sdxi-server",
             c,
@@ -479,27 +485,15 @@ impl Vm {
         )?);
         drop(sdxi_l);
         let hmu_l = bind(&vm.sock_dir.join("hmu.sock"))?;
-        let mut c = Command::new(&tools.hmu_server);
-        c.arg("--control").arg(vm.sock_dir.join("hmu.ctl"));
-        if !cfg.trace.is_empty() {
-            c.arg("--trace-file")
-                .arg(run.path("cxl-hmu-trace.log"))
-                .args(["--trace", &cfg.trace]);
-        }
+        let mut c = server_command(&tools.hmu_server, "cxl-hmu", cfg, run, &vm.sock_dir);
         c.args([
-            "--fd",
-            "3",
-            "--log",
-            "info",
             "--hpa-base",
             &format!("{:#x}", node1.base),
             "--size",
             &format!("{:#x}", node1.size),
             "--instances",
             &cfg.chmu_instances.to_string(),
-            "--counters",
-        ])
-        .arg(run.path("cxl-hmu-counters.json"));
+        ]);
         let feed = if cfg.chmu_feed {
             let plugin = tools.plugin.clone().ok_or_else(|| {
                 VmError::Protocol(

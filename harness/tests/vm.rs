@@ -259,21 +259,11 @@ fn chmu_fed_by_the_tcg_plugin_reports_the_guest_hot_pages() {
 #[test]
 fn chmu_epochs_on_the_guest_instruction_clock_also_find_the_hot_pages() {
     let _vm = serial();
-    let out = results_dir("chmu-insns");
     let cfg = VmConfig {
         chmu_clock: harness::config::ChmuClock::Insns,
         ..VmConfig::default()
     };
-    let r = harness::execute(
-        &cfg,
-        &ToolPaths::default(),
-        "chmu-hot",
-        Some(&out),
-        Arc::new(AtomicBool::new(false)),
-        &mut Reporter::new(false, false),
-    )
-    .unwrap_or_else(|e| panic!("{e:#?}"));
-    assert!(r.passed, "{}", r.summary());
+    let (r, out) = run(&cfg, "chmu-hot", "chmu-insns");
     let h = &r.teardown.counters["cxl_hmu"]["registers"]["hotness"];
     // The records carry instruction counts: billions after a boot, not host nanoseconds.
     assert!(h["last_time"].as_u64() > h["first_time"].as_u64(), "{h}");
@@ -402,7 +392,7 @@ fn inspect_reads_a_running_devices_state_through_its_control_socket() {
         .expect("spawn harness");
     let dir = std::env::temp_dir().join(format!("tierbed-{}-0", child.id()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !dir.join("hmu.ctl").exists() {
+    while !dir.join("cxl-hmu.ctl").exists() {
         assert!(
             std::time::Instant::now() < deadline,
             "control sockets never appeared"
