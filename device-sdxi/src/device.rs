@@ -109,7 +109,7 @@ mod server {
     pub struct SdxiDevice {
         pub engine: Arc<Engine<GuestRam, Interrupts>>,
         workers: Arc<Workers>,
-        mapped: Option<MappedDoorbells>,
+        mapped: Option<Arc<MappedDoorbells>>,
         maps: Vec<crate::dma::MappedRegion>,
         interrupts: Interrupts,
         pub doorbells: DoorbellCounters,
@@ -154,8 +154,18 @@ mod server {
                         |err| tracing::error!(error = %err, "falling back to trapped doorbells"),
                     )
                     .ok()
+                    .map(Arc::new)
                 }
             };
+            if let Some(m) = &mapped {
+                // Weak: the watcher holds the engine, which must not keep the watcher alive.
+                let m = Arc::downgrade(m);
+                engine.options().on_context_start.set(move |c| {
+                    if let Some(m) = m.upgrade() {
+                        m.reset_context(c);
+                    }
+                });
+            }
             Self {
                 engine,
                 workers,
@@ -212,8 +222,13 @@ mod server {
                     self.engine.mmio_write(offset, data);
                     // Entering ACTIVE runs the admin context once: the jump start, also for a
                     // mapped doorbell where a write of 0 to a page reading 0 is invisible.
+                    // The mapped doorbells read 0 again first: a driver that re-initialises the
+                    // function rings with the same values as before, which must not go unseen.
                     if was != FnState::Active && self.engine.registers().state() == FnState::Active
                     {
+                        if let Some(m) = &self.mapped {
+                            m.reset();
+                        }
                         self.workers.kick(0);
                     }
                 }

@@ -148,6 +148,21 @@ impl MappedDoorbells {
         }
     }
 
+    /// Context (re)start: its doorbell reads 0 again, without ringing, so the first write
+    /// after it is seen whatever its value.
+    pub fn reset_context(&self, cxt: u16) {
+        let i = usize::from(cxt);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(l) = last.get_mut(i) {
+            // SAFETY: inside the page (i < contexts), 8-byte aligned.
+            unsafe { std::ptr::write_volatile(self.page.ptr.add(i * self.stride / 8), 0) };
+            *l = 0;
+        }
+    }
+
     /// Function reset: doorbells read 0 again, without ringing.
     pub fn reset(&self) {
         let mut last = self
@@ -252,5 +267,28 @@ mod tests {
         );
         d.store(99, 1);
         assert!(d.counters.doorbells.load(Ordering::Relaxed) >= 3);
+    }
+
+    #[test]
+    fn a_restarted_context_rings_again_with_its_old_value() {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let d = MappedDoorbells::new(16 * 4096, 4096, move |c| {
+            let _ = tx.lock().expect("lock").send(c);
+        })
+        .expect("page");
+        d.store(1, 65);
+        d.store(2, 9);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(2));
+        d.reset_context(1);
+        d.store(2, 9);
+        d.store(1, 65);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(1),
+            "context 1 rings again; context 2's unchanged value does not"
+        );
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
     }
 }

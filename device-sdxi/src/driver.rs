@@ -146,6 +146,29 @@ impl Driver {
         Ok(layout)
     }
 
+    /// Re-initialises a stopped context's ring, status (StopSw, read index 0) and write index
+    /// in place, as software does when it creates a context; the next submit starts at slot 0.
+    /// Used to recover a context a descriptor error stopped.
+    pub fn reset_context<D: DriverMemory>(&mut self, m: &D, id: u16) -> bool {
+        let Some(c) = self.context(id) else {
+            return false;
+        };
+        m.write_bytes(
+            c.ring,
+            &vec![0u8; (u64::from(c.entries) * DESC_SIZE) as usize],
+        );
+        let s = CxtSts {
+            state: U32::new(CxtState::StopSw as u32),
+            ..CxtSts::default()
+        };
+        m.write_bytes(c.sts, s.as_bytes());
+        m.write_bytes(c.write_index, &0u64.to_le_bytes());
+        if let Some(w) = self.write_idx.iter_mut().find(|(i, _)| *i == id) {
+            w.1 = 0;
+        }
+        true
+    }
+
     pub fn context(&self, id: u16) -> Option<ContextLayout> {
         self.contexts.iter().copied().find(|c| c.id == id)
     }
@@ -400,6 +423,45 @@ pub fn start_context<M: Mmio, D: DriverMemory>(
         CxtState::StopSw,
     )?;
     let csb = drv.csb(mem, 1)?;
+    let wi = drv.submit(mem, 0, &[cxt_start(id, id, false, 0, Some(csb))]);
+    mmio.doorbell(0, wi);
+    match wait_csb(mem, csb, timeout) {
+        Some(false) => Ok(()),
+        Some(true) => Err(InitError::Context(
+            id,
+            "CXT_START_NM completed with an error",
+        )),
+        None => Err(InitError::Context(id, "CXT_START_NM did not complete")),
+    }
+}
+
+/// Recovers data context `id` after an error or a timeout: CXT_STOP through the admin ring
+/// (the device finishes the pass in flight first, so nothing it does afterwards can race the
+/// caller), re-initialise the context in place, CXT_START. `csb` is scratch space for one
+/// CST_BLK.
+pub fn restart_context<M: Mmio, D: DriverMemory>(
+    mmio: &mut M,
+    mem: &D,
+    drv: &mut Driver,
+    id: u16,
+    csb: u64,
+    timeout: std::time::Duration,
+) -> Result<(), InitError> {
+    let arm = |mem: &D| {
+        let c = CstBlk {
+            signal: U64::new(1),
+            ..CstBlk::default()
+        };
+        mem.write_bytes(csb, c.as_bytes());
+    };
+    arm(mem);
+    let wi = drv.submit(mem, 0, &[cxt_stop(id, id, Some(csb))]);
+    mmio.doorbell(0, wi);
+    if wait_csb(mem, csb, timeout) != Some(false) {
+        return Err(InitError::Context(id, "CXT_STOP did not complete"));
+    }
+    drv.reset_context(mem, id);
+    arm(mem);
     let wi = drv.submit(mem, 0, &[cxt_start(id, id, false, 0, Some(csb))]);
     mmio.doorbell(0, wi);
     match wait_csb(mem, csb, timeout) {

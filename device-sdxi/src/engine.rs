@@ -218,6 +218,35 @@ pub struct EngineOptions {
     pub copy_threads: usize,
     /// COPYs at least this long are split.
     pub split_copy_min: u64,
+    /// Called for each context CXT_START starts, before the start completes (the transport
+    /// forgets the context's last doorbell value: a re-initialised context rings from 1 again).
+    pub on_context_start: StartHook,
+}
+
+/// A callback the transport installs once.
+#[derive(Default)]
+pub struct StartHook(std::sync::OnceLock<Box<dyn Fn(u16) + Send + Sync>>);
+
+impl StartHook {
+    pub fn set(&self, f: impl Fn(u16) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(f));
+    }
+
+    fn call(&self, cxt: u16) {
+        if let Some(f) = self.0.get() {
+            f(cxt);
+        }
+    }
+}
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "StartHook(set)"
+        } else {
+            "StartHook(none)"
+        })
+    }
 }
 
 impl Default for EngineOptions {
@@ -226,6 +255,7 @@ impl Default for EngineOptions {
             force_out_of_order: AtomicBool::new(false),
             copy_threads: 1,
             split_copy_min: 8 << 20,
+            on_context_start: StartHook::default(),
         }
     }
 }
@@ -274,6 +304,10 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
             counters: EngineCounters::default(),
             options,
         }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// Replaces the fault plan (counting restarts).
@@ -777,6 +811,7 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 let s: DscCxtStart = d.as_type();
                 for id in range(s.cxt_start.get(), s.cxt_end.get())? {
                     let cx = self.load(mem, id)?;
+                    self.options.on_context_start.call(id);
                     Self::set_cxt_state(mem, cx.sts, CxtState::Run)?;
                     self.counters
                         .contexts_started

@@ -537,6 +537,54 @@ fn faults_given_at_start_apply_from_the_first_descriptor() {
 }
 
 #[test]
+fn a_context_stopped_by_an_error_is_restarted_in_place_and_serves_again() {
+    let mut d = Dut::start(&["--faults", r#"{"fail_nth":2}"#], 1);
+    let csbs: Vec<u64> = (0..3).map(|_| d.drv.csb(&d.ram, 1).expect("csb")).collect();
+    d.fill(DATA, 3 * 4096, 5);
+    let copy = |i: u64, csb| {
+        driver::copy(
+            DATA + i * 4096,
+            DATA + (8 << 20) + i * 4096,
+            4096,
+            Some(csb),
+            false,
+        )
+    };
+    let descs: Vec<Descriptor> = (0..3).map(|i| copy(i, csbs[i as usize])).collect();
+    d.submit(1, &descs);
+    d.wait_csb(csbs[1], "the failing copy");
+    assert_eq!(csb_status(&d.ram, csbs[1]), (0, true));
+    assert_eq!(
+        d.drv.state(&d.ram, 1),
+        Some(device_sdxi::engine::ERROR_STATE)
+    );
+    assert_eq!(
+        csb_status(&d.ram, csbs[2]).0,
+        1,
+        "nothing after the error runs while the context is stopped"
+    );
+    let scratch = d.drv.csb(&d.ram, 0).expect("csb");
+    driver::restart_context(
+        &mut ClientMmio(&mut d.c),
+        &d.ram,
+        &mut d.drv,
+        1,
+        scratch,
+        Duration::from_secs(10),
+    )
+    .expect("restart");
+    assert_eq!(d.drv.state(&d.ram, 1), Some(CxtState::Run));
+    assert_eq!(d.drv.read_index(&d.ram, 1), 0, "re-initialised in place");
+    let again = d.drv.csb(&d.ram, 1).expect("csb");
+    d.submit(1, &[copy(2, again)]);
+    d.wait_csb(again, "copy after the restart");
+    assert_eq!(csb_status(&d.ram, again), (0, false));
+    assert!(d.same(DATA + 2 * 4096, DATA + (8 << 20) + 2 * 4096, 4096));
+    let counters = d.finish();
+    assert_eq!(counters["registers"]["engine"]["faults_injected"], 1);
+}
+
+#[test]
 fn a_bad_fault_plan_is_refused_at_start_naming_it() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_sdxi-server"))
         .args([

@@ -5,10 +5,22 @@
 //! - [`inventory`]: PCI functions, NUMA nodes, memory tiers from sysfs.
 //! - [`vfio`]: the VFIO plumbing (container, group, device, BAR mmaps).
 //! - [`drivers`]: identity probes of the SDXi and CHMU functions.
+//! - [`sdxi`], [`chmu`]: userspace drivers of both devices.
+//! - [`migrate`]: the batched tiered-memory migrator, built from [`spec`] (what to run and
+//!   what is reported), [`workload`], [`sources`] (CHMU, DAMON), [`promote`] (promotion
+//!   engine and batcher), [`copy`] (CPU and SDXi copy engines) and [`arena`] (pools,
+//!   remapping, userfaultfd).
 
+pub mod arena;
 pub mod chmu;
+pub mod copy;
 pub mod drivers;
 pub mod inventory;
+pub mod migrate;
+pub mod promote;
 pub mod protocol;
 pub mod sdxi;
+pub mod sources;
+pub mod spec;
 pub mod vfio;
+pub mod workload;

@@ -117,6 +117,48 @@ fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32, epoch: (u8, u16)) 
     }
 }
 
+/// PCI addresses of the SDXi function and the CXL memory device, when present.
+fn device_bdfs() -> (Option<String>, Option<String>) {
+    let pci = inventory::pci_functions(Path::new("/sys"));
+    let find = |class: u32| pci.iter().find(|f| f.class == class).map(|f| f.bdf.clone());
+    (
+        find(device_sdxi::regs::SDXI_CLASS_CODE),
+        find(device_cxl_hmu::regs::CXL_MEMDEV_CLASS_CODE),
+    )
+}
+
+/// Runs a migration; the run's memory stays in `retained` until the next request, so the
+/// harness can read the promoted folios from guest RAM.
+fn migrate(
+    spec: guest_agent::spec::MigrateSpec,
+    retained: &mut Option<guest_agent::migrate::Retained>,
+) -> Outcome {
+    let (sdxi, chmu) = device_bdfs();
+    let dev = guest_agent::migrate::Devices {
+        sdxi: sdxi.as_deref(),
+        chmu: chmu.as_deref(),
+    };
+    match guest_agent::migrate::run(spec, dev) {
+        Ok((r, keep)) => {
+            *retained = Some(keep);
+            Outcome::Ok(Reply::Migrate(Box::new(r)))
+        }
+        Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
+    }
+}
+
+fn migrate_bench(spec: &guest_agent::spec::BenchSpec) -> Outcome {
+    let (sdxi, chmu) = device_bdfs();
+    let dev = guest_agent::migrate::Devices {
+        sdxi: sdxi.as_deref(),
+        chmu: chmu.as_deref(),
+    };
+    match guest_agent::migrate::bench(spec, dev) {
+        Ok(r) => Outcome::Ok(Reply::MigrateBench(r)),
+        Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
+    }
+}
+
 fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p)
         .map(|s| s.trim().to_owned())
@@ -186,6 +228,7 @@ fn run(port: &str) -> std::io::Result<()> {
     )?;
     let mut reader = BufReader::new(f);
     let mut line = String::new();
+    let mut retained: Option<guest_agent::migrate::Retained>;
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -195,6 +238,8 @@ fn run(port: &str) -> std::io::Result<()> {
         if text.is_empty() {
             continue;
         }
+        // The previous migration's memory is no longer needed.
+        retained = None;
         let (id, result, stop) = match serde_json::from_str::<HostMessage>(text) {
             Err(e) => (0, Outcome::Error(format!("bad request: {e}")), false),
             Ok(m) if m.v != PROTOCOL_VERSION => (
@@ -231,6 +276,8 @@ fn run(port: &str) -> std::io::Result<()> {
                     ),
                     false,
                 ),
+                Request::Migrate { spec } => (m.id, migrate(*spec, &mut retained), false),
+                Request::MigrateBench { spec } => (m.id, migrate_bench(&spec), false),
                 Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),
             },
         };

@@ -18,7 +18,7 @@ pub struct HostMessage {
     pub request: Request,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Ping,
@@ -39,6 +39,15 @@ pub enum Request {
         /// CFG1 epoch scale (1 = 100 us ... 5 = 1 s) and multiplier.
         epoch_scale: u8,
         epoch_mult: u16,
+    },
+    /// Run the batched migrator: workload on node 1, hotness source, promotion, batches
+    /// copied by the chosen engines, every copy verified.
+    Migrate {
+        spec: Box<crate::spec::MigrateSpec>,
+    },
+    /// Copy benchmark: engines x folio sizes x batch sizes.
+    MigrateBench {
+        spec: crate::spec::BenchSpec,
     },
     /// Answer, then exit (the init script powers the guest off).
     Shutdown,
@@ -88,6 +97,8 @@ pub enum Reply {
     Inventory(Box<Inventory>),
     SdxiCopy(SdxiCopyReport),
     ChmuHot(ChmuHotReport),
+    Migrate(Box<crate::spec::MigrateReport>),
+    MigrateBench(crate::spec::BenchReport),
     ShuttingDown,
 }
 

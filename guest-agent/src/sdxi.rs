@@ -99,6 +99,7 @@ impl DriverMemory for DmaBuffer {
 }
 
 /// BAR0 registers and BAR2 doorbells through the vfio-pci mmaps.
+#[derive(Debug)]
 struct BarMmio {
     bar0: BarMapping,
     bar2: BarMapping,
@@ -152,72 +153,233 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     device_sdxi::fuzzing::xorshift_bytes(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// An opened, initialised SDXi function: registers and doorbells mapped, MSI-X vectors armed
+/// (vector 0 for the error log, vector `c` for context `c`), the tables in a DMA buffer.
+#[derive(Debug)]
+pub struct Function {
+    dev: VfioDevice,
+    buf: DmaBuffer,
+    mmio: BarMmio,
+    drv: Driver,
+    vectors: Vec<File>,
+    /// Scratch CST_BLK for admin requests.
+    admin_csb: u64,
+    pub init_micros: u64,
+}
+
+impl Function {
+    /// Binds, enables memory space and bus mastering, arms `contexts + 1` vectors, maps
+    /// `TABLES + extra` bytes at [`DMA_IOVA`], runs the init sequence and starts data
+    /// contexts `1..=contexts` with rings of `entries`.
+    pub fn open(bdf: &str, contexts: u16, entries: u32, extra: usize) -> Result<Self, SdxiError> {
+        crate::vfio::bind_vfio_pci(bdf)?;
+        let dev = VfioDevice::open(bdf)?;
+        let cfg = dev.config()?;
+        let cmd = u16::from_le_bytes([cfg[4], cfg[5]]) | 0x6;
+        dev.config_write(4, &cmd.to_le_bytes())?;
+        let vectors = (0..=contexts)
+            .map(|_| eventfd())
+            .collect::<Result<Vec<_>, _>>()?;
+        let fds: Vec<i32> = vectors.iter().map(AsRawFd::as_raw_fd).collect();
+        dev.set_msix(&fds)?;
+        let buf = DmaBuffer::new(&dev, TABLES as usize + extra, DMA_IOVA)?;
+        let mut mmio = BarMmio {
+            bar0: dev.map_bar(u32::from(regs::CONTROL_BAR))?,
+            bar2: dev.map_bar(u32::from(regs::DOORBELL_BAR))?,
+            stride: 4096,
+        };
+        let t0 = Instant::now();
+        let mut drv = Driver::new(&buf, DMA_IOVA, TABLES - (64 << 10))?;
+        let errlog = DMA_IOVA + TABLES - (64 << 10);
+        driver::init_function(&mut mmio, &buf, &mut drv, Some(errlog))?;
+        mmio.stride = 4096 << regs::Cap0::from(mmio.read64(regs::MMIO_CAP0)).db_stride();
+        for c in 1..=contexts {
+            driver::start_context(
+                &mut mmio,
+                &buf,
+                &mut drv,
+                c,
+                entries,
+                Some(c),
+                COMPLETION_TIMEOUT,
+            )?;
+        }
+        let admin_csb = drv.csb(&buf, 0)?;
+        Ok(Self {
+            dev,
+            buf,
+            mmio,
+            drv,
+            vectors,
+            admin_csb,
+            init_micros: t0.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Makes `len` bytes of this process at `vaddr` reachable by the device at `iova`.
+    pub fn map(&self, vaddr: u64, iova: u64, len: u64) -> Result<(), SdxiError> {
+        Ok(self.dev.map_dma(vaddr, iova, len)?)
+    }
+
+    /// Removes a mapping made with [`Function::map`].
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<(), SdxiError> {
+        Ok(self.dev.unmap_dma(iova, len)?)
+    }
+
+    /// The DMA buffer's bytes after the tables: (IOVA, pointer, length).
+    pub fn scratch(&self) -> (u64, *mut u8, usize) {
+        (
+            DMA_IOVA + TABLES,
+            // SAFETY: TABLES < len, inside the buffer.
+            unsafe { self.buf.ptr.add(TABLES as usize) },
+            self.buf.len - TABLES as usize,
+        )
+    }
+
+    pub fn memory(&self) -> &DmaBuffer {
+        &self.buf
+    }
+
+    /// Allocates `n` CST_BLKs in a row (32 bytes apart) from the table space.
+    pub fn alloc_csbs(&mut self, n: usize) -> Result<u64, SdxiError> {
+        Ok(self.drv.alloc(32 * n as u64, 32)?)
+    }
+
+    /// Writes `descs` to context `cxt`'s ring and rings its doorbell.
+    pub fn submit(&mut self, cxt: u16, descs: &[device_sdxi::mem::Descriptor]) {
+        let wi = self.drv.submit(&self.buf, cxt, descs);
+        self.mmio.doorbell(cxt, wi);
+    }
+
+    /// Waits up to `timeout` for context `cxt`'s interrupt (vector `cxt`).
+    pub fn wait_interrupt(&self, cxt: u16, timeout: Duration) -> bool {
+        self.vectors
+            .get(usize::from(cxt))
+            .is_some_and(|v| wait_event(v, timeout))
+    }
+
+    /// Waits up to `timeout` for context `cxt`'s interrupt or an error-log interrupt (vector
+    /// 0) that says the context stopped; true when the context's interrupt came.
+    pub fn wait_interrupt_or_error(&mut self, cxt: u16, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (Some(v), Some(e)) = (
+            self.vectors.get(usize::from(cxt)).map(AsRawFd::as_raw_fd),
+            self.vectors.first().map(AsRawFd::as_raw_fd),
+        ) else {
+            return false;
+        };
+        // Reads one event from a raw eventfd that stays open (owned by self.vectors).
+        let consume = |fd: i32| {
+            let mut b = [0u8; 8];
+            // SAFETY: an 8-byte read into a live buffer from an eventfd we own.
+            unsafe { libc::read(fd, b.as_mut_ptr().cast(), 8) == 8 }
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: v,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: e,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            fds[0].revents = 0;
+            fds[1].revents = 0;
+            // SAFETY: two valid pollfds.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    2,
+                    left.as_millis().min(i32::MAX as u128) as i32,
+                )
+            };
+            if n <= 0 {
+                return false;
+            }
+            if fds[0].revents != 0 && consume(v) {
+                return true;
+            }
+            if fds[1].revents != 0 {
+                consume(e);
+                self.ack_errors();
+                if self.drv.state(&self.buf, cxt) != Some(device_sdxi::mem::CxtState::Run) {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Consumes the error log (ERR_RD = ERR_WRT) and clears ERR_STS (write 1 to clear);
+    /// returns the entries consumed.
+    pub fn ack_errors(&mut self) -> u64 {
+        let (wrt, rd) = (
+            self.mmio.read64(regs::MMIO_ERR_WRT),
+            self.mmio.read64(regs::MMIO_ERR_RD),
+        );
+        self.mmio.write64(regs::MMIO_ERR_RD, wrt);
+        self.mmio.write64(regs::MMIO_ERR_STS, u64::MAX);
+        wrt.wrapping_sub(rd)
+    }
+
+    /// Stops, re-initialises and restarts context `cxt` (after an error or a timeout).
+    pub fn restart(&mut self, cxt: u16) -> Result<(), SdxiError> {
+        driver::restart_context(
+            &mut self.mmio,
+            &self.buf,
+            &mut self.drv,
+            cxt,
+            self.admin_csb,
+            COMPLETION_TIMEOUT,
+        )?;
+        Ok(())
+    }
+
+    /// MMIO_ERR_WRT: error-log entries written so far.
+    pub fn errlog_entries(&mut self) -> u64 {
+        self.mmio.read64(regs::MMIO_ERR_WRT)
+    }
+}
+
 /// Initialises the function, starts context 1 and copies each size through the device,
 /// checking every byte; the last copy is followed by an INTR, awaited on MSI-X vector 1.
 pub fn copy_test(bdf: &str, sizes: &[u64]) -> Result<SdxiCopyReport, SdxiError> {
-    crate::vfio::bind_vfio_pci(bdf)?;
-    let dev = VfioDevice::open(bdf)?;
-    // Memory space and bus mastering on (the device drops DMA and MSI-X without it).
-    let mut cmd = [0u8; 2];
-    let cfg = dev.config()?;
-    cmd.copy_from_slice(&cfg[4..6]);
-    let cmd = u16::from_le_bytes(cmd) | 0x6;
-    dev.config_write(4, &cmd.to_le_bytes())?;
-    let vectors = [eventfd()?, eventfd()?];
-    dev.set_msix(&[vectors[0].as_raw_fd(), vectors[1].as_raw_fd()])?;
     let largest = sizes
         .iter()
         .copied()
         .max()
         .unwrap_or(0)
         .next_multiple_of(4096) as usize;
-    let buf = DmaBuffer::new(&dev, TABLES as usize + 2 * largest, DMA_IOVA)?;
-    let mut mmio = BarMmio {
-        bar0: dev.map_bar(u32::from(regs::CONTROL_BAR))?,
-        bar2: dev.map_bar(u32::from(regs::DOORBELL_BAR))?,
-        stride: 4096,
-    };
-    let t0 = Instant::now();
-    let mut drv = Driver::new(&buf, DMA_IOVA, TABLES - (64 << 10))?;
-    let errlog = DMA_IOVA + TABLES - (64 << 10);
-    driver::init_function(&mut mmio, &buf, &mut drv, Some(errlog))?;
-    mmio.stride = 4096 << regs::Cap0::from(mmio.read64(regs::MMIO_CAP0)).db_stride();
-    driver::start_context(
-        &mut mmio,
-        &buf,
-        &mut drv,
-        1,
-        1024,
-        Some(1),
-        COMPLETION_TIMEOUT,
-    )?;
-    let init_micros = t0.elapsed().as_micros() as u64;
-    let src = DMA_IOVA + TABLES;
+    let mut f = Function::open(bdf, 1, 1024, 2 * largest)?;
+    let (src, _, _) = f.scratch();
     let dst = src + largest as u64;
     let mut results = Vec::new();
     let mut interrupt = false;
     let mut interrupt_micros = 0;
     for (i, &len) in sizes.iter().enumerate() {
         let data = pattern(len as usize, i as u64 + 1);
-        buf.write_bytes(src, &data);
-        buf.write_bytes(dst, &vec![0u8; len as usize]);
-        let csb = drv.csb(&buf, 1)?;
+        f.buf.write_bytes(src, &data);
+        f.buf.write_bytes(dst, &vec![0u8; len as usize]);
+        let csb = f.drv.csb(&f.buf, 1)?;
         let last = i + 1 == sizes.len();
         let mut descs = vec![driver::copy(src, dst, len, Some(csb), false)];
         if last {
             descs.push(driver::intr(0, true));
         }
         let t = Instant::now();
-        let wi = drv.submit(&buf, 1, &descs);
-        mmio.doorbell(1, wi);
-        let done = driver::wait_csb(&buf, csb, COMPLETION_TIMEOUT);
+        f.submit(1, &descs);
+        let done = driver::wait_csb(&f.buf, csb, COMPLETION_TIMEOUT);
         let micros = t.elapsed().as_micros() as u64;
         if last {
-            interrupt = wait_event(&vectors[1], Duration::from_secs(10));
+            interrupt = f.wait_interrupt(1, Duration::from_secs(10));
             interrupt_micros = t.elapsed().as_micros() as u64;
         }
         let mut out = vec![0u8; len as usize];
-        buf.read_bytes(dst, &mut out);
+        f.buf.read_bytes(dst, &mut out);
         let mismatched = out.iter().zip(&data).filter(|(a, b)| a != b).count() as u64;
         results.push(CopyResult {
             bytes: len,
@@ -227,13 +389,12 @@ pub fn copy_test(bdf: &str, sizes: &[u64]) -> Result<SdxiCopyReport, SdxiError> 
             micros,
         });
     }
-    let errlog_entries = mmio.read64(regs::MMIO_ERR_WRT);
     Ok(SdxiCopyReport {
-        init_micros,
+        init_micros: f.init_micros,
         results,
         interrupt_received: interrupt,
         interrupt_micros,
-        errlog_entries,
+        errlog_entries: f.errlog_entries(),
         dma_iova: DMA_IOVA,
     })
 }

@@ -27,6 +27,7 @@ ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE, VFIO_BASE + 9);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
+ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
 /// `struct vfio_iommu_type1_dma_map`.
 #[repr(C)]
@@ -291,6 +292,28 @@ impl VfioDevice {
         // names belongs to this process and stays mapped while the device uses it.
         if unsafe { libc::ioctl(self.container.as_raw_fd(), VFIO_IOMMU_MAP_DMA(), &m) } < 0 {
             return Err(VfioError::sys(&self.bdf, "VFIO_IOMMU_MAP_DMA")(last_err()));
+        }
+        Ok(())
+    }
+
+    /// Removes the device's mapping of `[iova, iova+size)` (unpinning the memory).
+    pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), VfioError> {
+        #[repr(C)]
+        struct DmaUnmap {
+            argsz: u32,
+            flags: u32,
+            iova: u64,
+            size: u64,
+        }
+        let m = DmaUnmap {
+            argsz: std::mem::size_of::<DmaUnmap>() as u32,
+            flags: 0,
+            iova,
+            size,
+        };
+        // SAFETY: the kernel reads (and writes back the size of) a vfio_iommu_type1_dma_unmap.
+        if unsafe { libc::ioctl(self.container.as_raw_fd(), VFIO_IOMMU_UNMAP_DMA(), &m) } < 0 {
+            return Err(VfioError::sys(&self.bdf, "VFIO_IOMMU_UNMAP_DMA")(last_err()));
         }
         Ok(())
     }

@@ -175,6 +175,24 @@ impl VmConfig {
         self.node1_range().map(|_| ())
     }
 
+    /// Guest-physical ranges of each node's RAM: (node, gpa, size, offset in the node's
+    /// backing file). Node 0 may be split around the PCI hole below 4 GiB.
+    pub fn ram_map(&self) -> Result<Vec<(u32, u64, u64, u64)>, ConfigError> {
+        let n0 = self.node0_mib * MIB;
+        let n1 = self.node1_range()?;
+        let below = if n0 + n1.size >= Q35_LOWMEM_SPLIT {
+            Q35_LOWMEM
+        } else {
+            n0 + n1.size
+        };
+        let mut v = vec![(0, 0, n0.min(below), 0)];
+        if n0 > below {
+            v.push((0, FOUR_GIB, n0 - below, below));
+        }
+        v.push((1, n1.base, n1.size, 0));
+        Ok(v)
+    }
+
     /// Where node 1's RAM lands in guest-physical space (QEMU assigns node RAM in order and
     /// splits it around the PCI hole below 4 GiB). It must be one contiguous range.
     pub fn node1_range(&self) -> Result<GpaRange, ConfigError> {
@@ -215,6 +233,27 @@ mod tests {
                 base: 1 << 30,
                 size: 1 << 30
             }
+        );
+    }
+
+    #[test]
+    fn ram_map_splits_node0_around_the_pci_hole() {
+        assert_eq!(
+            VmConfig::default().ram_map().expect("valid"),
+            vec![(0, 0, 1 << 30, 0), (1, 1 << 30, 1 << 30, 0)]
+        );
+        let c = VmConfig {
+            node0_mib: 3072,
+            node1_mib: 1024,
+            ..VmConfig::default()
+        };
+        assert_eq!(
+            c.ram_map().expect("valid"),
+            vec![
+                (0, 0, 2 << 30, 0),
+                (0, 4 << 30, 1 << 30, 2 << 30),
+                (1, 5 << 30, 1 << 30, 0)
+            ]
         );
     }
 

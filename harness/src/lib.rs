@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod kvm;
+pub mod migration;
 pub mod report;
 pub mod scenario;
 pub mod tools;
@@ -90,6 +91,8 @@ pub enum RunError {
     Vm(#[source] vm::VmError, PathBuf),
     #[error("unknown scenario {0:?}; built in: {list}", list = scenario::BUILTIN.iter().map(|s| s.0).collect::<Vec<_>>().join(", "))]
     UnknownScenario(String),
+    #[error(transparent)]
+    Scenario(#[from] migration::ScenarioError),
     #[error("writing results to {}", .0.display())]
     Results(PathBuf, #[source] std::io::Error),
 }
@@ -103,7 +106,7 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::UnknownScenario(_) | Self::Accel(_)
+            Self::Config(_) | Self::UnknownScenario(_) | Self::Accel(_) | Self::Scenario(_)
         )
     }
 }
@@ -161,6 +164,11 @@ pub struct RunResult {
     pub sdxi_copy: Option<guest_agent::protocol::SdxiCopyReport>,
     /// The guest CHMU driver's report (chmu-hot scenario).
     pub chmu_hot: Option<guest_agent::protocol::ChmuHotReport>,
+    /// Each migration run: the migrator's report and the harness's own check of every
+    /// promoted folio through the guest-RAM files (migration scenarios).
+    pub migrate: Vec<migration::MigrateRun>,
+    /// The copy benchmark's report (benchmark scenarios).
+    pub bench: Option<guest_agent::spec::BenchReport>,
     pub teardown: vm::Teardown,
     pub run_dir: PathBuf,
 }
@@ -180,6 +188,13 @@ impl RunResult {
             self.timings.scenario_s,
             self.timings.total_s,
         );
+        for m in &self.migrate {
+            s.push_str(&format!("  run {}:\n", m.name));
+            s.push_str(&migration::migrate_summary(&m.report));
+        }
+        if let Some(b) = &self.bench {
+            s.push_str(&migration::bench_summary(b));
+        }
         for c in &self.checks {
             s.push_str(&format!(
                 "  [{}] {:<26} {}\n",
@@ -204,12 +219,16 @@ pub fn execute(
     progress: &mut dyn Progress,
 ) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
-    if !scenario::BUILTIN.iter().any(|(n, _)| *n == scenario_name) {
+    let file = migration::resolve(scenario_name)?;
+    if file.is_none() && !scenario::BUILTIN.iter().any(|(n, _)| *n == scenario_name) {
         return Err(RunError::UnknownScenario(scenario_name.to_owned()));
     }
-    let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    let mut cfg = match &file {
+        Some(f) => f.apply(cfg, scenario_name)?,
+        None => cfg.clone(),
+    };
+    let (tools, imgs) = provision(&cfg, paths, false, progress)?;
     let provision_s = t0.elapsed().as_secs_f64();
-    let mut cfg = cfg.clone();
     if scenario::uses_chmu(scenario_name) {
         cfg.chmu_feed = true;
     }
@@ -288,6 +307,69 @@ pub fn execute(
     } else {
         None
     };
+    let (mut migrate, mut bench) = (Vec::new(), None);
+    if let Some(f) = &file {
+        for run in f.runs() {
+            if let Some(plan) = &run.sdxi_faults {
+                progress.step(&format!("SDXi fault plan: {plan}"));
+                let mut req = plan.clone();
+                if let Some(o) = req.as_object_mut() {
+                    o.insert("cmd".into(), "fault".into());
+                }
+                vm.control("sdxi", &req).map_err(vm_err)?;
+            }
+            let spec = run.migrate.clone().normalized();
+            progress.step(&format!(
+                "run {}: {} {} folios on node 1, {:?} source, {:?} policy, batches of {}, {:.1}s",
+                run.name,
+                spec.workload.pages,
+                spec.workload.folio.name(),
+                spec.source,
+                spec.engine.policy,
+                spec.batch.size,
+                spec.duration_ms as f64 / 1e3
+            ));
+            let t = timeout + Duration::from_millis(spec.duration_ms);
+            let req = Request::Migrate {
+                spec: Box::new(spec),
+            };
+            let report = match vm.request(req, t).map_err(vm_err)? {
+                Reply::Migrate(r) => r,
+                other => {
+                    return Err(vm_err(vm::VmError::Protocol(format!(
+                        "expected a migration report, got {other:?}"
+                    ))))
+                }
+            };
+            if run.sdxi_faults.is_some() {
+                vm.control("sdxi", &serde_json::json!({ "cmd": "fault" }))
+                    .map_err(vm_err)?;
+            }
+            progress.step(&format!(
+                "checking {} promoted folios in guest RAM",
+                report.migrated.len()
+            ));
+            let host_verify = migration::verify_on_host(&report, &vm);
+            migrate.push(migration::MigrateRun {
+                name: run.name.clone(),
+                report,
+                host_verify,
+            });
+        }
+        if let Some(spec) = &f.bench {
+            progress.step("copy benchmark: engines x folio sizes x batch sizes");
+            let t = timeout * 10;
+            let req = Request::MigrateBench { spec: spec.clone() };
+            match vm.request(req, t).map_err(vm_err)? {
+                Reply::MigrateBench(r) => bench = Some(r),
+                other => {
+                    return Err(vm_err(vm::VmError::Protocol(format!(
+                        "expected a benchmark report, got {other:?}"
+                    ))))
+                }
+            }
+        }
+    }
     let scenario_s = t1.elapsed().as_secs_f64();
     progress.step("shutting down");
     let t2 = Instant::now();
@@ -301,6 +383,25 @@ pub fn execute(
             r,
             teardown.counters.get("cxl_hmu"),
         ));
+    }
+    if let Some(f) = &file {
+        let runs = f.runs();
+        for (m, spec) in migrate.iter().zip(&runs) {
+            let mut c = migration::migrate_checks(
+                &m.report,
+                &m.host_verify,
+                &spec.expect,
+                teardown.counters.get("sdxi"),
+            );
+            if runs.len() > 1 {
+                c.iter_mut()
+                    .for_each(|c| c.name = format!("{}.{}", m.name, c.name));
+            }
+            checks.extend(c);
+        }
+    }
+    if let (Some(r), Some(spec)) = (&bench, file.as_ref().and_then(|f| f.bench.as_ref())) {
+        checks.extend(migration::bench_checks(spec, r));
     }
     checks.push(scenario::Check {
         name: "no_stray_processes".into(),
@@ -327,6 +428,8 @@ pub fn execute(
         inventory,
         sdxi_copy,
         chmu_hot,
+        migrate,
+        bench,
         teardown,
         run_dir: run.dir.clone(),
     };

@@ -63,7 +63,9 @@ enum Cmd {
     },
     /// Boot the test bed and run one scenario; writes result.json and logs to a run directory.
     Run {
-        /// Scenarios to run, one after another (see `harness scenarios`).
+        /// Scenarios to run, one after another: built-in names (see `harness scenarios`) or
+        /// scenario files (`*.toml` with a `[migrate]` or `[bench]` table; see
+        /// harness/scenarios/ for annotated examples).
         #[arg(default_value = harness::scenario::DEFAULT)]
         scenarios: Vec<String>,
         /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
@@ -260,10 +262,18 @@ fn run_matrix(
 ) -> ExitCode {
     if let Some(bad) = scenarios
         .iter()
-        .find(|s| !harness::scenario::BUILTIN.iter().any(|(n, _)| n == *s))
+        .find(|s| !harness::scenario::BUILTIN.iter().any(|(n, _)| n == *s) && !s.ends_with(".toml"))
     {
-        eprintln!("error: unknown scenario {bad:?} (see `harness scenarios`)");
+        eprintln!(
+            "error: unknown scenario {bad:?} (see `harness scenarios`; a scenario file must end in .toml)"
+        );
         return ExitCode::from(EXIT_USAGE);
+    }
+    for s in scenarios.iter().filter(|s| s.ends_with(".toml")) {
+        if let Err(e) = harness::migration::resolve(s) {
+            print_chain(&e);
+            return ExitCode::from(EXIT_USAGE);
+        }
     }
     let limit = timeout.map(std::time::Duration::from_secs);
     let outcomes = harness::run_matrix(
@@ -356,8 +366,11 @@ fn main() -> ExitCode {
     let (vm_args, scenario, results, json) = match &cli.command {
         Cmd::Scenarios => {
             for (n, d) in harness::scenario::BUILTIN {
-                println!("{n:<12} {d}");
+                println!("{n:<14} {d}");
             }
+            println!(
+                "\nA scenario can also be a file: harness run path/to/scenario.toml (see harness/scenarios/)."
+            );
             return ExitCode::SUCCESS;
         }
         Cmd::Bringup {

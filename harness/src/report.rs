@@ -173,6 +173,8 @@ mod tests {
             inventory: Default::default(),
             sdxi_copy: None,
             chmu_hot: None,
+            migrate: Vec::new(),
+            bench: None,
             teardown: Default::default(),
             run_dir: "/tmp/run".into(),
         }

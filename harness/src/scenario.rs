@@ -24,6 +24,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "inventory, then a guest workload with a known hot set on node 1; the CHMU (fed by the chmu-tap TCG plugin) must report the hot pages",
     ),
     (
+        "migrate",
+        "the main job: Zipf workload on node 1, CHMU hints, promotion, batches of 512 copied by SDXi, every copy verified in the guest and by the harness",
+    ),
+    (
+        "migrate-bench",
+        "copy benchmark: move_pages / CPU / SDXi x 4 KiB and 2 MiB folios x batches of 1, 64, 512 (GB/s, guest CPU s/GB, first-folio latency)",
+    ),
+    (
         "all",
         "inventory, sdxi-copy and chmu-hot in one boot (the CHMU feed on throughout)",
     ),
@@ -88,7 +96,7 @@ pub fn chmu_hot_checks(
 }
 
 /// The scenario `harness demo` runs.
-pub const DEFAULT: &str = "all";
+pub const DEFAULT: &str = "migrate";
 
 /// Sizes the sdxi-copy scenario copies.
 pub const SDXI_COPY_SIZES: &[u64] = &[1, 4096, 65536, 2 << 20, 16 << 20];

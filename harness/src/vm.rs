@@ -170,6 +170,8 @@ pub struct Vm {
     started: Instant,
     pub hello_after: Duration,
     pub node1: GpaRange,
+    /// (node, gpa, size, file offset) of guest RAM, read through `node<N>.ram`.
+    ram_map: Vec<(u32, u64, u64, u64)>,
 }
 
 /// Directories of running test beds' device control sockets (`harness inspect` looks here).
@@ -205,6 +207,31 @@ pub fn control_request(
     let mut answer = String::new();
     BufReader::new(s).read_line(&mut answer)?;
     serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
+impl crate::migration::GuestRam for Vm {
+    fn node_of(&self, gpa: u64) -> Option<u32> {
+        self.ram_map
+            .iter()
+            .find(|(_, base, size, _)| (*base..base + size).contains(&gpa))
+            .map(|r| r.0)
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = gpa + buf.len() as u64;
+        let Some(&(node, base, _, off)) = self
+            .ram_map
+            .iter()
+            .find(|(_, base, size, _)| *base <= gpa && end <= base + size)
+        else {
+            return Err(std::io::Error::other(format!(
+                "{gpa:#x}+{:#x} is not inside one RAM range",
+                buf.len()
+            )));
+        };
+        let f = std::fs::File::open(self.ram_dir.join(format!("node{node}.ram")))?;
+        std::os::unix::fs::FileExt::read_exact_at(&f, buf, off + gpa - base)
+    }
 }
 
 impl std::fmt::Debug for Vm {
@@ -472,6 +499,9 @@ impl Vm {
             started,
             hello_after: Duration::ZERO,
             node1,
+            ram_map: cfg
+                .ram_map()
+                .map_err(|e| VmError::Protocol(e.to_string()))?,
         };
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
@@ -718,6 +748,24 @@ impl Vm {
     }
 
     /// Sends one request and waits for its response.
+    /// A request to a device server's control socket (`device` is `sdxi` or `cxl-hmu`); an
+    /// answer with an `error` field is an error.
+    pub fn control(
+        &self,
+        device: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, VmError> {
+        let path = self.sock_dir.join(format!("{device}.ctl"));
+        let a = control_request(&path, request, Duration::from_secs(10))
+            .map_err(|e| VmError::Protocol(format!("control socket {}: {e}", path.display())))?;
+        if let Some(e) = a.get("error") {
+            return Err(VmError::Protocol(format!(
+                "{device} refused {request}: {e}"
+            )));
+        }
+        Ok(a)
+    }
+
     pub fn request(&mut self, request: Request, timeout: Duration) -> Result<Reply, VmError> {
         let id = self.next_id;
         self.next_id += 1;

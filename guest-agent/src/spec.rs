@@ -1,0 +1,565 @@
+//! What a migration run is asked to do ([`MigrateSpec`], also the `[migrate]` table of a
+//! harness scenario file) and what it reports ([`MigrateReport`], [`BenchReport`]). Shared by
+//! the agent and the harness, so both read the same field names and defaults.
+//!
+//! The defaults follow the kernel work the migrator models (see `migrate` for the mapping):
+//! pghot's frequency threshold 2, window 3 s, rate limit 65536 MB/s and target node 0;
+//! kmigrated's batch of 512 folios (64-1024) and 100 ms wake-up.
+
+use serde::{Deserialize, Serialize};
+
+/// Folio size of the workload's pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FolioSize {
+    /// 4 KiB base pages (shmem).
+    #[default]
+    #[serde(rename = "4k")]
+    Base,
+    /// 2 MiB huge pages (hugetlbfs).
+    #[serde(rename = "2m")]
+    Huge,
+}
+
+impl FolioSize {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::Base => 4096,
+            Self::Huge => 2 << 20,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Base => "4k",
+            Self::Huge => "2m",
+        }
+    }
+}
+
+/// Which pages the workload favours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    /// Every page equally likely.
+    Uniform,
+    /// Page ranks follow a Zipf law with exponent `zipf_s` (ranks shuffled over the pages).
+    #[default]
+    Zipf,
+    /// `hot_fraction` of the pages get 90 % of the accesses; the hot set moves every
+    /// `phase_ms`.
+    Phases,
+}
+
+/// The synthetic workload: threads reading and writing a working set placed on node 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Working-set size in folios.
+    pub pages: u32,
+    pub folio: FolioSize,
+    pub threads: u32,
+    pub pattern: Pattern,
+    pub zipf_s: f64,
+    /// Share of the pages that counts as the hot set (Phases; and the "known hot set" the
+    /// report scores sources against for Zipf: the most likely pages).
+    pub hot_fraction: f64,
+    pub phase_ms: u64,
+    /// Percent of accesses that are writes (each an increment of the thread's own counter in
+    /// the page, so lost writes are counted exactly).
+    pub write_percent: u8,
+    pub seed: u64,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        Self {
+            pages: 2048,
+            folio: FolioSize::Base,
+            threads: 1,
+            pattern: Pattern::Zipf,
+            zipf_s: 1.0,
+            hot_fraction: 0.1,
+            phase_ms: 2000,
+            write_percent: 20,
+            seed: 1,
+        }
+    }
+}
+
+/// Where hotness information comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The CXL Hotness Monitoring Unit's hotlist (hardware hints; needs the chmu-tap feed).
+    #[default]
+    Chmu,
+    /// DAMON (virtual-address ops, page-table Accessed bits) through sysfs.
+    Damon,
+    /// Every workload page is a candidate at once (engine tests and benchmarks).
+    All,
+}
+
+/// The promotion engine (a model of pghot / kpromoted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromotionSpec {
+    /// Accesses within one window that make a page hot.
+    pub threshold: u32,
+    pub window_ms: u64,
+    /// Promotion rate limit in MB/s (token bucket, one second deep).
+    pub rate_limit_mbps: u64,
+    pub target_node: u32,
+}
+
+impl Default for PromotionSpec {
+    fn default() -> Self {
+        Self {
+            threshold: 2,
+            window_ms: 3000,
+            rate_limit_mbps: 65536,
+            target_node: 0,
+        }
+    }
+}
+
+/// The batching migrator (a model of kmigrated + migrate_pages_batch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Flush at this many folios (64..=1024; 1 for page-at-a-time baselines).
+    pub size: u32,
+    /// ... or when the oldest candidate has waited this long.
+    pub timeout_ms: u64,
+    /// Tune the size between 64 and 1024 from measured per-folio cost.
+    pub auto_tune: bool,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            size: 512,
+            timeout_ms: 100,
+            auto_tune: false,
+        }
+    }
+}
+
+/// Which engine copies a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// CPU threads copying (optionally with non-temporal stores).
+    Cpu,
+    /// The SDXi engine: one COPY descriptor per folio, one doorbell and one interrupt per
+    /// batch and channel.
+    #[default]
+    Sdxi,
+    /// The kernel's `move_pages(2)` on the batch (it unmaps, copies and remaps itself).
+    MovePages,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Sdxi => "sdxi",
+            Self::MovePages => "move_pages",
+        }
+    }
+}
+
+/// How each batch's engine is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    Cpu,
+    #[default]
+    Sdxi,
+    MovePages,
+    /// SDXi for huge folios or batches of at least `dma_min_batch` folios, the CPU otherwise
+    /// (the seeds' "DMA vs CPU" question: offload pays off only for large copies).
+    Auto,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSpec {
+    pub policy: Policy,
+    pub cpu_threads: u32,
+    pub nt_stores: bool,
+    /// SDXi contexts used as channels (a batch is split across them).
+    pub sdxi_channels: u32,
+    pub dma_min_batch: u32,
+    /// A batch whose DMA has not completed by then falls back to the CPU.
+    pub dma_timeout_ms: u64,
+}
+
+impl Default for EngineSpec {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Sdxi,
+            cpu_threads: 2,
+            nt_stores: false,
+            sdxi_channels: 1,
+            dma_min_batch: 64,
+            dma_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A whole migration run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrateSpec {
+    pub workload: WorkloadSpec,
+    pub source: SourceKind,
+    pub promotion: PromotionSpec,
+    pub batch: BatchSpec,
+    pub engine: EngineSpec,
+    /// How long the workload runs (ms).
+    pub duration_ms: u64,
+    /// Period of the node-0 access-fraction time series (ms).
+    pub sample_ms: u64,
+    /// How often the source is polled (ms): the CHMU hotlist drain, DAMON's region update.
+    pub scan_ms: u64,
+    /// CHMU: hotlist threshold (unit accesses per epoch) and epoch (CFG1 scale, multiplier).
+    pub chmu_threshold: u32,
+    pub chmu_epoch_scale: u8,
+    pub chmu_epoch_mult: u16,
+}
+
+impl MigrateSpec {
+    /// Fills the zero "unset" timing fields with their defaults.
+    pub fn normalized(mut self) -> Self {
+        if self.duration_ms == 0 {
+            self.duration_ms = 6000;
+        }
+        if self.sample_ms == 0 {
+            self.sample_ms = 250;
+        }
+        if self.scan_ms == 0 {
+            self.scan_ms = 50;
+        }
+        if self.chmu_threshold == 0 {
+            self.chmu_threshold = 2;
+        }
+        if self.chmu_epoch_scale == 0 {
+            self.chmu_epoch_scale = 3;
+            self.chmu_epoch_mult = 5;
+        }
+        self
+    }
+
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let w = &self.workload;
+        let bad = |f: &str, why: &str| Err(format!("migrate.{f}: {why}"));
+        if w.pages == 0 || w.pages > 1 << 20 {
+            return bad("workload.pages", "must be 1..=1048576 folios");
+        }
+        if w.threads == 0 || w.threads > 64 {
+            return bad("workload.threads", "must be 1..=64");
+        }
+        if w.write_percent > 100 {
+            return bad("workload.write_percent", "must be 0..=100");
+        }
+        if !(0.0..=1.0).contains(&w.hot_fraction) || w.hot_fraction == 0.0 {
+            return bad("workload.hot_fraction", "must be in (0, 1]");
+        }
+        if !(w.zipf_s > 0.0 && w.zipf_s < 10.0) {
+            return bad("workload.zipf_s", "must be in (0, 10)");
+        }
+        if self.batch.size == 0 || self.batch.size > 1024 {
+            return bad("batch.size", "must be 1..=1024");
+        }
+        if self.engine.cpu_threads == 0 || self.engine.cpu_threads > 64 {
+            return bad("engine.cpu_threads", "must be 1..=64");
+        }
+        if self.engine.sdxi_channels == 0 || self.engine.sdxi_channels > 16 {
+            return bad("engine.sdxi_channels", "must be 1..=16");
+        }
+        if self.promotion.threshold == 0 {
+            return bad("promotion.threshold", "must be at least 1");
+        }
+        if self.promotion.target_node != 0 {
+            return bad(
+                "promotion.target_node",
+                "only node 0 (the DRAM tier) is a promotion target in this test bed",
+            );
+        }
+        if self.workload.folio == FolioSize::Huge && self.source == SourceKind::Damon {
+            return bad(
+                "source",
+                "DAMON's virtual-address ops do not report hugetlb pages; use 4k folios",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Median, 90th and 99th percentile and maximum of a sample (microseconds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(mut v: Vec<u64>) -> Self {
+        if v.is_empty() {
+            return Self::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Self {
+            count: v.len() as u64,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// One batch as the migrator saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchStat {
+    pub engine: EngineKind,
+    pub folios: u32,
+    /// Start (ms since the run began), total latency, and when its first folio was usable
+    /// again (remapped) (us).
+    pub start_ms: u64,
+    pub latency_us: u64,
+    pub first_folio_us: u64,
+    pub copy_us: u64,
+    /// Guest CPU time the migration of this batch took (migrator and copy threads), ns.
+    pub cpu_ns: u64,
+    /// Folios the DMA engine failed (or did not finish) that the CPU copied instead.
+    pub fallback_folios: u32,
+}
+
+/// Per-engine totals.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineSummary {
+    pub engine: EngineKind,
+    pub batches: u64,
+    pub folios: u64,
+    pub bytes: u64,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// Guest CPU seconds per GB migrated.
+    pub cpu_s_per_gb: f64,
+    pub gb_per_s: f64,
+}
+
+/// What the hotness source reported, scored against the workload's known hot set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStats {
+    pub source: SourceKind,
+    /// Raw records (hotlist entries, DAMON regions) and the folios they named.
+    pub records: u64,
+    pub folios_reported: u64,
+    /// Records that did not name a workload folio (other memory on node 1).
+    pub foreign_records: u64,
+    pub known_hot: u64,
+    /// Known-hot folios the source reported, and reported folios that are not known-hot.
+    pub hot_reported: u64,
+    pub other_reported: u64,
+}
+
+/// Migration correctness, as the guest checked it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyStats {
+    /// Folios whose checksum was taken before the copy (source) and after (destination).
+    pub copies_checked: u64,
+    pub copy_mismatches: u64,
+    /// Writes the workload made, and what the pages' counters add up to (equal: none lost).
+    pub writes: u64,
+    pub counted_writes: u64,
+    /// Write faults that waited for a batch (userfaultfd write-protect events).
+    pub writers_blocked: u64,
+    pub fallback_folios: u64,
+    pub dma_errors: u64,
+    /// Folios `move_pages(2)` (query mode) finds on node 0 / node 1 / elsewhere at the end.
+    pub on_node0: u64,
+    pub on_node1: u64,
+    pub on_other: u64,
+    /// Promoted folios not on node 0 at the end.
+    pub promoted_not_on_node0: u64,
+}
+
+/// A promoted folio at the end of the run: its guest-physical address and the checksum of
+/// its contents as the workload sees them, so the harness can check the bytes itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigratedFolio {
+    pub index: u32,
+    pub gpa: u64,
+    pub checksum: u64,
+}
+
+/// The migrator's report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrateReport {
+    pub spec: MigrateSpec,
+    pub folio_bytes: u64,
+    pub folios: u64,
+    pub duration_ms: u64,
+    pub promoted: u64,
+    /// Known-hot folios among the promoted ones.
+    pub hot_promoted: u64,
+    pub bytes_migrated: u64,
+    pub promoted_per_s: f64,
+    /// Candidates held back by the rate limit (promotion attempts deferred).
+    pub rate_limited: u64,
+    pub batches: Vec<BatchStat>,
+    pub batch_latency_us: Percentiles,
+    pub first_folio_us: Percentiles,
+    pub engines: Vec<EngineSummary>,
+    /// (ms since start, share of the workload's accesses that hit a folio on node 0).
+    pub node0_fraction: Vec<(u64, f64)>,
+    pub accesses: u64,
+    pub source: SourceStats,
+    pub verify: VerifyStats,
+    /// Batch sizes the auto-tuner chose, in order (empty without auto-tuning).
+    pub tuned_sizes: Vec<u32>,
+    pub migrated: Vec<MigratedFolio>,
+    /// Notes on anything degraded (a source that could not start, etc.).
+    pub notes: Vec<String>,
+}
+
+/// The copy benchmark: every engine moves the same amount of memory from node 1 to node 0
+/// in batches of each size, for each folio size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BenchSpec {
+    pub folios: Vec<FolioSize>,
+    pub batch_sizes: Vec<u32>,
+    pub engines: Vec<EngineKind>,
+    /// Bytes moved per case (rounded up to whole batches; at least one batch).
+    pub bytes_4k: u64,
+    pub bytes_2m: u64,
+    pub cpu_threads: u32,
+    pub sdxi_channels: u32,
+}
+
+impl Default for BenchSpec {
+    fn default() -> Self {
+        Self {
+            folios: vec![FolioSize::Base, FolioSize::Huge],
+            batch_sizes: vec![1, 64, 512],
+            engines: vec![EngineKind::MovePages, EngineKind::Cpu, EngineKind::Sdxi],
+            bytes_4k: 4 << 20,
+            bytes_2m: 128 << 20,
+            cpu_threads: 2,
+            sdxi_channels: 1,
+        }
+    }
+}
+
+/// One (engine, folio size, batch size) case of the benchmark.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BenchCase {
+    pub engine: EngineKind,
+    pub folio: FolioSize,
+    pub batch: u32,
+    pub folios: u64,
+    pub bytes: u64,
+    pub wall_s: f64,
+    pub gb_per_s: f64,
+    /// The copy step alone (no write-protect, verification or remap): for move_pages, the
+    /// whole system call.
+    pub copy_gb_per_s: f64,
+    pub cpu_s_per_gb: f64,
+    /// Mean time from a batch's start until its first folio is usable again (us).
+    pub first_folio_us: f64,
+    pub mismatches: u64,
+    /// Throughput relative to move_pages(2) with the same folio and batch size.
+    pub vs_move_pages: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub cases: Vec<BenchCase>,
+}
+
+/// The checksum both sides compute over a folio's bytes (the harness over guest RAM files).
+/// 64-bit words folded with a multiply-rotate; the length is mixed in.
+pub fn folio_checksum(bytes: &[u8]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(23);
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_defaults_are_the_kernel_defaults() {
+        let s = MigrateSpec::default().normalized();
+        assert_eq!(s.batch.size, 512);
+        assert_eq!(s.promotion.threshold, 2);
+        assert_eq!(s.promotion.window_ms, 3000);
+        assert_eq!(s.promotion.rate_limit_mbps, 65536);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn spec_parses_from_toml_like_json_and_rejects_unknown_fields() {
+        let s: MigrateSpec = serde_json::from_str(
+            r#"{"workload":{"pages":64,"folio":"2m","pattern":"phases"},"engine":{"policy":"auto"}}"#,
+        )
+        .expect("parse");
+        assert_eq!(s.workload.folio, FolioSize::Huge);
+        assert_eq!(s.workload.pattern, Pattern::Phases);
+        assert_eq!(s.engine.policy, Policy::Auto);
+        assert!(serde_json::from_str::<MigrateSpec>(r#"{"workload":{"pagez":1}}"#).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = MigrateSpec::default();
+        s.batch.size = 2000;
+        assert!(s.validate().expect_err("too big").contains("batch.size"));
+        let mut s = MigrateSpec::default();
+        s.workload.folio = FolioSize::Huge;
+        s.source = SourceKind::Damon;
+        assert!(s
+            .validate()
+            .expect_err("no DAMON on hugetlb")
+            .contains("source"));
+    }
+
+    #[test]
+    fn percentiles() {
+        let p = Percentiles::of((1..=100).collect());
+        assert_eq!(
+            (p.count, p.p50, p.p90, p.p99, p.max),
+            (100, 51, 90, 99, 100)
+        );
+        assert_eq!(Percentiles::of(Vec::new()), Percentiles::default());
+    }
+
+    #[test]
+    fn checksum_sees_every_byte_and_the_length() {
+        let a = vec![7u8; 4096];
+        let base = folio_checksum(&a);
+        for i in [0, 1, 7, 8, 4095] {
+            let mut b = a.clone();
+            b[i] ^= 1;
+            assert_ne!(folio_checksum(&b), base, "byte {i}");
+        }
+        assert_ne!(folio_checksum(&a[..4095]), base);
+    }
+}
