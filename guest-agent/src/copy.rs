@@ -122,6 +122,9 @@ pub struct SdxiCopy {
     max_batch: usize,
     timeout: Duration,
     pub restarts: u64,
+    /// A context could not be restarted: the engine is given up on and every later batch goes
+    /// to the CPU at once (a dead or hung device must not cost a timeout per batch).
+    pub failed_engine: bool,
 }
 
 impl SdxiCopy {
@@ -144,6 +147,7 @@ impl SdxiCopy {
             max_batch,
             timeout,
             restarts: 0,
+            failed_engine: false,
         })
     }
 }
@@ -188,6 +192,10 @@ impl CopyEngine for SdxiCopy {
 
     fn copy(&mut self, batch: &[FolioCopy]) -> CopyOutcome {
         let mut out = CopyOutcome::default();
+        if self.failed_engine {
+            out.failed.extend(0..batch.len());
+            return out;
+        }
         let per = batch.len().div_ceil(usize::from(self.channels)).max(1);
         let mut pending: Vec<Vec<usize>> = Vec::new();
         for (c, start) in (0..batch.len()).step_by(per).enumerate() {
@@ -236,8 +244,11 @@ impl CopyEngine for SdxiCopy {
                 // The context stopped (or hung): stop it for good before anything else touches
                 // these folios, re-initialise it, and resubmit what never ran.
                 self.restarts += 1;
-                if let Err(e) = self.f.restart(cxt) {
-                    eprintln!("guest-agent: SDXi context {cxt} could not be restarted: {e}");
+                if let Err(e) = self.f.restart(cxt, self.timeout) {
+                    eprintln!(
+                        "guest-agent: SDXi context {cxt} could not be restarted ({e}); the CPU copies from now on"
+                    );
+                    self.failed_engine = true;
                     out.failed.extend(not_run);
                     break;
                 }

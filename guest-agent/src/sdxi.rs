@@ -326,15 +326,16 @@ impl Function {
         wrt.wrapping_sub(rd)
     }
 
-    /// Stops, re-initialises and restarts context `cxt` (after an error or a timeout).
-    pub fn restart(&mut self, cxt: u16) -> Result<(), SdxiError> {
+    /// Stops, re-initialises and restarts context `cxt` (after an error or a timeout), each
+    /// admin step waiting up to `timeout`.
+    pub fn restart(&mut self, cxt: u16, timeout: Duration) -> Result<(), SdxiError> {
         driver::restart_context(
             &mut self.mmio,
             &self.buf,
             &mut self.drv,
             cxt,
             self.admin_csb,
-            COMPLETION_TIMEOUT,
+            timeout,
         )?;
         Ok(())
     }

@@ -68,6 +68,9 @@ pub struct VmConfig {
     /// Process fault: SIGKILL this process (`sdxi-server`, `cxl-hmu-server` or `qemu`) once
     /// the guest agent is ready, to check that the test bed reports it and cleans up.
     pub kill_after_boot: Option<String>,
+    /// With `kill_after_boot`: wait this many milliseconds after the agent is ready first, so
+    /// the fault lands in the middle of the scenario (e.g. during a migration batch).
+    pub kill_delay_ms: u64,
     /// Device trace categories written to the run directory (`sdxi-trace.log`,
     /// `cxl-hmu-trace.log`), e.g. "mmio,descriptor" or "all"; empty for none.
     pub trace: String,
@@ -97,6 +100,7 @@ impl Default for VmConfig {
             chmu_clock: ChmuClock::Host,
             trace: String::new(),
             kill_after_boot: None,
+            kill_delay_ms: 0,
             iommu: true,
         }
     }

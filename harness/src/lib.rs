@@ -2,8 +2,11 @@
 //! scenario, checks it and reports. The `harness` binary is a thin CLI over [`execute`].
 
 pub mod config;
+pub mod console;
+pub mod document;
 pub mod kvm;
 pub mod migration;
+pub mod plots;
 pub mod report;
 pub mod scenario;
 pub mod tools;
@@ -203,7 +206,10 @@ impl RunResult {
                 c.detail
             ));
         }
-        s.push_str(&format!("  results and logs: {}\n", self.run_dir.display()));
+        s.push_str(&format!(
+            "  results and logs: {} (report.md / report.html with plots)\n",
+            self.run_dir.display()
+        ));
         s
     }
 }
@@ -246,8 +252,25 @@ pub fn execute(
         vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
     let boot = vm.hello_after.as_secs_f64();
     if let Some(k) = &cfg.kill_after_boot {
-        progress.step(&format!("process fault: killing {k}"));
-        vm.kill_child(k);
+        if cfg.kill_delay_ms == 0 {
+            progress.step(&format!("process fault: killing {k}"));
+            vm.kill_child(k);
+        } else if let Some(pid) = vm.pid_of(k) {
+            // A delayed kill is a fault the run goes on without, where the guest survives.
+            vm.tolerate_death(k);
+            progress.step(&format!(
+                "process fault: {k} will be killed in {} ms",
+                cfg.kill_delay_ms
+            ));
+            let delay = Duration::from_millis(cfg.kill_delay_ms);
+            let name = k.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                tracing::warn!(name, "killing on request (process fault, delayed)");
+                // SAFETY: kill(2) of the child's process group (it leads its own group).
+                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+            });
+        }
     }
     progress.step(&format!(
         "guest agent ready after {boot:.1}s; running scenario {scenario_name}"
@@ -437,6 +460,7 @@ pub fn execute(
     let json = serde_json::to_vec_pretty(&result)
         .map_err(|e| RunError::Results(path.clone(), e.into()))?;
     std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
+    document::write(&result, &run.dir).map_err(|e| RunError::Results(run.path("report.md"), e))?;
     Ok(result)
 }
 
@@ -602,6 +626,8 @@ pub struct BringupSpec {
     /// Module tree matching `kernel` (…/lib/modules/RELEASE), for the modules the test bed
     /// itself loads (vfio, uio) and for `--build-module` nothing else is needed.
     pub modules_dir: Option<PathBuf>,
+    /// An interactive shell on the guest console instead of a script.
+    pub console: bool,
 }
 
 /// What happened in a bring-up run (`bringup.json`).
@@ -692,16 +718,41 @@ pub fn bringup(
     let initrd = run.path("initrd-bringup.cpio");
     let mut bytes =
         std::fs::read(&imgs.initramfs).map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?;
-    bytes.extend(images::initramfs::bringup_archive(&mods, script.as_deref()));
+    bytes.extend(images::initramfs::bringup_archive(
+        &mods,
+        script.as_deref(),
+        spec.console,
+    ));
     std::fs::write(&initrd, bytes).map_err(|e| RunError::Results(initrd.clone(), e))?;
     progress.step(&format!(
         "booting for driver bring-up ({} modules, accel {})",
         mods.len(),
         accel.accel
     ));
-    let boot = vm::Boot::Bringup { initrd };
+    let boot = vm::Boot::Bringup {
+        initrd,
+        console: spec.console,
+    };
     let mut vm = vm::Vm::start_with(cfg, &boot, &imgs, &tools, accel.accel, &run, interrupted)
         .map_err(vm_err)?;
+    if let Some(con) = vm.take_console() {
+        progress.step("guest console attached (Ctrl-] leaves)");
+        let ended =
+            console::attach(con).map_err(|e| RunError::Results(run.path("console.log"), e))?;
+        if ended == console::Ended::Detached {
+            vm.kill_child("qemu");
+        }
+        let teardown = vm
+            .finish(Duration::from_secs(cfg.request_timeout_s))
+            .map_err(vm_err)?;
+        return Ok(BringupReport {
+            modules: Vec::new(),
+            exit_code: None,
+            output: String::new(),
+            teardown,
+            run_dir: run.dir.clone(),
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_s + cfg.request_timeout_s);
     let (modules, exit_code, output) = match vm
         .next_message(deadline, "the bring-up report")

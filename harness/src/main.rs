@@ -63,9 +63,9 @@ enum Cmd {
     },
     /// Boot the test bed and run one scenario; writes result.json and logs to a run directory.
     Run {
-        /// Scenarios to run, one after another: built-in names (see `harness scenarios`) or
-        /// scenario files (`*.toml` with a `[migrate]` or `[bench]` table; see
-        /// harness/scenarios/ for annotated examples).
+        /// Scenarios to run, one after another: built-in names (see `harness scenarios`),
+        /// scenario files (`*.toml` with a `[migrate]` or `[bench]` table, or `[[runs]]`; see
+        /// harness/scenarios/ for annotated examples) or directories of scenario files.
         #[arg(default_value = harness::scenario::DEFAULT)]
         scenarios: Vec<String>,
         /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
@@ -115,8 +115,12 @@ enum Cmd {
         #[arg(long, value_name = "DIR", requires = "kernel_image")]
         modules_dir: Option<PathBuf>,
         /// A shell script to run in the guest (busybox sh) after the modules are loaded.
-        #[arg(long, value_name = "SCRIPT")]
+        #[arg(long, value_name = "SCRIPT", conflicts_with = "console")]
         run: Option<PathBuf>,
+        /// An interactive shell on the guest console instead of a script (standard input and
+        /// output; Ctrl-C goes to the guest, Ctrl-] leaves, `exit` powers the guest off).
+        #[arg(long)]
+        console: bool,
         /// Put the virtual IOMMU in front of the devices (driver DMA addresses are IOVAs) or not
         /// (guest-physical).
         #[arg(long, value_enum, default_value = "on")]
@@ -210,6 +214,10 @@ struct VmArgs {
     /// qemu); the run must report it and clean up.
     #[arg(long, value_name = "PROC")]
     kill_after_boot: Option<String>,
+    /// With --kill-after-boot: kill that many milliseconds after the agent is ready, so the
+    /// fault lands mid-scenario (e.g. during a migration batch).
+    #[arg(long, value_name = "MS", requires = "kill_after_boot")]
+    kill_delay_ms: Option<u64>,
     /// Use this sdxi-server binary instead of building it.
     #[arg(long, value_name = "PATH")]
     sdxi_server: Option<PathBuf>,
@@ -231,6 +239,9 @@ impl VmArgs {
              chmu_clock => chmu_clock, chmu_sample => chmu_sample, trace => trace);
         if self.kill_after_boot.is_some() {
             cfg.kill_after_boot = self.kill_after_boot.clone();
+        }
+        if let Some(ms) = self.kill_delay_ms {
+            cfg.kill_delay_ms = ms;
         }
         if self.qemu.is_some() {
             cfg.qemu = self.qemu.clone();
@@ -380,6 +391,7 @@ fn main() -> ExitCode {
             kernel_image,
             modules_dir,
             run,
+            console,
             iommu,
             results,
         } => {
@@ -397,6 +409,7 @@ fn main() -> ExitCode {
                     })
                     .collect(),
                 script: run.clone(),
+                console: *console,
             };
             return match harness::bringup(
                 &cfg,
@@ -411,11 +424,18 @@ fn main() -> ExitCode {
                         eprintln!("module {m}");
                     }
                     print!("{}", r.output);
-                    eprintln!(
-                        "script exit code {:?}; run directory {}",
-                        r.exit_code,
-                        r.run_dir.display()
-                    );
+                    if *console {
+                        eprintln!(
+                            "console session ended; run directory {} (console.log)",
+                            r.run_dir.display()
+                        );
+                    } else {
+                        eprintln!(
+                            "script exit code {:?}; run directory {}",
+                            r.exit_code,
+                            r.run_dir.display()
+                        );
+                    }
                     ExitCode::from(u8::try_from(r.status()).unwrap_or(1))
                 }
                 Err(e) => {
@@ -557,7 +577,14 @@ fn main() -> ExitCode {
             results,
             json,
         } => {
-            let selected = harness::report::select(scenarios, *shard);
+            let scenarios = match harness::report::expand_dirs(scenarios) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let selected = harness::report::select(&scenarios, *shard);
             if selected.len() != 1 || junit.is_some() || scenario_timeout.is_some() {
                 vm.apply(&mut cfg);
                 return run_matrix(

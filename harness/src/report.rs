@@ -31,6 +31,34 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// Replaces each argument that is a directory by the scenario files (`*.toml`) in it, sorted.
+pub fn expand_dirs(args: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for a in args {
+        let p = std::path::Path::new(a);
+        if !p.is_dir() {
+            out.push(a.clone());
+            continue;
+        }
+        let rd =
+            std::fs::read_dir(p).map_err(|e| format!("reading scenario directory {a}: {e}"))?;
+        let mut files: Vec<String> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
+        if files.is_empty() {
+            return Err(format!(
+                "scenario directory {a} holds no *.toml scenario files"
+            ));
+        }
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
 /// The scenarios this shard runs, in a stable order (sorted, duplicates removed).
 pub fn select(scenarios: &[String], shard: Option<Shard>) -> Vec<String> {
     let mut all: Vec<String> = scenarios.to_vec();
@@ -139,12 +167,12 @@ pub fn junit_xml(outcomes: &[Outcome]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scenario::Check;
 
     /// A result with every field present (for the schema check).
-    pub(super) fn sample_result() -> RunResult {
+    pub(crate) fn sample_result() -> RunResult {
         result("inventory", vec![("a", true)])
     }
 
@@ -178,6 +206,29 @@ mod tests {
             teardown: Default::default(),
             run_dir: "/tmp/run".into(),
         }
+    }
+
+    #[test]
+    fn directories_expand_to_their_scenario_files() {
+        let d = std::env::temp_dir().join(format!("tierbed-dirs-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        for f in ["b.toml", "a.toml", "notes.txt"] {
+            std::fs::write(d.join(f), "").expect("file");
+        }
+        let ds = d.to_string_lossy().into_owned();
+        let got = expand_dirs(&["inventory".into(), ds.clone()]).expect("expand");
+        assert_eq!(
+            got,
+            vec![
+                "inventory".to_owned(),
+                format!("{ds}/a.toml"),
+                format!("{ds}/b.toml")
+            ]
+        );
+        std::fs::remove_file(d.join("a.toml")).ok();
+        std::fs::remove_file(d.join("b.toml")).ok();
+        assert!(expand_dirs(&[ds]).expect_err("empty").contains("no *.toml"));
+        std::fs::remove_dir_all(d).ok();
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub struct Teardown {
     pub counters: serde_json::Map<String, serde_json::Value>,
     /// Processes still alive that belong to this run (must be empty).
     pub stray_processes: Vec<u32>,
+    /// Processes killed as a planned fault while the run went on: (name, exit status).
+    pub killed: Vec<(String, String)>,
 }
 
 /// A running test-bed VM.
@@ -172,6 +174,10 @@ pub struct Vm {
     pub node1: GpaRange,
     /// (node, gpa, size, file offset) of guest RAM, read through `node<N>.ram`.
     ram_map: Vec<(u32, u64, u64, u64)>,
+    /// The guest console, when it is interactive.
+    console: Option<UnixStream>,
+    /// Children whose death is a planned fault the run goes on without.
+    tolerated: Vec<String>,
 }
 
 /// Directories of running test beds' device control sockets (`harness inspect` looks here).
@@ -344,8 +350,9 @@ pub enum Boot {
     #[default]
     Agent,
     /// Driver bring-up: the user's modules and script; `initrd` is the initramfs with the
-    /// bring-up archive appended.
-    Bringup { initrd: PathBuf },
+    /// bring-up archive appended. With `console` the guest console is a socket the harness
+    /// bridges to the user's terminal (`Vm::take_console`).
+    Bringup { initrd: PathBuf, console: bool },
 }
 
 impl Boot {
@@ -359,7 +366,7 @@ impl Boot {
     fn initrd(&self, images: &Images) -> PathBuf {
         match self {
             Self::Agent => images.initramfs.clone(),
-            Self::Bringup { initrd } => initrd.clone(),
+            Self::Bringup { initrd, .. } => initrd.clone(),
         }
     }
 }
@@ -431,7 +438,18 @@ pub fn qemu_args(
             ),
         ]);
     }
-    push(&["-chardev", &format!("file,id=con,path={}", d(console))]);
+    if matches!(boot, Boot::Bringup { console: true, .. }) {
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=con,path={},logfile={}",
+                d(&sock_dir.join("console.sock")),
+                d(console)
+            ),
+        ]);
+    } else {
+        push(&["-chardev", &format!("file,id=con,path={}", d(console))]);
+    }
     push(&["-serial", "chardev:con"]);
     push(&[
         "-chardev",
@@ -502,6 +520,8 @@ impl Vm {
             ram_map: cfg
                 .ram_map()
                 .map_err(|e| VmError::Protocol(e.to_string()))?,
+            console: None,
+            tolerated: Vec::new(),
         };
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
@@ -550,6 +570,10 @@ impl Vm {
         drop(hmu_l);
 
         let agent_l = bind(&vm.sock_dir.join("agent.sock"))?;
+        let console_l = match boot {
+            Boot::Bringup { console: true, .. } => Some(bind(&vm.sock_dir.join("console.sock"))?),
+            _ => None,
+        };
         agent_l
             .set_nonblocking(true)
             .map_err(|source| VmError::Io {
@@ -596,6 +620,9 @@ impl Vm {
         info!(accel, control = %vm.sock_dir.display(), "QEMU started; device control sockets in this directory");
 
         let deadline = started + Duration::from_secs(cfg.boot_timeout_s);
+        if let Some(l) = &console_l {
+            vm.console = Some(vm.accept(l, deadline)?);
+        }
         let stream = vm.accept(&agent_l, deadline)?;
         let tx = stream.try_clone().map_err(|source| VmError::Io {
             what: "cloning agent socket",
@@ -645,6 +672,9 @@ impl Vm {
             return Err(VmError::Interrupted);
         }
         for p in &mut self.procs {
+            if self.tolerated.iter().any(|t| t == p.name) {
+                continue;
+            }
             if let Ok(Some(st)) = p.child.try_wait() {
                 return Err(VmError::ChildExited {
                     name: p.name,
@@ -747,7 +777,25 @@ impl Vm {
         }
     }
 
-    /// Sends one request and waits for its response.
+    /// The interactive guest console (once; `Boot::Bringup` with `console`).
+    pub fn take_console(&mut self) -> Option<UnixStream> {
+        self.console.take()
+    }
+
+    /// Lets the run go on when child `name` dies (a planned process fault); the teardown lists
+    /// it under `killed`.
+    pub fn tolerate_death(&mut self, name: &str) {
+        self.tolerated.push(name.to_owned());
+    }
+
+    /// The process-group id of child `name` (its pid), while it runs.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
     /// A request to a device server's control socket (`device` is `sdxi` or `cxl-hmu`); an
     /// answer with an `error` field is an error.
     pub fn control(
@@ -766,6 +814,7 @@ impl Vm {
         Ok(a)
     }
 
+    /// Sends one request and waits for its response.
     pub fn request(&mut self, request: Request, timeout: Duration) -> Result<Reply, VmError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -836,6 +885,13 @@ impl Vm {
                 .and_then(|b| serde_json::from_slice(&b).ok())
             {
                 t.counters.insert(key.into(), v);
+            }
+        }
+        for p in self.procs.iter_mut() {
+            if self.tolerated.iter().any(|n| n == p.name) {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    t.killed.push((p.name.to_owned(), st.to_string()));
+                }
             }
         }
         self.kill_all();

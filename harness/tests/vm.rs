@@ -639,3 +639,70 @@ fn the_copy_benchmark_runs_every_engine_folio_and_batch_size_verified() {
     }
     std::fs::remove_dir_all(out).ok();
 }
+
+#[test]
+fn bringup_console_is_an_interactive_shell_on_the_guest_console() {
+    use std::io::{Read, Write};
+    let _vm = serial();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["bringup", "--console", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("harness bringup --console");
+    let mut out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = out.read(&mut b) {
+            if n == 0 || tx.send(b[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |what: &str, seen: &mut Vec<u8>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !String::from_utf8_lossy(seen).contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.extend(b),
+                Err(_) => panic!("{what:?} never appeared: {}", String::from_utf8_lossy(seen)),
+            }
+        }
+    };
+    wait_for("~ # ", &mut seen);
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"echo answer-$((6*7)); ls /sys/bus/pci/drivers/vfio-pci | grep -c :\n")
+        .expect("type");
+    wait_for("answer-42", &mut seen);
+    stdin.write_all(b"exit\n").expect("type");
+    let st = child.wait().expect("wait");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(st.success(), "{text}");
+    assert!(text.contains("devices are unclaimed"), "{text}");
+}
+
+#[test]
+fn an_sdxi_server_killed_mid_migration_costs_no_page_and_no_write() {
+    let _vm = serial();
+    let (r, out) = run(
+        &VmConfig::default(),
+        &scenario_file("kill-sdxi.toml"),
+        "kill-sdxi",
+    );
+    assert_eq!(r.teardown.killed.len(), 1, "{:?}", r.teardown);
+    assert_eq!(r.teardown.killed[0].0, "sdxi-server");
+    let m = &r.migrate[0].report;
+    let offloaded = m.batches.iter().filter(|b| b.fallback_folios == 0).count();
+    let fell_back = m.batches.iter().filter(|b| b.fallback_folios > 0).count();
+    assert!(
+        offloaded > 0 && fell_back > 0,
+        "the kill landed mid-run: {offloaded} batches by the engine, {fell_back} by the CPU"
+    );
+    assert_eq!(m.verify.writes, m.verify.counted_writes);
+    assert_eq!(r.migrate[0].host_verify.matched, 4096);
+    std::fs::remove_dir_all(out).ok();
+}

@@ -119,8 +119,14 @@ if [ "$mode" = bringup ]; then
       fi
     done < /bringup/modules
   fi
-  /bin/guest-agent --port /dev/ttyS1 --bringup
-  echo "tierbed: guest-agent exited with $?"
+  if [ -f /bringup/console ]; then
+    cat /tmp/bringup-modules.log
+    echo "tierbed: bring-up console; the devices are unclaimed. exit (or Ctrl-D) powers off, Ctrl-] leaves."
+    setsid cttyhack sh
+  else
+    /bin/guest-agent --port /dev/ttyS1 --bringup
+    echo "tierbed: guest-agent exited with $?"
+  fi
 elif [ "$mode" = shell ]; then
   setsid cttyhack sh
 else
@@ -133,7 +139,12 @@ poweroff -f
 /// An archive to append to the initramfs for `tierbed.mode=bringup` (the kernel unpacks
 /// concatenated archives in order): the user's modules (loaded in order with their
 /// parameters) and an optional script the agent runs, returning its output and exit code.
-pub fn bringup_archive(modules: &[(String, String, Vec<u8>)], script: Option<&[u8]>) -> Vec<u8> {
+/// With `console` the guest gives a shell on its console instead of running the agent.
+pub fn bringup_archive(
+    modules: &[(String, String, Vec<u8>)],
+    script: Option<&[u8]>,
+    console: bool,
+) -> Vec<u8> {
     let mut c = Cpio::new();
     c.dir("bringup");
     let mut list = String::new();
@@ -144,6 +155,9 @@ pub fn bringup_archive(modules: &[(String, String, Vec<u8>)], script: Option<&[u
     c.file("bringup/modules", 0o644, list.as_bytes());
     if let Some(s) = script {
         c.file("bringup/run.sh", 0o755, s);
+    }
+    if console {
+        c.file("bringup/console", 0o644, b"");
     }
     c.finish()
 }
