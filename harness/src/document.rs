@@ -68,7 +68,7 @@ fn latency_figure(name: &str, r: &MigrateReport) -> Option<Figure> {
         ),
         svg: plots::histogram(
             &format!("Batch latency: {name}"),
-            "latency bucket (from)",
+            "batch latency (bars start at powers of two)",
             &series,
         ),
     })

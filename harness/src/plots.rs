@@ -213,8 +213,10 @@ pub fn bar_chart(
     for (gi, (label, vals)) in groups.iter().enumerate() {
         let gx = LEFT + gi as f64 * gw + gw * 0.1;
         for (si, v) in vals.iter().enumerate() {
-            let Some(v) = v else { continue };
-            let (x, y) = (gx + si as f64 * bw, f.py(*v));
+            let Some(v) = v.filter(|v| *v > 0.0) else {
+                continue;
+            };
+            let (x, y) = (gx + si as f64 * bw, f.py(v));
             let _ = write!(
                 f.svg,
                 r##"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect>"##,
@@ -222,7 +224,7 @@ pub fn bar_chart(
                 (H - BOTTOM - y).max(0.0),
                 COLORS[si % COLORS.len()],
                 esc(&series_names[si]),
-                fmt_tick(*v)
+                fmt_tick(v)
             );
         }
         let _ = write!(
