@@ -10,7 +10,7 @@
 //!   late DMA can never overwrite a folio after the fallback.
 
 use crate::arena::thread_cpu_ns;
-use crate::sdxi::{Function, SdxiError};
+use crate::sdxi::{Function, SdxiError, Wait};
 use crate::spec::EngineKind;
 use device_sdxi::driver::{self, DriverMemory};
 use std::time::{Duration, Instant};
@@ -152,11 +152,37 @@ impl SdxiCopy {
     }
 }
 
+/// How often a waiting driver looks at the completion blocks itself, in case the interrupt
+/// was lost.
+const POLL_SLICE: Duration = Duration::from_millis(20);
+
 /// Submission rounds per channel and batch: after an error the context is restarted and the
 /// descriptors that never ran are submitted again.
 const MAX_ROUNDS: u32 = 64;
 
 impl SdxiCopy {
+    /// Waits for channel `c`'s interrupt; true if it came. Every [`POLL_SLICE`] the
+    /// completion blocks are checked too, so a lost interrupt costs a slice, not the timeout.
+    fn wait(&mut self, c: usize, n: usize, deadline: Instant) -> bool {
+        let cxt = c as u16 + 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.f.wait_interrupt_or_error(cxt, left.min(POLL_SLICE)) {
+                Wait::Interrupt => return true,
+                Wait::Stopped => return false,
+                Wait::Timeout if left.is_zero() => return false,
+                Wait::Timeout => {
+                    let m = self.f.memory();
+                    let all_done =
+                        (0..n).all(|j| driver::csb_status(m, self.csbs[c] + 32 * j as u64).0 == 0);
+                    if all_done {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes COPY descriptors for `items` (indices into `batch`) with completion blocks
     /// `0..items.len()` of channel `c`, then an INTR, and rings the doorbell once.
     fn submit(&mut self, c: usize, batch: &[FolioCopy], items: &[usize]) {
@@ -214,8 +240,7 @@ impl CopyEngine for SdxiCopy {
             let mut round = 0;
             while !items.is_empty() {
                 round += 1;
-                let left = deadline.saturating_duration_since(Instant::now());
-                let irq = self.f.wait_interrupt_or_error(cxt, left);
+                let irq = self.wait(c, items.len(), deadline);
                 let mut not_run = Vec::new();
                 for (j, &i) in items.iter().enumerate() {
                     // A stale event may wake us early: poll each completion block until the

@@ -183,6 +183,7 @@ impl<'a> Mover<'a> {
                 };
                 helper_cpu_ns += out.helper_cpu_ns;
                 self.verify.dma_errors += out.dma_errors;
+                self.verify.lost_interrupts += out.lost_interrupts;
                 for &i in &out.failed {
                     copy_folio(&copies[i], self.cpu.nt);
                 }

@@ -393,6 +393,92 @@ mod tests {
         assert_eq!(p.take(1, 10), vec![9, 5]);
     }
 
+    /// A source that replays scripted findings, one list per poll.
+    struct FakeSource(std::collections::VecDeque<Vec<(u32, u32)>>);
+
+    impl crate::sources::HotnessSource for FakeSource {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Chmu
+        }
+        fn poll(&mut self) -> crate::sources::Findings {
+            let hits = self.0.pop_front().unwrap_or_default();
+            crate::sources::Findings {
+                records: hits.len() as u64,
+                hits,
+                foreign: 0,
+            }
+        }
+    }
+
+    /// The migrator's loop (poll every 50 ms, hand hot folios to the batcher, flush) on a fake
+    /// clock: (time, batch) of every flush.
+    fn drive(
+        src: &mut dyn crate::sources::HotnessSource,
+        p: &mut Promoter,
+        b: &mut Batcher,
+        until_ms: u64,
+    ) -> Vec<(u64, Vec<u32>)> {
+        let mut out = Vec::new();
+        for now in (0..until_ms).step_by(10) {
+            if now % 50 == 0 {
+                for (f, n) in src.poll().hits {
+                    p.record(f, n, src.kind(), now);
+                }
+            }
+            for f in p.take(now, 2048) {
+                b.push(f, now);
+            }
+            while let Some(batch) = b.flush(now) {
+                out.push((now, batch));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hot_folios_from_a_source_reach_batches_and_one_off_accesses_do_not() {
+        // Folios 0..600 are seen twice (hot at threshold 2), 1000..1100 once (cold).
+        let polls = vec![
+            (0..600)
+                .map(|f| (f, 1))
+                .chain((1000..1100).map(|f| (f, 1)))
+                .collect(),
+            (0..600).map(|f| (f, 1)).collect(),
+        ];
+        let mut src = FakeSource(polls.into());
+        let mut p = Promoter::new(2, 3000, 65536, PAGE);
+        let mut b = Batcher::new(512, 100, false);
+        let batches = drive(&mut src, &mut p, &mut b, 1000);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].0, 50, "full at the second poll");
+        assert_eq!(batches[0].1.len(), 512);
+        assert_eq!(batches[1].0, 150, "the remaining 88 at the 100 ms timeout");
+        assert_eq!(batches[1].1.len(), 88);
+        let all: std::collections::HashSet<u32> = batches
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        assert_eq!(all, (0..600).collect());
+    }
+
+    #[test]
+    fn a_rate_limited_source_spreads_batches_over_time() {
+        // 4 MB/s of 4 KiB folios: 976 folios in the first second's bucket, ~10 per 10 ms after.
+        let polls = vec![(0..2000).map(|f| (f, 2)).collect()];
+        let mut src = FakeSource(polls.into());
+        let mut p = Promoter::new(2, 3000, 4, PAGE);
+        let mut b = Batcher::new(512, 100, false);
+        let batches = drive(&mut src, &mut p, &mut b, 1000);
+        let handed = p.counters.handed_out;
+        assert!(
+            (1900..=1960).contains(&handed),
+            "one second's bucket (976) plus 990 ms at 4 MB/s (966): {handed}"
+        );
+        assert!(batches.len() >= 3, "{} batches", batches.len());
+        assert!(batches.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(p.counters.rate_limited > 0);
+    }
+
     #[test]
     fn a_batch_goes_when_full() {
         let mut b = Batcher::new(4, 100, false);

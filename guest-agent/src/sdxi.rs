@@ -153,6 +153,16 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     device_sdxi::fuzzing::xorshift_bytes(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// How a wait for a context's completion interrupt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The context's vector fired.
+    Interrupt,
+    /// The error log says the context stopped (a descriptor error).
+    Stopped,
+    Timeout,
+}
+
 /// An opened, initialised SDXi function: registers and doorbells mapped, MSI-X vectors armed
 /// (vector 0 for the error log, vector `c` for context `c`), the tables in a DMA buffer.
 #[derive(Debug)]
@@ -259,14 +269,14 @@ impl Function {
     }
 
     /// Waits up to `timeout` for context `cxt`'s interrupt or an error-log interrupt (vector
-    /// 0) that says the context stopped; true when the context's interrupt came.
-    pub fn wait_interrupt_or_error(&mut self, cxt: u16, timeout: Duration) -> bool {
+    /// 0) that says the context stopped.
+    pub fn wait_interrupt_or_error(&mut self, cxt: u16, timeout: Duration) -> Wait {
         let deadline = Instant::now() + timeout;
         let (Some(v), Some(e)) = (
             self.vectors.get(usize::from(cxt)).map(AsRawFd::as_raw_fd),
             self.vectors.first().map(AsRawFd::as_raw_fd),
         ) else {
-            return false;
+            return Wait::Timeout;
         };
         // Reads one event from a raw eventfd that stays open (owned by self.vectors).
         let consume = |fd: i32| {
@@ -299,16 +309,16 @@ impl Function {
                 )
             };
             if n <= 0 {
-                return false;
+                return Wait::Timeout;
             }
             if fds[0].revents != 0 && consume(v) {
-                return true;
+                return Wait::Interrupt;
             }
             if fds[1].revents != 0 {
                 consume(e);
                 self.ack_errors();
                 if self.drv.state(&self.buf, cxt) != Some(device_sdxi::mem::CxtState::Run) {
-                    return false;
+                    return Wait::Stopped;
                 }
             }
         }

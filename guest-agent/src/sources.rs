@@ -135,8 +135,10 @@ impl DamonSource {
         put(attrs.join("intervals/sample_us"), sample_us)?;
         put(attrs.join("intervals/aggr_us"), aggr_us)?;
         put(attrs.join("intervals/update_us"), aggr_us * 10)?;
-        let regions = (n / 4).clamp(10, 1000);
-        put(attrs.join("nr_regions/max"), regions * 2)?;
+        // Every poll reads each region's files through sysfs, which is slow in a TCG guest:
+        // a few hundred regions keep a poll in the tens of milliseconds.
+        let regions = (n / 32).clamp(10, 100);
+        put(attrs.join("nr_regions/max"), regions * 3)?;
         put(attrs.join("nr_regions/min"), regions)?;
         put(c.join("targets/nr_targets"), 1)?;
         put(c.join("targets/0/pid_target"), std::process::id())?;

@@ -383,6 +383,9 @@ pub struct VerifyStats {
     pub writers_blocked: u64,
     pub fallback_folios: u64,
     pub dma_errors: u64,
+    /// Batches whose completion interrupt did not come although every copy completed (seen
+    /// by polling the completion blocks).
+    pub lost_interrupts: u64,
     /// Folios `move_pages(2)` (query mode) finds on node 0 / node 1 / elsewhere at the end.
     pub on_node0: u64,
     pub on_node1: u64,

@@ -25,6 +25,10 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
         "migrate-bench",
         include_str!("../scenarios/migrate-bench.toml"),
     ),
+    (
+        "compare-sources",
+        include_str!("../scenarios/compare-sources.toml"),
+    ),
 ];
 
 /// What a migration run must show (every bound optional).
@@ -514,6 +518,23 @@ mod tests {
         assert_eq!(spec.batch.size, 512);
         let c = m.apply(&VmConfig::default(), "migrate").expect("apply");
         assert!(c.chmu_feed, "a CHMU source turns the feed on");
+    }
+
+    #[test]
+    fn every_built_in_scenario_is_either_classic_or_a_file() {
+        let classic = ["inventory", "sdxi-copy", "chmu-hot", "all"];
+        for (name, _) in crate::scenario::BUILTIN {
+            let file = resolve(name).expect("parses");
+            assert_eq!(
+                file.is_some(),
+                !classic.contains(name),
+                "{name}: a built-in that is not classic must be a scenario file"
+            );
+        }
+        assert_eq!(
+            BUILTIN_FILES.len() + classic.len(),
+            crate::scenario::BUILTIN.len()
+        );
     }
 
     #[test]

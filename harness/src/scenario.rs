@@ -32,6 +32,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "copy benchmark: move_pages / CPU / SDXi x 4 KiB and 2 MiB folios x batches of 1, 64, 512 (GB/s, guest CPU s/GB, first-folio latency)",
     ),
     (
+        "compare-sources",
+        "the same Zipf workload twice in one boot: CHMU hints vs DAMON as the hotness source",
+    ),
+    (
         "all",
         "inventory, sdxi-copy and chmu-hot in one boot (the CHMU feed on throughout)",
     ),

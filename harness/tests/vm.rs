@@ -591,7 +591,15 @@ fn every_engine_moves_the_same_pages_under_writers_and_dma_faults_fall_back_per_
     let names: Vec<&str> = r.migrate.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        ["cpu", "sdxi", "move_pages", "huge-auto", "dma-faults"]
+        [
+            "cpu",
+            "sdxi",
+            "move_pages",
+            "huge-auto",
+            "dma-faults",
+            "lost-interrupts",
+            "auto-tune"
+        ]
     );
     let moved = |name: &str| -> Vec<u32> {
         let m = r.migrate.iter().find(|m| m.name == name).expect(name);
@@ -610,6 +618,17 @@ fn every_engine_moves_the_same_pages_under_writers_and_dma_faults_fall_back_per_
     }
     let faults = &r.migrate[4].report.verify;
     assert!(faults.dma_errors > 0 && faults.fallback_folios == faults.dma_errors);
+    let lost = &r.migrate[5].report.verify;
+    assert!(lost.lost_interrupts > 0, "{lost:?}");
+    assert_eq!(
+        lost.fallback_folios, 0,
+        "a lost interrupt is not a failed copy"
+    );
+    let tuned = &r.migrate[6].report.tuned_sizes;
+    assert!(
+        tuned.iter().any(|&s| s > 64) && tuned.iter().all(|s| (64..=1024).contains(s)),
+        "the tuner moved the batch size within 64..=1024: {tuned:?}"
+    );
     std::fs::remove_dir_all(out).ok();
 }
 
