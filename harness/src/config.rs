@@ -52,6 +52,9 @@ pub struct VmConfig {
     pub node1_bandwidth_mbs: u64,
     /// Highest SDXi context ID (CAP1.max_cxt).
     pub sdxi_max_cxt: u16,
+    /// The SDXi engine completes the descriptors between two fences in reverse order
+    /// (`sdxi-server --force-out-of-order`), to test drivers' handling of it.
+    pub sdxi_out_of_order: bool,
     /// Number of CHMU instances.
     pub chmu_instances: u8,
     /// Extra kernel command-line arguments.
@@ -71,6 +74,10 @@ pub struct VmConfig {
     /// With `kill_after_boot`: wait this many milliseconds after the agent is ready first, so
     /// the fault lands in the middle of the scenario (e.g. during a migration batch).
     pub kill_delay_ms: u64,
+    /// With `kill_after_boot`: kill only once the SDXi server has executed this many COPY
+    /// descriptors (after `kill_delay_ms`), so the fault lands between batches of a migration
+    /// however fast the machine is. The run goes on without the process.
+    pub kill_after_sdxi_copies: Option<u64>,
     /// Device trace categories written to the run directory (`sdxi-trace.log`,
     /// `cxl-hmu-trace.log`), e.g. "mmio,descriptor" or "all"; empty for none.
     pub trace: String,
@@ -93,6 +100,7 @@ impl Default for VmConfig {
             node0_bandwidth_mbs: 20_000,
             node1_bandwidth_mbs: 5_000,
             sdxi_max_cxt: 64,
+            sdxi_out_of_order: false,
             chmu_instances: 2,
             kernel_args: String::new(),
             chmu_feed: false,
@@ -101,6 +109,7 @@ impl Default for VmConfig {
             trace: String::new(),
             kill_after_boot: None,
             kill_delay_ms: 0,
+            kill_after_sdxi_copies: None,
             iommu: true,
         }
     }

@@ -252,20 +252,40 @@ pub fn execute(
         vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
     let boot = vm.hello_after.as_secs_f64();
     if let Some(k) = &cfg.kill_after_boot {
-        if cfg.kill_delay_ms == 0 {
+        if cfg.kill_delay_ms == 0 && cfg.kill_after_sdxi_copies.is_none() {
             progress.step(&format!("process fault: killing {k}"));
             vm.kill_child(k);
         } else if let Some(pid) = vm.pid_of(k) {
-            // A delayed kill is a fault the run goes on without, where the guest survives.
+            // A planned, later kill is a fault the run goes on without, where the guest survives.
             vm.tolerate_death(k);
             progress.step(&format!(
-                "process fault: {k} will be killed in {} ms",
-                cfg.kill_delay_ms
+                "process fault: {k} will be killed after {} ms{}",
+                cfg.kill_delay_ms,
+                cfg.kill_after_sdxi_copies
+                    .map_or(String::new(), |n| format!(" and {n} SDXi COPY descriptors"))
             ));
             let delay = Duration::from_millis(cfg.kill_delay_ms);
-            let name = k.clone();
+            let (name, copies, ctl) = (
+                k.clone(),
+                cfg.kill_after_sdxi_copies,
+                vm.control_path("sdxi"),
+            );
             std::thread::spawn(move || {
                 std::thread::sleep(delay);
+                if let Some(n) = copies {
+                    let req = serde_json::json!({ "cmd": "counters" });
+                    loop {
+                        let done = vm::control_request(&ctl, &req, Duration::from_secs(5))
+                            .ok()
+                            .and_then(|c| c["registers"]["engine"]["descriptors"]["copy"].as_u64());
+                        match done {
+                            Some(d) if d >= n => break,
+                            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+                            // The server is gone or not answering: nothing left to wait for.
+                            None => break,
+                        }
+                    }
+                }
                 tracing::warn!(name, "killing on request (process fault, delayed)");
                 // SAFETY: kill(2) of the child's process group (it leads its own group).
                 unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
@@ -543,73 +563,165 @@ pub fn bench_tap(
     })
 }
 
-/// Runs `scenarios` one after another (a 2-core machine runs one VM at a time), each within
-/// `limit` if given; Ctrl-C stops the whole matrix.
+/// The number of scenarios `harness run` runs at once by default: a TCG guest with two vCPUs
+/// and its device servers keep about two cores busy, so one per two cores (at least one).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// Runs one scenario of a matrix within `limit`; Ctrl-C (`interrupted`) stops it.
+fn run_one(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    name: &str,
+    results_dir: Option<&Path>,
+    limit: Option<Duration>,
+    interrupted: &Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> report::Outcome {
+    // A per-scenario stop flag, set by Ctrl-C or by the time limit.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, done, timed_out, global) = (
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            Arc::clone(&timed_out),
+            Arc::clone(interrupted),
+        );
+        let deadline = limit.map(|l| Instant::now() + l);
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if global.load(std::sync::atomic::Ordering::Relaxed) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    let t = Instant::now();
+    let r = execute(cfg, paths, name, results_dir, stop, progress);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    match r {
+        Ok(r) => report::Outcome::Ran(Box::new(r)),
+        Err(e) => {
+            let mut message = if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+                format!("time limit of {:?} exceeded", limit.unwrap_or_default())
+            } else {
+                e.to_string()
+            };
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                message.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            report::Outcome::Error {
+                scenario: name.to_owned(),
+                message,
+                seconds: t.elapsed().as_secs_f64(),
+            }
+        }
+    }
+}
+
+/// Runs `scenarios`, `jobs` at a time (each VM is independent: its own sockets, guest-RAM
+/// files and run directory), each within `limit` if given; Ctrl-C stops the whole matrix.
+/// Outcomes come back in the order of `scenarios`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_matrix(
     cfg: &VmConfig,
     paths: &ToolPaths,
     scenarios: &[String],
     results_dir: Option<&Path>,
     limit: Option<Duration>,
+    jobs: usize,
     interrupted: Arc<AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Vec<report::Outcome> {
-    let mut out = Vec::new();
-    for (i, name) in scenarios.iter().enumerate() {
-        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-            break;
+    let total = scenarios.len();
+    if jobs <= 1 || total <= 1 {
+        let mut out = Vec::new();
+        for (i, name) in scenarios.iter().enumerate() {
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            progress.step(&format!("scenario {}/{total}: {name}", i + 1));
+            out.push(run_one(
+                cfg,
+                paths,
+                name,
+                results_dir,
+                limit,
+                &interrupted,
+                progress,
+            ));
         }
-        progress.step(&format!("scenario {}/{}: {name}", i + 1, scenarios.len()));
-        // A per-scenario stop flag, set by Ctrl-C or by the time limit.
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let timed_out = Arc::new(AtomicBool::new(false));
-        {
-            let (stop, done, timed_out, global) = (
-                Arc::clone(&stop),
-                Arc::clone(&done),
-                Arc::clone(&timed_out),
-                Arc::clone(&interrupted),
-            );
-            let deadline = limit.map(|l| Instant::now() + l);
-            std::thread::spawn(move || {
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    if global.load(std::sync::atomic::Ordering::Relaxed) {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+        return out;
+    }
+    // Build and provision once, before the workers share the cache.
+    if let Err(e) = provision(cfg, paths, false, progress) {
+        return scenarios
+            .iter()
+            .map(|n| report::Outcome::Error {
+                scenario: n.clone(),
+                message: e.to_string(),
+                seconds: 0.0,
+            })
+            .collect();
+    }
+    progress.step(&format!("{total} scenarios, {jobs} at a time"));
+    // Popped from the end: reversed, so the first scenario starts first.
+    let queue = std::sync::Mutex::new(scenarios.iter().enumerate().rev().collect::<Vec<_>>());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(total) {
+            let (queue, tx, interrupted) = (&queue, tx.clone(), &interrupted);
+            s.spawn(move || loop {
+                if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop();
+                let Some((i, name)) = next else { return };
+                let o = run_one(
+                    cfg,
+                    paths,
+                    name,
+                    results_dir,
+                    limit,
+                    interrupted,
+                    &mut images::Silent,
+                );
+                if tx.send((i, o)).is_err() {
+                    return;
                 }
             });
         }
-        let t = Instant::now();
-        let r = execute(cfg, paths, name, results_dir, stop, progress);
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        out.push(match r {
-            Ok(r) => report::Outcome::Ran(Box::new(r)),
-            Err(e) => {
-                let mut message = if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-                    format!("time limit of {:?} exceeded", limit.unwrap_or_default())
-                } else {
-                    e.to_string()
-                };
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    message.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                report::Outcome::Error {
-                    scenario: name.clone(),
-                    message,
-                    seconds: t.elapsed().as_secs_f64(),
-                }
-            }
-        });
-    }
-    out
+        drop(tx);
+        let mut done: Vec<(usize, report::Outcome)> = Vec::new();
+        for (i, o) in rx {
+            let verdict = match &o {
+                report::Outcome::Ran(r) if r.passed => "passed".to_owned(),
+                report::Outcome::Ran(_) => "FAILED".to_owned(),
+                report::Outcome::Error { message, .. } => format!("error: {message}"),
+            };
+            done.push((i, o));
+            progress.step(&format!(
+                "{}/{total} done: {} {verdict}",
+                done.len(),
+                scenarios[i]
+            ));
+        }
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, o)| o).collect()
+    })
 }
 
 /// Driver bring-up: the user's modules (loaded in order, with parameters) and script, with

@@ -68,6 +68,10 @@ enum Cmd {
         /// harness/scenarios/ for annotated examples) or directories of scenario files.
         #[arg(default_value = harness::scenario::DEFAULT)]
         scenarios: Vec<String>,
+        /// Scenarios run at once [default: one per two cores, so 1 on a 2-core machine]; each
+        /// VM is independent (own sockets, guest-RAM files, run directory).
+        #[arg(long, short = 'j', value_name = "N")]
+        jobs: Option<usize>,
         /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
         #[arg(long, value_name = "K/N")]
         shard: Option<harness::report::Shard>,
@@ -264,6 +268,7 @@ fn run_matrix(
     cfg: &VmConfig,
     vm: &VmArgs,
     scenarios: &[String],
+    jobs: usize,
     results: Option<&std::path::Path>,
     junit: Option<&std::path::Path>,
     timeout: Option<u64>,
@@ -293,6 +298,7 @@ fn run_matrix(
         scenarios,
         results,
         limit,
+        jobs.max(1),
         Arc::clone(&interrupted),
         rep,
     );
@@ -570,6 +576,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run {
             scenarios,
+            jobs,
             shard,
             junit,
             scenario_timeout,
@@ -591,6 +598,7 @@ fn main() -> ExitCode {
                     &cfg,
                     vm,
                     &selected,
+                    jobs.unwrap_or_else(harness::default_jobs),
                     results.as_deref(),
                     junit.as_deref(),
                     *scenario_timeout,

@@ -67,7 +67,10 @@ impl RunDir {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let dir = base.join(format!("{stamp}-{}", std::process::id()));
+        // Unique per run even for runs started in the same second by one process (--jobs).
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("{stamp}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
             what: "creating run directory",
             path: dir.clone(),
@@ -527,6 +530,9 @@ impl Vm {
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
         let mut c = server_command(&tools.sdxi_server, "sdxi", cfg, run, &vm.sock_dir);
         c.args(["--max-cxt", &cfg.sdxi_max_cxt.to_string()]);
+        if cfg.sdxi_out_of_order {
+            c.arg("--force-out-of-order");
+        }
         vm.procs.push(spawn(
             "sdxi-server",
             c,
@@ -796,6 +802,11 @@ impl Vm {
             .map(|p| p.child.id())
     }
 
+    /// The control socket of device server `device` (`sdxi` or `cxl-hmu`).
+    pub fn control_path(&self, device: &str) -> PathBuf {
+        self.sock_dir.join(format!("{device}.ctl"))
+    }
+
     /// A request to a device server's control socket (`device` is `sdxi` or `cxl-hmu`); an
     /// answer with an `error` field is an error.
     pub fn control(
@@ -803,7 +814,7 @@ impl Vm {
         device: &str,
         request: &serde_json::Value,
     ) -> Result<serde_json::Value, VmError> {
-        let path = self.sock_dir.join(format!("{device}.ctl"));
+        let path = self.control_path(device);
         let a = control_request(&path, request, Duration::from_secs(10))
             .map_err(|e| VmError::Protocol(format!("control socket {}: {e}", path.display())))?;
         if let Some(e) = a.get("error") {
@@ -951,7 +962,11 @@ pub fn stray_processes(marks: &[&Path]) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let c = String::from_utf8_lossy(&c);
-                marks.iter().any(|m| c.contains(&*m.to_string_lossy()))
+                // A directory's own path and what is inside it ("-1" must not match "-10").
+                marks.iter().any(|m| {
+                    let m = m.to_string_lossy();
+                    c.contains(&format!("{m}/")) || c.split('\0').any(|a| a == m)
+                })
             })
         })
         .collect()

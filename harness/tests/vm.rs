@@ -336,7 +336,16 @@ fn a_matrix_run_writes_junit_that_ci_tools_can_read() {
     let out = results_dir("matrix");
     let junit = out.join("junit.xml");
     let o = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["run", "inventory", "sdxi-copy", "-q", "--junit"])
+        // Two VMs at once: the parallel path (each VM has its own sockets and RAM files).
+        .args([
+            "run",
+            "inventory",
+            "sdxi-copy",
+            "-q",
+            "--jobs",
+            "2",
+            "--junit",
+        ])
         .arg(&junit)
         .arg("--results")
         .arg(&out)
