@@ -305,8 +305,18 @@ mod server {
                         ))
                     }
                 }
+                Some("out_of_order") => {
+                    let on = req["on"]
+                        .as_bool()
+                        .ok_or("out_of_order needs \"on\": true or false")?;
+                    self.engine
+                        .options()
+                        .force_out_of_order
+                        .store(on, std::sync::atomic::Ordering::Relaxed);
+                    Ok(serde_json::json!({ "out_of_order": on }))
+                }
                 _ => Err(format!(
-                    "unknown command {} (counters, state, fault, stop_context)",
+                    "unknown command {} (counters, state, fault, stop_context, out_of_order)",
                     req["cmd"]
                 )),
             }

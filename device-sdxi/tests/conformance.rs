@@ -705,3 +705,40 @@ fn dropped_interrupts_and_stopped_contexts_through_the_control_socket() {
     assert_eq!(c["registers"]["engine"]["faults_injected"], 2);
     let _ = std::fs::remove_file(&ctl);
 }
+
+#[test]
+fn out_of_order_completion_switched_on_at_run_time_keeps_every_copy_exact() {
+    let ctl = std::env::temp_dir().join(format!("sdxi-ctl3-{}.sock", std::process::id()));
+    let cp = ctl.to_string_lossy().into_owned();
+    let mut d = Dut::start(&["--control", &cp], 1);
+    assert_eq!(
+        control(&ctl, r#"{"cmd":"out_of_order","on":true}"#)["out_of_order"],
+        true
+    );
+    assert!(control(&ctl, r#"{"cmd":"out_of_order"}"#)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("\"on\"")));
+    d.fill(DATA, 8 * 4096, 9);
+    let csbs: Vec<u64> = (0..8).map(|_| d.drv.csb(&d.ram, 1).expect("csb")).collect();
+    let mut descs: Vec<Descriptor> = (0..8u64)
+        .map(|i| {
+            driver::copy(
+                DATA + i * 4096,
+                DATA + (8 << 20) + i * 4096,
+                4096,
+                Some(csbs[i as usize]),
+                false,
+            )
+        })
+        .collect();
+    descs.push(driver::intr(0, true));
+    d.submit(1, &descs);
+    for c in &csbs {
+        d.wait_csb(*c, "out-of-order copy");
+        assert_eq!(csb_status(&d.ram, *c), (0, false));
+    }
+    assert!(d.same(DATA, DATA + (8 << 20), 8 * 4096));
+    assert!(wait_event(&d.vectors[1], Duration::from_secs(5)) >= 1);
+    d.finish();
+    let _ = std::fs::remove_file(&ctl);
+}

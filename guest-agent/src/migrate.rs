@@ -184,6 +184,9 @@ impl<'a> Mover<'a> {
                 helper_cpu_ns += out.helper_cpu_ns;
                 self.verify.dma_errors += out.dma_errors;
                 self.verify.lost_interrupts += out.lost_interrupts;
+                if let Some(s) = self.sdxi.as_deref() {
+                    self.verify.context_restarts = s.restarts;
+                }
                 for &i in &out.failed {
                     copy_folio(&copies[i], self.cpu.nt);
                 }

@@ -386,6 +386,8 @@ pub struct VerifyStats {
     /// Batches whose completion interrupt did not come although every copy completed (seen
     /// by polling the completion blocks).
     pub lost_interrupts: u64,
+    /// SDXi contexts stopped (by an error, or by the function) and restarted by the driver.
+    pub context_restarts: u64,
     /// Folios `move_pages(2)` (query mode) finds on node 0 / node 1 / elsewhere at the end.
     pub on_node0: u64,
     pub on_node1: u64,

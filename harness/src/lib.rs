@@ -361,6 +361,9 @@ pub fn execute(
                 }
                 vm.control("sdxi", &req).map_err(vm_err)?;
             }
+            if let Some(at) = &run.sdxi_control {
+                control_after_copies(vm.control_path("sdxi"), at.clone());
+            }
             let spec = run.migrate.clone().normalized();
             progress.step(&format!(
                 "run {}: {} {} folios on node 1, {:?} source, {:?} policy, batches of {}, {:.1}s",
@@ -482,6 +485,38 @@ pub fn execute(
     std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
     document::write(&result, &run.dir).map_err(|e| RunError::Results(run.path("report.md"), e))?;
     Ok(result)
+}
+
+/// Sends `at.request` to the SDXi control socket `ctl` once the engine has executed
+/// `at.after_copies` more COPY descriptors than now (from a thread; gives up when the server
+/// stops answering).
+fn control_after_copies(ctl: PathBuf, at: migration::ControlAt) {
+    let copies = move || {
+        vm::control_request(
+            &ctl,
+            &serde_json::json!({ "cmd": "counters" }),
+            Duration::from_secs(5),
+        )
+        .ok()
+        .and_then(|c| c["registers"]["engine"]["descriptors"]["copy"].as_u64())
+        .map(|n| (n, ctl.clone()))
+    };
+    std::thread::spawn(move || {
+        let Some((start, ctl)) = copies() else { return };
+        loop {
+            match copies() {
+                Some((n, _)) if n >= start + at.after_copies => break,
+                Some(_) => std::thread::sleep(Duration::from_millis(10)),
+                None => return,
+            }
+        }
+        match vm::control_request(&ctl, &at.request, Duration::from_secs(5)) {
+            Ok(a) => tracing::info!(request = %at.request, answer = %a, "SDXi control mid-run"),
+            Err(e) => {
+                tracing::warn!(request = %at.request, error = %e, "SDXi control mid-run failed")
+            }
+        }
+    });
 }
 
 /// Plugin overhead: the same boot with the chmu-tap plugin off and on, alternating.

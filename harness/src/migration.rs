@@ -46,8 +46,20 @@ pub struct Expect {
     pub min_fallback_folios: Option<u64>,
     /// Write faults that must have waited for a batch (concurrent writers really raced it).
     pub min_writers_blocked: Option<u64>,
+    /// SDXi context restarts the driver must have made (after errors or stopped contexts).
+    pub min_context_restarts: Option<u64>,
     /// Engines that must have migrated at least one batch.
     pub engines_used: Vec<EngineKind>,
+}
+
+/// A control-socket request sent to the SDXi server in the middle of a run: once the engine
+/// has executed `after_copies` more COPY descriptors than when the run started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlAt {
+    pub after_copies: u64,
+    /// e.g. `{ cmd = "stop_context", cxt = 1 }` or `{ cmd = "out_of_order", on = true }`.
+    pub request: serde_json::Value,
 }
 
 /// One migration run of a scenario.
@@ -58,6 +70,8 @@ pub struct RunSpec {
     pub migrate: MigrateSpec,
     /// A fault plan for the SDXi server (`fail_nth`, `fail_every`, `class`, ...).
     pub sdxi_faults: Option<serde_json::Value>,
+    /// A device event in the middle of the run (a context stopped by the function, ...).
+    pub sdxi_control: Option<ControlAt>,
     pub expect: Expect,
 }
 
@@ -132,6 +146,7 @@ impl ScenarioFile {
                 name: "migrate".into(),
                 migrate: m.clone(),
                 sdxi_faults: self.sdxi_faults.clone(),
+                sdxi_control: None,
                 expect: self.expect.clone(),
             }],
             None => self.runs.clone(),
@@ -368,6 +383,16 @@ pub fn migrate_checks(
             format!(
                 "{} writes hit a folio while its batch was in flight and waited",
                 v.writers_blocked
+            ),
+        ));
+    }
+    if let Some(min) = expect.min_context_restarts {
+        c.push(check(
+            "sdxi_contexts_restarted",
+            v.context_restarts >= min,
+            format!(
+                "the driver restarted a stopped SDXi context {} times and resubmitted what had not run",
+                v.context_restarts
             ),
         ));
     }

@@ -607,7 +607,8 @@ fn every_engine_moves_the_same_pages_under_writers_and_dma_faults_fall_back_per_
             "huge-auto",
             "dma-faults",
             "lost-interrupts",
-            "auto-tune"
+            "auto-tune",
+            "stopped-context"
         ]
     );
     let moved = |name: &str| -> Vec<u32> {
@@ -632,6 +633,12 @@ fn every_engine_moves_the_same_pages_under_writers_and_dma_faults_fall_back_per_
     assert_eq!(
         lost.fallback_folios, 0,
         "a lost interrupt is not a failed copy"
+    );
+    let stopped = &r.migrate[7].report.verify;
+    assert!(stopped.context_restarts >= 1, "{stopped:?}");
+    assert_eq!(
+        stopped.fallback_folios, 0,
+        "what had not run went back to the engine"
     );
     let tuned = &r.migrate[6].report.tuned_sizes;
     assert!(
