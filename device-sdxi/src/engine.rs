@@ -603,6 +603,14 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 if self.generation.load(Ordering::Acquire) != generation {
                     return Ok(());
                 }
+                // Bus mastering is checked per descriptor, not only per pass: a pass that began
+                // before the driver cleared BME must not go on reading and copying.
+                if !self.irq.bus_master() {
+                    self.counters
+                        .passes_without_bus_master
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 // Guest-chosen bases wrap instead of overflowing; GuestRam bounds every access.
                 let slot = cx.ring.wrapping_add((ri % cx.entries) * DESC_SIZE);
                 let d: Descriptor =
