@@ -65,6 +65,9 @@ pub struct VmConfig {
     pub chmu_sample: u64,
     /// Clock of the CHMU's epochs with the plugin feed.
     pub chmu_clock: ChmuClock,
+    /// A last-level-cache model of this many KiB in front of the CHMU (the plugin sends only
+    /// misses); 0 for none.
+    pub chmu_llc_kib: u64,
     /// Put the virtual IOMMU in front of the devices (guest DMA addresses are then IOVAs, each
     /// guest mapping a DMA_MAP message); without it they are guest-physical.
     pub iommu: bool,
@@ -106,6 +109,7 @@ impl Default for VmConfig {
             chmu_feed: false,
             chmu_sample: 8,
             chmu_clock: ChmuClock::Host,
+            chmu_llc_kib: 0,
             trace: String::new(),
             kill_after_boot: None,
             kill_delay_ms: 0,

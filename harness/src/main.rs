@@ -210,6 +210,10 @@ struct VmArgs {
     /// The CHMU plugin instruments one in this many memory instructions.
     #[arg(long, value_name = "N")]
     chmu_sample: Option<u64>,
+    /// A last-level-cache model of this many KiB in front of the CHMU: only misses reach it
+    /// (the model sees the sampled accesses).
+    #[arg(long, value_name = "KIB")]
+    chmu_llc_kib: Option<u64>,
     /// Device trace categories to record in the run directory: mmio, doorbell, descriptor,
     /// completion, interrupt, errlog, hotlist, epoch, or all (comma-separated).
     #[arg(long, value_name = "CATS")]
@@ -240,7 +244,8 @@ impl VmArgs {
         }
         set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
              kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args,
-             chmu_clock => chmu_clock, chmu_sample => chmu_sample, trace => trace);
+             chmu_clock => chmu_clock, chmu_sample => chmu_sample, chmu_llc_kib => chmu_llc_kib,
+             trace => trace);
         if self.kill_after_boot.is_some() {
             cfg.kill_after_boot = self.kill_after_boot.clone();
         }

@@ -610,6 +610,11 @@ impl Vm {
                     crate::config::ChmuClock::Insns => "insns",
                 }
             ));
+            if cfg.chmu_llc_kib > 0 {
+                if let Some(a) = args.last_mut() {
+                    a.push_str(&format!(",llc={}", cfg.chmu_llc_kib << 10));
+                }
+            }
             drop(l);
         }
         std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(

@@ -741,3 +741,39 @@ fn an_sdxi_server_killed_mid_migration_costs_no_page_and_no_write() {
     assert_eq!(r.migrate[0].host_verify.matched, 4096);
     std::fs::remove_dir_all(out).ok();
 }
+
+#[test]
+fn an_llc_model_in_front_of_the_chmu_hides_a_cache_resident_hot_set() {
+    let _vm = serial();
+    // The chmu-hot workload's hot set (32 pages, of which the plugin samples about 8 lines
+    // each) fits an 8 MiB cache: after the first round its accesses hit, and the CHMU, which
+    // sees only misses, no longer finds those pages hot.
+    let cfg = VmConfig {
+        chmu_llc_kib: 8192,
+        ..VmConfig::default()
+    };
+    let out = results_dir("llc");
+    let r = harness::execute(
+        &cfg,
+        &ToolPaths::default(),
+        "chmu-hot",
+        Some(&out),
+        Arc::new(AtomicBool::new(false)),
+        &mut Reporter::new(false, false),
+    )
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    let h = r.chmu_hot.as_ref().expect("chmu report");
+    assert!(
+        h.hot_found * 2 < h.hot_pages,
+        "cached hot pages stay hidden: {} of {} found",
+        h.hot_found,
+        h.hot_pages
+    );
+    let log = std::fs::read_to_string(r.run_dir.join("qemu.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("chmu-tap: LLC model 8192 KiB"))
+        .unwrap_or_else(|| panic!("no LLC line in qemu.log: {log}"));
+    assert!(line.contains("hits"), "{line}");
+    std::fs::remove_dir_all(out).ok();
+}

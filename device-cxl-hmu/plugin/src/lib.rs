@@ -8,7 +8,12 @@
 //! vCPU thread and written to the CHMU server's feed socket as 16-byte records
 //! (`device_cxl_hmu::feed` format: `gpa | write`, `time` in host nanoseconds since load).
 //!
-//! Arguments (`-plugin libchmu_tap.so,feed=PATH,base=0x...,size=0x...,sample=N,seed=S`).
+//! Arguments (`-plugin libchmu_tap.so,feed=PATH,base=0x...,size=0x...,sample=N,seed=S`,
+//! optionally `clock=insns`, and `llc=BYTES,llc_ways=N` to put a last-level-cache model
+//! ([`llc`]) in front of the CHMU: every sampled access goes through it, and only misses in
+//! the monitored range are sent).
+
+pub mod llc;
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io::Write;
@@ -113,6 +118,9 @@ pub struct Config {
     /// Stamp records with the guest's executed instruction count (all vCPUs) instead of host
     /// nanoseconds.
     pub insns_clock: bool,
+    /// Size of the LLC model in bytes (0: none) and its associativity.
+    pub llc_bytes: u64,
+    pub llc_ways: u64,
 }
 
 fn num(v: &str) -> Option<u64> {
@@ -131,6 +139,8 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
         sample: 1,
         seed: 0,
         insns_clock: false,
+        llc_bytes: 0,
+        llc_ways: 16,
     };
     for a in args {
         let (k, v) = a
@@ -143,6 +153,8 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
             "size" => c.size = n()?,
             "sample" => c.sample = n()?.max(1),
             "seed" => c.seed = n()?,
+            "llc" => c.llc_bytes = n()?,
+            "llc_ways" => c.llc_ways = n()?.clamp(1, 64),
             "clock" => {
                 c.insns_clock = match v {
                     "insns" => true,
@@ -152,13 +164,19 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
             }
             _ => {
                 return Err(format!(
-                    "unknown argument {k:?} (feed, base, size, sample, seed, clock)"
+                    "unknown argument {k:?} (feed, base, size, sample, seed, clock, llc, llc_ways)"
                 ))
             }
         }
     }
     if c.feed.is_empty() || c.size == 0 {
         return Err("feed=PATH and size=BYTES are required".into());
+    }
+    if c.llc_bytes != 0 && c.llc_bytes < llc::LINE * c.llc_ways {
+        return Err(format!(
+            "llc={}: smaller than one set of {} 64-byte lines",
+            c.llc_bytes, c.llc_ways
+        ));
     }
     Ok(c)
 }
@@ -177,6 +195,7 @@ struct State {
     /// Executed instructions per vCPU (inline counter), when the clock is instructions.
     insns: Option<QemuPluginU64>,
     out: Mutex<UnixStream>,
+    llc: Option<llc::Llc>,
     start: Instant,
     instrumented: AtomicU64,
     callbacks: AtomicU64,
@@ -221,6 +240,11 @@ extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) 
         }
         qemu_plugin_hwaddr_phys_addr(h)
     };
+    // The cache sees every sampled access (node 0 traffic evicts lines too); only misses
+    // reach the memory device.
+    if s.llc.as_ref().is_some_and(|c| c.access(gpa)) {
+        return;
+    }
     if gpa.wrapping_sub(s.cfg.base) >= s.cfg.size {
         return;
     }
@@ -293,6 +317,14 @@ extern "C" fn on_exit(_ud: *mut c_void) {
             s.in_range.load(Ordering::Relaxed),
             s.sent.load(Ordering::Relaxed)
         );
+        if let Some(c) = &s.llc {
+            eprintln!(
+                "chmu-tap: LLC model {} KiB, {} hits, {} misses",
+                c.bytes() >> 10,
+                c.hits.load(Ordering::Relaxed),
+                c.misses.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 
@@ -337,10 +369,14 @@ pub unsafe extern "C" fn qemu_plugin_install(
         score: unsafe { qemu_plugin_scoreboard_new(8) },
         offset: 0,
     });
+    let llc = (cfg.llc_bytes > 0)
+        .then(|| llc::Llc::new(cfg.llc_bytes, cfg.llc_ways as usize))
+        .flatten();
     let _ = STATE.set(State {
         insns,
         cfg,
         out: Mutex::new(out),
+        llc,
         start: Instant::now(),
         instrumented: AtomicU64::new(0),
         callbacks: AtomicU64::new(0),
@@ -390,6 +426,11 @@ mod tests {
         assert!(parse_args(["feed=/x", "size=1", "clock=tsc"])
             .expect_err("clock")
             .contains("tsc"));
+        let c = parse_args(["feed=/x", "size=1", "llc=0x800000", "llc_ways=8"]).expect("llc");
+        assert_eq!((c.llc_bytes, c.llc_ways), (8 << 20, 8));
+        assert!(parse_args(["feed=/x", "size=1", "llc=64"])
+            .expect_err("too small")
+            .contains("llc=64"));
     }
 
     #[test]
