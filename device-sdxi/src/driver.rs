@@ -422,10 +422,41 @@ pub fn start_context<M: Mmio, D: DriverMemory>(
         &[AkeyEnt::new(vector, 0)],
         CxtState::StopSw,
     )?;
-    let csb = drv.csb(mem, 1)?;
-    let wi = drv.submit(mem, 0, &[cxt_start(id, id, false, 0, Some(csb))]);
+    let csb = drv.alloc(32, 32)?;
+    start_request(mmio, mem, drv, id, csb, timeout)
+}
+
+/// Submits admin descriptor `d`, whose completion block `csb` is armed here, rings the admin
+/// doorbell and waits for the completion: its `er` flag, or None on timeout.
+fn admin_request<M: Mmio, D: DriverMemory>(
+    mmio: &mut M,
+    mem: &D,
+    drv: &mut Driver,
+    d: Descriptor,
+    csb: u64,
+    timeout: std::time::Duration,
+) -> Option<bool> {
+    let c = CstBlk {
+        signal: U64::new(1),
+        ..CstBlk::default()
+    };
+    mem.write_bytes(csb, c.as_bytes());
+    let wi = drv.submit(mem, 0, &[d]);
     mmio.doorbell(0, wi);
-    match wait_csb(mem, csb, timeout) {
+    wait_csb(mem, csb, timeout)
+}
+
+/// CXT_START_NM of context `id` through the admin ring, its completion in `csb`.
+fn start_request<M: Mmio, D: DriverMemory>(
+    mmio: &mut M,
+    mem: &D,
+    drv: &mut Driver,
+    id: u16,
+    csb: u64,
+    timeout: std::time::Duration,
+) -> Result<(), InitError> {
+    let d = cxt_start(id, id, false, 0, Some(csb));
+    match admin_request(mmio, mem, drv, d, csb, timeout) {
         Some(false) => Ok(()),
         Some(true) => Err(InitError::Context(
             id,
@@ -447,31 +478,11 @@ pub fn restart_context<M: Mmio, D: DriverMemory>(
     csb: u64,
     timeout: std::time::Duration,
 ) -> Result<(), InitError> {
-    let arm = |mem: &D| {
-        let c = CstBlk {
-            signal: U64::new(1),
-            ..CstBlk::default()
-        };
-        mem.write_bytes(csb, c.as_bytes());
-    };
-    arm(mem);
-    let wi = drv.submit(mem, 0, &[cxt_stop(id, id, Some(csb))]);
-    mmio.doorbell(0, wi);
-    if wait_csb(mem, csb, timeout) != Some(false) {
+    if admin_request(mmio, mem, drv, cxt_stop(id, id, Some(csb)), csb, timeout) != Some(false) {
         return Err(InitError::Context(id, "CXT_STOP did not complete"));
     }
     drv.reset_context(mem, id);
-    arm(mem);
-    let wi = drv.submit(mem, 0, &[cxt_start(id, id, false, 0, Some(csb))]);
-    mmio.doorbell(0, wi);
-    match wait_csb(mem, csb, timeout) {
-        Some(false) => Ok(()),
-        Some(true) => Err(InitError::Context(
-            id,
-            "CXT_START_NM completed with an error",
-        )),
-        None => Err(InitError::Context(id, "CXT_START_NM did not complete")),
-    }
+    start_request(mmio, mem, drv, id, csb, timeout)
 }
 
 /// Polls a CST_BLK until its signal reaches 0; returns its er flag, or None on timeout.

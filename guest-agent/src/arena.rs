@@ -39,7 +39,7 @@ const MPOL_MF_STRICT: u32 = 1;
 const MPOL_MF_MOVE: u32 = 1 << 1;
 
 /// Binds `[addr, addr+len)` to `node` (MPOL_BIND, strict).
-fn mbind(addr: *mut u8, len: usize, node: u32) -> Result<()> {
+pub(crate) fn mbind(addr: *mut u8, len: usize, node: u32) -> Result<()> {
     let mask: u64 = 1 << node;
     // SAFETY: mbind(2) on a mapping of ours with a one-word node mask.
     let r = unsafe {

@@ -178,38 +178,6 @@ impl Chmu {
     }
 }
 
-/// Binds `[addr, addr+len)` to NUMA node `node` (MPOL_BIND, moving what is there).
-fn mbind(addr: *mut libc::c_void, len: usize, node: u32) -> Result<(), ChmuError> {
-    let mask: u64 = 1 << node;
-    // SAFETY: mbind(2) on our own mapping with a one-word node mask.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mbind,
-            addr,
-            len,
-            2, /* MPOL_BIND */
-            &mask,
-            64u64,
-            3u32, /* MOVE|STRICT */
-        )
-    };
-    if r != 0 {
-        return Err(ChmuError::Os(format!(
-            "mbind to node {node}: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// Guest-physical address of the page at `va` (needs root for the PFN).
-fn gpa_of(pagemap: &std::fs::File, va: usize) -> Option<u64> {
-    let mut e = [0u8; 8];
-    std::os::unix::fs::FileExt::read_exact_at(pagemap, &mut e, (va / 4096 * 8) as u64).ok()?;
-    let v = u64::from_le_bytes(e);
-    (v >> 63 == 1 && v & ((1 << 55) - 1) != 0).then(|| (v & ((1 << 55) - 1)) * 4096)
-}
-
 /// 64 distinct load instructions over a page, so a sampling tap that instruments a fixed
 /// fraction of instructions sees a proportional share of them.
 #[inline(never)]
@@ -255,7 +223,7 @@ pub fn hot_test(
             std::io::Error::last_os_error()
         )));
     }
-    mbind(p, len, 1)?;
+    crate::arena::mbind(p.cast(), len, 1).map_err(|e| ChmuError::Os(e.to_string()))?;
     let base = p.cast::<u8>();
     for i in 0..pages {
         // SAFETY: page i is inside the mapping; the write faults it in on node 1.
@@ -264,7 +232,7 @@ pub fn hot_test(
     let pagemap = std::fs::File::open("/proc/self/pagemap")
         .map_err(|e| ChmuError::Os(format!("pagemap: {e}")))?;
     let gpas: Vec<Option<u64>> = (0..pages)
-        .map(|i| gpa_of(&pagemap, base as usize + i * 4096))
+        .map(|i| crate::arena::gpa_of(&pagemap, base as usize + i * 4096))
         .collect();
     let on_node1 = gpas
         .iter()

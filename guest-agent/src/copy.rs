@@ -242,6 +242,7 @@ impl CopyEngine for SdxiCopy {
                 round += 1;
                 let irq = self.wait(c, items.len(), deadline);
                 let mut not_run = Vec::new();
+                let mut erred = false;
                 for (j, &i) in items.iter().enumerate() {
                     // A stale event may wake us early: poll each completion block until the
                     // deadline (not at all once the context stopped on an error).
@@ -253,17 +254,18 @@ impl CopyEngine for SdxiCopy {
                     match driver::wait_csb(self.f.memory(), self.csbs[c] + 32 * j as u64, left) {
                         Some(false) => {}
                         Some(true) => {
+                            erred = true;
                             out.dma_errors += 1;
                             out.failed.push(i);
                         }
                         None => not_run.push(i),
                     }
                 }
-                if irq && not_run.is_empty() {
-                    break;
-                }
-                if !irq && not_run.is_empty() && out.dma_errors == 0 {
-                    out.lost_interrupts += 1;
+                if not_run.is_empty() && !erred {
+                    // Everything completed; without the interrupt it was lost (or is late).
+                    if !irq {
+                        out.lost_interrupts += 1;
+                    }
                     break;
                 }
                 // The context stopped (or hung): stop it for good before anything else touches

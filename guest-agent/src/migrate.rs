@@ -414,7 +414,6 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
     let start = workload.started;
     let ms = || start.elapsed().as_millis() as u64;
     let mut batches = Vec::new();
-    let mut promoted: Vec<u32> = Vec::new();
     let mut series = Vec::new();
     let mut tuned = Vec::new();
     let (mut next_scan, mut next_sample) = (0u64, spec.sample_ms);
@@ -448,6 +447,11 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
         for f in promoter.take(now, room) {
             batcher.push(f, now);
         }
+        // Sampled even while batches follow each other back to back.
+        if now >= next_sample {
+            next_sample = now + spec.sample_ms;
+            sample(now, &workload, &mut series);
+        }
         if let Some(b) = batcher.flush(now) {
             if batches.is_empty() {
                 // The series starts with the share before anything moved.
@@ -464,10 +468,6 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
             }
             continue;
         }
-        if now >= next_sample {
-            next_sample = now + spec.sample_ms;
-            sample(now, &workload, &mut series);
-        }
         std::thread::sleep(Duration::from_millis(2));
     }
     let rest = batcher.drain_all();
@@ -480,13 +480,11 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
     let known: HashSet<u32> = workload.chooser.known_hot(elapsed).into_iter().collect();
     let writes = workload.stop();
     drop(source);
-    let (acc, _) = (last.0, last.1);
+    let acc = last.0;
     // Which folios moved: the arena's node map is the migrator's own record.
-    for i in 0..n {
-        if arena.node[i].load(Ordering::Acquire) == 0 {
-            promoted.push(i as u32);
-        }
-    }
+    let promoted: Vec<u32> = (0..n as u32)
+        .filter(|&i| arena.node[i as usize].load(Ordering::Acquire) == 0)
+        .collect();
     let mut v = std::mem::take(&mut mover.verify);
     v.writers_blocked = arena.uffd.blocked.load(Ordering::Relaxed);
     v.writes = writes.iter().sum();

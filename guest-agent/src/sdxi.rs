@@ -141,12 +141,14 @@ fn wait_event(f: &File, timeout: Duration) -> bool {
     };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
-    if n <= 0 {
-        return false;
-    }
+    n > 0 && read_event(f.as_raw_fd())
+}
+
+/// Consumes an eventfd's count; true if there was one.
+fn read_event(fd: i32) -> bool {
     let mut v = [0u8; 8];
-    // SAFETY: an 8-byte read from our eventfd into a live buffer.
-    unsafe { libc::read(f.as_raw_fd(), v.as_mut_ptr().cast(), 8) == 8 }
+    // SAFETY: an 8-byte read from an eventfd we own into a live buffer.
+    unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) == 8 }
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -278,12 +280,6 @@ impl Function {
         ) else {
             return Wait::Timeout;
         };
-        // Reads one event from a raw eventfd that stays open (owned by self.vectors).
-        let consume = |fd: i32| {
-            let mut b = [0u8; 8];
-            // SAFETY: an 8-byte read into a live buffer from an eventfd we own.
-            unsafe { libc::read(fd, b.as_mut_ptr().cast(), 8) == 8 }
-        };
         let mut fds = [
             libc::pollfd {
                 fd: v,
@@ -311,11 +307,11 @@ impl Function {
             if n <= 0 {
                 return Wait::Timeout;
             }
-            if fds[0].revents != 0 && consume(v) {
+            if fds[0].revents != 0 && read_event(v) {
                 return Wait::Interrupt;
             }
             if fds[1].revents != 0 {
-                consume(e);
+                read_event(e);
                 self.ack_errors();
                 if self.drv.state(&self.buf, cxt) != Some(device_sdxi::mem::CxtState::Run) {
                     return Wait::Stopped;

@@ -42,7 +42,6 @@ fn latency_figure(name: &str, r: &MigrateReport) -> Option<Figure> {
         return None;
     }
     let mut engines: Vec<EngineKind> = r.batches.iter().map(|b| b.engine).collect();
-    engines.dedup();
     engines.sort_by_key(|e| e.name());
     engines.dedup();
     let series: Vec<(String, Vec<u64>)> = engines
@@ -181,19 +180,16 @@ fn markdown(r: &RunResult, figs: &[Figure]) -> String {
         }
     }
     if let Some(b) = &r.bench {
-        s.push_str("\n## Copy benchmark\n\n| engine | folio | batch | folios | GB/s | copy GB/s | CPU s/GB | first folio (us) | vs move_pages |\n|---|---|---|---|---|---|---|---|---|\n");
+        let cols = crate::migration::BENCH_COLUMNS;
+        s.push_str(&format!(
+            "\n## Copy benchmark\n\n| {} |\n|{}\n",
+            cols.join(" | "),
+            "---|".repeat(cols.len())
+        ));
         for c in &b.cases {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.2} | {:.0} | {} |\n",
-                c.engine.name(),
-                c.folio.name(),
-                c.batch,
-                c.folios,
-                c.gb_per_s,
-                c.copy_gb_per_s,
-                c.cpu_s_per_gb,
-                c.first_folio_us,
-                c.vs_move_pages.map_or("-".into(), |x| format!("{x:.2}x"))
+                "| {} |\n",
+                crate::migration::bench_cells(c).join(" | ")
             ));
         }
     }

@@ -273,18 +273,8 @@ pub fn execute(
             std::thread::spawn(move || {
                 std::thread::sleep(delay);
                 if let Some(n) = copies {
-                    let req = serde_json::json!({ "cmd": "counters" });
-                    loop {
-                        let done = vm::control_request(&ctl, &req, Duration::from_secs(5))
-                            .ok()
-                            .and_then(|c| c["registers"]["engine"]["descriptors"]["copy"].as_u64());
-                        match done {
-                            Some(d) if d >= n => break,
-                            Some(_) => std::thread::sleep(Duration::from_millis(10)),
-                            // The server is gone or not answering: nothing left to wait for.
-                            None => break,
-                        }
-                    }
+                    // Either way (reached, or the server no longer answers) the kill goes ahead.
+                    let _ = wait_for_sdxi_copies(&ctl, n);
                 }
                 tracing::warn!(name, "killing on request (process fault, delayed)");
                 // SAFETY: kill(2) of the child's process group (it leads its own group).
@@ -487,28 +477,40 @@ pub fn execute(
     Ok(result)
 }
 
+/// COPY descriptors the SDXi server behind control socket `ctl` has executed (None when it
+/// does not answer).
+fn sdxi_copies(ctl: &Path) -> Option<u64> {
+    vm::control_request(
+        ctl,
+        &serde_json::json!({ "cmd": "counters" }),
+        Duration::from_secs(5),
+    )
+    .ok()?["registers"]["engine"]["descriptors"]["copy"]
+        .as_u64()
+}
+
+/// Polls until the SDXi server has executed `n` COPY descriptors: true when it did, false
+/// when it stopped answering first.
+fn wait_for_sdxi_copies(ctl: &Path, n: u64) -> bool {
+    loop {
+        match sdxi_copies(ctl) {
+            Some(d) if d >= n => return true,
+            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            None => return false,
+        }
+    }
+}
+
 /// Sends `at.request` to the SDXi control socket `ctl` once the engine has executed
 /// `at.after_copies` more COPY descriptors than now (from a thread; gives up when the server
 /// stops answering).
 fn control_after_copies(ctl: PathBuf, at: migration::ControlAt) {
-    let copies = move || {
-        vm::control_request(
-            &ctl,
-            &serde_json::json!({ "cmd": "counters" }),
-            Duration::from_secs(5),
-        )
-        .ok()
-        .and_then(|c| c["registers"]["engine"]["descriptors"]["copy"].as_u64())
-        .map(|n| (n, ctl.clone()))
-    };
     std::thread::spawn(move || {
-        let Some((start, ctl)) = copies() else { return };
-        loop {
-            match copies() {
-                Some((n, _)) if n >= start + at.after_copies => break,
-                Some(_) => std::thread::sleep(Duration::from_millis(10)),
-                None => return,
-            }
+        let Some(start) = sdxi_copies(&ctl) else {
+            return;
+        };
+        if !wait_for_sdxi_copies(&ctl, start + at.after_copies) {
+            return;
         }
         match vm::control_request(&ctl, &at.request, Duration::from_secs(5)) {
             Ok(a) => tracing::info!(request = %at.request, answer = %a, "SDXi control mid-run"),

@@ -13,7 +13,8 @@
 use crate::config::VmConfig;
 use crate::scenario::Check;
 use guest_agent::spec::{
-    folio_checksum, BenchReport, BenchSpec, EngineKind, MigrateReport, MigrateSpec,
+    folio_checksum, BenchCase, BenchReport, BenchSpec, EngineKind, FolioSize, MigrateReport,
+    MigrateSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -212,6 +213,16 @@ pub trait GuestRam {
 /// Compares each promoted folio's bytes in guest RAM with the checksum the guest reported.
 pub fn verify_on_host(r: &MigrateReport, ram: &dyn GuestRam) -> HostVerify {
     let mut v = HostVerify::default();
+    // The report comes from the guest: only the two folio sizes it can have are read.
+    if ![FolioSize::Base.bytes(), FolioSize::Huge.bytes()].contains(&r.folio_bytes) {
+        v.folios = r.migrated.len() as u64;
+        v.unreadable = v.folios;
+        v.problems.push(format!(
+            "folio size {} is not 4 KiB or 2 MiB",
+            r.folio_bytes
+        ));
+        return v;
+    }
     let mut buf = vec![0u8; r.folio_bytes as usize];
     for m in &r.migrated {
         v.folios += 1;
@@ -500,25 +511,54 @@ pub fn migrate_summary(r: &MigrateReport) -> String {
     s
 }
 
+/// Column titles of a benchmark table.
+pub const BENCH_COLUMNS: [&str; 9] = [
+    "engine",
+    "folio",
+    "batch",
+    "folios",
+    "GB/s",
+    "copy GB/s",
+    "CPU s/GB",
+    "first-folio us",
+    "vs move_pages",
+];
+
+/// One benchmark case as the table's cells (the text summary and the Markdown report).
+pub fn bench_cells(c: &BenchCase) -> [String; 9] {
+    [
+        c.engine.name().to_owned(),
+        c.folio.name().to_owned(),
+        c.batch.to_string(),
+        c.folios.to_string(),
+        format!("{:.3}", c.gb_per_s),
+        format!("{:.3}", c.copy_gb_per_s),
+        format!("{:.2}", c.cpu_s_per_gb),
+        format!("{:.0}", c.first_folio_us),
+        c.vs_move_pages
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x")),
+    ]
+}
+
 /// Human table of a benchmark.
 pub fn bench_summary(r: &BenchReport) -> String {
-    let mut s = String::from(
-        "  engine      folio  batch  folios     GB/s  copy GB/s  CPU s/GB  first-folio us  vs move_pages\n",
-    );
+    const WIDTH: [usize; 9] = [10, 5, 6, 7, 8, 10, 9, 15, 14];
+    let row = |cells: &[&str]| {
+        let mut line = String::from(" ");
+        for (i, (c, w)) in cells.iter().zip(WIDTH).enumerate() {
+            line.push(' ');
+            line.push_str(&if i < 2 {
+                format!("{c:<w$}")
+            } else {
+                format!("{c:>w$}")
+            });
+        }
+        line + "\n"
+    };
+    let mut s = row(&BENCH_COLUMNS);
     for c in &r.cases {
-        s.push_str(&format!(
-            "  {:<10}  {:<5} {:>6} {:>7} {:>8.3} {:>10.3} {:>9.2} {:>15.0} {:>14}\n",
-            c.engine.name(),
-            c.folio.name(),
-            c.batch,
-            c.folios,
-            c.gb_per_s,
-            c.copy_gb_per_s,
-            c.cpu_s_per_gb,
-            c.first_folio_us,
-            c.vs_move_pages
-                .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x"))
-        ));
+        let cells = bench_cells(c);
+        s.push_str(&row(&cells.each_ref().map(String::as_str)));
         if !c.note.is_empty() {
             s.push_str(&format!("      note: {}\n", c.note));
         }

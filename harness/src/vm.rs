@@ -177,6 +177,8 @@ pub struct Vm {
     pub node1: GpaRange,
     /// (node, gpa, size, file offset) of guest RAM, read through `node<N>.ram`.
     ram_map: Vec<(u32, u64, u64, u64)>,
+    /// `node0.ram` and `node1.ram`, opened on the first read.
+    ram_files: std::sync::OnceLock<[std::io::Result<std::fs::File>; 2]>,
     /// The guest console, when it is interactive.
     console: Option<UnixStream>,
     /// Children whose death is a planned fault the run goes on without.
@@ -238,8 +240,19 @@ impl crate::migration::GuestRam for Vm {
                 buf.len()
             )));
         };
-        let f = std::fs::File::open(self.ram_dir.join(format!("node{node}.ram")))?;
-        std::os::unix::fs::FileExt::read_exact_at(&f, buf, off + gpa - base)
+        let files = self.ram_files.get_or_init(|| {
+            [0, 1].map(|n| std::fs::File::open(self.ram_dir.join(format!("node{n}.ram"))))
+        });
+        match files.get(node as usize) {
+            Some(Ok(f)) => std::os::unix::fs::FileExt::read_exact_at(f, buf, off + gpa - base),
+            Some(Err(e)) => Err(std::io::Error::new(
+                e.kind(),
+                format!("node{node}.ram: {e}"),
+            )),
+            None => Err(std::io::Error::other(format!(
+                "no RAM file for node {node}"
+            ))),
+        }
     }
 }
 
@@ -525,6 +538,7 @@ impl Vm {
                 .map_err(|e| VmError::Protocol(e.to_string()))?,
             console: None,
             tolerated: Vec::new(),
+            ram_files: std::sync::OnceLock::new(),
         };
         // The device servers, each on a socket created here and handed over as fd 3.
         let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
