@@ -161,8 +161,9 @@ const POLL_SLICE: Duration = Duration::from_millis(20);
 const MAX_ROUNDS: u32 = 64;
 
 impl SdxiCopy {
-    /// Waits for channel `c`'s interrupt; true if it came. Every [`POLL_SLICE`] the
-    /// completion blocks are checked too, so a lost interrupt costs a slice, not the timeout.
+    /// Waits for channel `c`'s interrupt; true if it came. Every [`POLL_SLICE`] the context's
+    /// status and the completion blocks are checked too, so a lost interrupt costs a slice, not
+    /// the timeout.
     fn wait(&mut self, c: usize, n: usize, deadline: Instant) -> bool {
         let cxt = c as u16 + 1;
         loop {
@@ -172,6 +173,11 @@ impl SdxiCopy {
                 Wait::Stopped => return false,
                 Wait::Timeout if left.is_zero() => return false,
                 Wait::Timeout => {
+                    // An error or a stop whose vector-0 interrupt this wait did not see: the
+                    // context's status in memory says so as well.
+                    if !self.f.context_running(cxt) {
+                        return false;
+                    }
                     let m = self.f.memory();
                     let all_done =
                         (0..n).all(|j| driver::csb_status(m, self.csbs[c] + 32 * j as u64).0 == 0);

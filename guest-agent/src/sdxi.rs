@@ -313,11 +313,16 @@ impl Function {
             if fds[1].revents != 0 {
                 read_event(e);
                 self.ack_errors();
-                if self.drv.state(&self.buf, cxt) != Some(device_sdxi::mem::CxtState::Run) {
+                if !self.context_running(cxt) {
                     return Wait::Stopped;
                 }
             }
         }
+    }
+
+    /// Whether context `cxt` is running (CXT_STS as the device wrote it).
+    pub fn context_running(&self, cxt: u16) -> bool {
+        self.drv.state(&self.buf, cxt) == Some(device_sdxi::mem::CxtState::Run)
     }
 
     /// Consumes the error log (ERR_RD = ERR_WRT) and clears ERR_STS (write 1 to clear);
