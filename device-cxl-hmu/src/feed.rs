@@ -2,53 +2,17 @@
 //! records on a unix socket (the QEMU TCG plugin's feed). Both carry guest-physical addresses;
 //! the device keeps those inside its range (DVSEC Range 1) and counts them by DPA.
 //!
-//! Socket feed format: a stream of 16-byte little-endian records
-//! `{ u64 gpa_and_kind, u64 time }`, where bit 0 of the first word is 1 for a write (addresses
-//! are at least 2-byte granular, so the bit is free) and `time` is the feed's clock.
+//! Socket feed format: 16-byte records, accesses and clock ticks ([`crate::record`]).
 //! Trace file format: text lines `GPA KIND TIME` (GPA hex with or without 0x, KIND `R` or `W`,
 //! TIME decimal); `#` starts a comment.
 
 use crate::device::{HmuState, MemRange};
 use crate::hotness::{Access, ReqKind};
+pub use crate::record::{GpaAccess, Record, RECORD_SIZE};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// Size of one socket feed record.
-pub const RECORD_SIZE: usize = 16;
-
-/// A guest-physical access as feeds carry it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GpaAccess {
-    pub gpa: u64,
-    pub kind: ReqKind,
-    pub time: u64,
-}
-
-impl GpaAccess {
-    pub fn encode(&self) -> [u8; RECORD_SIZE] {
-        let mut r = [0u8; RECORD_SIZE];
-        let w = (self.gpa & !1) | u64::from(self.kind == ReqKind::Write);
-        r[..8].copy_from_slice(&w.to_le_bytes());
-        r[8..].copy_from_slice(&self.time.to_le_bytes());
-        r
-    }
-
-    pub fn decode(r: &[u8; RECORD_SIZE]) -> Self {
-        let w = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
-        let time = u64::from_le_bytes([r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]]);
-        Self {
-            gpa: w & !1,
-            kind: if w & 1 != 0 {
-                ReqKind::Write
-            } else {
-                ReqKind::Read
-            },
-            time,
-        }
-    }
-}
 
 /// A bad trace line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +78,26 @@ impl Sink {
             })
             .collect();
         self.step(|block, hotness| hotness.feed(block, &accesses));
+    }
+
+    /// Feeds encoded records (whole ones) in order: runs of accesses, and a tick ends the
+    /// epochs that are over at its time (on the host clock, at the time it arrives).
+    pub fn push_records(&self, bytes: &[u8]) {
+        let mut run = Vec::new();
+        for r in bytes.chunks_exact(RECORD_SIZE) {
+            let Ok(r) = r.try_into() else {
+                continue;
+            };
+            match Record::decode(r) {
+                Record::Access(a) => run.push(a),
+                Record::Tick(t) => {
+                    self.push(&run);
+                    run.clear();
+                    self.advance(self.host_clock.map_or(t, |s| s.elapsed().as_nanos() as u64));
+                }
+            }
+        }
+        self.push(&run);
     }
 
     /// Ends the epochs that are over at `now`.
@@ -197,11 +181,7 @@ pub fn spawn_feed_listener(
                                 Ok(n) => have += n,
                             }
                             let whole = have / RECORD_SIZE * RECORD_SIZE;
-                            let recs: Vec<GpaAccess> = buf[..whole]
-                                .chunks_exact(RECORD_SIZE)
-                                .filter_map(|r| r.try_into().ok().map(GpaAccess::decode))
-                                .collect();
-                            sink.push(&recs);
+                            sink.push_records(&buf[..whole]);
                             buf.copy_within(whole..have, 0);
                             have -= whole;
                         }
@@ -230,22 +210,6 @@ pub fn spawn_host_clock(sink: Sink, stop: Arc<AtomicBool>) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip_with_the_kind_bit() {
-        let a = GpaAccess {
-            gpa: 0x4000_1040,
-            kind: ReqKind::Write,
-            time: 77,
-        };
-        assert_eq!(GpaAccess::decode(&a.encode()), a);
-        let r = GpaAccess {
-            kind: ReqKind::Read,
-            ..a
-        };
-        assert_eq!(GpaAccess::decode(&r.encode()), r);
-        assert_eq!(a.encode()[0] & 1, 1);
-    }
 
     #[test]
     fn trace_parsing_names_the_bad_line() {

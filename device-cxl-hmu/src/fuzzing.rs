@@ -47,11 +47,11 @@ pub fn mmio_sequence(data: &[u8]) {
 /// The socket feed's record decoder and the trace parser on arbitrary bytes.
 #[cfg(feature = "server")]
 pub fn feed_decoder(data: &[u8]) {
-    use crate::feed::{parse_trace, GpaAccess, RECORD_SIZE};
+    use crate::feed::{parse_trace, Record, RECORD_SIZE};
     for r in data.chunks_exact(RECORD_SIZE) {
         if let Ok(r) = r.try_into() {
-            let a = GpaAccess::decode(r);
-            let _ = GpaAccess::decode(&a.encode());
+            let a = Record::decode(r);
+            assert_eq!(Record::decode(&a.encode()), a, "feed records round-trip");
         }
     }
     let _ = parse_trace(&String::from_utf8_lossy(data));

@@ -3,8 +3,11 @@
 //! the TCG plugin or a trace) and raises the vectors it returns.
 //!
 //! Time is whatever clock the records carry (host nanoseconds, or guest instructions counted
-//! as one nanosecond each); epochs end when a record's time crosses the epoch boundary, so the
-//! same records always give the same hotlist. Readings chosen here:
+//! as one nanosecond each); epochs end when a record's or a clock tick's time crosses the
+//! epoch boundary, so the same records always give the same hotlist. Readings chosen here:
+//! - the first epoch starts at the first access in range after enable (or reset), not at
+//!   enable: the server does not know the feed's clock at the moment of the register write,
+//!   and anchoring on an access keeps the epoch grid a function of the accesses alone;
 //! - down-sampling keeps every 2^n-th matching access of an instance (or a seeded random one
 //!   in 2^n with CFG0 randomized down-sampling);
 //! - counts saturate at 2^counter_width - 1; a unit is hot when its count exceeds the
@@ -152,14 +155,17 @@ impl Hotness {
             .len()
             .min(usize::from(block.config().instances))
         {
-            self.roll_epochs(block, i as u8, now, &mut irqs);
+            self.roll(block, i as u8, now, false, &mut irqs);
         }
         irqs.sort_unstable();
         irqs.dedup();
         irqs
     }
 
-    fn roll_epochs(&mut self, block: &mut ChmuBlock, i: u8, now: u64, irqs: &mut Vec<u16>) {
+    /// Ends the epochs over at `now`; with `open`, a first access also starts the first epoch
+    /// (a clock advance alone never does, so the epoch grid is anchored on the first access
+    /// after enable: the same accesses give the same epochs whenever ticks arrive).
+    fn roll(&mut self, block: &mut ChmuBlock, i: u8, now: u64, open: bool, irqs: &mut Vec<u16>) {
         self.sync_generation(block, i);
         let base = block.config().instance_base(i);
         if !ChmuStatus::from(block.get(base + CHMU_STATUS)).enabled() {
@@ -170,6 +176,9 @@ impl Hotness {
             return;
         };
         let t = &mut self.trackers[usize::from(i)];
+        if t.epoch_end.is_none() && !open {
+            return;
+        }
         let end = *t.epoch_end.get_or_insert(now.saturating_add(len));
         if i == 0 {
             self.counters.epoch_end_0 = end;
@@ -200,7 +209,7 @@ impl Hotness {
         if !status.enabled() {
             return;
         }
-        self.roll_epochs(block, i, a.time, irqs);
+        self.roll(block, i, a.time, true, irqs);
         let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
         let cfg1 = ChmuCfg1::from(block.get(base + CHMU_CFG1));
         if !tracks(cfg0.m2s_req_type(), a.kind) || !block.range_selected(i, a.dpa) {

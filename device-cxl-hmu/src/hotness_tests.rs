@@ -87,6 +87,33 @@ fn epoch_end_reports_units_above_threshold_only() {
 }
 
 #[test]
+fn clock_ticks_close_epochs_but_never_open_one() {
+    // The same accesses, with ticks arriving at different times before them, give the same
+    // epochs: the grid is anchored on the first access.
+    let run = |ticks: &[u64]| {
+        let (mut b, mut h) = bed(1024);
+        setup(&mut b, 0, 1, 0, 0, 6, 0);
+        for &t in ticks {
+            h.advance(&mut b, t);
+        }
+        assert_eq!(h.counters.epochs, 0, "a tick alone opens no epoch");
+        let start = 7 * EPOCH + 3;
+        h.feed(&mut b, &acc(4, 2, start));
+        h.feed(&mut b, &acc(6, 5, start + EPOCH - 1)); // still the first epoch
+        h.advance(&mut b, start + EPOCH - 1);
+        assert!(hotlist(&b, 0).is_empty(), "the first epoch is still open");
+        h.advance(&mut b, start + EPOCH);
+        h.feed(&mut b, &acc(8, 3, start + EPOCH + 1)); // second epoch
+        h.advance(&mut b, start + 5 * EPOCH);
+        (hotlist(&b, 0), h.counters.epochs)
+    };
+    let a = run(&[]);
+    assert_eq!(a.0, vec![(4, 2), (6, 5), (8, 3)]);
+    assert_eq!(a.1, 2);
+    assert_eq!(run(&[1, EPOCH / 2, 3 * EPOCH]), a);
+}
+
+#[test]
 fn counts_saturate_at_the_counter_width() {
     let (mut b, mut h) = bed(1024);
     setup(&mut b, 0, 1, 0, 0, 6, 0);

@@ -3,6 +3,7 @@
 //! - [`regs`]: DVSEC and CHMU register definitions (shared with the guest driver).
 //! - [`chmu`]: the CHMU register block core; no I/O.
 //! - [`device`]: the PCI function (identity, DVSECs, BAR routing).
+//! - [`record`]: the access feed's wire format (shared with the `chmu-tap` plugin).
 //!
 //! The PCI configuration space and the vfio-user transport are device-independent and come
 //! from `device_sdxi::{pci, vfio_server, cli}` (the layout keeps one crate per device).
@@ -17,4 +18,5 @@ pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hotness;
+pub mod record;
 pub mod regs;

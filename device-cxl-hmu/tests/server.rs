@@ -249,7 +249,7 @@ fn trace_replay_reports_the_hot_units_with_a_fill_interrupt() {
 
 #[test]
 fn socket_feed_records_reach_the_hotlist() {
-    use device_cxl_hmu::feed::GpaAccess;
+    use device_cxl_hmu::feed::{GpaAccess, Record};
     use device_cxl_hmu::hotness::ReqKind;
     use std::io::Write;
     let dir = std::env::temp_dir().join(format!("hmu-feed-{}", std::process::id()));
@@ -272,16 +272,19 @@ fn socket_feed_records_reach_the_hotlist() {
             .encode(),
         );
     }
-    // A record past the epoch end closes it.
-    bytes.extend(
-        GpaAccess {
-            gpa: 0x4000_0000,
-            kind: ReqKind::Read,
-            time: 500_000,
-        }
-        .encode(),
-    );
     feed.write_all(&bytes).expect("feed");
+    // On the records' clock nothing ends the epoch yet.
+    let quiet = std::time::Instant::now() + std::time::Duration::from_millis(150);
+    while std::time::Instant::now() < quiet {
+        assert_eq!(
+            drain(&mut c),
+            vec![],
+            "an epoch ended without a record or tick past it"
+        );
+    }
+    // A clock tick past the epoch end closes it (the plugin's flusher sends these).
+    feed.write_all(&Record::Tick(500_000).encode())
+        .expect("tick");
     drop(feed);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut got = Vec::new();

@@ -5,8 +5,16 @@
 //! memory instructions is instrumented (chosen by a hash of the instruction's address and
 //! `seed`, so the same instructions are chosen in every run). Each instrumented access costs a
 //! callback, a physical-address lookup and a range check; accesses in range are batched per
-//! vCPU thread and written to the CHMU server's feed socket as 16-byte records
-//! (`device_cxl_hmu::feed` format: `gpa | write`, `time` in host nanoseconds since load).
+//! vCPU and written to the CHMU server's feed socket as 16-byte records
+//! (`device_cxl_hmu::record`: `gpa | write`, `time` in host nanoseconds since load, or guest
+//! instructions with `clock=insns`).
+//!
+//! A flusher thread sends what every vCPU has batched once a millisecond, followed by a clock
+//! tick: it holds every vCPU's batch while it reads the clock, and a vCPU stamps and appends a
+//! record under its batch's lock, so every access stamped before the tick is in the stream
+//! before it. Ticks end epochs while the guest runs elsewhere (the instruction clock advances
+//! without accesses to the monitored range), and the tail of a batch never waits for the next
+//! access.
 //!
 //! Arguments (`-plugin libchmu_tap.so,feed=PATH,base=0x...,size=0x...,sample=N,seed=S`,
 //! optionally `clock=insns`, and `llc=BYTES,llc_ways=N` to put a last-level-cache model
@@ -15,12 +23,13 @@
 
 pub mod llc;
 
+use device_cxl_hmu::record::{encode_access, encode_tick, RECORD_SIZE};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The API version this plugin is written against (QEMU 11.1 accepts only 7).
 #[no_mangle]
@@ -201,6 +210,7 @@ struct State {
     callbacks: AtomicU64,
     in_range: AtomicU64,
     sent: AtomicU64,
+    ticks: AtomicU64,
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
@@ -210,20 +220,78 @@ unsafe impl Send for State {}
 // SAFETY: as above.
 unsafe impl Sync for State {}
 
-thread_local! {
-    static BUF: std::cell::RefCell<(Vec<u8>, u64)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+/// A vCPU's records not yet sent, and the clock when the oldest was stamped.
+#[derive(Debug, Default)]
+struct Batch {
+    buf: Vec<u8>,
+    since: u64,
 }
 
-fn flush(s: &State, buf: &mut Vec<u8>) {
-    if buf.is_empty() {
-        return;
-    }
-    if let Ok(mut o) = s.out.lock() {
-        if o.write_all(buf).is_ok() {
-            s.sent.fetch_add((buf.len() / 16) as u64, Ordering::Relaxed);
+/// Every vCPU thread's batch, for the flusher.
+static BATCHES: Mutex<Vec<Arc<Mutex<Batch>>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static MINE: Arc<Mutex<Batch>> = {
+        let b = Arc::new(Mutex::new(Batch::default()));
+        lock(&BATCHES).push(Arc::clone(&b));
+        start_flusher();
+        b
+    };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    /// The feed's clock now.
+    fn now(&self) -> u64 {
+        match self.insns {
+            // SAFETY: the scoreboard lives for the plugin's life; summing reads every vCPU's
+            // entry (the vCPUs exist before the first access, so it is not resized under us).
+            Some(e) => unsafe { qemu_plugin_u64_sum(e) },
+            None => self.start.elapsed().as_nanos() as u64,
         }
     }
-    buf.clear();
+
+    /// Sends the records in `buf` (then empties it); called with the batch's lock held.
+    fn send(&self, buf: &mut Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        if lock(&self.out).write_all(buf).is_ok() {
+            self.sent
+                .fetch_add((buf.len() / RECORD_SIZE) as u64, Ordering::Relaxed);
+        }
+        buf.clear();
+    }
+
+    /// Sends every vCPU's batch, then a tick at the clock read while all batches were held.
+    fn flush_all(&self) {
+        let all = lock(&BATCHES);
+        let mut held: Vec<MutexGuard<'_, Batch>> = all.iter().map(|b| lock(b)).collect();
+        let now = self.now();
+        for b in &mut held {
+            self.send(&mut b.buf);
+        }
+        let _ = lock(&self.out).write_all(&encode_tick(now));
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts the flusher thread once (from the first vCPU that sends a record).
+fn start_flusher() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let _ = std::thread::Builder::new()
+            .name("chmu-tap-flush".into())
+            .spawn(|| loop {
+                std::thread::sleep(Duration::from_millis(1));
+                if let Some(s) = STATE.get() {
+                    s.flush_all();
+                }
+            });
+    });
 }
 
 extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) {
@@ -251,23 +319,16 @@ extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) 
     s.in_range.fetch_add(1, Ordering::Relaxed);
     // SAFETY: a pure query on the meminfo QEMU passed in.
     let write = unsafe { qemu_plugin_mem_is_store(meminfo) };
-    let now = match s.insns {
-        // SAFETY: the scoreboard lives for the plugin's life; summing reads every vCPU's entry.
-        Some(e) => unsafe { qemu_plugin_u64_sum(e) },
-        None => s.start.elapsed().as_nanos() as u64,
-    };
-    BUF.with(|b| {
-        let Ok(mut b) = b.try_borrow_mut() else {
-            return;
-        };
-        let (buf, since) = &mut *b;
-        if buf.is_empty() {
-            *since = now;
+    let _ = MINE.try_with(|b| {
+        // Stamped under the batch's lock: the flusher's tick cannot pass this record.
+        let mut b = lock(b);
+        let now = s.now();
+        if b.buf.is_empty() {
+            b.since = now;
         }
-        buf.extend_from_slice(&((gpa & !1) | u64::from(write)).to_le_bytes());
-        buf.extend_from_slice(&now.to_le_bytes());
-        if buf.len() >= BATCH * 16 || now.saturating_sub(*since) > BATCH_NS {
-            flush(s, buf);
+        b.buf.extend_from_slice(&encode_access(gpa, write, now));
+        if b.buf.len() >= BATCH * RECORD_SIZE || now.saturating_sub(b.since) > BATCH_NS {
+            s.send(&mut b.buf);
         }
     });
 }
@@ -302,20 +363,16 @@ extern "C" fn on_tb(tb: *mut QemuPluginTb, _ud: *mut c_void) {
 
 extern "C" fn on_exit(_ud: *mut c_void) {
     if let Some(s) = STATE.get() {
-        BUF.with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                flush(s, &mut b.0);
-            }
-        });
-        // SAFETY: the scoreboard lives for the plugin's life.
-        let insns = s.insns.map(|e| unsafe { qemu_plugin_u64_sum(e) });
+        s.flush_all();
+        let insns = s.insns.map(|_| s.now());
         eprintln!("chmu-tap: guest instructions counted: {insns:?}");
         eprintln!(
-            "chmu-tap: instrumented {} instructions, {} callbacks, {} in range, {} records sent",
+            "chmu-tap: instrumented {} instructions, {} callbacks, {} in range, {} records and {} clock ticks sent",
             s.instrumented.load(Ordering::Relaxed),
             s.callbacks.load(Ordering::Relaxed),
             s.in_range.load(Ordering::Relaxed),
-            s.sent.load(Ordering::Relaxed)
+            s.sent.load(Ordering::Relaxed),
+            s.ticks.load(Ordering::Relaxed)
         );
         if let Some(c) = &s.llc {
             eprintln!(
@@ -382,6 +439,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
         callbacks: AtomicU64::new(0),
         in_range: AtomicU64::new(0),
         sent: AtomicU64::new(0),
+        ticks: AtomicU64::new(0),
     });
     // SAFETY: registering our callbacks with the id QEMU gave us.
     unsafe {

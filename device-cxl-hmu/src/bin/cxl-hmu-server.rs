@@ -54,8 +54,8 @@ struct Args {
     #[arg(long, value_name = "N", conflicts_with = "feed_socket")]
     feed_fd: Option<i32>,
     /// Clock of the socket feed's records: `records` (their own time stamps, e.g. guest
-    /// instruction counts) or `host` (also end epochs on the host's clock when no record
-    /// arrives).
+    /// instruction counts; the feed's clock ticks end epochs between accesses) or `host`
+    /// (records and ticks are stamped on arrival, and epochs also end on the host's clock).
     #[arg(long, value_enum, default_value = "records")]
     clock: Clock,
 }
