@@ -135,17 +135,34 @@ impl Chmu {
                 .with_enable(true)
                 .into(),
         );
+        if self.settle(b)?.enabled() {
+            Ok(())
+        } else {
+            Err(ChmuError::Device(
+                "the CHMU refused the configuration".into(),
+            ))
+        }
+    }
+
+    /// Disables instance `i` (counting stops; the hotlist stays), as the driver does when its
+    /// event stops.
+    pub fn disable(&self, i: u8) -> Result<(), ChmuError> {
+        let b = self.base(i);
+        let cfg0 = ChmuCfg0::from(self.rd(b + CHMU_CFG0)).with_enable(false);
+        self.wr(b + CHMU_CFG0, cfg0.into());
+        if self.settle(b)?.enabled() {
+            return Err(ChmuError::Device("the CHMU stayed enabled".into()));
+        }
+        Ok(())
+    }
+
+    /// Polls STATUS until operation-in-progress clears (100 ms, as the driver does).
+    fn settle(&self, b: u64) -> Result<ChmuStatus, ChmuError> {
         let deadline = Instant::now() + Duration::from_millis(100);
         loop {
             let st = ChmuStatus::from(self.rd(b + CHMU_STATUS));
             if st.op_in_progress() == 0 {
-                return if st.enabled() {
-                    Ok(())
-                } else {
-                    Err(ChmuError::Device(
-                        "the CHMU refused the configuration".into(),
-                    ))
-                };
+                return Ok(st);
             }
             if Instant::now() > deadline {
                 return Err(ChmuError::Device(
@@ -155,8 +172,9 @@ impl Chmu {
         }
     }
 
-    /// Drains instance `i`'s hotlist: (guest-physical address of the unit, count).
-    pub fn drain(&self, i: u8, out: &mut Vec<(u64, u64)>) {
+    /// Drains instance `i`'s hotlist: (guest-physical address of the unit, count); returns
+    /// how many entries there were (HEAD is written only when there were some).
+    pub fn drain(&self, i: u8, out: &mut Vec<(u64, u64)>) -> usize {
         let b = self.base(i);
         let ht = self
             .bar
@@ -173,8 +191,12 @@ impl Chmu {
             out.push((self.hpa_base + ((e >> w) << 12), e & ((1 << w) - 1)));
             h = (h + 1) % size;
         }
+        if head == tail {
+            return 0;
+        }
         self.bar
             .write16(self.block + (b + CHMU_HOTLIST_HEAD) as usize, tail as u16);
+        ((tail + size - head) % size) as usize
     }
 }
 
@@ -194,15 +216,53 @@ fn touch_page(p: *const u8) -> u64 {
     acc
 }
 
+/// The chmu-hot workload: `hot` pages touched `rounds` times (64 loads each), `cold` pages
+/// touched once, all on node 1; which pages are hot is a permutation seeded by `seed`.
+#[derive(Clone, Copy, Debug)]
+pub struct HotTest {
+    pub hot: usize,
+    pub cold: usize,
+    pub rounds: usize,
+    pub threshold: u32,
+    /// CFG1 epoch scale and multiplier.
+    pub epoch: (u8, u16),
+    pub seed: u64,
+    /// Deterministic guest: no draining until the workload is over (see
+    /// [`crate::protocol::Request::ChmuHot`]).
+    pub reproducible: bool,
+}
+
+/// Trapped reads of HEAD/TAIL without a new entry after which a reproducible run's hotlist is
+/// taken as complete. The workload's last epoch has ended on the guest clock by then (three
+/// epochs of spinning); this covers the feed's latency on the host (the tap flushes and ticks
+/// every millisecond; one trapped read costs tens of microseconds or more under TCG).
+const STILL_READS: u32 = 2000;
+
+/// Page indices in a seeded order (Fisher-Yates over xorshift64*).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        v.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
 /// Runs the hot-page workload on node 1 and reports what the CHMU found.
-pub fn hot_test(
-    bdf: &str,
-    hot: usize,
-    cold: usize,
-    rounds: usize,
-    threshold: u32,
-    (epoch_scale, epoch_mult): (u8, u16),
-) -> Result<ChmuHotReport, ChmuError> {
+pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
+    let HotTest {
+        hot,
+        cold,
+        rounds,
+        threshold,
+        epoch: (epoch_scale, epoch_mult),
+        seed,
+        reproducible,
+    } = t;
     let chmu = Chmu::open(bdf)?;
     let pages = hot + cold;
     let len = pages * 4096;
@@ -231,8 +291,11 @@ pub fn hot_test(
     }
     let pagemap = std::fs::File::open("/proc/self/pagemap")
         .map_err(|e| ChmuError::Os(format!("pagemap: {e}")))?;
-    let gpas: Vec<Option<u64>> = (0..pages)
-        .map(|i| crate::arena::gpa_of(&pagemap, base as usize + i * 4096))
+    // Workload order: the first `hot` of the permutation are the hot pages.
+    let order = permutation(pages, seed);
+    let gpas: Vec<Option<u64>> = order
+        .iter()
+        .map(|&i| crate::arena::gpa_of(&pagemap, base as usize + i * 4096))
         .collect();
     let on_node1 = gpas
         .iter()
@@ -243,27 +306,48 @@ pub fn hot_test(
     let mut reported = Vec::new();
     let t0 = Instant::now();
     let mut sink = 0u64;
-    for i in hot..pages {
+    let page = |k: usize| {
+        // SAFETY: every index of the permutation is a page of the mapping.
+        unsafe { base.add(order[k] * 4096) }
+    };
+    for k in hot..pages {
         // SAFETY: inside the mapping: one access per cold page.
-        sink = sink.wrapping_add(u64::from(unsafe {
-            std::ptr::read_volatile(base.add(i * 4096))
-        }));
+        sink = sink.wrapping_add(u64::from(unsafe { std::ptr::read_volatile(page(k)) }));
     }
     for _ in 0..rounds {
-        for i in 0..hot {
-            // SAFETY: page i is inside the mapping.
-            sink = sink.wrapping_add(touch_page(unsafe { base.add(i * 4096) }));
+        for k in 0..hot {
+            sink = sink.wrapping_add(touch_page(page(k)));
         }
-        chmu.drain(0, &mut reported);
+        if !reproducible {
+            chmu.drain(0, &mut reported);
+        }
     }
     let workload_micros = t0.elapsed().as_micros() as u64;
-    // Let the last epochs close, draining as the driver would.
-    let until = Instant::now() + Duration::from_millis(200);
-    while Instant::now() < until {
-        chmu.drain(0, &mut reported);
-        std::thread::sleep(Duration::from_millis(10));
+    if reproducible {
+        // Run the guest clock three epochs past the last access (one iteration is at least
+        // one instruction), then wait, by trapped reads alone, for the hotlist to be still.
+        let epoch = device_cxl_hmu::hotness::epoch_length(epoch_scale, epoch_mult).unwrap_or(0);
+        for i in 0..3 * epoch {
+            sink = std::hint::black_box(sink.wrapping_add(i));
+        }
+        let mut still = 0;
+        while still < STILL_READS {
+            still = if chmu.drain(0, &mut reported) == 0 {
+                still + 1
+            } else {
+                0
+            };
+        }
+    } else {
+        // Let the last epochs close, draining as the driver would.
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            chmu.drain(0, &mut reported);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     std::hint::black_box(sink);
+    chmu.disable(0)?;
     let mut by_gpa: BTreeMap<u64, u64> = BTreeMap::new();
     for (g, c) in &reported {
         *by_gpa.entry(*g).or_default() += c;
@@ -290,5 +374,27 @@ pub fn hot_test(
             .map(|g| by_gpa.get(g).copied().unwrap_or(0))
             .collect(),
         hot_gpas,
+        hotlist: reported,
+        seed,
+        reproducible,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hot_set_permutation_is_seeded_and_complete() {
+        let a = permutation(288, 1);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..288).collect::<Vec<_>>());
+        assert_eq!(permutation(288, 1), a, "same seed, same order");
+        assert_ne!(
+            permutation(288, 2)[..32],
+            a[..32],
+            "another seed, another hot set"
+        );
+    }
 }

@@ -3,8 +3,8 @@
 use guest_agent::drivers::{probe_chmu, probe_sdxi};
 use guest_agent::inventory;
 use guest_agent::protocol::{
-    AgentMessage, HostMessage, Inventory, Outcome, Probe, ProbeResult, Reply, Request,
-    PROTOCOL_VERSION,
+    decode_autorun, AgentMessage, HostMessage, Inventory, Outcome, Probe, ProbeResult, Reply,
+    Request, AUTORUN_PARAM, PROTOCOL_VERSION,
 };
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -96,7 +96,7 @@ fn sdxi_copy(sizes: &[u64]) -> Outcome {
     }
 }
 
-fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32, epoch: (u8, u16)) -> Outcome {
+fn chmu_hot(t: guest_agent::chmu::HotTest) -> Outcome {
     let pci = inventory::pci_functions(Path::new("/sys"));
     let Some(f) = pci
         .iter()
@@ -104,14 +104,7 @@ fn chmu_hot(hot: u32, cold: u32, rounds: u32, threshold: u32, epoch: (u8, u16)) 
     else {
         return Outcome::Error("no CXL memory device (class 0x050210)".into());
     };
-    match guest_agent::chmu::hot_test(
-        &f.bdf,
-        hot as usize,
-        cold as usize,
-        rounds as usize,
-        threshold,
-        epoch,
-    ) {
+    match guest_agent::chmu::hot_test(&f.bdf, t) {
         Ok(r) => Outcome::Ok(Reply::ChmuHot(r)),
         Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
     }
@@ -209,7 +202,53 @@ fn open_port(port: &str) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Serves one request; true when the agent should stop after answering.
+fn handle(
+    request: Request,
+    retained: &mut Option<guest_agent::migrate::Retained>,
+) -> (Outcome, bool) {
+    let result = match request {
+        Request::Ping => Outcome::Ok(Reply::Pong),
+        Request::Inventory => Outcome::Ok(Reply::Inventory(Box::new(inventory()))),
+        Request::SdxiCopy { sizes } => sdxi_copy(&sizes),
+        Request::ChmuHot {
+            hot_pages,
+            cold_pages,
+            rounds,
+            threshold,
+            epoch_scale,
+            epoch_mult,
+            seed,
+            reproducible,
+        } => chmu_hot(guest_agent::chmu::HotTest {
+            hot: hot_pages as usize,
+            cold: cold_pages as usize,
+            rounds: rounds as usize,
+            threshold,
+            epoch: (epoch_scale, epoch_mult),
+            seed,
+            reproducible,
+        }),
+        Request::Migrate { spec } => migrate(*spec, retained),
+        Request::MigrateBench { spec } => migrate_bench(&spec),
+        Request::Autorun => Outcome::Error("autorun is answered by the serving loop".into()),
+        Request::Shutdown => return (Outcome::Ok(Reply::ShuttingDown), true),
+    };
+    (result, false)
+}
+
 fn run(port: &str) -> std::io::Result<()> {
+    // A request on the kernel command line runs first, before anything from the host can
+    // reach the guest (a reproducible run's guest depends on nothing but its inputs).
+    let mut retained: Option<guest_agent::migrate::Retained> = None;
+    let mut autorun = match decode_autorun(&read_trim("/proc/cmdline")) {
+        None => None,
+        Some(Err(e)) => Some(Outcome::Error(e)),
+        Some(Ok(Request::Shutdown | Request::Autorun)) => Some(Outcome::Error(
+            "shutdown and autorun cannot be autorun".into(),
+        )),
+        Some(Ok(r)) => Some(handle(r, &mut retained).0),
+    };
     let f = open_port(port)?;
     let mut out = f.try_clone()?;
     let uptime = read_trim("/proc/uptime")
@@ -228,7 +267,6 @@ fn run(port: &str) -> std::io::Result<()> {
     )?;
     let mut reader = BufReader::new(f);
     let mut line = String::new();
-    let mut retained: Option<guest_agent::migrate::Retained>;
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -250,36 +288,23 @@ fn run(port: &str) -> std::io::Result<()> {
                 )),
                 false,
             ),
-            Ok(m) => match m.request {
-                Request::Ping => (m.id, Outcome::Ok(Reply::Pong), false),
-                Request::Inventory => (
-                    m.id,
-                    Outcome::Ok(Reply::Inventory(Box::new(inventory()))),
-                    false,
-                ),
-                Request::SdxiCopy { sizes } => (m.id, sdxi_copy(&sizes), false),
-                Request::ChmuHot {
-                    hot_pages,
-                    cold_pages,
-                    rounds,
-                    threshold,
-                    epoch_scale,
-                    epoch_mult,
-                } => (
-                    m.id,
-                    chmu_hot(
-                        hot_pages,
-                        cold_pages,
-                        rounds,
-                        threshold,
-                        (epoch_scale, epoch_mult),
-                    ),
-                    false,
-                ),
-                Request::Migrate { spec } => (m.id, migrate(*spec, &mut retained), false),
-                Request::MigrateBench { spec } => (m.id, migrate_bench(&spec), false),
-                Request::Shutdown => (m.id, Outcome::Ok(Reply::ShuttingDown), true),
-            },
+            Ok(HostMessage {
+                id,
+                request: Request::Autorun,
+                ..
+            }) => (
+                id,
+                autorun.take().unwrap_or_else(|| {
+                    Outcome::Error(format!(
+                        "no request on the kernel command line ({AUTORUN_PARAM}), or its reply was taken"
+                    ))
+                }),
+                false,
+            ),
+            Ok(m) => {
+                let (result, stop) = handle(m.request, &mut retained);
+                (m.id, result, stop)
+            }
         };
         send(
             &mut out,

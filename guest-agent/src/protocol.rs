@@ -9,6 +9,37 @@ use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Kernel command-line key carrying a request the agent runs at boot, before its hello
+/// ([`Request::Autorun`] fetches the reply): the request's JSON, hex-encoded (the command
+/// line has no quoting).
+pub const AUTORUN_PARAM: &str = "tierbed.autorun";
+
+/// `request` as the value of [`AUTORUN_PARAM`].
+pub fn encode_autorun(request: &Request) -> String {
+    let json = serde_json::to_vec(request).unwrap_or_default();
+    json.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The request in a kernel command line's [`AUTORUN_PARAM`], if there is one.
+pub fn decode_autorun(cmdline: &str) -> Option<Result<Request, String>> {
+    let hex = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix(AUTORUN_PARAM)?.strip_prefix('='))?;
+    let bytes: Result<Vec<u8>, String> = (0..hex.len() / 2)
+        .map(|i| {
+            hex.get(2 * i..2 * i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("{AUTORUN_PARAM}: not hex at byte {i}"))
+        })
+        .collect();
+    Some(bytes.and_then(|b| {
+        if hex.len() % 2 != 0 {
+            return Err(format!("{AUTORUN_PARAM}: odd number of hex digits"));
+        }
+        serde_json::from_slice(&b).map_err(|e| format!("{AUTORUN_PARAM}: {e}"))
+    }))
+}
+
 /// Host -> guest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostMessage {
@@ -39,7 +70,18 @@ pub enum Request {
         /// CFG1 epoch scale (1 = 100 us ... 5 = 1 s) and multiplier.
         epoch_scale: u8,
         epoch_mult: u16,
+        /// Chooses which of the workload's pages are hot (a seeded permutation).
+        #[serde(default)]
+        seed: u64,
+        /// For a deterministic guest (see [`Request::Autorun`]): nothing the host's timing
+        /// can change runs before the workload's last access (no draining while it runs),
+        /// then the clock is run three epochs on and the hotlist drained once it is still.
+        #[serde(default)]
+        reproducible: bool,
     },
+    /// The reply of the request given on the kernel command line ([`AUTORUN_PARAM`]), which
+    /// the agent ran at boot before its hello, with no input from the host.
+    Autorun,
     /// Run the batched migrator: workload on node 1, hotness source, promotion, batches
     /// copied by the chosen engines, every copy verified.
     Migrate {
@@ -124,6 +166,14 @@ pub struct ChmuHotReport {
     pub hot_gpas: Vec<u64>,
     /// Summed hotlist counts of each hot page, in workload order.
     pub hot_counts: Vec<u64>,
+    /// Every entry drained, in hotlist order: (guest-physical address of the unit, count).
+    #[serde(default)]
+    pub hotlist: Vec<(u64, u64)>,
+    /// The workload's seed and whether it ran in the reproducible way.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub reproducible: bool,
 }
 
 /// One copy through the SDXi device, checked in the guest.
@@ -314,6 +364,34 @@ mod tests {
         };
         let s = serde_json::to_string(&m).expect("serialize");
         assert!(s.contains(r#""error":"no such device""#), "{s}");
+    }
+
+    #[test]
+    fn autorun_requests_survive_the_kernel_command_line() {
+        let r = Request::ChmuHot {
+            hot_pages: 32,
+            cold_pages: 256,
+            rounds: 300,
+            threshold: 4,
+            epoch_scale: 2,
+            epoch_mult: 1,
+            seed: 7,
+            reproducible: true,
+        };
+        let v = encode_autorun(&r);
+        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()), "{v}");
+        // '{' is 0x7b: the JSON text, hex-encoded.
+        assert!(v.starts_with("7b"), "{v}");
+        let cmdline = format!("console=ttyS0 {AUTORUN_PARAM}={v} quiet");
+        assert_eq!(decode_autorun(&cmdline), Some(Ok(r)));
+        assert_eq!(decode_autorun("console=ttyS0 tierbed.autorunx=7b"), None);
+        assert_eq!(decode_autorun("console=ttyS0"), None);
+        let bad = decode_autorun("tierbed.autorun=7g").expect("present");
+        assert!(bad.expect_err("not hex").contains("not hex"));
+        let odd = decode_autorun("tierbed.autorun=7b7").expect("present");
+        assert!(odd.expect_err("odd").contains("odd"));
+        let junk = decode_autorun("tierbed.autorun=7b7d").expect("present");
+        assert!(junk.is_err(), "{{}} is no request");
     }
 
     #[test]

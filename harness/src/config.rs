@@ -84,6 +84,14 @@ pub struct VmConfig {
     /// Device trace categories written to the run directory (`sdxi-trace.log`,
     /// `cxl-hmu-trace.log`), e.g. "mmio,descriptor" or "all"; empty for none.
     pub trace: String,
+    /// A deterministic guest, so the same workload and seed give the same hotlist: QEMU
+    /// counts instructions as time (`-icount shift=0,sleep=off`), with seeded guest
+    /// randomness and a fixed RTC; TCG only; the CHMU's epochs on the instruction clock; the
+    /// chmu-hot workload runs at boot from the kernel command line, before any host input.
+    pub reproducible: bool,
+    /// Seed of the chmu-hot workload's hot set, the tap's instruction sampling and, when
+    /// reproducible, QEMU's guest randomness (`-seed`).
+    pub seed: u64,
 }
 
 impl Default for VmConfig {
@@ -115,6 +123,8 @@ impl Default for VmConfig {
             kill_delay_ms: 0,
             kill_after_sdxi_copies: None,
             iommu: true,
+            reproducible: false,
+            seed: 1,
         }
     }
 }
@@ -185,6 +195,12 @@ impl VmConfig {
                     "kill_after_boot = {k:?}: one of sdxi-server, cxl-hmu-server, qemu"
                 ));
             }
+        }
+        if self.reproducible && self.accel == Accel::Kvm {
+            return bad(
+                "reproducible = true needs TCG (QEMU's instruction counting); use accel = \"tcg\" or \"auto\""
+                    .into(),
+            );
         }
         if self.boot_timeout_s == 0 || self.request_timeout_s == 0 {
             return bad("timeouts must be at least 1 second".into());

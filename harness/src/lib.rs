@@ -238,6 +238,18 @@ pub fn execute(
     if scenario::uses_chmu(scenario_name) {
         cfg.chmu_feed = true;
     }
+    if cfg.reproducible {
+        if scenario_name != "chmu-hot" {
+            return Err(RunError::Config(config::ConfigError::Invalid(format!(
+                "--reproducible applies to the chmu-hot scenario (the CHMU's hotlist), not {scenario_name:?}"
+            ))));
+        }
+        cfg.chmu_clock = config::ChmuClock::Insns;
+        cfg.accel = config::Accel::Tcg;
+        // With two vCPUs under -icount the guest kernel oopsed (load balancing) or hung in
+        // our tries; one vCPU also keeps the instruction stream a single, ordered one.
+        cfg.cpus = 1;
+    }
     let cfg = &cfg;
     let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
     progress.step(&format!("accelerator: {} ({})", accel.accel, accel.reason));
@@ -248,8 +260,14 @@ pub fn execute(
         "booting the guest ({} MiB DRAM + {} MiB CXL tier, {} vCPUs)",
         cfg.node0_mib, cfg.node1_mib, cfg.cpus
     ));
-    let mut vm =
-        vm::Vm::start(cfg, &imgs, &tools, accel.accel, &run, interrupted).map_err(vm_err)?;
+    let boot = if cfg.reproducible {
+        progress.step("reproducible: the chmu-hot workload runs at boot on the instruction clock");
+        vm::Boot::Autorun(scenario::chmu_hot_request(cfg))
+    } else {
+        vm::Boot::Agent
+    };
+    let mut vm = vm::Vm::start_with(cfg, &boot, &imgs, &tools, accel.accel, &run, interrupted)
+        .map_err(vm_err)?;
     let boot = vm.hello_after.as_secs_f64();
     if let Some(k) = &cfg.kill_after_boot {
         if cfg.kill_delay_ms == 0 && cfg.kill_after_sdxi_copies.is_none() {
@@ -314,20 +332,10 @@ pub fn execute(
     };
     let chmu_hot = if scenario::uses_chmu(scenario_name) {
         progress.step("guest CHMU driver: hot-page workload on node 1, draining the hotlist");
-        let (hot_pages, cold_pages, rounds, threshold) = scenario::CHMU_HOT;
-        // 10 ms of host time, or 100 us as 100k guest instructions (the workload runs only a
-        // few million instructions, and an idle guest hardly advances the instruction clock).
-        let (epoch_scale, epoch_mult) = match cfg.chmu_clock {
-            config::ChmuClock::Host => (3, 1),
-            config::ChmuClock::Insns => (1, 1),
-        };
-        let req = Request::ChmuHot {
-            hot_pages,
-            cold_pages,
-            rounds,
-            threshold,
-            epoch_scale,
-            epoch_mult,
+        let req = if cfg.reproducible {
+            Request::Autorun
+        } else {
+            scenario::chmu_hot_request(cfg)
         };
         match vm.request(req, timeout).map_err(vm_err)? {
             Reply::ChmuHot(r) => Some(r),
@@ -572,12 +580,18 @@ pub fn bench_tap(
         if c.chmu_feed {
             on.push(r.timings.boot_to_agent_s);
             let log = std::fs::read_to_string(r.run_dir.join("qemu.log")).unwrap_or_default();
-            if let Some(l) = log.lines().find(|l| l.starts_with("chmu-tap:")) {
+            // "chmu-tap: instrumented I instructions, C callbacks, R in range, N records and
+            // T clock ticks sent"
+            if let Some(l) = log
+                .lines()
+                .find(|l| l.starts_with("chmu-tap: instrumented"))
+            {
                 line = l.to_owned();
                 let sent = l
-                    .split(',')
-                    .find(|p| p.contains("records sent"))
-                    .and_then(|p| p.split_whitespace().next())
+                    .split(", ")
+                    .find_map(|p| p.split_once(" records"))
+                    .map(|(n, _)| n.trim())
+                    .and_then(|n| n.split_whitespace().next())
                     .and_then(|n| n.parse::<f64>().ok())
                     .unwrap_or(0.0);
                 rate.push(sent / (r.timings.boot_to_agent_s + r.timings.scenario_s).max(1e-9));

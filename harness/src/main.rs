@@ -207,6 +207,15 @@ struct VmArgs {
     /// instructions executed (reproducible for a deterministic guest).
     #[arg(long, value_enum)]
     chmu_clock: Option<harness::config::ChmuClock>,
+    /// A deterministic guest (TCG counting instructions as time, seeded randomness, fixed
+    /// RTC; the workload runs at boot): the same --seed gives the same CHMU hotlist. For the
+    /// chmu-hot scenario; implies --chmu-clock insns and --accel tcg.
+    #[arg(long)]
+    reproducible: bool,
+    /// Seed of the chmu-hot workload's hot set and the tap's instruction sampling (and, with
+    /// --reproducible, of the guest's randomness).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// The CHMU plugin instruments one in this many memory instructions.
     #[arg(long, value_name = "N")]
     chmu_sample: Option<u64>,
@@ -245,7 +254,10 @@ impl VmArgs {
         set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
              kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args,
              chmu_clock => chmu_clock, chmu_sample => chmu_sample, chmu_llc_kib => chmu_llc_kib,
-             trace => trace);
+             trace => trace, seed => seed);
+        if self.reproducible {
+            cfg.reproducible = true;
+        }
         if self.kill_after_boot.is_some() {
             cfg.kill_after_boot = self.kill_after_boot.clone();
         }

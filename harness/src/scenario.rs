@@ -3,7 +3,7 @@
 //! Built in so far: `inventory`, which checks the foundation: both devices found with their
 //! class codes and the registers their servers define, node 1 memory-only in a lower tier.
 
-use crate::config::VmConfig;
+use crate::config::{ChmuClock, VmConfig};
 use device_cxl_hmu::chmu::ChmuConfig;
 use device_sdxi::function::SdxiConfig;
 use guest_agent::protocol::{Inventory, ProbeResult};
@@ -54,6 +54,29 @@ pub fn uses_chmu(name: &str) -> bool {
 /// Workload of the chmu-hot scenario: hot pages, cold pages, rounds, CHMU threshold.
 pub const CHMU_HOT: (u32, u32, u32, u32) = (32, 256, 300, 4);
 
+/// The chmu-hot scenario's request for `cfg`. Epochs: 10 ms of host time, or on the
+/// instruction clock 100 us as 100k guest instructions (the workload runs only a few million
+/// instructions, and an idle guest hardly advances the clock). A reproducible run drains only
+/// at the end, so its epochs are ten times longer to keep the hotlist within its 1024 slots.
+pub fn chmu_hot_request(cfg: &VmConfig) -> guest_agent::protocol::Request {
+    let (hot_pages, cold_pages, rounds, threshold) = CHMU_HOT;
+    let (epoch_scale, epoch_mult) = match (cfg.chmu_clock, cfg.reproducible) {
+        (_, true) => (2, 1),
+        (ChmuClock::Host, false) => (3, 1),
+        (ChmuClock::Insns, false) => (1, 1),
+    };
+    guest_agent::protocol::Request::ChmuHot {
+        hot_pages,
+        cold_pages,
+        rounds,
+        threshold,
+        epoch_scale,
+        epoch_mult,
+        seed: cfg.seed,
+        reproducible: cfg.reproducible,
+    }
+}
+
 /// Checks the guest CHMU driver's report and the device's counters.
 pub fn chmu_hot_checks(
     r: &guest_agent::protocol::ChmuHotReport,
@@ -62,7 +85,25 @@ pub fn chmu_hot_checks(
     let recall = r.hot_found as f64 / r.hot_pages.max(1) as f64;
     let h = device_counters.map(|c| &c["registers"]["hotness"]);
     let in_range = h.and_then(|h| h["accesses_in_range"].as_u64()).unwrap_or(0);
-    vec![
+    let mut out = Vec::new();
+    if r.reproducible {
+        // The guest drained once the hotlist was still: everything the device wrote must be
+        // there, or the run raced the feed and its hotlist is not the reproducible one.
+        let written = h.and_then(|h| h["entries_written"].as_u64());
+        let overflows = h.and_then(|h| h["overflows"].as_u64()).unwrap_or(0);
+        out.push(check(
+            "chmu.hotlist_complete",
+            written == Some(r.entries) && overflows == 0,
+            format!(
+                "{} entries drained, {} written by the device, {overflows} dropped; hotlist digest {:#018x} (seed {}: compare across runs)",
+                r.entries,
+                written.map_or("?".into(), |w| w.to_string()),
+                hotlist_digest(&r.hotlist),
+                r.seed
+            ),
+        ));
+    }
+    out.extend([
         check(
             "chmu.workload_on_node1",
             r.pages_on_node1 == r.hot_pages + r.cold_pages && r.hot_pages > 0,
@@ -96,7 +137,20 @@ pub fn chmu_hot_checks(
                 r.entries
             ),
         ),
-    ]
+    ]);
+    out
+}
+
+/// FNV-1a over a drained hotlist's (address, count) entries in order: one number to compare
+/// between runs.
+pub fn hotlist_digest(entries: &[(u64, u64)]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (a, c) in entries {
+        for b in a.to_le_bytes().into_iter().chain(c.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// The scenario `harness demo` runs.
@@ -313,6 +367,52 @@ fn tier(t: Option<u32>) -> String {
 mod tests {
     use super::*;
     use guest_agent::protocol::*;
+
+    #[test]
+    fn a_reproducible_hotlist_must_be_complete_and_has_a_digest() {
+        let r = ChmuHotReport {
+            hot_pages: 1,
+            pages_on_node1: 1,
+            hot_found: 1,
+            entries: 2,
+            hotlist: vec![(0x4000_0000, 9), (0x4000_1000, 5)],
+            reproducible: true,
+            seed: 3,
+            ..ChmuHotReport::default()
+        };
+        let counters = |written: u64, overflows: u64| {
+            serde_json::json!({"registers": {"hotness": {
+                "entries_written": written, "overflows": overflows, "accesses_in_range": 10}}})
+        };
+        let find = |c: &serde_json::Value| {
+            chmu_hot_checks(&r, Some(c))
+                .into_iter()
+                .find(|c| c.name == "chmu.hotlist_complete")
+                .expect("check present")
+        };
+        let ok = find(&counters(2, 0));
+        assert!(ok.passed, "{}", ok.detail);
+        assert!(
+            ok.detail
+                .contains(&format!("{:#018x}", hotlist_digest(&r.hotlist))),
+            "{}",
+            ok.detail
+        );
+        assert!(!find(&counters(3, 0)).passed, "an entry left in the device");
+        assert!(!find(&counters(2, 1)).passed, "an entry dropped");
+        // The digest depends on order and counts.
+        let d = hotlist_digest(&r.hotlist);
+        assert_ne!(d, hotlist_digest(&[(0x4000_1000, 5), (0x4000_0000, 9)]));
+        assert_ne!(d, hotlist_digest(&[(0x4000_0000, 9), (0x4000_1000, 6)]));
+        // Not reproducible: no such check.
+        let plain = ChmuHotReport {
+            reproducible: false,
+            ..r.clone()
+        };
+        assert!(chmu_hot_checks(&plain, Some(&counters(2, 0)))
+            .iter()
+            .all(|c| c.name != "chmu.hotlist_complete"));
+    }
 
     fn good_inventory(cfg: &VmConfig) -> Inventory {
         let s = SdxiConfig {

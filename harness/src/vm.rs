@@ -369,23 +369,31 @@ pub enum Boot {
     /// bring-up archive appended. With `console` the guest console is a socket the harness
     /// bridges to the user's terminal (`Vm::take_console`).
     Bringup { initrd: PathBuf, console: bool },
+    /// The guest agent runs this request at boot, from the kernel command line, before its
+    /// hello (a reproducible run: no host input reaches the guest first); `Request::Autorun`
+    /// fetches the reply.
+    Autorun(guest_agent::protocol::Request),
 }
 
 impl Boot {
     fn mode(&self) -> &'static str {
         match self {
-            Self::Agent => "agent",
+            Self::Agent | Self::Autorun(_) => "agent",
             Self::Bringup { .. } => "bringup",
         }
     }
 
     fn initrd(&self, images: &Images) -> PathBuf {
         match self {
-            Self::Agent => images.initramfs.clone(),
+            Self::Agent | Self::Autorun(_) => images.initramfs.clone(),
             Self::Bringup { initrd, .. } => initrd.clone(),
         }
     }
 }
+
+/// Fixed guest wall-clock start of a reproducible run (the RTC then follows the instruction
+/// clock, not the host's).
+pub const REPRODUCIBLE_RTC_BASE: &str = "2026-01-01T00:00:00";
 
 /// The QEMU command line (after the binary and its prefix arguments).
 pub fn qemu_args(
@@ -409,6 +417,19 @@ pub fn qemu_args(
         &cfg.cpus.to_string(),
     ]);
     push(&["-m", &format!("{}M", cfg.node0_mib + cfg.node1_mib)]);
+    if cfg.reproducible {
+        // Time is instructions (1 ns each; idle time skipped, never slept), so timer
+        // interrupts land at the same instruction in every run; RDRAND and the guest's other
+        // random sources come from the seed; the RTC starts at a fixed date on that clock.
+        push(&[
+            "-icount",
+            "shift=0,sleep=off,align=off",
+            "-seed",
+            &cfg.seed.to_string(),
+            "-rtc",
+            &format!("base={REPRODUCIBLE_RTC_BASE},clock=vm"),
+        ]);
+    }
     push(&["-nodefaults", "-display", "none", "-no-reboot"]);
     for (i, mib) in [cfg.node0_mib, cfg.node1_mib].into_iter().enumerate() {
         push(&[
@@ -486,6 +507,13 @@ pub fn qemu_args(
     if !cfg.kernel_args.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&cfg.kernel_args);
+    }
+    if let Boot::Autorun(r) = boot {
+        cmdline.push_str(&format!(
+            " {}={}",
+            guest_agent::protocol::AUTORUN_PARAM,
+            guest_agent::protocol::encode_autorun(r)
+        ));
     }
     push(&["-append", &cmdline]);
     a
@@ -613,12 +641,13 @@ impl Vm {
         if let Some((l, plugin)) = feed {
             args.push("-plugin".into());
             args.push(format!(
-                "{},feed={},base={:#x},size={:#x},sample={},seed=1,clock={}",
+                "{},feed={},base={:#x},size={:#x},sample={},seed={},clock={}",
                 plugin.display(),
                 vm.sock_dir.join("feed.sock").display(),
                 node1.base,
                 node1.size,
                 cfg.chmu_sample,
+                cfg.seed,
                 match cfg.chmu_clock {
                     crate::config::ChmuClock::Host => "host",
                     crate::config::ChmuClock::Insns => "insns",
