@@ -142,15 +142,41 @@ pub struct Workload {
     pub started: Instant,
 }
 
-/// Reads 8 cache lines of the 4 KiB page at `p`.
+/// Readers of 8 cache lines of a 4 KiB page: reader `v` reads lines `8k + v`. The chmu-tap
+/// plugin instruments a fixed one in N memory *instructions* (by address), so a workload
+/// whose reads all went through one or two load instructions would be seen fully or not at
+/// all depending on where the linker put them; 64 distinct load sites, used in turn, give the
+/// tap its one in N of the reads whatever the build.
 #[inline(never)]
-fn read_page(p: *const u8) -> u64 {
+fn read_lines<const V: usize>(p: *const u8) -> u64 {
     let mut acc = 0u64;
-    for k in 0..8 {
-        // SAFETY: k * 512 < 4096, inside the page the caller chose.
-        acc = acc.wrapping_add(unsafe { std::ptr::read_volatile(p.add(k * 512).cast::<u64>()) });
+    macro_rules! ld {
+        ($($k:literal)*) => { $(
+            // SAFETY: line 8k + V of the page the caller chose (V < 8, so < 4096).
+            acc = acc.wrapping_add(unsafe {
+                std::ptr::read_volatile(p.add($k * 512 + V * 64).cast::<u64>())
+            });
+        )* };
     }
+    ld!(0 1 2 3 4 5 6 7);
     acc
+}
+
+/// One reader per line offset within a 512-byte stride.
+static READERS: [fn(*const u8) -> u64; 8] = [
+    read_lines::<0>,
+    read_lines::<1>,
+    read_lines::<2>,
+    read_lines::<3>,
+    read_lines::<4>,
+    read_lines::<5>,
+    read_lines::<6>,
+    read_lines::<7>,
+];
+
+/// Reads 8 cache lines of the 4 KiB page at `p` through reader `v % 8`.
+fn read_page(p: *const u8, v: u64) -> u64 {
+    READERS[(v % 8) as usize](p)
 }
 
 impl Workload {
@@ -196,7 +222,7 @@ impl Workload {
                             } else {
                                 let sub = rng.below(subpages) as usize * 4096;
                                 // SAFETY: sub-page `sub` lies inside folio f.
-                                sink = sink.wrapping_add(read_page(unsafe { base.add(sub) }));
+                                sink = sink.wrapping_add(read_page(unsafe { base.add(sub) }, acc));
                             }
                         }
                         c.accesses.store(acc, Ordering::Relaxed);
@@ -265,6 +291,23 @@ pub fn counted_writes(arena: &Arena, threads: usize) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readers_cover_every_line_once() {
+        // Line j's first word holds 1 << j: reader v sums lines 8k + v.
+        let mut page = vec![0u64; 512];
+        for j in 0..64 {
+            page[j * 8] = 1 << j;
+        }
+        let mut all = 0u64;
+        for v in 0..8u64 {
+            let got = read_page(page.as_ptr().cast(), v + 8);
+            let want: u64 = (0..8).map(|k| 1u64 << (8 * k + v)).sum();
+            assert_eq!(got, want, "reader {v}");
+            all |= got;
+        }
+        assert_eq!(all, u64::MAX);
+    }
 
     fn spec(pattern: Pattern) -> WorkloadSpec {
         WorkloadSpec {

@@ -117,8 +117,11 @@ pub fn chmu_hot_checks(
             "chmu.hot_pages_reported",
             recall >= 0.95,
             format!(
-                "{} of {} hot pages in the hotlist (recall {recall:.2})",
-                r.hot_found, r.hot_pages
+                "{} of {} hot pages in the hotlist (recall {recall:.2}; precision {:.2}: {} distinct units reported)",
+                r.hot_found,
+                r.hot_pages,
+                r.hot_found as f64 / r.distinct_units.max(1) as f64,
+                r.distinct_units
             ),
         ),
         check(
