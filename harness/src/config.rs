@@ -86,7 +86,7 @@ pub struct VmConfig {
     pub trace: String,
     /// A deterministic guest, so the same workload and seed give the same hotlist: QEMU
     /// counts instructions as time (`-icount shift=0,sleep=off`), with seeded guest
-    /// randomness and a fixed RTC; TCG only; the CHMU's epochs on the instruction clock; the
+    /// randomness and a fixed RTC; TCG and one vCPU; the CHMU's epochs on the instruction clock; the
     /// chmu-hot workload runs at boot from the kernel command line, before any host input.
     pub reproducible: bool,
     /// Seed of the chmu-hot workload's hot set, the tap's instruction sampling and, when

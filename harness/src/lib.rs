@@ -233,8 +233,6 @@ pub fn execute(
         Some(f) => f.apply(cfg, scenario_name)?,
         None => cfg.clone(),
     };
-    let (tools, imgs) = provision(&cfg, paths, false, progress)?;
-    let provision_s = t0.elapsed().as_secs_f64();
     if scenario::uses_chmu(scenario_name) {
         cfg.chmu_feed = true;
     }
@@ -251,6 +249,8 @@ pub fn execute(
         // one vCPU also keeps the instruction stream a single, ordered one.
         cfg.cpus = 1;
     }
+    let (tools, imgs) = provision(&cfg, paths, false, progress)?;
+    let provision_s = t0.elapsed().as_secs_f64();
     let cfg = &cfg;
     let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
     progress.step(&format!("accelerator: {} ({})", accel.accel, accel.reason));

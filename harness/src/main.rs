@@ -209,7 +209,7 @@ struct VmArgs {
     chmu_clock: Option<harness::config::ChmuClock>,
     /// A deterministic guest (TCG counting instructions as time, seeded randomness, fixed
     /// RTC; the workload runs at boot): the same --seed gives the same CHMU hotlist. For the
-    /// chmu-hot scenario; implies --chmu-clock insns and --accel tcg.
+    /// chmu-hot scenario; implies --chmu-clock insns, --accel tcg and one vCPU.
     #[arg(long)]
     reproducible: bool,
     /// Seed of the chmu-hot workload's hot set and the tap's instruction sampling (and, with

@@ -198,6 +198,19 @@ fn invalid_configuration_is_a_usage_error_naming_the_value() {
         .expect("run harness");
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("node1_mib = 100"));
+    // Reproducible mode is about the CHMU's hotlist: refused for another scenario, before
+    // anything is provisioned or booted.
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "inventory", "--reproducible", "-q"])
+        .output()
+        .expect("run harness");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--reproducible applies to the chmu-hot scenario"),
+        "{err}"
+    );
+    assert!(!err.contains("building"), "{err}");
 }
 
 #[test]
