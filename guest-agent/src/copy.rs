@@ -161,30 +161,29 @@ const POLL_SLICE: Duration = Duration::from_millis(20);
 const MAX_ROUNDS: u32 = 64;
 
 impl SdxiCopy {
-    /// Waits for channel `c`'s interrupt; true if it came. Every [`POLL_SLICE`] the context's
-    /// status and the completion blocks are checked too, so a lost interrupt costs a slice, not
-    /// the timeout.
+    /// Waits until channel `c`'s `n` completion blocks are all written, the context stops or
+    /// the deadline passes; true if the channel's interrupt came meanwhile. The interrupt only
+    /// wakes the wait: an event left over from an earlier batch (its INTR landed after that
+    /// batch was found complete by polling) must not be taken for this batch's. Every
+    /// [`POLL_SLICE`] the context's status and the completion blocks are read, so a lost
+    /// interrupt or a stop whose vector-0 interrupt was missed costs a slice, not the timeout.
     fn wait(&mut self, c: usize, n: usize, deadline: Instant) -> bool {
         let cxt = c as u16 + 1;
+        let mut irq = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.f.wait_interrupt_or_error(cxt, left.min(POLL_SLICE)) {
-                Wait::Interrupt => return true,
-                Wait::Stopped => return false,
-                Wait::Timeout if left.is_zero() => return false,
-                Wait::Timeout => {
-                    // An error or a stop whose vector-0 interrupt this wait did not see: the
-                    // context's status in memory says so as well.
-                    if !self.f.context_running(cxt) {
-                        return false;
-                    }
-                    let m = self.f.memory();
-                    let all_done =
-                        (0..n).all(|j| driver::csb_status(m, self.csbs[c] + 32 * j as u64).0 == 0);
-                    if all_done {
-                        return false;
-                    }
-                }
+                Wait::Interrupt => irq = true,
+                Wait::Stopped => return irq,
+                Wait::Timeout if left.is_zero() => return irq,
+                Wait::Timeout => {}
+            }
+            let m = self.f.memory();
+            if (0..n).all(|j| driver::csb_status(m, self.csbs[c] + 32 * j as u64).0 == 0) {
+                return irq;
+            }
+            if !self.f.context_running(cxt) {
+                return irq;
             }
         }
     }
@@ -250,14 +249,13 @@ impl CopyEngine for SdxiCopy {
                 let mut not_run = Vec::new();
                 let mut erred = false;
                 for (j, &i) in items.iter().enumerate() {
-                    // A stale event may wake us early: poll each completion block until the
-                    // deadline (not at all once the context stopped on an error).
-                    let left = if irq {
-                        deadline.saturating_duration_since(Instant::now())
-                    } else {
-                        Duration::ZERO
-                    };
-                    match driver::wait_csb(self.f.memory(), self.csbs[c] + 32 * j as u64, left) {
+                    // The wait returned with every block written, or with the context stopped
+                    // or out of time: what is not written now never ran.
+                    match driver::wait_csb(
+                        self.f.memory(),
+                        self.csbs[c] + 32 * j as u64,
+                        Duration::ZERO,
+                    ) {
                         Some(false) => {}
                         Some(true) => {
                             erred = true;
