@@ -62,6 +62,9 @@ pub struct Sink {
 impl Sink {
     /// Feeds guest-physical accesses (those outside the range are counted and dropped).
     pub fn push(&self, recs: &[GpaAccess]) {
+        if recs.is_empty() {
+            return;
+        }
         let end = self.range.hpa_base.saturating_add(self.range.size);
         let now = self.host_clock.map(|t| t.elapsed().as_nanos() as u64);
         let accesses: Vec<Access> = recs

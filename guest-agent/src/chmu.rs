@@ -330,8 +330,12 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
         for i in 0..3 * epoch {
             sink = std::hint::black_box(sink.wrapping_add(i));
         }
+        // Bounded: a device that never goes still ends the wait after 100 stillness windows.
         let mut still = 0;
-        while still < STILL_READS {
+        for _ in 0..100 * STILL_READS {
+            if still >= STILL_READS {
+                break;
+            }
             still = if chmu.drain(0, &mut reported) == 0 {
                 still + 1
             } else {
@@ -347,7 +351,7 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
         }
     }
     std::hint::black_box(sink);
-    chmu.disable(0)?;
+    let disabled = chmu.disable(0);
     let mut by_gpa: BTreeMap<u64, u64> = BTreeMap::new();
     for (g, c) in &reported {
         *by_gpa.entry(*g).or_default() += c;
@@ -358,6 +362,7 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
     let cold_reported = cold_gpas.iter().filter(|g| by_gpa.contains_key(g)).count();
     // SAFETY: unmapping what we mapped.
     unsafe { libc::munmap(p, len) };
+    disabled?;
     Ok(ChmuHotReport {
         hpa_base: chmu.hpa_base,
         size: chmu.size,

@@ -112,9 +112,8 @@ extern "C" {
 /// QEMU_PLUGIN_CB_NO_REGS and QEMU_PLUGIN_MEM_RW.
 const CB_NO_REGS: c_int = 0;
 const MEM_RW: c_int = 3;
-/// Records per vCPU batch, and the longest a batch waits.
+/// Records per vCPU batch (the flusher sends smaller ones within a millisecond).
 const BATCH: usize = 1024;
-const BATCH_NS: u64 = 1_000_000;
 
 /// Parsed plugin arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,19 +219,12 @@ unsafe impl Send for State {}
 // SAFETY: as above.
 unsafe impl Sync for State {}
 
-/// A vCPU's records not yet sent, and the clock when the oldest was stamped.
-#[derive(Debug, Default)]
-struct Batch {
-    buf: Vec<u8>,
-    since: u64,
-}
-
-/// Every vCPU thread's batch, for the flusher.
-static BATCHES: Mutex<Vec<Arc<Mutex<Batch>>>> = Mutex::new(Vec::new());
+/// Every vCPU thread's batch of encoded records not yet sent, for the flusher.
+static BATCHES: Mutex<Vec<Arc<Mutex<Vec<u8>>>>> = Mutex::new(Vec::new());
 
 thread_local! {
-    static MINE: Arc<Mutex<Batch>> = {
-        let b = Arc::new(Mutex::new(Batch::default()));
+    static MINE: Arc<Mutex<Vec<u8>>> = {
+        let b = Arc::new(Mutex::new(Vec::new()));
         lock(&BATCHES).push(Arc::clone(&b));
         start_flusher();
         b
@@ -269,10 +261,10 @@ impl State {
     /// Sends every vCPU's batch, then a tick at the clock read while all batches were held.
     fn flush_all(&self) {
         let all = lock(&BATCHES);
-        let mut held: Vec<MutexGuard<'_, Batch>> = all.iter().map(|b| lock(b)).collect();
+        let mut held: Vec<MutexGuard<'_, Vec<u8>>> = all.iter().map(|b| lock(b)).collect();
         let now = self.now();
         for b in &mut held {
-            self.send(&mut b.buf);
+            self.send(b);
         }
         let _ = lock(&self.out).write_all(&encode_tick(now));
         self.ticks.fetch_add(1, Ordering::Relaxed);
@@ -323,12 +315,9 @@ extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) 
         // Stamped under the batch's lock: the flusher's tick cannot pass this record.
         let mut b = lock(b);
         let now = s.now();
-        if b.buf.is_empty() {
-            b.since = now;
-        }
-        b.buf.extend_from_slice(&encode_access(gpa, write, now));
-        if b.buf.len() >= BATCH * RECORD_SIZE || now.saturating_sub(b.since) > BATCH_NS {
-            s.send(&mut b.buf);
+        b.extend_from_slice(&encode_access(gpa, write, now));
+        if b.len() >= BATCH * RECORD_SIZE {
+            s.send(&mut b);
         }
     });
 }
