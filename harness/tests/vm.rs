@@ -2,81 +2,16 @@
 //! They provision on first use (about 15 s and 160 MB on a fresh machine) and run one VM at a
 //! time.
 
+mod common;
+
+use common::*;
 use harness::config::VmConfig;
 use harness::{Reporter, ToolPaths};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
-
-static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    ONE_VM_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn results_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("harness-vmtest-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("results dir");
-    d
-}
-
-/// Runs `scenario` in a VM with `cfg`, results in a private directory; panics on an
-/// infrastructure error and returns the result (and the directory, to remove at the end).
-fn run(cfg: &VmConfig, scenario: &str, name: &str) -> (harness::RunResult, PathBuf) {
-    let out = results_dir(name);
-    let r = harness::execute(
-        cfg,
-        &ToolPaths::default(),
-        scenario,
-        Some(&out),
-        Arc::new(AtomicBool::new(false)),
-        &mut Reporter::new(false, false),
-    )
-    .unwrap_or_else(|e| panic!("{e:#?}"));
-    assert!(r.passed, "{}", r.summary());
-    (r, out)
-}
-
-/// No process, socket directory or guest-RAM directory of harness process `pid` is left.
-fn assert_nothing_left(pid: u32) {
-    let marks = [format!("tierbed-{pid}-"), format!("tierbed-ram-{pid}-")];
-    assert!(
-        processes_mentioning(&marks[0]).is_empty(),
-        "{:?}",
-        processes_mentioning(&marks[0])
-    );
-    for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
-        let left: Vec<_> = std::fs::read_dir(&d)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        marks.iter().any(|m| n.contains(m.as_str()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(left.is_empty(), "left in {}: {left:?}", d.display());
-    }
-}
-
-/// Processes whose command line mentions `mark`.
-fn processes_mentioning(mark: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            (pid != std::process::id() && c.contains(mark)).then(|| format!("{pid}: {c}"))
-        })
-        .collect()
-}
+use std::sync::Arc;
 
 #[test]
 fn guest_sees_both_devices_their_registers_and_a_lower_cxl_tier() {
