@@ -204,6 +204,31 @@ impl Driver {
         w.1
     }
 
+    /// Reserves `n` slots of context `id`'s ring the way the Linux driver's
+    /// `sdxi_ring_try_reserve` and the spec's multi-producer enqueue sample do: the new write
+    /// index is stored to memory at once, before any descriptor is written. The caller fills
+    /// the slots (vl clear), sets vl later ([`Reservation::make_valid`]) and rings the
+    /// doorbell with [`Reservation::dbval`]. None when `id` has no context or the ring has no
+    /// room (`read_index` is read from memory for that check).
+    pub fn reserve<D: DriverMemory>(&mut self, m: &D, id: u16, n: u64) -> Option<Reservation> {
+        let c = self.context(id)?;
+        let ri = m.read_u64(c.sts + 8);
+        let w = self.write_idx.iter_mut().find(|(i, _)| *i == id)?;
+        let entries = u64::from(c.entries);
+        if n == 0 || n > entries || w.1 + n - ri.min(w.1) > entries {
+            return None;
+        }
+        let start = w.1;
+        w.1 += n;
+        m.write_bytes(c.write_index, &w.1.to_le_bytes());
+        Some(Reservation {
+            ring: c.ring,
+            entries,
+            start,
+            n,
+        })
+    }
+
     /// A context's read index as the device wrote it.
     pub fn read_index<D: DriverMemory>(&self, m: &D, id: u16) -> u64 {
         self.context(id).map_or(0, |c| m.read_u64(c.sts + 8))
@@ -213,6 +238,49 @@ impl Driver {
     pub fn state<D: DriverMemory>(&self, m: &D, id: u16) -> Option<CxtState> {
         let c = self.context(id)?;
         CxtState::from_bits(m.read_u64(c.sts) as u8)
+    }
+}
+
+/// Ring slots `start..start + n` of one context, reserved by [`Driver::reserve`]. Plain
+/// data: producers on several threads fill and validate their own reservations without a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub ring: u64,
+    pub entries: u64,
+    pub start: u64,
+    pub n: u64,
+}
+
+impl Reservation {
+    /// Address of the descriptor at ring index `index`.
+    pub fn slot(&self, index: u64) -> u64 {
+        self.ring + (index % self.entries) * DESC_SIZE
+    }
+
+    /// Writes `d` as the `i`th descriptor of the reservation: body first, then the header,
+    /// with vl as `valid` says (the Linux driver encodes with vl clear and sets it at issue).
+    pub fn write<D: DriverMemory>(&self, m: &D, i: u64, d: &Descriptor, valid: bool) {
+        let slot = self.slot(self.start + i);
+        let header = if valid {
+            d.header.get() | 1
+        } else {
+            d.header.get() & !1
+        };
+        m.write_bytes(slot + 4, &d.as_bytes()[4..]);
+        m.write_bytes(slot, &header.to_le_bytes());
+    }
+
+    /// Sets vl on the `i`th descriptor (read-modify-write of its header dword).
+    pub fn make_valid<D: DriverMemory>(&self, m: &D, i: u64) {
+        let slot = self.slot(self.start + i);
+        let mut h = [0u8; 4];
+        m.read_bytes(slot, &mut h);
+        m.write_bytes(slot, &(u32::from_le_bytes(h) | 1).to_le_bytes());
+    }
+
+    /// The doorbell value that covers this reservation (its end index).
+    pub fn dbval(&self) -> u64 {
+        self.start + self.n
     }
 }
 

@@ -45,7 +45,7 @@ pub trait Irq: Send + Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[repr(u16)]
 pub enum ErrClass {
-    /// vl clear inside the valid window, unknown type or subtype, admin op on a data context.
+    /// Unknown type or subtype, admin op on a data context.
     InvalidDescriptor = 1,
     /// An address outside what the guest mapped (or a write to a read-only map).
     AddressFault = 2,
@@ -122,6 +122,8 @@ pub struct EngineCounters {
     pub passes: AtomicU64,
     /// Passes refused because Bus Master Enable was clear.
     pub passes_without_bus_master: AtomicU64,
+    /// Passes that stopped at a slot below the write index whose vl was still clear.
+    pub not_yet_valid: AtomicU64,
     pub dsc_nop: AtomicU64,
     pub dsc_copy: AtomicU64,
     pub dsc_intr: AtomicU64,
@@ -150,6 +152,7 @@ impl EngineCounters {
             "doorbells": g(&self.doorbells),
             "passes": g(&self.passes),
             "passes_without_bus_master": g(&self.passes_without_bus_master),
+            "not_yet_valid": g(&self.not_yet_valid),
             "descriptors": { "nop": g(&self.dsc_nop), "copy": g(&self.dsc_copy), "intr": g(&self.dsc_intr), "admin": g(&self.dsc_admin) },
             "bytes_copied": g(&self.bytes_copied),
             "completions": g(&self.completions),
@@ -617,14 +620,11 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                     Self::read_obj(mem, slot, step::DESCRIPTOR).map_err(|e| (e, Some(ri)))?;
                 let h = d.header();
                 if !h.vl() {
-                    return Err((
-                        invalid(
-                            ErrClass::InvalidDescriptor,
-                            step::DESCRIPTOR,
-                            "descriptor without vl inside the valid window",
-                        ),
-                        Some(ri),
-                    ));
+                    // Not yet valid: software advanced the write index before setting vl
+                    // (the spec's multi-producer enqueue does). The ring stops here without
+                    // error; read_index stays on the slot and the next doorbell resumes.
+                    self.counters.not_yet_valid.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
                 }
                 if h.fe() {
                     flush(&mut deferred);
