@@ -1,7 +1,9 @@
 //! Building out-of-tree kernel modules for the guest kernel: a private root holding that
 //! kernel's Debian headers and the compiler Debian built it with (gcc-14), entered with
 //! `chroot` inside a private mount and PID namespace (`unshare`), so nothing on the host
-//! changes and nothing stays mounted.
+//! changes and nothing stays mounted. As a normal user it also enters a user namespace
+//! (`--map-root-user`, user_namespaces(7)), so no step needs root; the root's `/dev/null` is
+//! the host's, bind-mounted for the build.
 
 use crate::{apt, mkdir, run_logged, ImagesError, Progress};
 use std::path::{Path, PathBuf};
@@ -58,22 +60,10 @@ pub fn build_root(
     for d in ["proc", "dev", "tmp", "build"] {
         mkdir(&root.join(d))?;
     }
+    // The mount point of the host's /dev/null during a build (mknod needs root).
     let null = root.join("dev/null");
     let _ = std::fs::remove_file(&null);
-    let status = Command::new("mknod")
-        .arg(&null)
-        .args(["c", "1", "3"])
-        .status()
-        .map_err(|e| ImagesError::Spawn {
-            what: "mknod".into(),
-            source: e,
-        })?;
-    if !status.success() {
-        return Err(ImagesError::Kernel(format!(
-            "mknod {} failed ({status})",
-            null.display()
-        )));
-    }
+    std::fs::write(&null, b"").map_err(|e| ImagesError::io("creating", &null, e))?;
     std::fs::write(root.join(".ready"), b"").map_err(|e| ImagesError::io("writing", &root, e))?;
     Ok(root)
 }
@@ -110,10 +100,15 @@ pub fn build_module(
         "building module {name} for {release} (gcc-14, Debian headers)"
     ));
     let script = format!(
-        "mount -t proc proc '{root}/proc' && exec chroot '{root}' make -C /usr/src/linux-headers-{release} M=/build/{name} CC=x86_64-linux-gnu-gcc-14 modules",
+        "mount -t proc proc '{root}/proc' && mount --bind /dev/null '{root}/dev/null' && exec chroot '{root}' make -C /usr/src/linux-headers-{release} M=/build/{name} CC=x86_64-linux-gnu-gcc-14 modules",
         root = root.display()
     );
     let mut c = Command::new("unshare");
+    let root_user = std::fs::metadata("/proc/self")
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if !root_user {
+        c.arg("--map-root-user");
+    }
     c.args(["--mount", "--pid", "--fork", "sh", "-c", &script]);
     run_logged(c, &format!("building {}", src.display()), progress)?;
     let mut kos: Vec<PathBuf> = std::fs::read_dir(&work)
