@@ -104,8 +104,8 @@ pub fn build_module(
         root = root.display()
     );
     let mut c = Command::new("unshare");
-    let root_user = std::fs::metadata("/proc/self")
-        .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    let root_user =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
     if !root_user {
         c.arg("--map-root-user");
     }
