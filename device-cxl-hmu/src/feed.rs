@@ -2,9 +2,10 @@
 //! records on a unix socket (the QEMU TCG plugin's feed). Both carry guest-physical addresses;
 //! the device keeps those inside its range (DVSEC Range 1) and counts them by DPA.
 //!
-//! Socket feed format: 16-byte records, accesses and clock ticks ([`crate::record`]).
-//! Trace file format: text lines `GPA KIND TIME` (GPA hex with or without 0x, KIND `R` or `W`,
-//! TIME decimal); `#` starts a comment.
+//! Socket feed format: 16-byte records, accesses (each with its weight: how many guest
+//! accesses it stands for) and clock ticks ([`crate::record`]).
+//! Trace file format: text lines `GPA KIND TIME [WEIGHT]` (GPA hex with or without 0x, KIND
+//! `R` or `W`, TIME decimal, WEIGHT 1 to 4095, 1 when left out); `#` starts a comment.
 
 use crate::device::{HmuState, MemRange};
 use crate::hotness::{Access, ReqKind};
@@ -32,8 +33,10 @@ pub fn parse_trace(text: &str) -> Result<Vec<GpaAccess>, TraceError> {
         }
         let bad = |why: String| TraceError { line: n + 1, why };
         let f: Vec<&str> = l.split_whitespace().collect();
-        let [a, k, t] = f[..] else {
-            return Err(bad(format!("expected `GPA KIND TIME`, got {l:?}")));
+        let (a, k, t, w) = match f[..] {
+            [a, k, t] => (a, k, t, None),
+            [a, k, t, w] => (a, k, t, Some(w)),
+            _ => return Err(bad(format!("expected `GPA KIND TIME [WEIGHT]`, got {l:?}"))),
         };
         let gpa = u64::from_str_radix(a.trim_start_matches("0x"), 16)
             .map_err(|e| bad(format!("address {a:?}: {e}")))?;
@@ -43,7 +46,25 @@ pub fn parse_trace(text: &str) -> Result<Vec<GpaAccess>, TraceError> {
             _ => return Err(bad(format!("kind {k:?} is not R or W"))),
         };
         let time = t.parse().map_err(|e| bad(format!("time {t:?}: {e}")))?;
-        out.push(GpaAccess { gpa, kind, time });
+        let weight = match w {
+            None => 1,
+            Some(w) => w
+                .parse()
+                .ok()
+                .filter(|w| (1..=crate::record::MAX_WEIGHT).contains(w))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "weight {w:?}: not a number from 1 to {}",
+                        crate::record::MAX_WEIGHT
+                    ))
+                })?,
+        };
+        out.push(GpaAccess {
+            gpa,
+            kind,
+            time,
+            weight,
+        });
     }
     Ok(out)
 }
@@ -60,16 +81,16 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Feeds guest-physical accesses (those outside the range are counted and dropped).
+    /// Feeds guest-physical accesses with their weights (those outside the range are counted
+    /// and dropped).
     pub fn push(&self, recs: &[GpaAccess]) {
         if recs.is_empty() {
             return;
         }
         let end = self.range.hpa_base.saturating_add(self.range.size);
         let now = self.host_clock.map(|t| t.elapsed().as_nanos() as u64);
-        let accesses: Vec<Access> = recs
-            .iter()
-            .map(|r| Access {
+        let accesses = recs.iter().map(|r| {
+            let a = Access {
                 // Out-of-range records map beyond the device, where Hotness counts them as seen.
                 dpa: if (self.range.hpa_base..end).contains(&r.gpa) {
                     r.gpa - self.range.hpa_base
@@ -78,9 +99,10 @@ impl Sink {
                 },
                 kind: r.kind,
                 time: now.unwrap_or(r.time),
-            })
-            .collect();
-        self.step(|block, hotness| hotness.feed(block, &accesses));
+            };
+            (a, r.weight)
+        });
+        self.step(|block, hotness| hotness.feed_weighted(block, accesses));
     }
 
     /// Feeds encoded records (whole ones) in order: runs of accesses, and a tick ends the
@@ -216,17 +238,27 @@ mod tests {
 
     #[test]
     fn trace_parsing_names_the_bad_line() {
-        let ok =
-            parse_trace("# hot page\n0x40001000 R 5\n40002000 w 6 # write\n\n").expect("valid");
-        assert_eq!(ok.len(), 2);
+        let ok = parse_trace("# hot page\n0x40001000 R 5\n40002000 w 6 # write\n0x3000 R 7 8\n")
+            .expect("valid");
+        assert_eq!(ok.len(), 3);
         assert_eq!(
             ok[1],
             GpaAccess {
                 gpa: 0x4000_2000,
                 kind: ReqKind::Write,
-                time: 6
+                time: 6,
+                weight: 1,
             }
         );
+        assert_eq!(ok[2].weight, 8, "a sampled access's weight");
+        for bad in ["0x1 R 1 0", "0x1 R 1 4096", "0x1 R 1 x", "0x1 R 1 2 3"] {
+            let e = parse_trace(bad).expect_err(bad);
+            assert_eq!(e.line, 1, "{bad}");
+        }
+        assert!(parse_trace("0x1 R 1 0")
+            .expect_err("zero")
+            .why
+            .contains("weight"));
         let e = parse_trace("0x1000 R 1\n0x2000 X 2\n").expect_err("bad kind");
         assert_eq!(e.line, 2);
         assert!(e.why.contains("\"X\""));
@@ -235,5 +267,70 @@ mod tests {
             .expect_err("hex")
             .why
             .contains("address"));
+    }
+
+    /// A block with instance 0 enabled: 4 KiB units, 100 us epochs, threshold 3, down-sampling
+    /// 2^`ds`.
+    fn enabled(ds: u8) -> (crate::chmu::ChmuBlock, crate::hotness::Hotness) {
+        use crate::regs::*;
+        let mut b = crate::chmu::ChmuBlock::new(crate::chmu::ChmuConfig::default());
+        let base = b.config().instance_base(0);
+        let cfg1 = ChmuCfg1::new()
+            .with_unit_size(12)
+            .with_downsampling(ds)
+            .with_epoch_scale(1)
+            .with_epoch_mult(1);
+        b.mmio_write(base + CHMU_CFG1, &u64::from(cfg1).to_le_bytes());
+        b.mmio_write(base + CHMU_RANGE_BITMAP, &[0xff]);
+        let cfg0 = ChmuCfg0::new()
+            .with_m2s_req_type(6)
+            .with_threshold(3)
+            .with_enable(true);
+        b.mmio_write(base + CHMU_CFG0, &u64::from(cfg0).to_le_bytes());
+        (b, crate::hotness::Hotness::new(2, 1 << 30))
+    }
+
+    /// The hotlist of instance 0 as (unit, count).
+    fn entries(b: &crate::chmu::ChmuBlock) -> Vec<(u64, u64)> {
+        let (head, tail) = b.head_tail(0);
+        let w = crate::regs::ChmuStatus::from(
+            b.get(b.config().instance_base(0) + crate::regs::CHMU_STATUS),
+        )
+        .counter_width();
+        (head..tail)
+            .map(|s| crate::hotness::decode_entry(b.read_hotlist(0, s), w))
+            .collect()
+    }
+
+    #[test]
+    fn a_weighted_record_counts_as_its_weight_in_accesses() {
+        use crate::hotness::Access;
+        let at = |unit: u64, time: u64| Access {
+            dpa: unit << 12,
+            kind: ReqKind::Read,
+            time,
+        };
+        let (mut b, mut h) = enabled(0);
+        // Unit 1: one sampled access of weight 8 (8 accesses, over the threshold of 3); unit
+        // 2: three unsampled ones (not over it); unit 3: weights 2 + 2 (4, over it).
+        let recs = [
+            (at(1, 10), 8),
+            (at(2, 11), 1),
+            (at(2, 12), 1),
+            (at(2, 13), 1),
+            (at(3, 14), 2),
+            (at(3, 15), 2),
+        ];
+        h.feed_weighted(&mut b, recs);
+        h.advance(&mut b, 10 + 100_000);
+        assert_eq!(entries(&b), vec![(1, 8), (3, 4)]);
+        assert_eq!(h.counters.accesses_in_range, 15);
+        // Down-sampling by 4 keeps one in four of the accesses a record stands for: weight 8
+        // gives 2, weight 16 gives 4 (over 3).
+        let (mut b, mut h) = enabled(2);
+        h.feed_weighted(&mut b, [(at(1, 10), 8), (at(2, 11), 16)]);
+        h.advance(&mut b, 10 + 100_000);
+        assert_eq!(entries(&b), vec![(2, 4)]);
+        assert_eq!(h.counters.sampled, 6);
     }
 }

@@ -10,6 +10,9 @@
 //!   and anchoring on an access keeps the epoch grid a function of the accesses alone;
 //! - down-sampling keeps every 2^n-th matching access of an instance (or a seeded random one
 //!   in 2^n with CFG0 randomized down-sampling);
+//! - a record may stand for several accesses (its weight: a sampling feed that picks one in N
+//!   accesses sends weight N); it adds its weight to its unit's count, so counts estimate true
+//!   access counts, and down-sampling keeps one in 2^n of the accesses it stands for;
 //! - counts saturate at 2^counter_width - 1; a unit is hot when its count exceeds the
 //!   threshold; at epoch end the hot units are appended in unit order, then counters clear;
 //! - always-on reporting appends a unit the moment its count first exceeds the threshold in
@@ -123,23 +126,35 @@ impl Hotness {
 
     /// Feeds accesses in time order; returns the MSI-X vectors to raise.
     pub fn feed(&mut self, block: &mut ChmuBlock, accesses: &[Access]) -> Vec<u16> {
+        self.feed_weighted(block, accesses.iter().map(|a| (*a, 1)))
+    }
+
+    /// Feeds accesses in time order, each standing for `weight` guest accesses (a sampling
+    /// feed's one in N, weight N: it adds N to its unit's count, so counts estimate true
+    /// access counts); returns the MSI-X vectors to raise.
+    pub fn feed_weighted(
+        &mut self,
+        block: &mut ChmuBlock,
+        accesses: impl IntoIterator<Item = (Access, u32)>,
+    ) -> Vec<u16> {
         let mut irqs = Vec::new();
         let n = self
             .trackers
             .len()
             .min(usize::from(block.config().instances));
-        for a in accesses {
+        for (a, weight) in accesses {
+            let w = u64::from(weight.max(1));
             if self.counters.accesses_seen == 0 {
                 self.counters.first_time = a.time;
             }
             self.counters.last_time = a.time;
-            self.counters.accesses_seen += 1;
+            self.counters.accesses_seen += w;
             if a.dpa >= self.range_size {
                 continue;
             }
-            self.counters.accesses_in_range += 1;
+            self.counters.accesses_in_range += w;
             for i in 0..n {
-                self.account(block, i as u8, a, &mut irqs);
+                self.account(block, i as u8, &a, w, &mut irqs);
             }
         }
         irqs.sort_unstable();
@@ -202,7 +217,8 @@ impl Hotness {
         }
     }
 
-    fn account(&mut self, block: &mut ChmuBlock, i: u8, a: &Access, irqs: &mut Vec<u16>) {
+    /// Counts `a` (standing for `w` accesses) in instance `i`.
+    fn account(&mut self, block: &mut ChmuBlock, i: u8, a: &Access, w: u64, irqs: &mut Vec<u16>) {
         self.sync_generation(block, i);
         let base = block.config().instance_base(i);
         let status = ChmuStatus::from(block.get(base + CHMU_STATUS));
@@ -217,23 +233,28 @@ impl Hotness {
         }
         let t = &mut self.trackers[usize::from(i)];
         let every = 1u64 << cfg1.downsampling().min(15);
-        t.seen += 1;
+        // Down-sampling keeps one in `every` of the `w` accesses this record stands for.
         let keep = if cfg0.randomized_downsampling() {
-            t.rng ^= t.rng << 13;
-            t.rng ^= t.rng >> 7;
-            t.rng ^= t.rng << 17;
-            t.rng.is_multiple_of(every)
+            (0..w)
+                .filter(|_| {
+                    t.rng ^= t.rng << 13;
+                    t.rng ^= t.rng >> 7;
+                    t.rng ^= t.rng << 17;
+                    t.rng.is_multiple_of(every)
+                })
+                .count() as u64
         } else {
-            t.seen.is_multiple_of(every)
+            (t.seen + w) / every - t.seen / every
         };
-        if !keep {
+        t.seen += w;
+        if keep == 0 {
             return;
         }
-        self.counters.sampled += 1;
+        self.counters.sampled += keep;
         let unit = a.dpa >> cfg1.unit_size().min(63);
         let max = (1u64 << status.counter_width().min(63)) - 1;
         let c = t.counts.entry(unit).or_insert(0);
-        *c = (*c + 1).min(max);
+        *c = (*c + keep).min(max);
         let count = *c;
         if cfg1.reporting_mode() == 1
             && count > u64::from(cfg0.threshold())

@@ -268,6 +268,7 @@ fn socket_feed_records_reach_the_hotlist() {
                 gpa: 0x4005_0000 + i * 8,
                 kind: ReqKind::Read,
                 time: i,
+                weight: 1,
             }
             .encode(),
         );

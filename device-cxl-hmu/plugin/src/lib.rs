@@ -1,13 +1,39 @@
 //! `chmu-tap`: a QEMU TCG plugin (plugin API version 7, QEMU 11.1) that feeds the emulated
 //! CHMU with the guest's memory accesses to the monitored range.
 //!
-//! Overhead is controlled at translation time: only a fixed, pseudo-random one in `sample`
-//! memory instructions is instrumented (chosen by a hash of the instruction's address and
-//! `seed`, so the same instructions are chosen in every run). Each instrumented access costs a
-//! callback, a physical-address lookup and a range check; accesses in range are batched per
-//! vCPU and written to the CHMU server's feed socket as 16-byte records
-//! (`device_cxl_hmu::record`: `gpa | write`, `time` in host nanoseconds since load, or guest
-//! instructions with `clock=insns`).
+//! # Sampling
+//!
+//! Every guest memory access has the same chance, `1/sample`, of being counted, whichever
+//! instruction made it: loads, stores, each element of a string instruction (`rep movsb`), the
+//! kernel's accesses. At translation time every instruction gets a memory callback; on each
+//! access the callback decrements its vCPU's countdown ([`sampler`]) and returns. When the
+//! countdown runs out the access is sampled: a physical-address lookup, a range check, and a
+//! 16-byte record (`device_cxl_hmu::record`: `gpa | write`, weight `sample`, `time` in host
+//! nanoseconds since load or guest instructions with `clock=insns`) appended to the vCPU's
+//! batch. The next countdown is a geometric gap of mean `sample` drawn from a generator seeded
+//! by `seed` and the vCPU index, so samples are a Bernoulli(1/sample) draw of the access stream
+//! (no aliasing with a loop's period) and, on a deterministic guest, the same in every run.
+//! The record's weight makes the CHMU add `sample` per sampled access: its counts estimate
+//! true access counts.
+//!
+//! Why this design, from what plugin API 7 offers:
+//! - a memory callback is the only way to see an access's address; API 7 has no conditional
+//!   memory callback (conditional callbacks exist for instruction and block execution, before
+//!   the instruction runs, when the address is not known), and inline memory ops can only add
+//!   or store an immediate into a scoreboard. So unbiased per-access sampling needs a callback
+//!   on every memory instruction whose common path is as short as possible: a per-vCPU
+//!   countdown, no shared atomics, no address lookup;
+//! - instrumenting a fixed subset of instructions (the tap's earlier design, by a hash of the
+//!   instruction address) is cheaper but sees a loop whose accesses come from one instruction
+//!   fully or not at all;
+//! - rotating that subset needs retranslation: `qemu_plugin_reset` unregisters every callback
+//!   and flushes the whole translation cache, so every few milliseconds the guest would
+//!   retranslate all its hot code (the kernel's included); and within an epoch a hot site is
+//!   still seen in some rotation periods and missed in others (high variance), which hurts
+//!   recall at a threshold.
+//!
+//! Cost: one call per guest memory access (measured with `harness bench-tap`, see the
+//! README), plus the sampled accesses' work.
 //!
 //! A flusher thread sends what every vCPU has batched once a millisecond, followed by a clock
 //! tick: it holds every vCPU's batch while it reads the clock, and a vCPU stamps and appends a
@@ -18,12 +44,14 @@
 //!
 //! Arguments (`-plugin libchmu_tap.so,feed=PATH,base=0x...,size=0x...,sample=N,seed=S`,
 //! optionally `clock=insns`, and `llc=BYTES,llc_ways=N` to put a last-level-cache model
-//! ([`llc`]) in front of the CHMU: every sampled access goes through it, and only misses in
-//! the monitored range are sent).
+//! ([`llc`]) in front of the CHMU: a cache must see every access, so with it every access is
+//! looked up (sampling is off) and each miss in the monitored range is sent with weight 1).
 
 pub mod llc;
+pub mod sampler;
 
 use device_cxl_hmu::record::{encode_access, encode_tick, RECORD_SIZE};
+use sampler::{Sampler, MAX_SAMPLE};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -51,7 +79,7 @@ pub struct QemuPluginHwaddr {
     _private: [u8; 0],
 }
 
-/// `qemu_info_t` (only the leading fields are read).
+/// `qemu_info_t` (the system-emulation member of its union).
 #[repr(C)]
 #[derive(Debug)]
 pub struct QemuInfo {
@@ -59,6 +87,9 @@ pub struct QemuInfo {
     pub version_min: c_int,
     pub version_cur: c_int,
     pub system_emulation: bool,
+    /// `system.smp_vcpus` and `system.max_vcpus` (system emulation).
+    pub smp_vcpus: c_int,
+    pub max_vcpus: c_int,
 }
 
 /// `struct qemu_plugin_scoreboard` (opaque).
@@ -87,7 +118,6 @@ extern "C" {
     fn qemu_plugin_register_vcpu_tb_trans_cb(id: u64, cb: TbTransCb, userdata: *mut c_void);
     fn qemu_plugin_tb_n_insns(tb: *const QemuPluginTb) -> usize;
     fn qemu_plugin_tb_get_insn(tb: *const QemuPluginTb, idx: usize) -> *mut QemuPluginInsn;
-    fn qemu_plugin_insn_vaddr(insn: *const QemuPluginInsn) -> u64;
     fn qemu_plugin_register_vcpu_mem_cb(
         insn: *mut QemuPluginInsn,
         cb: MemCb,
@@ -159,7 +189,12 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
             "feed" => c.feed = v.to_owned(),
             "base" => c.base = n()?,
             "size" => c.size = n()?,
-            "sample" => c.sample = n()?.max(1),
+            "sample" => {
+                c.sample = n()?;
+                if !(1..=MAX_SAMPLE).contains(&c.sample) {
+                    return Err(format!("sample={v}: use 1 to {MAX_SAMPLE}"));
+                }
+            }
             "seed" => c.seed = n()?,
             "llc" => c.llc_bytes = n()?,
             "llc_ways" => c.llc_ways = n()?.clamp(1, 64),
@@ -189,24 +224,17 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Config,
     Ok(c)
 }
 
-/// Whether the instruction at `vaddr` is instrumented (one in `sample`, fixed per address).
-pub fn chosen(vaddr: u64, seed: u64, sample: u64) -> bool {
-    let mut x = vaddr ^ seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x.is_multiple_of(sample)
-}
-
 struct State {
     cfg: Config,
     /// Executed instructions per vCPU (inline counter), when the clock is instructions.
     insns: Option<QemuPluginU64>,
     out: Mutex<UnixStream>,
     llc: Option<llc::Llc>,
+    sampler: Sampler,
+    /// Weight of a sampled record (the sampling period; 1 with the LLC model).
+    weight: u32,
     start: Instant,
     instrumented: AtomicU64,
-    callbacks: AtomicU64,
     in_range: AtomicU64,
     sent: AtomicU64,
     ticks: AtomicU64,
@@ -286,11 +314,14 @@ fn start_flusher() {
     });
 }
 
-extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) {
+extern "C" fn on_mem(vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) {
     let Some(s) = STATE.get() else {
         return;
     };
-    s.callbacks.fetch_add(1, Ordering::Relaxed);
+    // The common path: this vCPU's countdown, nothing shared.
+    if !s.sampler.pick(vcpu as usize) {
+        return;
+    }
     // SAFETY: meminfo/vaddr come from QEMU for this access; the hwaddr is valid during the
     // callback only and is not kept.
     let gpa = unsafe {
@@ -300,8 +331,8 @@ extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) 
         }
         qemu_plugin_hwaddr_phys_addr(h)
     };
-    // The cache sees every sampled access (node 0 traffic evicts lines too); only misses
-    // reach the memory device.
+    // The cache sees every access (node 0 traffic evicts lines too); only misses reach the
+    // memory device.
     if s.llc.as_ref().is_some_and(|c| c.access(gpa)) {
         return;
     }
@@ -315,7 +346,7 @@ extern "C" fn on_mem(_vcpu: c_uint, meminfo: u32, vaddr: u64, _ud: *mut c_void) 
         // Stamped under the batch's lock: the flusher's tick cannot pass this record.
         let mut b = lock(b);
         let now = s.now();
-        b.extend_from_slice(&encode_access(gpa, write, now));
+        b.extend_from_slice(&encode_access(gpa, write, s.weight, now));
         if b.len() >= BATCH * RECORD_SIZE {
             s.send(&mut b);
         }
@@ -333,9 +364,10 @@ extern "C" fn on_tb(tb: *mut QemuPluginTb, _ud: *mut c_void) {
         if let Some(e) = s.insns {
             qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, INLINE_ADD_U64, e, n as u64);
         }
+        // Every instruction: QEMU calls back only for those that access memory.
         for i in 0..n {
             let insn = qemu_plugin_tb_get_insn(tb, i);
-            if insn.is_null() || !chosen(qemu_plugin_insn_vaddr(insn), s.cfg.seed, s.cfg.sample) {
+            if insn.is_null() {
                 continue;
             }
             s.instrumented.fetch_add(1, Ordering::Relaxed);
@@ -355,10 +387,11 @@ extern "C" fn on_exit(_ud: *mut c_void) {
         s.flush_all();
         let insns = s.insns.map(|_| s.now());
         eprintln!("chmu-tap: guest instructions counted: {insns:?}");
+        let (accesses, sampled) = s.sampler.totals();
         eprintln!(
-            "chmu-tap: instrumented {} instructions, {} callbacks, {} in range, {} records and {} clock ticks sent",
+            "chmu-tap: instrumented {} instructions, {accesses} accesses, {sampled} sampled (1 in {}), {} in range, {} records and {} clock ticks sent",
             s.instrumented.load(Ordering::Relaxed),
-            s.callbacks.load(Ordering::Relaxed),
+            s.sampler.weight(),
             s.in_range.load(Ordering::Relaxed),
             s.sent.load(Ordering::Relaxed),
             s.ticks.load(Ordering::Relaxed)
@@ -381,7 +414,7 @@ extern "C" fn on_exit(_ud: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn qemu_plugin_install(
     id: u64,
-    _info: *const QemuInfo,
+    info: *const QemuInfo,
     argc: c_int,
     argv: *const *const c_char,
 ) -> c_int {
@@ -418,14 +451,22 @@ pub unsafe extern "C" fn qemu_plugin_install(
     let llc = (cfg.llc_bytes > 0)
         .then(|| llc::Llc::new(cfg.llc_bytes, cfg.llc_ways as usize))
         .flatten();
+    // SAFETY: QEMU passes a valid qemu_info_t for the duration of this call.
+    let vcpus = unsafe { info.as_ref() }
+        .filter(|i| i.system_emulation)
+        .map_or(1, |i| i.max_vcpus.max(i.smp_vcpus).max(1) as usize);
+    // A cache model must see every access: no sampling with it.
+    let sample = if llc.is_some() { 1 } else { cfg.sample };
+    let sampler = Sampler::new(sample, cfg.seed, vcpus);
     let _ = STATE.set(State {
         insns,
         cfg,
         out: Mutex::new(out),
         llc,
+        weight: u32::try_from(sampler.weight()).unwrap_or(1),
+        sampler,
         start: Instant::now(),
         instrumented: AtomicU64::new(0),
-        callbacks: AtomicU64::new(0),
         in_range: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         ticks: AtomicU64::new(0),
@@ -478,15 +519,10 @@ mod tests {
         assert!(parse_args(["feed=/x", "size=1", "llc=64"])
             .expect_err("too small")
             .contains("llc=64"));
-    }
-
-    #[test]
-    fn sampling_picks_about_one_in_n_and_is_stable() {
-        let picked = (0..100_000u64)
-            .filter(|a| chosen(0x40_0000 + a * 3, 7, 8))
-            .count();
-        assert!((11_000..14_000).contains(&picked), "{picked}");
-        assert!((0..1000u64).all(|a| chosen(a * 5, 1, 4) == chosen(a * 5, 1, 4)));
-        assert!((0..1000u64).all(|a| chosen(a, 9, 1)));
+        for bad in ["sample=0", "sample=4096"] {
+            assert!(parse_args(["feed=/x", "size=1", bad])
+                .expect_err(bad)
+                .contains(bad));
+        }
     }
 }
