@@ -780,7 +780,8 @@ pub fn run_matrix(
 /// both devices attached and unclaimed.
 #[derive(Clone, Debug, Default)]
 pub struct BringupSpec {
-    /// Kbuild directories to build for the guest kernel first (their modules load first).
+    /// Kbuild trees to build for the guest kernel first (their modules load first, in
+    /// dependency order); subdirectories are kept, see [`images::kbuild::build_module`].
     pub build: Vec<PathBuf>,
     /// (module file, parameters) in load order; `.ko`, `.ko.xz` or `.ko.zst`.
     pub modules: Vec<(PathBuf, String)>,

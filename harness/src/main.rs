@@ -105,9 +105,12 @@ enum Cmd {
         /// repeatable, loaded in the order given.
         #[arg(long = "module", value_name = "PATH[:PARAMS]")]
         modules: Vec<String>,
-        /// Build this out-of-tree module directory (Kbuild) for the guest kernel with its Debian
-        /// headers and gcc-14 in a private root, then load it (before the --module ones);
-        /// repeatable.
+        /// Build this out-of-tree module tree (a Kbuild directory) for the guest kernel with its
+        /// Debian headers and gcc-14 in a private root, then load its modules, dependencies
+        /// first (before the --module ones); repeatable. The whole tree is copied with its
+        /// subdirectories (build outputs left out) and built at its top, so its Kbuild picks
+        /// the subdirectories (e.g. a tree mirroring drivers/dma with `obj-m += sdxi/` at the
+        /// top, whose sources include `../dmaengine.h`).
         #[arg(long = "build-module", value_name = "DIR")]
         build_modules: Vec<PathBuf>,
         /// Boot your own kernel (an uncompressed vmlinux with PVH, or a bzImage) instead of the

@@ -5,7 +5,8 @@
 //! (`--map-root-user`, user_namespaces(7)), so no step needs root; the root's `/dev/null` is
 //! the host's, bind-mounted for the build.
 
-use crate::{apt, mkdir, run_logged, ImagesError, Progress};
+use crate::{apt, kernel, mkdir, run_logged, ImagesError, Progress};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -68,8 +69,15 @@ pub fn build_root(
     Ok(root)
 }
 
-/// Builds the Kbuild module directory `src` against kernel `release` in `root`; returns the
-/// `.ko` files it produced.
+/// Builds the Kbuild module tree `src` against kernel `release` in `root`; returns the `.ko`
+/// files it produced, dependencies first.
+///
+/// The whole tree is copied into the build root with its subdirectories (build outputs left
+/// out, see [`copy_tree`]) and `make M=` runs at its top, so the tree's own `Kbuild` or
+/// `Makefile` picks what to build: a flat module directory (`obj-m := foo.o`) or a tree that
+/// mirrors a kernel directory, such as `drivers/dma` with `obj-m += sdxi/` at the top and the
+/// driver's sources including `../dmaengine.h`. Modules are collected from every
+/// subdirectory and ordered by their `.modinfo` `depends=` among themselves.
 pub fn build_module(
     root: &Path,
     release: &str,
@@ -82,20 +90,17 @@ pub fn build_module(
         .ok_or_else(|| {
             ImagesError::Kernel(format!("module directory {} has no name", src.display()))
         })?;
+    if !src.join("Kbuild").is_file() && !src.join("Makefile").is_file() {
+        return Err(ImagesError::Kernel(format!(
+            "{} has no Kbuild or Makefile at its top",
+            src.display()
+        )));
+    }
     let work = root.join("build").join(&name);
     if work.exists() {
         std::fs::remove_dir_all(&work).map_err(|e| ImagesError::io("cleaning", &work, e))?;
     }
-    mkdir(&work)?;
-    for e in std::fs::read_dir(src)
-        .map_err(|e| ImagesError::io("reading", src, e))?
-        .filter_map(Result::ok)
-    {
-        if e.file_type().is_ok_and(|t| t.is_file()) {
-            let to = work.join(e.file_name());
-            std::fs::copy(e.path(), &to).map_err(|err| ImagesError::io("copying", &to, err))?;
-        }
-    }
+    copy_tree(src, &work)?;
     progress.step(&format!(
         "building module {name} for {release} (gcc-14, Debian headers)"
     ));
@@ -111,18 +116,227 @@ pub fn build_module(
     }
     c.args(["--mount", "--pid", "--fork", "sh", "-c", &script]);
     run_logged(c, &format!("building {}", src.display()), progress)?;
-    let mut kos: Vec<PathBuf> = std::fs::read_dir(&work)
-        .map_err(|e| ImagesError::io("reading", &work, e))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
-        .collect();
-    kos.sort();
+    let kos = find_modules(&work)?;
     if kos.is_empty() {
         return Err(ImagesError::Kernel(format!(
             "building {} produced no .ko",
             src.display()
         )));
     }
+    load_order(kos)
+}
+
+/// True for what a kernel build leaves in a module tree, and for hidden entries (`.git`,
+/// `.*.cmd`, `.tmp_versions`): none of it is copied into the build root.
+fn is_build_output(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[".o", ".ko", ".mod", ".mod.c", ".a", ".dwo", ".symvers"];
+    name.starts_with('.') || name == "modules.order" || SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// Copies the module tree `src` to `dst` with its subdirectories, leaving build outputs out.
+/// Symbolic links are followed for files; linked directories are not entered.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), ImagesError> {
+    mkdir(dst)?;
+    for e in std::fs::read_dir(src)
+        .map_err(|e| ImagesError::io("reading", src, e))?
+        .filter_map(Result::ok)
+    {
+        let file_name = e.file_name();
+        if is_build_output(&file_name.to_string_lossy()) {
+            continue;
+        }
+        let (from, to) = (e.path(), dst.join(&file_name));
+        let kind = e
+            .file_type()
+            .map_err(|err| ImagesError::io("reading", &from, err))?;
+        if kind.is_dir() {
+            copy_tree(&from, &to)?;
+        } else if kind.is_file() || (kind.is_symlink() && from.is_file()) {
+            std::fs::copy(&from, &to).map_err(|err| ImagesError::io("copying", &to, err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every `.ko` under `dir`, sorted by path.
+fn find_modules(dir: &Path) -> Result<Vec<PathBuf>, ImagesError> {
+    let mut kos = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)
+            .map_err(|e| ImagesError::io("reading", &d, e))?
+            .filter_map(Result::ok)
+        {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "ko") {
+                kos.push(p);
+            }
+        }
+    }
+    kos.sort();
     Ok(kos)
+}
+
+/// Orders modules so each comes after the ones it depends on (`depends=` in `.modinfo`);
+/// dependencies outside `kos` are the kernel's and are left to it. Otherwise path order.
+pub fn load_order(kos: Vec<PathBuf>) -> Result<Vec<PathBuf>, ImagesError> {
+    let mut deps = BTreeMap::new();
+    for ko in &kos {
+        let name = kernel::module_name(ko)
+            .ok_or_else(|| ImagesError::Kernel(format!("{}: not a .ko", ko.display())))?;
+        let d: BTreeSet<String> = kernel::modinfo(&kernel::read_module(ko)?)
+            .iter()
+            .filter_map(|kv| kv.strip_prefix("depends="))
+            .flat_map(|d| d.split(','))
+            .filter(|d| !d.is_empty())
+            .map(|d| d.replace('-', "_"))
+            .collect();
+        deps.insert(name, (ko.clone(), d));
+    }
+    let mut order: Vec<PathBuf> = Vec::new();
+    let mut placed = BTreeSet::new();
+    while placed.len() < deps.len() {
+        let ready: Vec<String> = deps
+            .iter()
+            .filter(|(n, (_, d))| {
+                !placed.contains(*n)
+                    && d.iter()
+                        .all(|x| placed.contains(x) || !deps.contains_key(x))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if ready.is_empty() {
+            return Err(ImagesError::Kernel(
+                "the built modules depend on each other in a cycle".into(),
+            ));
+        }
+        for n in ready {
+            order.push(deps[&n].0.clone());
+            placed.insert(n);
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::tests::elf_with_modinfo;
+
+    /// A scratch directory removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("kbuild-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            Self(d)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn write(p: &Path, data: &[u8]) {
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    }
+
+    #[test]
+    fn a_module_tree_is_copied_with_its_subdirectories_and_without_build_outputs() {
+        let t = Scratch::new("copy");
+        let (src, dst) = (t.path().join("dma"), t.path().join("copy"));
+        for f in [
+            "Kbuild",
+            "dmaengine.h",
+            "sdxi/Makefile",
+            "sdxi/dma.c",
+            "sdxi/deep/more.h",
+        ] {
+            write(&src.join(f), f.as_bytes());
+        }
+        for f in [
+            "sdxi/dma.o",
+            "sdxi/sdxi-core.ko",
+            "sdxi/sdxi-core.mod",
+            "sdxi/sdxi-core.mod.c",
+            "sdxi/.dma.o.cmd",
+            "modules.order",
+            "Module.symvers",
+            ".git/HEAD",
+        ] {
+            write(&src.join(f), b"stale");
+        }
+        copy_tree(&src, &dst).expect("copy");
+        let mut got = Vec::new();
+        let mut todo = vec![dst.clone()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).expect("read").flatten() {
+                if e.path().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(&dst).expect("rel").to_owned();
+                    got.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "Kbuild",
+                "dmaengine.h",
+                "sdxi/Makefile",
+                "sdxi/deep/more.h",
+                "sdxi/dma.c"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(dst.join("sdxi/deep/more.h")).expect("read"),
+            b"sdxi/deep/more.h"
+        );
+    }
+
+    #[test]
+    fn built_modules_load_after_the_built_modules_they_depend_on() {
+        let t = Scratch::new("order");
+        // Path order would load sdxi-pci before sdxi-core; zz_client depends on both and on
+        // a kernel module (virt_dma) that is not part of the build.
+        let modules = [
+            ("a/sdxi-pci.ko", "depends=sdxi_core\0"),
+            ("b/sdxi-core.ko", "depends=\0"),
+            ("a/zz_client.ko", "depends=virt_dma,sdxi-pci,sdxi_core\0"),
+            ("c/alone.ko", "license=GPL\0"),
+        ];
+        for (f, info) in modules {
+            write(&t.path().join(f), &elf_with_modinfo(info.as_bytes()));
+        }
+        let kos = find_modules(t.path()).expect("find");
+        assert_eq!(kos.len(), 4);
+        let names: Vec<String> = load_order(kos)
+            .expect("order")
+            .iter()
+            .filter_map(|p| kernel::module_name(p))
+            .collect();
+        assert_eq!(names, ["alone", "sdxi_core", "sdxi_pci", "zz_client"]);
+    }
+
+    #[test]
+    fn modules_that_depend_on_each_other_in_a_cycle_are_refused() {
+        let t = Scratch::new("cycle");
+        write(&t.path().join("x.ko"), &elf_with_modinfo(b"depends=y\0"));
+        write(&t.path().join("y.ko"), &elf_with_modinfo(b"depends=x\0"));
+        let err = load_order(find_modules(t.path()).expect("find")).expect_err("cycle");
+        assert!(err.to_string().contains("cycle"), "{err}");
+    }
 }

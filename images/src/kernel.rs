@@ -218,11 +218,11 @@ impl ModuleIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal ELF64 with a section-name table and a .modinfo section.
-    fn elf_with_modinfo(info: &[u8]) -> Vec<u8> {
+    pub(crate) fn elf_with_modinfo(info: &[u8]) -> Vec<u8> {
         let shstr = b"\0.shstrtab\0.modinfo\0";
         let mut f = vec![0u8; 0x40];
         f[..5].copy_from_slice(b"\x7fELF\x02");

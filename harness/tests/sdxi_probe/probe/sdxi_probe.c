@@ -8,6 +8,8 @@
 #include <linux/module.h>
 #include <linux/pci.h>
 
+#include "../sdxi_regs.h"
+
 static unsigned long version;
 module_param(version, ulong, 0444);
 MODULE_PARM_DESC(version, "MMIO_VERSION of the last SDXi function probed");
@@ -25,7 +27,7 @@ static int sdxi_probe_probe(struct pci_dev *pdev, const struct pci_device_id *id
 		pci_disable_device(pdev);
 		return -ENOMEM;
 	}
-	version = readq(bar0 + 0x210);
+	version = readq(bar0 + SDXI_PROBE_MMIO_VERSION);
 	pr_info("sdxi_probe: %s MMIO_VERSION %#lx\n", pci_name(pdev), version);
 	return 0;
 }
@@ -37,7 +39,7 @@ static void sdxi_probe_remove(struct pci_dev *pdev)
 }
 
 static const struct pci_device_id sdxi_probe_ids[] = {
-	{ PCI_DEVICE_CLASS(0x120100, 0xffffff) },
+	{ PCI_DEVICE_CLASS(SDXI_PROBE_CLASS, 0xffffff) },
 	{ }
 };
 MODULE_DEVICE_TABLE(pci, sdxi_probe_ids);
