@@ -1,7 +1,8 @@
 //! Driver-side helper: lays out SDXi context tables, rings, AKeys and completion blocks in
 //! memory the device can reach, builds descriptors, and submits them. Shared by the device's
 //! tests, the conformance suite and the guest agent's userspace driver, so all of them
-//! program the device the same way the Linux driver does (digest A.4, A.13).
+//! program the device the same way AMD's Linux SDXi driver does (the "dmaengine: Smart Data
+//! Accelerator Interface (SDXI) basic support" series: `device.c`, `context.c`, `dma.c`).
 
 use crate::mem::*;
 use zerocopy::little_endian::{U16, U32, U64};
@@ -405,7 +406,7 @@ fn poll_state<M: Mmio>(m: &mut M, want: crate::regs::FnState) -> bool {
     }
 }
 
-/// The function init sequence of the Linux driver (digest A.4, A.13): stop, read identity,
+/// The function init sequence of the Linux driver (`device.c`, SDXi 1.0 §4.1): stop, read identity,
 /// CTL2 from CAP1, CXT_L2, admin context (ID 0, 1024 entries), error log at `errlog`
 /// (64 entries) with interrupts, ACTIVE, jump start.
 pub fn init_function<M: Mmio, D: DriverMemory>(
@@ -494,13 +495,13 @@ pub fn start_context<M: Mmio, D: DriverMemory>(
     start_request(mmio, mem, drv, id, csb, timeout)
 }
 
-/// Submits admin descriptor `d`, whose completion block `csb` is armed here, rings the admin
-/// doorbell and waits for the completion: its `er` flag, or None on timeout.
+/// Submits admin descriptors `d`, the last of which completes to `csb` (armed here), rings
+/// the admin doorbell and waits for the completion: its `er` flag, or None on timeout.
 fn admin_request<M: Mmio, D: DriverMemory>(
     mmio: &mut M,
     mem: &D,
     drv: &mut Driver,
-    d: Descriptor,
+    d: &[Descriptor],
     csb: u64,
     timeout: std::time::Duration,
 ) -> Option<bool> {
@@ -509,7 +510,7 @@ fn admin_request<M: Mmio, D: DriverMemory>(
         ..CstBlk::default()
     };
     mem.write_bytes(csb, c.as_bytes());
-    let wi = drv.submit(mem, 0, &[d]);
+    let wi = drv.submit(mem, 0, d);
     mmio.doorbell(0, wi);
     wait_csb(mem, csb, timeout)
 }
@@ -524,7 +525,7 @@ fn start_request<M: Mmio, D: DriverMemory>(
     timeout: std::time::Duration,
 ) -> Result<(), InitError> {
     let d = cxt_start(id, id, false, 0, Some(csb));
-    match admin_request(mmio, mem, drv, d, csb, timeout) {
+    match admin_request(mmio, mem, drv, &[d], csb, timeout) {
         Some(false) => Ok(()),
         Some(true) => Err(InitError::Context(
             id,
@@ -534,10 +535,11 @@ fn start_request<M: Mmio, D: DriverMemory>(
     }
 }
 
-/// Recovers data context `id` after an error or a timeout: CXT_STOP through the admin ring
-/// (the device finishes the pass in flight first, so nothing it does afterwards can race the
-/// caller), re-initialise the context in place, CXT_START. `csb` is scratch space for one
-/// CST_BLK.
+/// Recovers data context `id` after an error or a timeout the way the Linux driver releases
+/// and reallocates a channel: CXT_STOP then SYNC(STOP) with the completion through the admin
+/// ring (the device finishes the pass in flight first, so nothing it does afterwards can race
+/// the caller), re-initialise the context in place, CXT_START_NM. `csb` is scratch space for
+/// one CST_BLK.
 pub fn restart_context<M: Mmio, D: DriverMemory>(
     mmio: &mut M,
     mem: &D,
@@ -546,7 +548,8 @@ pub fn restart_context<M: Mmio, D: DriverMemory>(
     csb: u64,
     timeout: std::time::Duration,
 ) -> Result<(), InitError> {
-    if admin_request(mmio, mem, drv, cxt_stop(id, id, Some(csb)), csb, timeout) != Some(false) {
+    let stop = [cxt_stop(id, id, None), sync(id, id, 1, Some(csb))];
+    if admin_request(mmio, mem, drv, &stop, csb, timeout) != Some(false) {
         return Err(InitError::Context(id, "CXT_STOP did not complete"));
     }
     drv.reset_context(mem, id);

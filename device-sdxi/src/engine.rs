@@ -1,14 +1,48 @@
 //! The SDXi engine core: context tables, descriptor rings, admin and data descriptors,
-//! completions, interrupts and the error log (SDXi 1.0 §3-§6, digest A.4-A.11).
+//! completions, interrupts and the error log (SDXi 1.0 §3-§6; the register and structure
+//! layouts as AMD's Linux driver `drivers/dma/sdxi/hw.h` gives them).
 //!
 //! No I/O: generic over guest memory ([`DmaMemory`]) and interrupts ([`Irq`]); the transport
 //! owns sockets and threads and calls [`Engine::process`] for a context when its doorbell
 //! rings. One pass of a context is serialised by a per-context lock; different contexts run
 //! in parallel on the transport's workers.
 //!
-//! Readings chosen where the spec text was not available (each in one place):
+//! Ring protocol (SDXi 1.0 "SDXI Descriptor Ring Operation" chapter). The chapter's example
+//! code "Enqueuing one or more Descriptors" (SNIA, BSD-3; imported unchanged in AMD's RFC
+//! series as `drivers/dma/sdxi/enqueue.c`) is multi-producer: it advances Write_Index with a
+//! compare-and-swap *first*, then writes each slot's quadwords 1-7, a write barrier, quadword 0
+//! (which holds vl), and rings the doorbell. AMD's driver does the same (`sdxi_ring_try_reserve`
+//! stores the new write index at once; `issue_pending` sets vl later, "transferring ownership
+//! of the descriptor from software to the SDXI implementation", v1 patch 16/23). That code is
+//! only correct if the function reads the ring this way, so it does:
+//! - a slot below the write index whose vl is clear is *not yet valid*: the pass stops there
+//!   without any error report, read_index stays on the slot, CXT_STS.state stays RUN (the
+//!   spec's context states - STOP_SW, RUN, STOPG_SW, STOP_FN, STOPG_FN, ERR_FN - have no
+//!   waiting state: a context with nothing valid to run is running), and the next doorbell
+//!   (a doorbell during the pass makes the transport run one more) resumes from that slot;
+//! - the function clears vl (only that bit of dword 0) in every descriptor it consumes, before
+//!   read_index moves past it. The example's producer publishes Write_Index before it
+//!   overwrites a reclaimed slot, so a slot that kept vl=1 from its previous lap would run
+//!   again (or run the old header over the new body). AMD's driver states the same duty of the
+//!   function: "Reserved-but-reclaimed ring slots are vl=0 (the function clears vl as it
+//!   executes), so advancing the write index here exposes only invalid slots until
+//!   make_valid; the device waits on them" (`dma.c`, `sdxi_dma_drain_locked`, AMDESE tree);
+//!   the v3 review flagged stale vl=1 slots as the hazard otherwise. A descriptor carries
+//!   nothing lap-dependent (no sequence or phase bit), so this is the only protection.
+//!
+//! Other decisions (the spec text itself could not be quoted here; each is the reading that
+//! the public drivers above need, in one place):
 //! - a descriptor error stops its context: CXT_STS.state = ERR_FN ([`ERROR_STATE`]), the
-//!   CST_BLK gets `er`, an ERRLOG_HD_ENT is written with reaction "context stopped";
+//!   CST_BLK gets `er`, an ERRLOG_HD_ENT is written with reaction "context stopped". Only that
+//!   context stops; the function stays ACTIVE and other contexts keep running. A driver
+//!   without error handling (AMD's v3) recovers by releasing and reallocating the channel:
+//!   CXT_STOP and SYNC(STOP) complete on an errored context and leave it STOP_SW, and the next
+//!   CXT_START_NM starts the re-published context from its fresh ring; CXT_START_RS resumes
+//!   it in place; a function reset (GSR=RESET, or module reload) clears everything;
+//! - a doorbell for a context that is not RUN (never started, stopped, errored) is ignored:
+//!   nothing past CXT_STS is read, nothing is logged (counted as `doorbells_not_running`);
+//!   a doorbell for a context without a valid table entry is logged as InvalidContext with
+//!   reaction "inform" (there is nothing to stop);
 //! - COPY with overlapping source and destination is an error (spec §5.6 leaves it undefined;
 //!   the Linux driver never submits it);
 //! - a doorbell is a hint: the write index is always read from memory;
@@ -68,7 +102,7 @@ pub const ERR_CLASSES: [ErrClass; 6] = [
     ErrClass::RingIndex,
 ];
 
-/// ERRLOG_HD_ENT.step values used here (which stage failed). The digest confirms only
+/// ERRLOG_HD_ENT.step values used here (which stage failed). AMD's `hw.h` confirms only
 /// 1 = INT and 12 = FN_RKEY; the others are this model's numbering.
 pub mod step {
     pub const INT: u8 = 1;
@@ -124,6 +158,8 @@ pub struct EngineCounters {
     pub passes_without_bus_master: AtomicU64,
     /// Passes that stopped at a slot below the write index whose vl was still clear.
     pub not_yet_valid: AtomicU64,
+    /// Passes for a context whose state was not RUN (ignored, nothing logged).
+    pub doorbells_not_running: AtomicU64,
     pub dsc_nop: AtomicU64,
     pub dsc_copy: AtomicU64,
     pub dsc_intr: AtomicU64,
@@ -153,6 +189,7 @@ impl EngineCounters {
             "passes": g(&self.passes),
             "passes_without_bus_master": g(&self.passes_without_bus_master),
             "not_yet_valid": g(&self.not_yet_valid),
+            "doorbells_not_running": g(&self.doorbells_not_running),
             "descriptors": { "nop": g(&self.dsc_nop), "copy": g(&self.dsc_copy), "intr": g(&self.dsc_intr), "admin": g(&self.dsc_admin) },
             "bytes_copied": g(&self.bytes_copied),
             "completions": g(&self.completions),
@@ -582,11 +619,18 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                 self.complete(mem, csb, false);
             }
         };
+        let mut first = true;
         let result = (|| loop {
             let sts: CxtSts = Self::read_obj(mem, cx.sts, step::RING).map_err(|e| (e, None))?;
             if CxtState::from_bits(sts.state.get() as u8) != Some(CxtState::Run) {
+                if first {
+                    self.counters
+                        .doorbells_not_running
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(());
             }
+            first = false;
             let wi = Self::read_u64(mem, cx.write_index, step::RING).map_err(|e| (e, None))?;
             let mut ri = sts.read_index.get();
             if ri == wi {
@@ -626,6 +670,11 @@ impl<M: DmaMemory, I: Irq> Engine<M, I> {
                     self.counters.not_yet_valid.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
+                // Consumed: vl goes back to 0 before read_index moves past the slot, so when
+                // software next reserves the slot (write index first), its previous lap's
+                // content is not valid and cannot run again.
+                mem.write(slot, &(d.header.get() & !1).to_le_bytes())
+                    .map_err(|f| (EngineError::Fault(f, step::RING), Some(ri)))?;
                 if h.fe() {
                     flush(&mut deferred);
                 }

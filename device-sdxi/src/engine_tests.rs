@@ -318,6 +318,54 @@ fn a_slot_not_yet_valid_stops_the_ring_without_error_and_the_next_doorbell_resum
     );
 }
 
+/// The function clears vl of every descriptor it consumes (and only that bit), before
+/// read_index moves past it. A slot software reserves on the next lap (write index stored
+/// first, as the Linux driver and the spec's enqueue sample do) therefore shows vl=0 until
+/// software writes it, and the previous lap's descriptor cannot run a second time.
+#[test]
+fn consumed_descriptors_lose_vl_so_a_reserved_slot_never_reruns_its_previous_lap() {
+    let mut b = Bed::new(false);
+    let c = b.drv.context(1).expect("cxt");
+    let entries = u64::from(c.entries);
+    let csb = b.drv.csb(&*b.ram, entries).expect("csb");
+    b.fill(DATA, 4096, 7);
+    // One full lap of COPYs, all counted on one CST_BLK.
+    let lap: Vec<Descriptor> = (0..entries)
+        .map(|_| driver::copy(DATA, DATA + 4096, 64, Some(csb), false))
+        .collect();
+    b.run(1, &lap);
+    assert_eq!(csb_status(&*b.ram, csb), (0, false));
+    for i in 0..entries {
+        let mut got = [0u8; 64];
+        b.ram.read_bytes(c.ring + i * 64, &mut got);
+        let mut want = lap[i as usize].as_bytes().to_vec();
+        want[0] &= !1;
+        assert_eq!(got.to_vec(), want, "slot {i}: only vl cleared");
+    }
+    // Next lap: reserve (write index published), do not write the slot yet, ring.
+    let copies = b.e.counters.dsc_copy.load(Ordering::Relaxed);
+    let r = b.drv.reserve(&*b.ram, 1, 1).expect("room");
+    assert!(b.e.doorbell(1));
+    b.e.process(1);
+    assert_eq!(
+        b.e.counters.dsc_copy.load(Ordering::Relaxed),
+        copies,
+        "nothing reran"
+    );
+    assert_eq!(b.drv.read_index(&*b.ram, 1), entries);
+    let csb2 = b.drv.csb(&*b.ram, 1).expect("csb");
+    r.write(&*b.ram, 0, &driver::nop(Some(csb2), false), true);
+    assert!(b.e.doorbell(1));
+    b.e.process(1);
+    assert_eq!(csb_status(&*b.ram, csb2), (0, false));
+    assert_eq!(
+        csb_status(&*b.ram, csb).0,
+        0,
+        "the old lap's CST_BLK untouched"
+    );
+    assert_eq!(total_errors(&b), 0);
+}
+
 /// Producers reserve (write index first), fill with vl clear and set vl in any order; passes
 /// come at arbitrary points. Every descriptor runs exactly once, in ring order, over several
 /// laps, and nothing is ever reported as an error.
@@ -451,6 +499,61 @@ fn doorbells_are_ignored_unless_the_function_is_active() {
     assert!(!b.e.doorbell(1));
     b.e.process(1);
     assert_eq!(csb_status(&*b.ram, csb).0, 1);
+}
+
+/// A doorbell for a context that was never started (or is stopped) is ignored: nothing runs,
+/// nothing is logged, no interrupt; once CXT_START runs it, the queued work runs.
+#[test]
+fn a_doorbell_for_a_context_never_started_is_ignored_without_a_report() {
+    let mut b = Bed::new(false);
+    b.drv
+        .add_context(
+            &*b.ram,
+            2,
+            1024,
+            &[AkeyEnt::new(Some(2), 0)],
+            CxtState::StopSw,
+        )
+        .expect("context 2");
+    let csb = b.drv.csb(&*b.ram, 1).expect("csb");
+    let logged = b.e.registers().reg(MMIO_ERR_WRT);
+    b.run(2, &[driver::nop(Some(csb), false)]);
+    assert_eq!(csb_status(&*b.ram, csb), (1, false));
+    assert_eq!(b.drv.state(&*b.ram, 2), Some(CxtState::StopSw));
+    assert_eq!(b.e.registers().reg(MMIO_ERR_WRT), logged, "nothing logged");
+    assert_eq!(total_errors(&b), 0);
+    assert_eq!(
+        b.e.counters.doorbells_not_running.load(Ordering::Relaxed),
+        1
+    );
+    b.admin(&[driver::cxt_start(2, 2, false, 0, None)]);
+    assert_eq!(csb_status(&*b.ram, csb), (0, false), "runs once started");
+}
+
+/// CXT_L2 is read when a doorbell needs the tables, not at activation: a non-zero pointer the
+/// guest never mapped lets the function go ACTIVE; the jump start then reports an address
+/// fault with reaction "inform" and the function stays ACTIVE (only a zero pointer, no table
+/// at all, makes the ACTIVE request fail into ERROR; see `function.rs`).
+#[test]
+fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
+    let b = Bed::new(false);
+    b.e.mmio_write(MMIO_CTL0, &(FnRequest::StopSf as u64).to_le_bytes());
+    b.e.mmio_write(MMIO_CXT_L2, &0xdead_0000u64.to_le_bytes());
+    b.e.mmio_write(
+        MMIO_CTL0,
+        &Ctl0::new()
+            .with_fn_err_intr_en(true)
+            .with_fn_gsr(FnRequest::Active as u8)
+            .into_bits()
+            .to_le_bytes(),
+    );
+    assert_eq!(b.e.registers().state(), FnState::Active);
+    assert!(b.e.doorbell(0));
+    b.e.process(0);
+    assert_eq!(b.e.counters.error_count(ErrClass::AddressFault), 1);
+    let e = b.errlog(b.e.registers().reg(MMIO_ERR_WRT) - 1);
+    assert_eq!(ErrlogHdr::from(e.hdr.get()).re(), RE_INFORM);
+    assert_eq!(b.e.registers().state(), FnState::Active);
 }
 
 /// Guest memory that records the order of CST_BLK completions.

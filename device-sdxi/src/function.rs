@@ -1,10 +1,18 @@
 //! SDXi function core: the BAR0 register file and the function state machine
-//! (SDXi 1.0 §3.2 function states, §9.2 register map; digest A.2, A.3).
+//! (SDXi 1.0 §3.2 function states, §9.2 register map; as AMD's Linux driver `device.c` drives
+//! them).
 //!
 //! No I/O: the vfio-user transport calls [`SdxiFunction::mmio_read`] and
-//! [`SdxiFunction::mmio_write`]. Left out at this stage (separate issue): context tables, rings,
-//! descriptors, the error log and the copy engine. A transition to ACTIVE only validates that a
-//! level-2 context table has been programmed.
+//! [`SdxiFunction::mmio_write`]; context tables, rings, descriptors and the error log are the
+//! engine's (`engine.rs`).
+//!
+//! Activation: a request for ACTIVE with no level-2 context table programmed (MMIO_CXT_L2
+//! pointer 0) fails into ERROR, which only GSR=RESET leaves (to STOP), as the Linux driver's
+//! stop path does; its probe fails on ERROR instead of waiting for a function that cannot
+//! find the admin context. A non-zero pointer is not read at activation: the function reads
+//! the tables when a doorbell needs them (the admin "jump start" doorbell first), and a table
+//! it cannot read is reported then as an address fault with reaction "inform" while the
+//! function stays ACTIVE, so software can fix the table and ring again.
 
 use crate::regs::{self, Cap0, Cap1, CxtL2, FnRequest, FnState, Version, REGISTERS};
 use serde::Serialize;
@@ -85,7 +93,8 @@ impl SdxiConfig {
     }
 }
 
-/// The state machine's transition table (digest A.3). Transitions are instantaneous, which
+/// The state machine's transition table (SDXi 1.0 §3.2; the requests AMD's `device.c` makes).
+/// Transitions are instantaneous, which
 /// the driver accepts since it polls STS0.
 pub const TRANSITIONS: &[(FnState, FnRequest, FnState)] = &[
     (FnState::Stop, FnRequest::Active, FnState::Active),

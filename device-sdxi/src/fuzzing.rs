@@ -157,6 +157,235 @@ pub fn ring_processing(data: &[u8]) {
     }
 }
 
+/// Write index versus vl timing on one data context, checked against a model. The input is
+/// a stream of steps: producers reserve slots (the write index is stored first, as the spec's
+/// multi-producer enqueue and the Linux driver do) and write NOPs or COPYs with vl clear at
+/// once or only later (so a pass can meet the slot's previous lap), set vl on any slot of any
+/// open reservation, cancel a reservation by overwriting what is not consumed with valid NOPs
+/// (terminate_all), plant valid "trap" descriptors beyond the write index, and the function
+/// runs passes in between. Every descriptor has its own CST_BLK, so after each pass: a
+/// descriptor ran at most once and never before its vl was set, and no trap ran. At the end
+/// every slot is made valid and the ring must drain with every descriptor run exactly once.
+pub fn ring_protocol(data: &[u8]) {
+    let Some(mut m) = ProtocolModel::new() else {
+        return;
+    };
+    let mut b = Bytes(data);
+    while let (Some(op), Some(arg)) = (b.u8(), b.u8()) {
+        let ok = match op % 6 {
+            0 | 1 => m.reserve(op % 6 == 1, arg),
+            2 => {
+                m.validate(arg);
+                true
+            }
+            3 => {
+                m.terminate(arg);
+                true
+            }
+            4 => {
+                m.trap(arg);
+                true
+            }
+            _ => {
+                m.pass();
+                true
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+    m.drain();
+}
+
+/// One open reservation of [`ProtocolModel`].
+struct Open {
+    r: crate::driver::Reservation,
+    csbs: Vec<u64>,
+    valid: Vec<bool>,
+    /// Descriptors not written to the ring yet.
+    unwritten: Vec<Option<crate::mem::Descriptor>>,
+}
+
+/// Software's side of [`ring_protocol`] and what it expects of the function.
+struct ProtocolModel {
+    ram: Arc<GuestRam>,
+    e: Engine<GuestRam, NoIrq>,
+    drv: crate::driver::Driver,
+    trap: u64,
+    /// Ring indices holding a planted trap (software wrote them; it overwrites them when it
+    /// reserves them, never leaving its own valid descriptor to a later lap).
+    traps: Vec<u64>,
+    open: Vec<Open>,
+    /// CST_BLKs of descriptors whose every slot software has made valid.
+    tickets: Vec<u64>,
+}
+
+impl ProtocolModel {
+    const DATA: u64 = RAM_BASE + (RAM_SIZE as u64 / 2);
+
+    fn new() -> Option<Self> {
+        use crate::mem::{AkeyEnt, CxtState};
+        let ram = Arc::new(GuestRam::anonymous(RAM_BASE, RAM_SIZE));
+        let mut drv = crate::driver::Driver::new(&*ram, RAM_BASE, RAM_SIZE as u64 / 2).ok()?;
+        for id in 0..2u16 {
+            drv.add_context(&*ram, id, 64, &[AkeyEnt::new(Some(1), 0)], CxtState::Run)
+                .ok()?;
+        }
+        let trap = drv.csb(&*ram, 1).ok()?;
+        let e = engine(&ram);
+        e.mmio_write(regs::MMIO_CXT_L2, &drv.l2.to_le_bytes());
+        e.mmio_write(
+            regs::MMIO_CTL0,
+            &(regs::FnRequest::Active as u64).to_le_bytes(),
+        );
+        Some(Self {
+            ram,
+            e,
+            drv,
+            trap,
+            traps: Vec::new(),
+            open: Vec::new(),
+            tickets: Vec::new(),
+        })
+    }
+
+    /// Reserves 1-4 slots of NOPs or COPYs; false when the model ran out of CST_BLK space.
+    fn reserve(&mut self, copies: bool, arg: u8) -> bool {
+        use crate::driver;
+        let n = 1 + u64::from(arg % 4);
+        let Some(r) = self.drv.reserve(&*self.ram, 1, n) else {
+            return true;
+        };
+        let mut o = Open {
+            r,
+            csbs: Vec::new(),
+            valid: vec![false; n as usize],
+            unwritten: Vec::new(),
+        };
+        for i in 0..n {
+            let Ok(c) = self.drv.csb(&*self.ram, 1) else {
+                return false;
+            };
+            let d = if copies {
+                let k = (r.start + i) % 64;
+                let (src, dst) = (Self::DATA + k * 256, Self::DATA + (64 + k) * 256);
+                driver::copy(src, dst, 256, Some(c), false)
+            } else {
+                driver::nop(Some(c), arg & 0x80 != 0)
+            };
+            // Bit 6: write the slot only when it is validated.
+            let trapped = self.traps.contains(&(r.start + i));
+            if arg & 0x40 == 0 || trapped {
+                r.write(&*self.ram, i, &d, false);
+                o.unwritten.push(None);
+            } else {
+                o.unwritten.push(Some(d));
+            }
+            o.csbs.push(c);
+        }
+        self.traps.retain(|t| *t >= r.start + n);
+        self.open.push(o);
+        true
+    }
+
+    /// Sets vl on one slot software has not validated yet (it sets vl once per slot: a slot
+    /// it validated may have been consumed and reserved again on the next lap).
+    fn validate(&mut self, arg: u8) {
+        if self.open.is_empty() {
+            return;
+        }
+        let k = usize::from(arg) % self.open.len();
+        let v = &self.open[k].valid;
+        let first = usize::from(arg >> 4) % v.len();
+        if let Some(i) = (first..v.len()).chain(0..first).find(|i| !v[*i]) {
+            self.validate_slot(k, i);
+        }
+    }
+
+    /// Writes slot `i` of open reservation `k` if it is not yet, then sets its vl.
+    fn validate_slot(&mut self, k: usize, i: usize) {
+        let o = &mut self.open[k];
+        if let Some(d) = o.unwritten[i].take() {
+            o.r.write(&*self.ram, i as u64, &d, false);
+        }
+        o.r.make_valid(&*self.ram, i as u64);
+        o.valid[i] = true;
+        if o.valid.iter().all(|v| *v) {
+            let o = self.open.swap_remove(k);
+            self.tickets.extend(o.csbs);
+        }
+    }
+
+    /// terminate_all: what the function has not consumed yet becomes valid NOPs (consumed
+    /// slots are software's again, possibly reserved on the next lap).
+    fn terminate(&mut self, arg: u8) {
+        if self.open.is_empty() {
+            return;
+        }
+        let o = self.open.swap_remove(usize::from(arg) % self.open.len());
+        let ri = self.drv.read_index(&*self.ram, 1);
+        for (i, csb) in o.csbs.iter().enumerate() {
+            if o.r.start + i as u64 >= ri {
+                let nop = crate::driver::nop(Some(*csb), false);
+                o.r.write(&*self.ram, i as u64, &nop, true);
+            }
+        }
+        self.tickets.extend(o.csbs);
+    }
+
+    /// A valid trap descriptor at or just beyond the write index, in a slot software owns
+    /// (the next reservation overwrites it).
+    fn trap(&mut self, arg: u8) {
+        let Some(c) = self.drv.context(1) else {
+            return;
+        };
+        let at = self.ram.read_u64(c.write_index) + u64::from(arg % 2);
+        if at - self.drv.read_index(&*self.ram, 1) < 64 {
+            let d = crate::driver::nop(Some(self.trap), false);
+            self.ram
+                .write_bytes(c.ring + (at % 64) * 64, zerocopy::IntoBytes::as_bytes(&d));
+            self.traps.push(at);
+        }
+    }
+
+    fn pass(&self) {
+        self.e.process(1);
+        self.check();
+    }
+
+    fn check(&self) {
+        use crate::driver::csb_status;
+        let slots = self
+            .open
+            .iter()
+            .flat_map(|o| o.csbs.iter().copied().zip(o.valid.iter().copied()));
+        for (csb, valid) in self.tickets.iter().map(|c| (*c, true)).chain(slots) {
+            let (signal, er) = csb_status(&*self.ram, csb);
+            assert!(!er, "a well-formed descriptor failed");
+            assert!(signal <= 1, "a descriptor ran twice");
+            assert!(signal == 1 || valid, "a descriptor ran before vl was set");
+        }
+        let trap = csb_status(&*self.ram, self.trap).0;
+        assert_eq!(trap, 1, "a slot beyond the write index ran");
+    }
+
+    /// Validates everything still open, runs a pass, and expects every descriptor done once.
+    fn drain(mut self) {
+        while let Some(o) = self.open.last() {
+            let k = self.open.len() - 1;
+            if let Some(i) = o.valid.iter().position(|v| !v) {
+                self.validate_slot(k, i);
+            }
+        }
+        self.pass();
+        for csb in &self.tickets {
+            let got = crate::driver::csb_status(&*self.ram, *csb);
+            assert_eq!(got, (0, false), "every descriptor ran once");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +400,13 @@ mod tests {
     fn mmio_sequences_never_panic() {
         for d in inputs(300, 600, 0x5eed) {
             mmio_sequence(&d);
+        }
+    }
+
+    #[test]
+    fn write_index_and_vl_in_any_order_run_each_descriptor_once() {
+        for d in inputs(200, 800, 0x0dd5) {
+            ring_protocol(&d);
         }
     }
 

@@ -2,7 +2,8 @@
 //! Linux SDXi driver (AMD, v3, June 2026: `drivers/dma/sdxi/mmio.h`, `hw.h`).
 //!
 //! One definition shared by the device model and the guest driver. Every register is 64 bits;
-//! offsets, names and field positions follow the spec tables (reference digest A.2).
+//! offsets, names and field positions follow the spec tables (SDXi 1.0 §9.2, as AMD's
+//! `drivers/dma/sdxi/mmio.h` defines them).
 //! Left out: MMIO_GRP_ENUM (only in the 2022 prototype; reads 0 here like any unlisted offset).
 
 use bitfield_struct::bitfield;
@@ -193,7 +194,7 @@ pub struct ErrCfg {
     pub ptr: u64,
 }
 
-/// Function state as reported in STS0.fn_gsv (SDXi 1.0 §3.2, digest A.3).
+/// Function state as reported in STS0.fn_gsv (SDXi 1.0 §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum FnState {
@@ -350,7 +351,7 @@ mod tests {
         !clear(u64::MAX)
     }
 
-    // Oracle: bit positions written out from the spec tables (digest A.2), not from the code.
+    // Oracle: bit positions written out from the spec tables (SDXi 1.0 §9.2), not from the code.
     #[test]
     fn ctl0_fields_at_spec_positions() {
         assert_eq!(field_bits(|w| Ctl0::from(w).with_fn_gsr(0).into()), 0b11);
