@@ -200,24 +200,9 @@ impl Chmu {
     }
 }
 
-/// 64 distinct load instructions over a page, so a sampling tap that instruments a fixed
-/// fraction of instructions sees a proportional share of them.
-#[inline(never)]
-fn touch_page(p: *const u8) -> u64 {
-    let mut acc = 0u64;
-    macro_rules! ld {
-        ($($k:literal)*) => { $(
-            // SAFETY: k * 64 < 4096: inside the page the caller owns.
-            acc = acc.wrapping_add(u64::from(unsafe { std::ptr::read_volatile(p.add($k * 64)) }));
-        )* };
-    }
-    ld!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
-        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
-    acc
-}
-
-/// The chmu-hot workload: `hot` pages touched `rounds` times (64 loads each), `cold` pages
-/// touched once, all on node 1; which pages are hot is a permutation seeded by `seed`.
+/// The chmu-hot workload: `hot` pages read `rounds` times (64 reads each, through the
+/// instructions `workload` names), `cold` pages read once, all on node 1; which pages are hot
+/// is a permutation seeded by `seed`.
 #[derive(Clone, Copy, Debug)]
 pub struct HotTest {
     pub hot: usize,
@@ -230,6 +215,7 @@ pub struct HotTest {
     /// Deterministic guest: no draining until the workload is over (see
     /// [`crate::protocol::Request::ChmuHot`]).
     pub reproducible: bool,
+    pub workload: crate::hot_loops::HotLoop,
 }
 
 /// Trapped reads of HEAD/TAIL without a new entry after which a reproducible run's hotlist is
@@ -262,6 +248,7 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
         epoch: (epoch_scale, epoch_mult),
         seed,
         reproducible,
+        workload,
     } = t;
     let chmu = Chmu::open(bdf)?;
     let pages = hot + cold;
@@ -302,6 +289,9 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
         .flatten()
         .filter(|g| (chmu.hpa_base..chmu.hpa_base + chmu.size).contains(*g))
         .count();
+    let hot_offsets: Vec<usize> = order[..hot].iter().map(|&i| i * 4096).collect();
+    // SAFETY: the hot pages are pages of the mapping, unmapped only at the end.
+    let mut hot_set = unsafe { crate::hot_loops::HotSet::new(workload, base, &hot_offsets, seed) };
     chmu.enable(0, threshold, epoch_scale, epoch_mult)?;
     let mut reported = Vec::new();
     let t0 = Instant::now();
@@ -314,10 +304,8 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
         // SAFETY: inside the mapping: one access per cold page.
         sink = sink.wrapping_add(u64::from(unsafe { std::ptr::read_volatile(page(k)) }));
     }
-    for _ in 0..rounds {
-        for k in 0..hot {
-            sink = sink.wrapping_add(touch_page(page(k)));
-        }
+    for r in 0..rounds {
+        sink = sink.wrapping_add(hot_set.round(r));
         if !reproducible {
             chmu.drain(0, &mut reported);
         }
@@ -382,6 +370,8 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
         hotlist: reported,
         seed,
         reproducible,
+        workload,
+        accesses_per_hot_page: rounds as u64 * crate::hot_loops::ACCESSES_PER_PAGE,
     })
 }
 

@@ -5,7 +5,8 @@
 //! - [`inventory`]: PCI functions, NUMA nodes, memory tiers from sysfs.
 //! - [`vfio`]: the VFIO plumbing (container, group, device, BAR mmaps).
 //! - [`drivers`]: identity probes of the SDXi and CHMU functions.
-//! - [`sdxi`], [`chmu`]: userspace drivers of both devices.
+//! - [`sdxi`], [`chmu`]: userspace drivers of both devices; [`hot_loops`]: the CHMU test's
+//!   hot-set workloads (one load site, `rep movsb`, a pointer chase, 64 load sites).
 //! - [`migrate`]: the batched tiered-memory migrator, built from [`spec`] (what to run and
 //!   what is reported), [`workload`], [`sources`] (CHMU, DAMON), [`promote`] (promotion
 //!   engine and batcher), [`copy`] (CPU and SDXi copy engines) and [`arena`] (pools,
@@ -15,6 +16,7 @@ pub mod arena;
 pub mod chmu;
 pub mod copy;
 pub mod drivers;
+pub mod hot_loops;
 pub mod inventory;
 pub mod migrate;
 pub mod promote;

@@ -220,6 +220,7 @@ fn handle(
             epoch_mult,
             seed,
             reproducible,
+            workload,
         } => chmu_hot(guest_agent::chmu::HotTest {
             hot: hot_pages as usize,
             cold: cold_pages as usize,
@@ -228,6 +229,7 @@ fn handle(
             epoch: (epoch_scale, epoch_mult),
             seed,
             reproducible,
+            workload,
         }),
         Request::Migrate { spec } => migrate(*spec, retained),
         Request::MigrateBench { spec } => migrate_bench(&spec),

@@ -78,6 +78,9 @@ pub enum Request {
         /// then the clock is run three epochs on and the hotlist drained once it is still.
         #[serde(default)]
         reproducible: bool,
+        /// Which instructions read the hot pages.
+        #[serde(default)]
+        workload: HotLoop,
     },
     /// The reply of the request given on the kernel command line ([`AUTORUN_PARAM`]), which
     /// the agent ran at boot before its hello, with no input from the host.
@@ -93,6 +96,54 @@ pub enum Request {
     },
     /// Answer, then exit (the init script powers the guest off).
     Shutdown,
+}
+
+/// How the chmu-hot workload reads its hot pages (`guest_agent::hot_loops`): each makes the
+/// same number of reads of every hot page per round, through different instructions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HotLoop {
+    /// 64 distinct load instructions per page, one per line.
+    #[default]
+    Sites64,
+    /// One load instruction gathering every line of the hot set (`sum += base[offset[i]]`).
+    IndexedLoad,
+    /// One `rep movsb` copying a line of each hot page.
+    RepMovsb,
+    /// One `mov reg, [reg]` following a chain through every line of the hot set.
+    PointerChase,
+}
+
+impl HotLoop {
+    pub const ALL: [HotLoop; 4] = [
+        HotLoop::Sites64,
+        HotLoop::IndexedLoad,
+        HotLoop::RepMovsb,
+        HotLoop::PointerChase,
+    ];
+
+    /// The name used in scenarios and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            HotLoop::Sites64 => "sites64",
+            HotLoop::IndexedLoad => "indexed_load",
+            HotLoop::RepMovsb => "rep_movsb",
+            HotLoop::PointerChase => "pointer_chase",
+        }
+    }
+}
+
+impl std::str::FromStr for HotLoop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown hot-set workload {s:?} (use {})", names.join(", "))
+            })
+    }
 }
 
 /// Guest -> host.
@@ -174,6 +225,12 @@ pub struct ChmuHotReport {
     pub seed: u64,
     #[serde(default)]
     pub reproducible: bool,
+    /// Which instructions read the hot pages, and how many reads each hot page had while the
+    /// CHMU was counting (its true access count).
+    #[serde(default)]
+    pub workload: HotLoop,
+    #[serde(default)]
+    pub accesses_per_hot_page: u64,
 }
 
 /// One copy through the SDXi device, checked in the guest.
@@ -377,6 +434,7 @@ mod tests {
             epoch_mult: 1,
             seed: 7,
             reproducible: true,
+            workload: HotLoop::PointerChase,
         };
         let v = encode_autorun(&r);
         assert!(v.bytes().all(|b| b.is_ascii_hexdigit()), "{v}");
@@ -392,6 +450,30 @@ mod tests {
         assert!(odd.expect_err("odd").contains("odd"));
         let junk = decode_autorun("tierbed.autorun=7b7d").expect("present");
         assert!(junk.is_err(), "{{}} is no request");
+    }
+
+    #[test]
+    fn hot_loop_names_parse_and_are_the_wire_names() {
+        for k in HotLoop::ALL {
+            assert_eq!(k.name().parse::<HotLoop>(), Ok(k));
+            assert_eq!(
+                serde_json::to_string(&k).expect("serialize"),
+                format!("\"{}\"", k.name())
+            );
+        }
+        assert!("memcpy"
+            .parse::<HotLoop>()
+            .expect_err("unknown")
+            .contains("indexed_load"));
+        // An older harness that sends no workload gets the 64-site loop.
+        let old = r#"{"request":"chmu_hot","hot_pages":1,"cold_pages":0,"rounds":1,"threshold":4,"epoch_scale":1,"epoch_mult":1}"#;
+        assert!(matches!(
+            serde_json::from_str::<Request>(old).expect("parse"),
+            Request::ChmuHot {
+                workload: HotLoop::Sites64,
+                ..
+            }
+        ));
     }
 
     #[test]

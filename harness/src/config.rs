@@ -61,8 +61,12 @@ pub struct VmConfig {
     pub kernel_args: String,
     /// Load the chmu-tap TCG plugin so the CHMU sees the guest's accesses to node 1.
     pub chmu_feed: bool,
-    /// The plugin instruments one in this many memory instructions.
+    /// The plugin samples one in this many guest memory accesses (on average, each with the
+    /// same chance) and sends each sample with this weight; 1 to 4095.
     pub chmu_sample: u64,
+    /// How the chmu-hot workload reads its hot pages: `sites64` (64 load instructions per
+    /// page), `indexed_load` (one load instruction), `rep_movsb` or `pointer_chase`.
+    pub chmu_workload: guest_agent::protocol::HotLoop,
     /// Clock of the CHMU's epochs with the plugin feed.
     pub chmu_clock: ChmuClock,
     /// A last-level-cache model of this many KiB in front of the CHMU (the plugin sends only
@@ -116,6 +120,7 @@ impl Default for VmConfig {
             kernel_args: String::new(),
             chmu_feed: false,
             chmu_sample: 8,
+            chmu_workload: guest_agent::protocol::HotLoop::Sites64,
             chmu_clock: ChmuClock::Host,
             chmu_llc_kib: 0,
             trace: String::new(),
@@ -201,6 +206,12 @@ impl VmConfig {
                 "reproducible = true needs TCG (QEMU's instruction counting); use accel = \"tcg\" or \"auto\""
                     .into(),
             );
+        }
+        if !(1..=4095).contains(&self.chmu_sample) {
+            return bad(format!(
+                "chmu_sample = {}: must be 1..=4095 (one in N accesses, each sent with weight N)",
+                self.chmu_sample
+            ));
         }
         if self.boot_timeout_s == 0 || self.request_timeout_s == 0 {
             return bad("timeouts must be at least 1 second".into());

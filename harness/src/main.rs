@@ -132,6 +132,11 @@ enum Cmd {
         /// (guest-physical).
         #[arg(long, value_enum, default_value = "on")]
         iommu: OnOff,
+        /// Turn the CHMU's access feed on: the chmu-tap TCG plugin sends the guest's accesses to
+        /// node 1 to the CHMU (one in --chmu-sample, seeded by --seed), so your own driver and
+        /// workload see a working hotlist.
+        #[arg(long)]
+        chmu_feed: bool,
         /// Directory for the run directory [default: <cache>/runs].
         #[arg(long, value_name = "DIR")]
         results: Option<PathBuf>,
@@ -219,9 +224,16 @@ struct VmArgs {
     /// --reproducible, of the guest's randomness).
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// The CHMU plugin instruments one in this many memory instructions.
+    /// The CHMU plugin samples one in this many guest memory accesses (each access has the
+    /// same chance, whichever instruction made it) and sends each with weight N, so the CHMU's
+    /// counts estimate true access counts; 1 to 4095 [default: 8].
     #[arg(long, value_name = "N")]
     chmu_sample: Option<u64>,
+    /// How the chmu-hot workload reads its hot pages: sites64 (64 load instructions per page),
+    /// indexed_load (one load instruction), rep_movsb (one string instruction) or
+    /// pointer_chase (one load following a chain).
+    #[arg(long, value_name = "KIND")]
+    chmu_workload: Option<guest_agent::protocol::HotLoop>,
     /// A last-level-cache model of this many KiB in front of the CHMU: only misses reach it
     /// (the model sees the sampled accesses).
     #[arg(long, value_name = "KIB")]
@@ -257,6 +269,7 @@ impl VmArgs {
         set!(node0_mib => node0_mib, node1_mib => node1_mib, cpus => cpus, accel => accel,
              kernel => kernel_package, boot_timeout => boot_timeout_s, kernel_args => kernel_args,
              chmu_clock => chmu_clock, chmu_sample => chmu_sample, chmu_llc_kib => chmu_llc_kib,
+             chmu_workload => chmu_workload,
              trace => trace, seed => seed);
         if self.reproducible {
             cfg.reproducible = true;
@@ -419,10 +432,12 @@ fn main() -> ExitCode {
             run,
             console,
             iommu,
+            chmu_feed,
             results,
         } => {
             vm.apply(&mut cfg);
             cfg.iommu = *iommu == OnOff::On;
+            cfg.chmu_feed |= *chmu_feed;
             let spec = harness::BringupSpec {
                 build: build_modules.clone(),
                 kernel: kernel_image.clone(),

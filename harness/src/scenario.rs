@@ -51,15 +51,36 @@ pub fn uses_chmu(name: &str) -> bool {
     matches!(name, "chmu-hot" | "all")
 }
 
-/// Workload of the chmu-hot scenario: hot pages, cold pages, rounds, CHMU threshold.
+/// Workload of the chmu-hot scenario: hot pages, cold pages, rounds, CHMU threshold in
+/// sampled accesses per epoch (see [`chmu_hot_threshold`]).
 pub const CHMU_HOT: (u32, u32, u32, u32) = (32, 256, 300, 4);
+
+/// How many guest accesses one record of the tap stands for: its sampling period (1 with the
+/// LLC model, which sees every access).
+pub fn chmu_weight(cfg: &VmConfig) -> u64 {
+    if cfg.chmu_llc_kib > 0 {
+        1
+    } else {
+        cfg.chmu_sample.max(1)
+    }
+}
+
+/// The chmu-hot threshold in accesses per epoch: `samples` sampled accesses' worth. Counts
+/// estimate true access counts in steps of the sampling period N, so a threshold below N
+/// would report any unit one access happened to be sampled from (a cold page read once is
+/// then reported with probability 1/N); above `samples` x N a unit needs more than `samples`
+/// samples in the epoch, which a page read once never has.
+pub fn chmu_hot_threshold(cfg: &VmConfig, samples: u32) -> u32 {
+    u32::try_from(u64::from(samples) * chmu_weight(cfg)).unwrap_or(u32::MAX)
+}
 
 /// The chmu-hot scenario's request for `cfg`. Epochs: 10 ms of host time, or on the
 /// instruction clock 100 us as 100k guest instructions (the workload runs only a few million
 /// instructions, and an idle guest hardly advances the clock). A reproducible run drains only
 /// at the end, so its epochs are ten times longer to keep the hotlist within its 1024 slots.
 pub fn chmu_hot_request(cfg: &VmConfig) -> guest_agent::protocol::Request {
-    let (hot_pages, cold_pages, rounds, threshold) = CHMU_HOT;
+    let (hot_pages, cold_pages, rounds, samples) = CHMU_HOT;
+    let threshold = chmu_hot_threshold(cfg, samples);
     let (epoch_scale, epoch_mult) = match (cfg.chmu_clock, cfg.reproducible) {
         (_, true) => (2, 1),
         (ChmuClock::Host, false) => (3, 1),
@@ -74,6 +95,7 @@ pub fn chmu_hot_request(cfg: &VmConfig) -> guest_agent::protocol::Request {
         epoch_mult,
         seed: cfg.seed,
         reproducible: cfg.reproducible,
+        workload: cfg.chmu_workload,
     }
 }
 
@@ -370,6 +392,36 @@ fn tier(t: Option<u32>) -> String {
 mod tests {
     use super::*;
     use guest_agent::protocol::*;
+
+    #[test]
+    fn the_chmu_hot_threshold_is_in_sampled_accesses_and_the_workload_is_passed_on() {
+        let cfg = VmConfig {
+            chmu_workload: guest_agent::protocol::HotLoop::RepMovsb,
+            ..VmConfig::default()
+        };
+        // One in 8 sampled, weight 8: more than 4 samples is more than 32 accesses.
+        assert_eq!(chmu_hot_threshold(&cfg, 4), 32);
+        let llc = VmConfig {
+            chmu_llc_kib: 8192,
+            ..cfg.clone()
+        };
+        assert_eq!(
+            chmu_hot_threshold(&llc, 4),
+            4,
+            "the LLC model sees every access"
+        );
+        match chmu_hot_request(&cfg) {
+            guest_agent::protocol::Request::ChmuHot {
+                threshold,
+                workload,
+                ..
+            } => assert_eq!(
+                (threshold, workload),
+                (32, guest_agent::protocol::HotLoop::RepMovsb)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_reproducible_hotlist_must_be_complete_and_has_a_digest() {
