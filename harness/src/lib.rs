@@ -7,6 +7,7 @@ pub mod document;
 pub mod kvm;
 pub mod migration;
 pub mod plots;
+pub mod private_dir;
 pub mod report;
 pub mod scenario;
 pub mod tools;
@@ -71,13 +72,8 @@ impl Progress for Reporter {
     }
 }
 
-/// Where the helper programs come from (explicit paths override building them).
-#[derive(Clone, Debug, Default)]
-pub struct ToolPaths {
-    pub sdxi_server: Option<PathBuf>,
-    pub hmu_server: Option<PathBuf>,
-    pub agent: Option<PathBuf>,
-}
+/// Where the helper programs come from (explicit paths override finding or building them).
+pub use tools::ToolPaths;
 
 /// Errors that stop a run before a verdict (exit code 3), or an interruption (130).
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +105,11 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::UnknownScenario(_) | Self::Accel(_) | Self::Scenario(_)
+            Self::Config(_)
+                | Self::UnknownScenario(_)
+                | Self::Accel(_)
+                | Self::Scenario(_)
+                | Self::Vm(vm::VmError::Refused { .. }, _)
         )
     }
 }
@@ -122,12 +122,8 @@ pub fn provision(
     progress: &mut dyn Progress,
 ) -> Result<(tools::Tools, images::Images), RunError> {
     cfg.validate()?;
-    let tools = tools::ensure(
-        paths.sdxi_server.as_deref(),
-        paths.hmu_server.as_deref(),
-        paths.agent.as_deref(),
-        progress,
-    )?;
+    let tools = tools::ensure(paths, cfg.chmu_feed, progress)?;
+    progress.step(&format!("helpers: {}", tools.origins.join("; ")));
     let icfg = images::ImagesConfig {
         cache_dir: cfg.cache_dir.clone(),
         kernel_package: cfg.kernel_package.clone(),
@@ -254,6 +250,7 @@ pub fn execute(
     let cfg = &cfg;
     let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
     progress.step(&format!("accelerator: {} ({})", accel.accel, accel.reason));
+    reclaim_leftovers(progress);
     let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
     let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
     let vm_err = |e| RunError::Vm(e, run.dir.clone());
@@ -486,6 +483,31 @@ pub fn execute(
     Ok(result)
 }
 
+/// Reclaims what runs killed before their cleanup (SIGKILL, a CI job's timeout) left behind:
+/// their socket and guest-RAM directories and any process still using them; live runs are
+/// not touched. Every run does this first; `harness clean` does only this.
+pub fn reclaim_leftovers(progress: &mut dyn Progress) -> private_dir::Reclaimed {
+    let r = private_dir::reclaim_stale();
+    for (dir, strays) in &r.removed {
+        progress.step(&format!(
+            "removed {} (left by a run that was killed){}",
+            dir.display(),
+            if strays.is_empty() {
+                String::new()
+            } else {
+                format!("; killed its stray processes {strays:?}")
+            }
+        ));
+    }
+    for (dir, e) in &r.failed {
+        progress.step(&format!(
+            "cannot remove {} (left by a killed run): {e}",
+            dir.display()
+        ));
+    }
+    r
+}
+
 /// COPY descriptors the SDXi server behind control socket `ctl` has executed (None when it
 /// does not answer).
 fn sdxi_copies(ctl: &Path) -> Option<u64> {
@@ -560,7 +582,9 @@ pub fn bench_tap(
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let mut line = String::new();
     let mut rate = Vec::new();
-    let dir = std::env::temp_dir().join(format!("tierbed-bench-{}", std::process::id()));
+    let scratch = private_dir::PrivateDir::create(&std::env::temp_dir(), private_dir::BENCH)
+        .map_err(|e| RunError::Results(std::env::temp_dir(), e))?;
+    let dir = scratch.path().to_owned();
     for i in 0..reps * 2 {
         let mut c = cfg.clone();
         c.chmu_feed = i % 2 == 1;
@@ -601,7 +625,7 @@ pub fn bench_tap(
             off.push(r.timings.boot_to_agent_s);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     let (mo, mn) = (median(off.clone()), median(on.clone()));
     Ok(TapBench {
         sample: cfg.chmu_sample,
@@ -832,6 +856,8 @@ pub fn bringup(
         .into());
     }
     let (tools, mut imgs) = provision(cfg, paths, false, progress)?;
+    // The initramfs for the user's kernel, kept in memory (nothing per run in the cache).
+    let mut custom_initramfs = None;
     if let Some(k) = &spec.kernel {
         progress.step(&format!("using the kernel {}", k.display()));
         let base_modules = match &spec.modules_dir {
@@ -842,12 +868,7 @@ pub fn bringup(
             std::fs::read(&imgs.busybox).map_err(|e| RunError::Results(imgs.busybox.clone(), e))?;
         let agent =
             std::fs::read(&tools.agent).map_err(|e| RunError::Results(tools.agent.clone(), e))?;
-        let base = images::initramfs::build(&busybox, &agent, &base_modules);
-        let dir = cfg.cache_dir.join("initramfs");
-        let p = dir.join(format!("custom-{}.cpio", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| RunError::Results(dir.clone(), e))?;
-        std::fs::write(&p, base).map_err(|e| RunError::Results(p.clone(), e))?;
-        imgs.initramfs = p;
+        custom_initramfs = Some(images::initramfs::build(&busybox, &agent, &base_modules));
         imgs.kernel.vmlinux = k.clone();
         if let Some(d) = &spec.modules_dir {
             imgs.kernel.modules_dir = d.clone();
@@ -877,18 +898,24 @@ pub fn bringup(
         None => None,
     };
     let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
+    reclaim_leftovers(progress);
     let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
     let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
     let vm_err = |e| RunError::Vm(e, run.dir.clone());
     let initrd = run.path("initrd-bringup.cpio");
-    let mut bytes =
-        std::fs::read(&imgs.initramfs).map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?;
+    let mut bytes = match custom_initramfs {
+        Some(b) => b,
+        None => std::fs::read(&imgs.initramfs)
+            .map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?,
+    };
     bytes.extend(images::initramfs::bringup_archive(
         &mods,
         script.as_deref(),
         spec.console,
     ));
-    std::fs::write(&initrd, bytes).map_err(|e| RunError::Results(initrd.clone(), e))?;
+    vm::private_file(&initrd)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .map_err(|e| RunError::Results(initrd.clone(), e))?;
     progress.step(&format!(
         "booting for driver bring-up ({} modules, accel {})",
         mods.len(),

@@ -170,6 +170,18 @@ enum Cmd {
     },
     /// Report whether KVM can run guests here (the probe `--accel auto` uses).
     ProbeKvm,
+    /// Remove what runs killed before their cleanup (SIGKILL, a CI timeout) left behind: this
+    /// user's socket and guest-RAM directories whose harness is dead, and processes still
+    /// using them. Live runs are not touched; every run also does this first.
+    Clean,
+    /// Install the harness and its helpers (device servers, static guest agent, chmu-tap
+    /// plugin) into a prefix, from a source checkout: PREFIX/bin and PREFIX/lib/tierbed.
+    /// The installed harness runs without the sources or cargo.
+    Install {
+        /// Install prefix (e.g. ~/.local or /usr/local).
+        #[arg(long, value_name = "DIR")]
+        prefix: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -263,6 +275,9 @@ struct VmArgs {
 
 impl VmArgs {
     fn apply(&self, cfg: &mut VmConfig) {
+    /// Use this chmu-tap TCG plugin (libchmu_tap.so) for the CHMU feed instead of building it.
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
         macro_rules! set {
             ($($f:ident => $t:ident),*) => { $(if let Some(v) = &self.$f { cfg.$t = v.clone(); })* };
         }
@@ -297,6 +312,7 @@ impl VmArgs {
 /// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit with
 /// the worst outcome.
 #[allow(clippy::too_many_arguments)]
+            plugin: self.plugin.clone(),
 fn run_matrix(
     cfg: &VmConfig,
     vm: &VmArgs,
@@ -392,6 +408,10 @@ fn main() -> ExitCode {
         } else {
             "warn"
         }))
+    // Everything the harness and its children create (run directories, logs, results, the
+    // cache) is its owner's only.
+    // SAFETY: umask(2) cannot fail; set before any thread starts.
+    unsafe { libc::umask(0o077) };
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -495,8 +515,9 @@ fn main() -> ExitCode {
                 (None, [one]) => one.clone(),
                 (None, []) => {
                     eprintln!(
-                        "error: no running test bed found (control sockets in {}/tierbed-*)",
-                        std::env::temp_dir().display()
+                        "error: no running test bed of yours found (control sockets in {}/{}.*)",
+                        std::env::temp_dir().display(),
+                        harness::private_dir::SOCKETS
                     );
                     return ExitCode::from(EXIT_INFRA);
                 }
@@ -539,6 +560,43 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
+        Cmd::Clean => {
+            let r = harness::reclaim_leftovers(&mut rep);
+            println!(
+                "removed {} directories of killed runs; {} live runs left alone",
+                r.removed.len(),
+                r.live.len()
+            );
+            return ExitCode::from(if r.failed.is_empty() {
+                EXIT_PASS
+            } else {
+                EXIT_INFRA
+            });
+        }
+        Cmd::Install { prefix } => {
+            // Installed programs are for every user of the machine.
+            // SAFETY: umask(2) cannot fail.
+            unsafe { libc::umask(0o022) };
+            return match harness::tools::install(prefix, None, &mut rep) {
+                Ok(files) => {
+                    for f in &files {
+                        println!("{}", f.display());
+                    }
+                    println!(
+                        "run {}/bin/harness (add {0}/bin to PATH); it needs no source tree or cargo",
+                        prefix.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    print_chain(&e);
+                    ExitCode::from(match e {
+                        harness::tools::ToolsError::NotACheckout => EXIT_USAGE,
+                        _ => EXIT_INFRA,
+                    })
+                }
+            };
+        }
                     println!("KVM cannot run guests here ({e}): --accel auto will use TCG");
                     ExitCode::from(EXIT_TEST_FAILED)
                 }

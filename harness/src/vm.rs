@@ -5,6 +5,11 @@
 //! Every wait has a deadline and watches the child processes and Ctrl-C; dropping a [`Vm`]
 //! kills the whole process tree (each child leads its own process group, and dies with the
 //! harness through PR_SET_PDEATHSIG) and removes sockets and guest-RAM files.
+//!
+//! Privacy: sockets and guest RAM sit in directories of their own, made exclusively with
+//! random names and mode 0700 ([`crate::private_dir`]); the RAM files are created here with
+//! mode 0600 before QEMU opens them, and every child runs with umask 077, so nothing a run
+//! makes is readable by other local users.
 
 use crate::config::{Accel, GpaRange, VmConfig};
 use crate::tools::Tools;
@@ -54,6 +59,8 @@ pub enum VmError {
     Protocol(String),
     #[error("guest agent failed the request: {0}")]
     Agent(String),
+    #[error("refusing to use {} for run directories: {why}", path.display())]
+    Refused { path: PathBuf, why: String },
 }
 
 /// Files of one run, kept for the user after the run (logs, results).
@@ -63,19 +70,37 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// A new directory `<base>/<time>-<pid>-<random>`, mode 0700, made exclusively; `base`
+    /// is created (0700) if missing, and refused if another user could change it.
     pub fn create(base: &Path) -> Result<Self, VmError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| VmError::Io {
+                what: "creating run directory",
+                path,
+                source,
+            }
+        };
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(base)
+            .map_err(io(base))?;
+        if let Some(why) = crate::private_dir::unsafe_parent(base) {
+            return Err(VmError::Refused {
+                path: base.to_owned(),
+                why,
+            });
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        // Unique per run even for runs started in the same second by one process (--jobs).
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("{stamp}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
-            what: "creating run directory",
-            path: dir.clone(),
-            source,
-        })?;
+        let pid = std::process::id();
+        let dir = crate::private_dir::create_exclusive(base, || {
+            Ok(format!(
+                "{stamp}-{pid}-{}",
+                crate::private_dir::random_suffix(6)?
+            ))
+        })
+        .map_err(io(base))?;
         Ok(Self { dir })
     }
 
@@ -167,6 +192,8 @@ pub struct Vm {
     run: RunDir,
     sock_dir: PathBuf,
     ram_dir: PathBuf,
+    /// The locks of `sock_dir` and `ram_dir`, held while the VM lives; removed with them.
+    private: Vec<crate::private_dir::PrivateDir>,
     procs: Vec<Proc>,
     agent_tx: Option<UnixStream>,
     agent_rx: Option<Receiver<std::io::Result<String>>>,
@@ -185,23 +212,13 @@ pub struct Vm {
     tolerated: Vec<String>,
 }
 
-/// Directories of running test beds' device control sockets (`harness inspect` looks here).
+/// Directories of this user's running test beds' device control sockets (`harness inspect`
+/// looks here): live runs only, never the leftovers of a killed one.
 pub fn running_control_dirs() -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with("tierbed-") && !f.starts_with("tierbed-ram"))
-                && p.join("sdxi.ctl").exists()
-        })
-        .collect();
-    v.sort();
-    v
+    crate::private_dir::live(crate::private_dir::SOCKETS)
+        .into_iter()
+        .filter(|p| p.join("sdxi.ctl").exists())
+        .collect()
 }
 
 /// Sends one control request to a device server's control socket.
@@ -264,24 +281,28 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-fn tmp_dir(prefix: &str, parent: &Path) -> Result<PathBuf, VmError> {
-    use std::sync::atomic::AtomicU32;
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = parent.join(format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
-        what: "creating",
-        path: d.clone(),
+fn private_dir(parent: &Path, prefix: &str) -> Result<crate::private_dir::PrivateDir, VmError> {
+    crate::private_dir::PrivateDir::create(parent, prefix).map_err(|source| VmError::Io {
+        what: "creating a private directory in",
+        path: parent.to_owned(),
         source,
-    })?;
-    Ok(d)
+    })
+}
+
+/// Creates `path` for the harness's own output, readable by its owner only.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        0o600,
+    )
+    .open(path)
 }
 
 fn log_file(p: &Path) -> Result<(File, File), VmError> {
-    let f = File::create(p).map_err(|source| VmError::Io {
+    let f = private_file(p).map_err(|source| VmError::Io {
         what: "creating log",
         path: p.to_owned(),
         source,
@@ -308,10 +329,12 @@ fn spawn(
         .stderr(err)
         .process_group(0);
     // SAFETY: the closure runs between fork and exec and only calls the async-signal-safe
-    // prctl.
+    // prctl and umask (what the child creates -- sockets, counters, QEMU's files -- is its
+    // owner's only).
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::umask(0o077);
             Ok(())
         });
     }
@@ -546,13 +569,32 @@ impl Vm {
         let node1 = cfg
             .node1_range()
             .map_err(|e| VmError::Protocol(e.to_string()))?;
-        let sock_dir = tmp_dir("tierbed", &std::env::temp_dir())?;
+        let sock = private_dir(&std::env::temp_dir(), crate::private_dir::SOCKETS)?;
         let shm = Path::new("/dev/shm");
-        let ram_dir = tmp_dir("tierbed-ram", if shm.is_dir() { shm } else { &run.dir })?;
+        let tmp = std::env::temp_dir();
+        let ram = private_dir(
+            if shm.is_dir() { shm } else { &tmp },
+            crate::private_dir::RAM,
+        )?;
+        // QEMU uses existing files (and sizes them), so they are made here, owner-only.
+        for i in 0..2 {
+            let p = ram.path().join(format!("node{i}.ram"));
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create_new(true),
+                0o600,
+            )
+            .open(&p)
+            .map_err(|source| VmError::Io {
+                what: "creating guest RAM file",
+                path: p.clone(),
+                source,
+            })?;
+        }
         let mut vm = Self {
             run: run.clone(),
-            sock_dir,
-            ram_dir,
+            sock_dir: sock.path().to_owned(),
+            ram_dir: ram.path().to_owned(),
+            private: vec![sock, ram],
             procs: Vec::new(),
             agent_tx: None,
             agent_rx: None,
@@ -966,8 +1008,8 @@ impl Vm {
             }
             let _ = p.child.wait();
         }
-        for d in [&self.sock_dir, &self.ram_dir] {
-            let _ = std::fs::remove_dir_all(d);
+        for d in &mut self.private {
+            d.remove();
         }
     }
 }

@@ -396,9 +396,12 @@ fn inspect_reads_a_running_devices_state_through_its_control_socket() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn harness");
-    let dir = std::env::temp_dir().join(format!("tierbed-{}-0", child.id()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !dir.join("cxl-hmu.ctl").exists() {
+    let dir = loop {
+        let dirs = private_dirs_of(child.id(), &std::env::temp_dir());
+        if let Some(d) = dirs.into_iter().find(|d| d.join("cxl-hmu.ctl").exists()) {
+            break d;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "control sockets never appeared"
@@ -408,7 +411,7 @@ fn inspect_reads_a_running_devices_state_through_its_control_socket() {
             "harness ended first"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    };
     let ask = |device: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_harness"))
             .args(["inspect", "--device", device, "--dir"])

@@ -39,25 +39,44 @@ pub fn run(cfg: &VmConfig, scenario: &str, name: &str) -> (harness::RunResult, P
     (r, out)
 }
 
+/// The start of the names of harness process `pid`'s private directories (sockets, guest RAM,
+/// scratch results): `<prefix>.<pid>.<random>`.
+pub fn private_marks(pid: u32) -> Vec<String> {
+    use harness::private_dir::{BENCH, RAM, SOCKETS};
+    [SOCKETS, RAM, BENCH]
+        .iter()
+        .map(|p| format!("{p}.{pid}."))
+        .collect()
+}
+
+/// The private directories of harness process `pid` now in `parent`.
+pub fn private_dirs_of(pid: u32, parent: &std::path::Path) -> Vec<PathBuf> {
+    let marks = private_marks(pid);
+    std::fs::read_dir(parent)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    marks.iter().any(|m| n.starts_with(m.as_str()))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// No process, socket directory or guest-RAM directory of harness process `pid` is left.
 pub fn assert_nothing_left(pid: u32) {
-    let marks = [format!("tierbed-{pid}-"), format!("tierbed-ram-{pid}-")];
-    assert!(
-        processes_mentioning(&marks[0]).is_empty(),
-        "{:?}",
-        processes_mentioning(&marks[0])
-    );
+    let marks = private_marks(pid);
+    for m in &marks {
+        assert!(
+            processes_mentioning(m).is_empty(),
+            "{:?}",
+            processes_mentioning(m)
+        );
+    }
     for d in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
-        let left: Vec<_> = std::fs::read_dir(&d)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        marks.iter().any(|m| n.contains(m.as_str()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let left = private_dirs_of(pid, &d);
         assert!(left.is_empty(), "left in {}: {left:?}", d.display());
     }
 }
