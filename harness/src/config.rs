@@ -25,6 +25,26 @@ pub enum ChmuClock {
     Insns,
 }
 
+/// The SDXi function's doorbell path (`sdxi-server --doorbell`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SdxiDoorbell {
+    /// BAR2 lives in guest memory: a doorbell is a store the server's watcher notices.
+    Mapped,
+    /// Every doorbell write travels the vfio-user socket as a region access.
+    Trapped,
+}
+
+impl SdxiDoorbell {
+    /// The value `sdxi-server --doorbell` takes.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::Mapped => "mapped",
+            Self::Trapped => "trapped",
+        }
+    }
+}
+
 /// Everything that shapes a test-bed VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,6 +75,8 @@ pub struct VmConfig {
     /// The SDXi engine completes the descriptors between two fences in reverse order
     /// (`sdxi-server --force-out-of-order`), to test drivers' handling of it.
     pub sdxi_out_of_order: bool,
+    /// SDXi doorbell path, mapped or trapped; unset: the server's default.
+    pub sdxi_doorbell: Option<SdxiDoorbell>,
     /// Number of CHMU instances.
     pub chmu_instances: u8,
     /// Extra kernel command-line arguments.
@@ -116,6 +138,7 @@ impl Default for VmConfig {
             node1_bandwidth_mbs: 5_000,
             sdxi_max_cxt: 64,
             sdxi_out_of_order: false,
+            sdxi_doorbell: None,
             chmu_instances: 2,
             kernel_args: String::new(),
             chmu_feed: false,
@@ -337,6 +360,27 @@ mod tests {
             anyhow::Error::from(VmConfig::load(Some(&bad)).expect_err("must fail"))
         );
         assert!(e.contains("node1_mb"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sdxi_doorbell_mode_comes_from_the_file_and_a_bad_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("harness-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        assert_eq!(VmConfig::default().sdxi_doorbell, None);
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[vm]\nsdxi_doorbell = \"trapped\"\n").expect("write");
+        let c = VmConfig::load(Some(&good)).expect("load");
+        assert_eq!(c.sdxi_doorbell, Some(SdxiDoorbell::Trapped));
+        assert_eq!(SdxiDoorbell::Trapped.as_arg(), "trapped");
+        assert_eq!(SdxiDoorbell::Mapped.as_arg(), "mapped");
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[vm]\nsdxi_doorbell = \"polled\"\n").expect("write");
+        let e = format!(
+            "{:#}",
+            anyhow::Error::from(VmConfig::load(Some(&bad)).expect_err("must fail"))
+        );
+        assert!(e.contains("polled"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

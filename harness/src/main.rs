@@ -250,6 +250,10 @@ struct VmArgs {
     /// (the model sees the sampled accesses).
     #[arg(long, value_name = "KIB")]
     chmu_llc_kib: Option<u64>,
+    /// SDXi doorbell path: mapped (BAR2 in guest memory, a store per doorbell) or trapped
+    /// (every doorbell through the vfio-user socket) [default: the server's].
+    #[arg(long, value_enum)]
+    sdxi_doorbell: Option<harness::config::SdxiDoorbell>,
     /// Device trace categories to record in the run directory: mmio, doorbell, descriptor,
     /// completion, interrupt, errlog, hotlist, epoch, or all (comma-separated).
     #[arg(long, value_name = "CATS")]
@@ -288,6 +292,9 @@ impl VmArgs {
              trace => trace, seed => seed);
         if self.reproducible {
             cfg.reproducible = true;
+        }
+        if self.sdxi_doorbell.is_some() {
+            cfg.sdxi_doorbell = self.sdxi_doorbell;
         }
         if self.kill_after_boot.is_some() {
             cfg.kill_after_boot = self.kill_after_boot.clone();

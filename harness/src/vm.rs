@@ -617,6 +617,9 @@ impl Vm {
         if cfg.sdxi_out_of_order {
             c.arg("--force-out-of-order");
         }
+        if let Some(d) = cfg.sdxi_doorbell {
+            c.args(["--doorbell", d.as_arg()]);
+        }
         vm.procs.push(spawn(
             "sdxi-server",
             c,
