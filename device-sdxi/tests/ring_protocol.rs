@@ -72,13 +72,13 @@ fn reserve(
 /// with vl clear, sets vl, and rings the doorbell with its own reservation's end, so
 /// doorbells run ahead of holes and arrive out of order. Every copy must run exactly once
 /// (its CST_BLK reaches 0 and no lower), move the right bytes, and nothing may be reported
-/// as an error.
-#[test]
-fn racing_producers_that_publish_the_write_index_before_vl_lose_and_repeat_nothing() {
+/// as an error. `mapped`: doorbells are stores to the mapped doorbell page (as a guest rings
+/// them by default), else region writes on the socket.
+fn racing_producers(mapped: bool) {
     const THREADS: u64 = 4;
     const PER_THREAD: u64 = 1500;
     const LEN: u64 = 1024;
-    let (ctl, cp) = control_path("producers");
+    let (ctl, cp) = control_path(if mapped { "producers-m" } else { "producers-t" });
     let mut d = Dut::start(&["--control", &cp, "--workers", "2"], 1);
     let total = THREADS * PER_THREAD;
     let dst_base = DATA + total * LEN;
@@ -91,12 +91,13 @@ fn racing_producers_that_publish_the_write_index_before_vl_lose_and_repeat_nothi
     let slots = std::sync::atomic::AtomicU64::new(0);
     {
         let Dut { c, ram, drv, .. } = &mut d;
+        let page = mapped.then(|| MappedDoorbellPage::map(c).expect("mapped doorbell BAR"));
         let ram = &*ram;
         let drv = Mutex::new(drv);
         let client = Mutex::new(c);
         std::thread::scope(|s| {
             for t in 0..THREADS {
-                let (drv, client, csbs, slots) = (&drv, &client, &csbs, &slots);
+                let (drv, client, csbs, slots, page) = (&drv, &client, &csbs, &slots, &page);
                 s.spawn(move || {
                     let mut j = Jitter(0x9e37_79b9_7f4a_7c15 ^ ((t + 1) * 0x1234_5678_9abc));
                     for k in 0..PER_THREAD {
@@ -121,7 +122,11 @@ fn racing_producers_that_publish_the_write_index_before_vl_lose_and_repeat_nothi
                         for n in 0..r.n {
                             r.make_valid(ram, n);
                         }
-                        ClientMmio(&mut client.lock().expect("client")).doorbell(1, r.dbval());
+                        match page {
+                            Some(p) => p.ring(1, r.dbval()),
+                            None => ClientMmio(&mut client.lock().expect("client"))
+                                .doorbell(1, r.dbval()),
+                        }
                     }
                 });
             }
@@ -151,12 +156,22 @@ fn racing_producers_that_publish_the_write_index_before_vl_lose_and_repeat_nothi
     assert_eq!(e["errlog_entries"], 0);
     assert_eq!(d.drv.state(&d.ram, 1), Some(CxtState::Run));
     eprintln!(
-        "{total} copies, {slots} slots ({} laps), passes stopped at a not-yet-valid slot: {}",
+        "mapped {mapped}: {total} copies, {slots} slots ({} laps), passes stopped at a not-yet-valid slot: {}",
         slots / 1024,
         e["not_yet_valid"]
     );
     d.finish();
     let _ = std::fs::remove_file(&ctl);
+}
+
+#[test]
+fn racing_producers_that_publish_the_write_index_before_vl_lose_and_repeat_nothing() {
+    racing_producers(false);
+}
+
+#[test]
+fn racing_producers_ringing_the_mapped_doorbell_page_lose_and_repeat_nothing() {
+    racing_producers(true);
 }
 
 /// A doorbell that covers a reserved slot whose vl is still clear: the function stops there

@@ -221,3 +221,56 @@ pub fn control(path: &Path, req: &str) -> serde_json::Value {
     BufReader::new(s).read_line(&mut line).expect("answer");
     serde_json::from_str(&line).expect("JSON answer")
 }
+
+/// The doorbell BAR as a guest has it with mapped doorbells (the server's default): the page
+/// the server offers as a sparse mmap area, mapped here, so a doorbell is a plain 64-bit
+/// store that never travels on the socket.
+pub struct MappedDoorbellPage {
+    ptr: *mut u64,
+    len: usize,
+}
+
+// SAFETY: plain shared memory, written only with volatile 64-bit stores.
+unsafe impl Send for MappedDoorbellPage {}
+// SAFETY: as above.
+unsafe impl Sync for MappedDoorbellPage {}
+
+impl MappedDoorbellPage {
+    /// Maps the doorbell BAR's file; None when the server offers none (trapped doorbells).
+    pub fn map(c: &vfio_user::Client) -> Option<Self> {
+        let r = c.region(u32::from(DOORBELL_BAR))?;
+        let fo = r.file_offset.as_ref()?;
+        let len = usize::try_from(r.size).ok()?;
+        // SAFETY: a fresh shared mapping of the server's doorbell file; the kernel checks the fd,
+        // length and offset, and the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fo.file().as_raw_fd(),
+                libc::off_t::try_from(fo.start()).ok()?,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Self { ptr: p.cast(), len })
+    }
+
+    /// Writes `value` to context `cxt`'s doorbell (4 KiB stride).
+    pub fn ring(&self, cxt: u16, value: u64) {
+        let i = usize::from(cxt) * 512;
+        assert!(
+            i * 8 < self.len,
+            "doorbell of context {cxt} outside the BAR"
+        );
+        // SAFETY: i * 8 < len, inside the live mapping; aligned 64-bit store.
+        unsafe { std::ptr::write_volatile(self.ptr.add(i), value) };
+    }
+}
+
+impl Drop for MappedDoorbellPage {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
