@@ -62,13 +62,13 @@ pub use server::{DeviceOptions, DoorbellMode, SdxiDevice};
 #[cfg(feature = "server")]
 mod server {
     use super::DoorbellCounters;
-    use crate::dma::GuestRam;
+    use crate::dma_space::DmaSpace;
     use crate::doorbell::MappedDoorbells;
     use crate::engine::{Engine, EngineOptions};
     use crate::function::SdxiConfig;
     use crate::regs;
     use crate::regs::FnState;
-    use crate::vfio_server::{DmaRegion, Interrupts, PciDevice};
+    use crate::vfio_server::{Interrupts, PciDevice};
     use crate::workers::Workers;
     use std::sync::Arc;
 
@@ -107,10 +107,10 @@ mod server {
 
     /// The device model behind the transport.
     pub struct SdxiDevice {
-        pub engine: Arc<Engine<GuestRam, Interrupts>>,
+        pub engine: Arc<Engine<DmaSpace, Interrupts>>,
         workers: Arc<Workers>,
         mapped: Option<Arc<MappedDoorbells>>,
-        maps: Vec<crate::dma::MappedRegion>,
+        dma: Arc<DmaSpace>,
         interrupts: Interrupts,
         pub doorbells: DoorbellCounters,
     }
@@ -138,8 +138,15 @@ mod server {
             let stride = cfg.doorbell_stride() as usize;
             let bar_size = cfg.doorbell_bar_size() as usize;
             let engine = Arc::new(Engine::new(cfg, interrupts.clone(), eo));
-            let e = Arc::clone(&engine);
-            let workers = Arc::new(Workers::new(opts.workers, contexts, move |c| e.process(c)));
+            let dma = Arc::new(DmaSpace::default());
+            engine.set_memory(Some(Arc::clone(&dma)));
+            let (e, d) = (Arc::clone(&engine), Arc::clone(&dma));
+            // Every pass first lets maps already sent on the socket land (a mapped doorbell
+            // does not travel behind them).
+            let workers = Arc::new(Workers::new(opts.workers, contexts, move |c| {
+                d.settle();
+                e.process(c)
+            }));
             let mapped = match opts.doorbell {
                 DoorbellMode::Trapped => None,
                 DoorbellMode::Mapped => {
@@ -170,7 +177,7 @@ mod server {
                 engine,
                 workers,
                 mapped,
-                maps: Vec::new(),
+                dma,
                 interrupts,
                 doorbells: DoorbellCounters::default(),
             }
@@ -191,21 +198,8 @@ mod server {
             Some((m.fd(), 0, self.engine.config().doorbell_bar_size()))
         }
 
-        fn dma_changed(&mut self, maps: &[DmaRegion]) {
-            let mapped: Vec<_> = maps.iter().filter_map(|m| m.mapped.clone()).collect();
-            if self.engine.registers().state() == FnState::Active {
-                mapped.iter().for_each(crate::dma::MappedRegion::prefault);
-            }
-            let result = (!mapped.is_empty()).then(|| GuestRam::from_mapped(&mapped));
-            self.maps = mapped;
-            match result {
-                None => self.engine.set_memory(None),
-                Some(Ok(ram)) => self.engine.set_memory(Some(Arc::new(ram))),
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "DMA maps unusable; the engine has no guest memory");
-                    self.engine.set_memory(None);
-                }
-            }
+        fn dma_space(&self) -> Option<Arc<DmaSpace>> {
+            Some(Arc::clone(&self.dma))
         }
 
         fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
@@ -229,6 +223,7 @@ mod server {
                         if let Some(m) = &self.mapped {
                             m.reset();
                         }
+                        self.dma.start_prefault();
                         self.workers.kick(0);
                     }
                 }

@@ -1,18 +1,15 @@
-//! Guest memory as the SDXi engine reaches it: the DMA maps a vfio-user client announced
-//! (fds mmapped, pre-faulted), through `vm-memory`.
+//! Guest memory as the SDXi engine reaches it: an immutable view ([`GuestRam`]) of the DMA maps
+//! a vfio-user client announced, each access bounds-checked against the maps.
 //!
 //! Addresses are whatever the client mapped: guest-physical addresses without a virtual IOMMU,
-//! IOVAs with one (then QEMU sends one map per guest DMA mapping), so IOVA translation is the
-//! map lookup itself. Nothing outside the maps is reachable; writes need a writable map.
+//! IOVAs with one (then QEMU sends one map per guest DMA mapping, often one per 4 KiB page), so
+//! IOVA translation is the map lookup itself. A view is a sorted list of extents (adjacent maps
+//! of contiguous file bytes merged into one), looked up by binary search; each extent points
+//! into a [`HostMap`], one shared mapping of a whole backing file (see [`crate::dma_table`]).
+//! Nothing outside the extents is reachable; writes need a writable extent.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap, Permissions, VolatileMemory, VolatileSlice,
-};
 
 /// An access outside what the guest mapped (or a write to a read-only map).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,15 +34,7 @@ pub trait DmaMemory: Send + Sync {
     fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault>;
 }
 
-/// Guest RAM built from DMA maps.
-#[derive(Debug, Default)]
-pub struct GuestRam {
-    mem: GuestMemoryMmap,
-    /// Sorted (start, end) of writable maps.
-    writable: Vec<(u64, u64)>,
-}
-
-/// A DMA map to build [`GuestRam`] from.
+/// A DMA map to build guest memory from.
 #[derive(Debug)]
 pub struct MapSpec<'a> {
     pub iova: u64,
@@ -55,248 +44,347 @@ pub struct MapSpec<'a> {
     pub writable: bool,
 }
 
-/// Errors building guest RAM (a bad map from the client, or mmap failing).
+/// Errors mapping guest memory (a bad map from the client, or mmap failing).
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     #[error("DMA map (iova {iova:#x}, size {size:#x}): {why}")]
     Bad { iova: u64, size: u64, why: String },
+    #[error("DMA map (iova {iova:#x}, size {size:#x}): {what}")]
+    Os {
+        iova: u64,
+        size: u64,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// One DMA map, mmapped (shared, pre-faulted) once and reused across rebuilds.
-#[derive(Clone, Debug)]
-pub struct MappedRegion {
-    region: Arc<GuestRegionMmap>,
+/// One shared mapping of host memory (a whole backing file, or anonymous memory), unmapped
+/// when the last extent and view using it are gone.
+#[derive(Debug)]
+pub struct HostMap {
+    ptr: *mut u8,
+    len: usize,
     writable: bool,
-    prefaulted: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl MappedRegion {
-    /// Maps a spec.
-    pub fn map(s: &MapSpec<'_>) -> Result<Self, MapError> {
-        let bad = |why: String| MapError::Bad {
-            iova: s.iova,
-            size: s.size,
-            why,
-        };
-        let size = usize::try_from(s.size).map_err(|_| bad("too large".into()))?;
-        if size == 0 || s.iova.checked_add(s.size).is_none() {
-            return Err(bad("empty or wrapping".into()));
-        }
-        let file = s.file.try_clone().map_err(|e| bad(format!("dup: {e}")))?;
-        let prot = if s.writable {
+// SAFETY: plain shared memory; every access goes through bounds-checked raw copies or atomics.
+unsafe impl Send for HostMap {}
+// SAFETY: as above.
+unsafe impl Sync for HostMap {}
+
+impl HostMap {
+    /// Maps `len` bytes of `fd` from offset 0 (shared), read-only unless `writable`.
+    pub fn file(fd: std::os::fd::RawFd, len: usize, writable: bool) -> std::io::Result<Self> {
+        let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
             libc::PROT_READ
         };
-        let region = MmapRegionBuilder::new(size)
-            .with_file_offset(FileOffset::new(file, s.file_offset))
-            .with_mmap_prot(prot)
-            .with_mmap_flags(libc::MAP_SHARED)
-            .build()
-            .map_err(|e| bad(format!("mmap: {e}")))?;
-        let region = Arc::new(
-            GuestRegionMmap::new(region, GuestAddress(s.iova))
-                .ok_or_else(|| bad("invalid region".into()))?,
-        );
+        Self::mmap(len, prot, libc::MAP_SHARED, fd, 0, writable)
+    }
+
+    /// Maps `len` bytes of `fd` from `offset` (page-aligned), for a map that cannot share the
+    /// whole-file mapping.
+    pub fn file_range(
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> std::io::Result<Self> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let off = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+        Self::mmap(len, prot, libc::MAP_SHARED, fd, off, writable)
+    }
+
+    /// Private anonymous memory (tests and benchmarks).
+    pub fn anonymous(len: usize) -> std::io::Result<Self> {
+        Self::mmap(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+            true,
+        )
+    }
+
+    fn mmap(
+        len: usize,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        off: libc::off_t,
+        writable: bool,
+    ) -> std::io::Result<Self> {
+        if len == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: a fresh mapping at an address the kernel picks; owned by the returned value.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, off) };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(Self {
-            region,
-            writable: s.writable,
-            prefaulted: Arc::default(),
+            ptr: p.cast(),
+            len,
+            writable,
         })
     }
 
-    /// Pre-faults the mapping once, in the background at the lowest CPU priority, so
-    /// descriptors do not pay page faults. The device asks for it when a driver activates the
-    /// function (not at DMA_MAP time: QEMU waits for DMA_MAP replies while the guest boots,
-    /// and populating gigabytes then costs the boot ~1.8 s on a 2-core host).
-    pub fn prefault(&self) {
-        if self.prefaulted.swap(true, Ordering::AcqRel) {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Populates `off..off+len` of the mapping (page tables filled, so DMA does not pay page
+    /// faults); out-of-range parts are ignored.
+    pub fn populate(&self, off: usize, len: usize) {
+        let page = 4096;
+        let start = off & !(page - 1);
+        let end = off.saturating_add(len).min(self.len);
+        if start >= end {
             return;
         }
-        let r = Arc::clone(&self.region);
         let advice = if self.writable {
             libc::MADV_POPULATE_WRITE
         } else {
             libc::MADV_POPULATE_READ
         };
-        let _ = std::thread::Builder::new()
-            .name("dma-prefault".into())
-            .spawn(move || {
-                // Lowest CPU priority: on a small host this must not slow the guest's boot.
-                // SAFETY: setpriority on this thread only.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-                // SAFETY: the range is exactly this live mapping, kept alive by `r`; populating
-                // does not change its contents.
-                unsafe { libc::madvise(r.as_ptr().cast(), r.size(), advice) };
-            });
+        // SAFETY: the range lies inside this live mapping; populating does not change contents.
+        unsafe { libc::madvise(self.ptr.add(start).cast(), end - start, advice) };
+    }
+}
+
+impl Drop for HostMap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in HostMap::mmap, no longer referenced.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A guest range backed by host memory: `start..start+len` maps to `host[off..off+len]`.
+#[derive(Clone, Debug)]
+pub struct Extent {
+    pub start: u64,
+    pub len: u64,
+    pub host: Arc<HostMap>,
+    pub off: usize,
+    pub writable: bool,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
     }
 
-    pub fn start(&self) -> u64 {
-        self.region.start_addr().0
+    /// Whether `next` continues this extent in guest and host address alike.
+    pub fn joins(&self, next: &Extent) -> bool {
+        self.end() == next.start
+            && Arc::ptr_eq(&self.host, &next.host)
+            && self.off as u64 + self.len == next.off as u64
+            && self.writable == next.writable
     }
 
-    pub fn len(&self) -> u64 {
-        self.region.len()
+    /// The part of this extent starting `skip` bytes in, `len` bytes long.
+    pub fn part(&self, skip: u64, len: u64) -> Extent {
+        Extent {
+            start: self.start + skip,
+            len,
+            host: Arc::clone(&self.host),
+            off: self.off + skip as usize,
+            writable: self.writable,
+        }
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.region.len() == 0
-    }
+/// An immutable view of guest memory: sorted, disjoint, merged extents.
+#[derive(Debug, Default)]
+pub struct GuestRam {
+    extents: Vec<Extent>,
 }
 
 impl GuestRam {
-    /// Maps every spec. Overlapping or empty maps are refused.
+    /// A view over `extents` (sorted and disjoint, as the table keeps them).
+    pub fn from_extents(extents: Vec<Extent>) -> Self {
+        Self { extents }
+    }
+
+    /// Maps every spec (later maps replace earlier ones where they overlap).
     pub fn build(specs: &[MapSpec<'_>]) -> Result<Self, MapError> {
-        let mapped = specs
-            .iter()
-            .map(MappedRegion::map)
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::from_mapped(&mapped)
+        let mut t = crate::dma_table::DmaTable::default();
+        for s in specs {
+            t.map(s)?;
+        }
+        Ok(t.view())
     }
 
-    /// Guest RAM over already mapped regions (cheap: no mmap).
-    pub fn from_mapped(mapped: &[MappedRegion]) -> Result<Self, MapError> {
-        let mut regions: Vec<Arc<GuestRegionMmap>> =
-            mapped.iter().map(|m| Arc::clone(&m.region)).collect();
-        regions.sort_by_key(|r| r.start_addr());
-        let mut writable: Vec<(u64, u64)> = mapped
-            .iter()
-            .filter(|m| m.writable)
-            .map(|m| (m.start(), m.start() + m.len()))
-            .collect();
-        writable.sort_unstable();
-        let mem = GuestMemoryMmap::from_arc_regions(regions).map_err(|e| MapError::Bad {
-            iova: 0,
-            size: 0,
-            why: format!("overlapping maps: {e}"),
-        })?;
-        Ok(Self { mem, writable })
-    }
-
-    /// Anonymous memory at `base` (for tests and benchmarks).
+    /// Anonymous memory at `base` (for tests and benchmarks); empty if it cannot be mapped.
     pub fn anonymous(base: u64, size: usize) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), size)]).unwrap_or_default();
-        Self {
-            mem,
-            writable: vec![(base, base + size as u64)],
+        match HostMap::anonymous(size) {
+            Ok(h) => Self::from_extents(vec![Extent {
+                start: base,
+                len: size as u64,
+                host: Arc::new(h),
+                off: 0,
+                writable: true,
+            }]),
+            Err(_) => Self::default(),
         }
     }
 
+    /// Number of extents (adjacent maps merged).
     pub fn regions(&self) -> usize {
-        self.mem.num_regions()
-    }
-
-    fn writable(&self, addr: u64, len: u64) -> bool {
-        let end = addr.saturating_add(len);
-        // Maps are disjoint; a range may span adjacent writable maps.
-        let mut at = addr;
-        for (s, e) in &self.writable {
-            if *e <= at {
-                continue;
-            }
-            if *s > at {
-                return false;
-            }
-            at = *e;
-            if at >= end {
-                return true;
-            }
-        }
-        len == 0
-    }
-
-    /// The largest slice at `addr` within one region, at most `len` bytes.
-    fn slice(&self, addr: u64, len: u64) -> Option<VolatileSlice<'_, impl BitmapSlice + '_>> {
-        let region = self.mem.find_region(GuestAddress(addr))?;
-        let off = addr - region.start_addr().0;
-        let avail = region.len() - off;
-        let n = usize::try_from(len.min(avail)).ok()?;
-        region
-            .as_volatile_slice()
-            .ok()?
-            .offset(usize::try_from(off).ok()?)
-            .ok()?
-            .subslice(0, n)
-            .ok()
-    }
-
-    fn fault(addr: u64, len: u64, write: bool) -> Fault {
-        Fault { addr, len, write }
+        self.extents.len()
     }
 }
 
-impl DmaMemory for GuestRam {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
-        self.mem
-            .read_slice(buf, GuestAddress(addr))
-            .map_err(|_| Self::fault(addr, buf.len() as u64, false))
+impl Lookup for GuestRam {
+    fn find(&self, addr: u64) -> Option<&Extent> {
+        let i = self.extents.partition_point(|e| e.start <= addr);
+        let e = self.extents.get(i.checked_sub(1)?)?;
+        (addr < e.end()).then_some(e)
     }
+}
 
-    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Fault> {
-        if !self.writable(addr, buf.len() as u64) {
-            return Err(Self::fault(addr, buf.len() as u64, true));
+/// Finds the extent holding an address; the accesses below work over any such table.
+pub trait Lookup {
+    fn find(&self, addr: u64) -> Option<&Extent>;
+
+    /// The host pointer for `addr` and how many bytes (at most `len`) follow it inside one
+    /// extent; None if `addr` is not mapped (or not writable when `write`).
+    fn chunk(&self, addr: u64, len: u64, write: bool) -> Option<(*mut u8, usize)> {
+        let e = self.find(addr)?;
+        if write && !e.writable {
+            return None;
         }
-        self.mem
-            .write_slice(buf, GuestAddress(addr))
-            .map_err(|_| Self::fault(addr, buf.len() as u64, true))
+        let skip = addr - e.start;
+        let n = usize::try_from(len.min(e.len - skip)).ok()?;
+        // SAFETY: off + skip < off + len <= the mapping's length (extents never exceed their
+        // host mapping: the table checks it when inserting).
+        Some((unsafe { e.host.ptr.add(e.off + skip as usize) }, n))
     }
 
-    fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
-        let ok = addr.checked_add(len).is_some()
-            && GuestMemory::check_range(
-                &self.mem,
-                GuestAddress(addr),
-                usize::try_from(len).unwrap_or(usize::MAX),
-                Permissions::Read,
-            )
-            && (!write || self.writable(addr, len));
-        if ok {
-            Ok(())
-        } else {
-            Err(Self::fault(addr, len, write))
-        }
-    }
-
-    fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
-        self.check(src, len, false)?;
-        self.check(dst, len, true)?;
+    /// Calls `f` for each host piece of `addr..addr+len`, after checking all of it is mapped.
+    fn pieces(
+        &self,
+        addr: u64,
+        len: u64,
+        write: bool,
+        mut f: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), Fault> {
+        self.check_range(addr, len, write)?;
         let mut done = 0u64;
         while done < len {
-            let (s, d) = (src + done, dst + done);
-            let sv = self
-                .slice(s, len - done)
-                .ok_or_else(|| Self::fault(s, len - done, false))?;
-            let dv = self
-                .slice(d, len - done)
-                .ok_or_else(|| Self::fault(d, len - done, true))?;
-            let n = sv.len().min(dv.len());
-            // SAFETY: both slices are live mappings of at least `n` bytes (checked above);
-            // the engine refuses overlapping ranges. The guest may write these bytes
-            // concurrently, as with any DMA; the copy then transfers some mix of old and new
-            // bytes, which is what real hardware does.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    sv.ptr_guard().as_ptr(),
-                    dv.ptr_guard_mut().as_ptr(),
-                    n,
-                );
-            }
+            let (p, n) =
+                self.chunk(addr + done, len - done, write)
+                    .ok_or(Fault { addr, len, write })?;
+            f(p, n, done as usize);
             done += n as u64;
         }
         Ok(())
     }
 
-    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault> {
-        if !addr.is_multiple_of(8) || !self.writable(addr, 8) {
-            return Err(Self::fault(addr, 8, true));
+    fn check_range(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
+        let fault = Fault { addr, len, write };
+        if addr.checked_add(len).is_none() {
+            return Err(fault);
         }
-        let s = self
-            .slice(addr, 8)
-            .filter(|s| s.len() == 8)
-            .ok_or_else(|| Self::fault(addr, 8, true))?;
-        let a: &AtomicU64 = s
-            .get_atomic_ref(0)
-            .map_err(|_| Self::fault(addr, 8, true))?;
+        let mut at = addr;
+        let end = addr + len;
+        while at < end {
+            let (_, n) = self.chunk(at, end - at, write).ok_or(fault)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    fn copy_range(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
+        self.check_range(src, len, false)?;
+        self.check_range(dst, len, true)?;
+        let mut done = 0u64;
+        while done < len {
+            let (s, d) = (src + done, dst + done);
+            let (sp, sn) = self.chunk(s, len - done, false).ok_or(Fault {
+                addr: s,
+                len: len - done,
+                write: false,
+            })?;
+            let (dp, dn) = self.chunk(d, len - done, true).ok_or(Fault {
+                addr: d,
+                len: len - done,
+                write: true,
+            })?;
+            let n = sn.min(dn);
+            // SAFETY: both pieces are live mappings of at least `n` bytes (checked above); the
+            // engine refuses overlapping ranges. The guest may write these bytes concurrently,
+            // as with any DMA; the copy then transfers some mix of old and new bytes, which is
+            // what real hardware does.
+            unsafe { std::ptr::copy_nonoverlapping(sp, dp, n) };
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn atomic<T>(&self, addr: u64) -> Result<*mut T, Fault> {
+        let n = std::mem::size_of::<T>();
+        let f = Fault {
+            addr,
+            len: n as u64,
+            write: true,
+        };
+        if !addr.is_multiple_of(n as u64) {
+            return Err(f);
+        }
+        match self.chunk(addr, n as u64, true) {
+            Some((p, got)) if got == n && (p as usize).is_multiple_of(n) => Ok(p.cast()),
+            _ => Err(f),
+        }
+    }
+}
+
+impl<T: Lookup + Send + Sync> DmaMemory for T {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let dst = buf.as_mut_ptr();
+        self.pieces(addr, buf.len() as u64, false, |p, n, at| {
+            // SAFETY: `p..p+n` is inside a live mapping (checked by `pieces`), `at+n` inside
+            // `buf`. The guest may write these bytes concurrently, as with any DMA.
+            unsafe { std::ptr::copy_nonoverlapping(p, dst.add(at), n) }
+        })
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Fault> {
+        let src = buf.as_ptr();
+        self.pieces(addr, buf.len() as u64, true, |p, n, at| {
+            // SAFETY: as in `read`, with a writable map.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(at), p, n) }
+        })
+    }
+
+    fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
+        self.check_range(addr, len, write)
+    }
+
+    fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
+        self.copy_range(dst, src, len)
+    }
+
+    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault> {
+        let p = self.atomic::<u64>(addr)?;
+        // SAFETY: `p` is 8-byte aligned inside a live writable mapping; guest memory is only
+        // ever accessed atomically or by raw copies, never through references.
+        let a = unsafe { AtomicU64::from_ptr(p) };
         Ok(a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
             Some(v.saturating_sub(1))
         })
@@ -304,16 +392,9 @@ impl DmaMemory for GuestRam {
     }
 
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault> {
-        if !addr.is_multiple_of(4) || !self.writable(addr, 4) {
-            return Err(Self::fault(addr, 4, true));
-        }
-        let s = self
-            .slice(addr, 4)
-            .filter(|s| s.len() == 4)
-            .ok_or_else(|| Self::fault(addr, 4, true))?;
-        let a: &AtomicU32 = s
-            .get_atomic_ref(0)
-            .map_err(|_| Self::fault(addr, 4, true))?;
+        let p = self.atomic::<u32>(addr)?;
+        // SAFETY: as in `decrement_u64`, 4-byte aligned.
+        let a = unsafe { AtomicU32::from_ptr(p) };
         a.fetch_or(bits, Ordering::AcqRel);
         Ok(())
     }
@@ -348,6 +429,7 @@ mod tests {
             })
         );
         assert!(ram.copy(0x1000, u64::MAX - 8, 64).is_err());
+        assert!(ram.read(0xfff, &mut [0u8; 2]).is_err(), "starts below");
     }
 
     #[test]
@@ -364,6 +446,7 @@ mod tests {
         ram.read(0x48, &mut b[..4]).expect("read");
         assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 1 << 31);
         assert!(ram.decrement_u64(0x41).is_err(), "misaligned");
+        assert!(ram.decrement_u64(0xffc).is_err(), "past the end");
     }
 
     #[test]
@@ -404,5 +487,7 @@ mod tests {
         );
         ram.copy(0x10_0100, 0x10_2000, 16)
             .expect("copy from read-only map");
+        // A copy spanning both maps reads across the boundary.
+        ram.copy(0x10_0200, 0x10_1ff8, 16).expect("copy across");
     }
 }

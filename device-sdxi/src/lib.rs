@@ -12,6 +12,8 @@
 
 pub mod device;
 pub mod dma;
+pub mod dma_space;
+pub mod dma_table;
 pub mod driver;
 pub mod engine;
 pub mod function;
@@ -26,6 +28,8 @@ pub mod workers;
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod doorbell;
+#[cfg(feature = "server")]
+pub mod quiesce;
 #[cfg(feature = "server")]
 #[doc(hidden)]
 pub mod testing;

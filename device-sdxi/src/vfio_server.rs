@@ -10,8 +10,10 @@
 //! region accesses never fail; `SET_IRQS` arrives raw (eventfd per vector, `count=0` to
 //! disable, a missing fd to de-assign).
 
-use crate::dma::{MapSpec, MappedRegion};
+use crate::dma::MapSpec;
+use crate::dma_space::DmaSpace;
 use crate::pci::ConfigSpace;
+use crate::quiesce::SocketWatch;
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write;
@@ -197,17 +199,6 @@ impl Interrupts {
     }
 }
 
-/// One DMA mapping the client announced (guest RAM shared through an fd, or not reachable).
-#[derive(Debug)]
-pub struct DmaRegion {
-    pub iova: u64,
-    pub size: u64,
-    pub file_offset: u64,
-    pub flags: DmaMapFlags,
-    /// The mapping into this process (None without an fd, or if mmap failed).
-    pub mapped: Option<MappedRegion>,
-}
-
 impl crate::engine::Irq for Interrupts {
     fn trigger(&self, vector: u16) -> bool {
         Interrupts::trigger(self, vector)
@@ -223,8 +214,11 @@ pub trait PciDevice: Send {
     fn name(&self) -> &'static str;
     /// The interrupt handle the transport arms from SET_IRQS and gates with Bus Master Enable.
     fn interrupts(&self) -> Interrupts;
-    /// The set of DMA maps changed.
-    fn dma_changed(&mut self, _maps: &[DmaRegion]) {}
+    /// The guest memory this device reaches by DMA; the transport applies DMA_MAP and
+    /// DMA_UNMAP to it (a device without one gets a private space nobody reads).
+    fn dma_space(&self) -> Option<Arc<DmaSpace>> {
+        None
+    }
     /// A part of `bar` the client may map directly: (fd, offset, size), where the fd's bytes
     /// at `offset` back the BAR's bytes at `offset` (a vfio-user sparse mmap area).
     fn bar_mmap(&self, _bar: u8) -> Option<(RawFd, u64, u64)> {
@@ -264,18 +258,24 @@ pub struct Backend<D> {
     config: ConfigSpace,
     pristine: ConfigSpace,
     pub interrupts: Interrupts,
-    pub dma: Vec<DmaRegion>,
+    pub dma: Arc<DmaSpace>,
+    /// The serving thread's progress, for doorbells that do not travel on the socket.
+    pub watch: Arc<SocketWatch>,
     pub counters: TransportCounters,
 }
 
 impl<D: PciDevice> Backend<D> {
     pub fn new(device: D, config: ConfigSpace) -> Self {
+        let dma = device.dma_space().unwrap_or_default();
+        let watch = Arc::new(SocketWatch::default());
+        dma.set_quiesce(Some(Arc::clone(&watch) as _));
         Self {
             interrupts: device.interrupts(),
             device,
             pristine: config.clone(),
             config,
-            dma: Vec::new(),
+            dma,
+            watch,
             counters: TransportCounters::default(),
         }
     }
@@ -352,8 +352,8 @@ impl<D: PciDevice> Backend<D> {
 
     /// Forgets everything tied to a client connection.
     pub fn disconnect(&mut self) {
+        self.watch.connection_closed();
         self.dma.clear();
-        self.device.dma_changed(&self.dma);
         self.interrupts.clear();
         self.config.reset(&self.pristine);
         self.device.reset();
@@ -364,6 +364,11 @@ impl<D: PciDevice> Backend<D> {
         serde_json::json!({
             "device": self.device.name(),
             "transport": self.counters,
+            "dma": self.dma.counters_json(),
+            "socket_waits": {
+                "waits": self.watch.waits.load(Ordering::Relaxed),
+                "gave_up": self.watch.gave_up.load(Ordering::Relaxed),
+            },
             "interrupts": { "raised": self.interrupts.raised(), "dropped": self.interrupts.dropped() },
             "registers": self.device.counters(),
         })
@@ -415,49 +420,40 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
         if fd.is_none() {
             self.counters.dma_maps_without_fd += 1;
         }
-        debug!(
+        // trace, not debug: a guest behind a vIOMMU sends one map per page.
+        tracing::trace!(
             iova = address,
             size,
             offset,
             has_fd = fd.is_some(),
             "DMA map"
         );
-        let mapped = fd.as_ref().and_then(|f| {
-            let spec = MapSpec {
-                iova: address,
-                size,
-                file: f,
-                file_offset: offset,
-                writable: flags.contains(DmaMapFlags::WRITE),
-            };
-            MappedRegion::map(&spec)
-                .map_err(|e| {
+        match fd {
+            Some(file) => {
+                let spec = MapSpec {
+                    iova: address,
+                    size,
+                    file: &file,
+                    file_offset: offset,
+                    writable: flags.contains(DmaMapFlags::WRITE),
+                };
+                if let Err(e) = self.dma.map(&spec) {
+                    // Still answered with success: the range faults instead (QEMU aborts on a
+                    // failed map), and the counter shows it.
                     self.counters.dma_map_failures += 1;
                     warn!(error = %e, "DMA map not usable by the device");
-                })
-                .ok()
-        });
-        let end = address.saturating_add(size);
-        self.dma
-            .retain(|r| r.iova.saturating_add(r.size) <= address || r.iova >= end);
-        self.dma.push(DmaRegion {
-            iova: address,
-            size,
-            file_offset: offset,
-            flags,
-            mapped,
-        });
-        self.device.dma_changed(&self.dma);
+                    self.dma.map_unreachable(address, size);
+                }
+            }
+            None => self.dma.map_unreachable(address, size),
+        }
         Ok(())
     }
 
     fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
         self.counters.dma_unmaps += 1;
-        debug!(iova = address, size, "DMA unmap");
-        let end = address.saturating_add(size);
-        self.dma
-            .retain(|r| r.iova.saturating_add(r.size) <= address || r.iova >= end);
-        self.device.dma_changed(&self.dma);
+        tracing::trace!(iova = address, size, "DMA unmap");
+        self.dma.unmap(address, size);
         Ok(())
     }
 
@@ -527,9 +523,16 @@ pub fn serve<D: PciDevice>(
     // The crate removes its socket file on drop only for paths it bound itself; we keep the
     // path and remove it ourselves.
     let server = Server::from_owned_fd(listener.fd, true, irqs, regions);
+    let watch = Arc::clone(
+        &backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .watch,
+    );
+    watch.serving_thread();
     let mut served = 0u64;
     loop {
-        let mut guard = LockedBackend(backend);
+        let mut guard = LockedBackend(backend, Arc::clone(&watch));
         let result = server.run(&mut guard);
         served += 1;
         let mut b = backend
@@ -556,7 +559,7 @@ pub fn serve<D: PciDevice>(
 }
 
 /// Lets the crate's single-threaded loop drive a backend that device threads also reach.
-struct LockedBackend<'a, D>(&'a Mutex<Backend<D>>);
+struct LockedBackend<'a, D>(&'a Mutex<Backend<D>>, Arc<SocketWatch>);
 
 impl<D: PciDevice> LockedBackend<'_, D> {
     fn get(&mut self) -> MutexGuard<'_, Backend<D>> {
@@ -581,10 +584,16 @@ impl<D: PciDevice> ServerBackend for LockedBackend<'_, D> {
         size: u64,
         fd: Option<File>,
     ) -> std::io::Result<()> {
-        self.get().dma_map(flags, offset, address, size, fd)
+        self.1.dma_begin();
+        let r = self.get().dma_map(flags, offset, address, size, fd);
+        self.1.dma_end();
+        r
     }
     fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
-        self.get().dma_unmap(flags, address, size)
+        self.1.dma_begin();
+        let r = self.get().dma_unmap(flags, address, size);
+        self.1.dma_end();
+        r
     }
     fn reset(&mut self) -> std::io::Result<()> {
         self.get().reset()
