@@ -292,6 +292,7 @@ pub fn hot_test(bdf: &str, t: HotTest) -> Result<ChmuHotReport, ChmuError> {
     let hot_offsets: Vec<usize> = order[..hot].iter().map(|&i| i * 4096).collect();
     // SAFETY: the hot pages are pages of the mapping, unmapped only at the end.
     let mut hot_set = unsafe { crate::hot_loops::HotSet::new(workload, base, &hot_offsets, seed) };
+    crate::hot_loops::let_the_feed_settle(reproducible);
     chmu.enable(0, threshold, epoch_scale, epoch_mult)?;
     let mut reported = Vec::new();
     let t0 = Instant::now();

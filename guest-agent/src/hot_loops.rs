@@ -115,6 +115,23 @@ unsafe fn chase(start: *const u8, steps: usize) -> *const u8 {
     p
 }
 
+/// Waits before the CHMU is enabled until the feed has delivered the accesses that faulted
+/// the workload's pages in (the kernel zeroes each page: thousands of stores). The tap sends a
+/// vCPU's accesses within about a millisecond, but on a busy host the server may process them
+/// later, after the enable, and would count them. A deterministic guest spins a fixed number
+/// of instructions instead (its sleeps take no host time).
+pub fn let_the_feed_settle(reproducible: bool) {
+    if reproducible {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        std::hint::black_box(x);
+    } else {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Every line of the hot pages in a seeded order (xorshift64* Fisher-Yates).
 fn shuffled_lines(pages: usize, seed: u64) -> Vec<(usize, usize)> {
     let mut v: Vec<(usize, usize)> = (0..pages)

@@ -10,6 +10,8 @@ pub mod plots;
 pub mod private_dir;
 pub mod report;
 pub mod scenario;
+pub mod session;
+pub mod tap_bench;
 pub mod tools;
 pub mod vm;
 
@@ -72,6 +74,7 @@ impl Progress for Reporter {
     }
 }
 
+pub use tap_bench::{bench_tap, TapBench};
 /// Where the helper programs come from (explicit paths override finding or building them).
 pub use tools::ToolPaths;
 
@@ -550,93 +553,6 @@ fn control_after_copies(ctl: PathBuf, at: migration::ControlAt) {
             }
         }
     });
-}
-
-/// Plugin overhead: the same boot with the chmu-tap plugin off and on, alternating.
-#[derive(Clone, Debug, Serialize)]
-pub struct TapBench {
-    pub sample: u64,
-    pub boot_off_s: Vec<f64>,
-    pub boot_on_s: Vec<f64>,
-    pub median_off_s: f64,
-    pub median_on_s: f64,
-    pub ratio: f64,
-    /// From the plugin's exit line: records sent per second of guest run time.
-    pub records_per_s: f64,
-    pub plugin_line: String,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-/// Boots `reps` times without and with the tap (alternating) and compares boot-to-agent time.
-pub fn bench_tap(
-    cfg: &VmConfig,
-    paths: &ToolPaths,
-    reps: usize,
-    interrupted: Arc<AtomicBool>,
-    progress: &mut dyn Progress,
-) -> Result<TapBench, RunError> {
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    let mut line = String::new();
-    let mut rate = Vec::new();
-    let scratch = private_dir::PrivateDir::create(&std::env::temp_dir(), private_dir::BENCH)
-        .map_err(|e| RunError::Results(std::env::temp_dir(), e))?;
-    let dir = scratch.path().to_owned();
-    for i in 0..reps * 2 {
-        let mut c = cfg.clone();
-        c.chmu_feed = i % 2 == 1;
-        progress.step(&format!(
-            "boot {}/{} with the tap {}",
-            i + 1,
-            reps * 2,
-            if c.chmu_feed { "on" } else { "off" }
-        ));
-        let r = execute(
-            &c,
-            paths,
-            "inventory",
-            Some(&dir),
-            Arc::clone(&interrupted),
-            &mut images::Silent,
-        )?;
-        if c.chmu_feed {
-            on.push(r.timings.boot_to_agent_s);
-            let log = std::fs::read_to_string(r.run_dir.join("qemu.log")).unwrap_or_default();
-            // "chmu-tap: instrumented I instructions, C callbacks, R in range, N records and
-            // T clock ticks sent"
-            if let Some(l) = log
-                .lines()
-                .find(|l| l.starts_with("chmu-tap: instrumented"))
-            {
-                line = l.to_owned();
-                let sent = l
-                    .split(", ")
-                    .find_map(|p| p.split_once(" records"))
-                    .map(|(n, _)| n.trim())
-                    .and_then(|n| n.split_whitespace().next())
-                    .and_then(|n| n.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-                rate.push(sent / (r.timings.boot_to_agent_s + r.timings.scenario_s).max(1e-9));
-            }
-        } else {
-            off.push(r.timings.boot_to_agent_s);
-        }
-    }
-    drop(scratch);
-    let (mo, mn) = (median(off.clone()), median(on.clone()));
-    Ok(TapBench {
-        sample: cfg.chmu_sample,
-        boot_off_s: off,
-        boot_on_s: on,
-        median_off_s: mo,
-        median_on_s: mn,
-        ratio: mn / mo.max(1e-9),
-        records_per_s: median(rate),
-        plugin_line: line,
-    })
 }
 
 /// The number of scenarios `harness run` runs at once by default: a TCG guest with two vCPUs

@@ -157,14 +157,15 @@ enum Cmd {
         what: String,
     },
     /// Measure the chmu-tap TCG plugin's overhead: the same boot with the tap off and on,
-    /// alternating, in one run.
+    /// alternating, in one run, and after each boot a memory-bound loop on node 1 timed by
+    /// the guest.
     BenchTap {
         #[command(flatten)]
         vm: VmArgs,
         /// Boots per variant.
         #[arg(long, default_value_t = 3)]
         reps: usize,
-        /// Instrument one in this many memory instructions.
+        /// Sample one in this many guest memory accesses.
         #[arg(long, default_value_t = 8)]
         sample: u64,
     },
@@ -665,6 +666,19 @@ fn main() -> ExitCode {
                         "  ratio {:.2} (target <= 2), feed {:.0} records/s",
                         b.ratio, b.records_per_s
                     );
+                    println!(
+                        "memory-bound loop on node 1 ({} loads by one instruction), guest-timed, medians:",
+                        b.loop_loads
+                    );
+                    println!(
+                        "  tap off {:.3} s {:?}",
+                        b.loop_median_off_s, b.loop_off_s
+                    );
+                    println!(
+                        "  tap on  {:.3} s {:?}",
+                        b.loop_median_on_s, b.loop_on_s
+                    );
+                    println!("  ratio {:.2}", b.loop_ratio);
                     println!("  {}", b.plugin_line);
                     ExitCode::SUCCESS
                 }
