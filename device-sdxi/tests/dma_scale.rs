@@ -159,14 +159,6 @@ fn a_million_page_maps_and_unmaps_keep_fds_and_mappings_bounded() {
         }
         map_time += t.elapsed().as_secs_f64();
         let f = footprint(pid);
-        if std::env::var_os("SHOW_FDS").is_some() {
-            for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .expect("fds")
-                .flatten()
-            {
-                eprintln!("{:?}", std::fs::read_link(e.path()));
-            }
-        }
         per_round.push(f);
         peak = (peak.0.max(f.0), peak.1.max(f.1));
         let t = Instant::now();
