@@ -79,6 +79,15 @@ pub fn chmu_hot_threshold(cfg: &VmConfig, samples: u32) -> u32 {
 /// instructions, and an idle guest hardly advances the clock). A reproducible run drains only
 /// at the end, so its epochs are ten times longer to keep the hotlist within its 1024 slots.
 pub fn chmu_hot_request(cfg: &VmConfig) -> guest_agent::protocol::Request {
+    chmu_hot_request_for(cfg, cfg.chmu_workload, cfg.seed)
+}
+
+/// The chmu-hot request of `cfg` with another workload and seed.
+pub fn chmu_hot_request_for(
+    cfg: &VmConfig,
+    workload: guest_agent::protocol::HotLoop,
+    seed: u64,
+) -> guest_agent::protocol::Request {
     let (hot_pages, cold_pages, rounds, samples) = CHMU_HOT;
     let threshold = chmu_hot_threshold(cfg, samples);
     let (epoch_scale, epoch_mult) = match (cfg.chmu_clock, cfg.reproducible) {
@@ -93,9 +102,9 @@ pub fn chmu_hot_request(cfg: &VmConfig) -> guest_agent::protocol::Request {
         threshold,
         epoch_scale,
         epoch_mult,
-        seed: cfg.seed,
+        seed,
         reproducible: cfg.reproducible,
-        workload: cfg.chmu_workload,
+        workload,
     }
 }
 

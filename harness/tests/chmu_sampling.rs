@@ -10,7 +10,7 @@
 
 mod common;
 use common::*;
-use guest_agent::protocol::{ChmuHotReport, HotLoop, Request};
+use guest_agent::protocol::{ChmuHotReport, HotLoop};
 use harness::config::VmConfig;
 use harness::session::Session;
 use harness::{Reporter, ToolPaths};
@@ -27,33 +27,6 @@ fn boot(cfg: &VmConfig, out: &std::path::Path) -> Session {
         &mut Reporter::new(false, true),
     )
     .unwrap_or_else(|e| panic!("{e:#?}"))
-}
-
-/// The chmu-hot request of `cfg` with this workload and seed.
-fn hot_request(cfg: &VmConfig, workload: HotLoop, seed: u64) -> Request {
-    match harness::scenario::chmu_hot_request(cfg) {
-        Request::ChmuHot {
-            hot_pages,
-            cold_pages,
-            rounds,
-            threshold,
-            epoch_scale,
-            epoch_mult,
-            reproducible,
-            ..
-        } => Request::ChmuHot {
-            hot_pages,
-            cold_pages,
-            rounds,
-            threshold,
-            epoch_scale,
-            epoch_mult,
-            seed,
-            reproducible,
-            workload,
-        },
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Summed hotlist counts of each hot page over its true access count.
@@ -83,7 +56,7 @@ fn single_site_hot_loops_are_found_in_full_for_three_seeds_with_counts_near_the_
     for seed in [1u64, 2, 3] {
         for kind in kinds {
             let r = bed
-                .chmu_hot(hot_request(&cfg, kind, seed))
+                .chmu_hot(harness::scenario::chmu_hot_request_for(&cfg, kind, seed))
                 .unwrap_or_else(|e| panic!("{e:#?}"));
             let recall = r.hot_found as f64 / r.hot_pages.max(1) as f64;
             let ratios = count_ratios(&r);
