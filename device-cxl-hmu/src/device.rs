@@ -5,11 +5,10 @@
 //!   This model's choice for DPA -> HPA translation, documented here in one place: the range
 //!   is pre-committed, so **HPA = Range 1 Base + DPA** (no interleave). Guest drivers read
 //!   Range 1 Base/Size from this DVSEC.
-//! - Register Locator DVSEC (CXL 3.2 §8.1.9): one entry, block identifier 5 (CHMU) at
-//!   [`CHMU_BLOCK_OFFSET`] of BAR [`REGS_BAR`].
-//!
-//! Left out: the component, memdev and mailbox blocks; Linux's cxl_pci does not bind to this
-//! function (the guest agent drives it from userspace).
+//! - Register Locator DVSEC (CXL 3.2 §8.1.9): the Component Registers (block 1), the Memory
+//!   Device registers (block 3) and the CHMU (block 5) in BAR [`REGS_BAR`]
+//!   ([`crate::cxl_blocks`]), so Linux's `cxl_pci` binds the function and registers a memdev.
+//! - Device Serial Number Extended Capability (PCIe Base 6.0 §7.9.3): the memdev's serial.
 
 use crate::chmu::{ChmuBlock, ChmuConfig};
 use crate::hotness::Hotness;
@@ -60,18 +59,6 @@ fn cxl_device_dvsec_body(range: MemRange) -> Vec<u8> {
     d.split_off(10)
 }
 
-fn register_locator_body() -> Vec<u8> {
-    let mut d = vec![0u8; 2];
-    let low: u32 = RegLocLow::new()
-        .with_bir(REGS_BAR)
-        .with_block_id(RBI_CHMU)
-        .with_offset_hi16((CHMU_BLOCK_OFFSET >> 16) as u16)
-        .into();
-    d.extend_from_slice(&low.to_le_bytes());
-    d.extend_from_slice(&((CHMU_BLOCK_OFFSET >> 32) as u32).to_le_bytes());
-    d
-}
-
 /// Decodes DVSEC 0 Range 1 from raw configuration bytes at `dvsec` (for drivers and tests).
 pub fn decode_range1(cfg: &[u8], dvsec: usize) -> Option<MemRange> {
     let rd = |o: usize| -> Option<u32> {
@@ -85,16 +72,25 @@ pub fn decode_range1(cfg: &[u8], dvsec: usize) -> Option<MemRange> {
     Some(MemRange { hpa_base, size })
 }
 
-/// Size of the registers' BAR: the register block plus the hotlist window, a power of two.
+/// Size of the registers' BAR: the register blocks (plus the hotlist window if there is
+/// one), a power of two.
 pub fn regs_bar_size(cfg: &ChmuConfig) -> u64 {
+    let blocks = CHMU_BLOCK_OFFSET + CHMU_BLOCK_SIZE;
     match cfg.hotlist_window {
-        Some(w) => (w + cfg.hotlist_window_size()).next_power_of_two(),
-        None => CHMU_BLOCK_SIZE,
+        Some(w) => (w + cfg.hotlist_window_size())
+            .max(blocks)
+            .next_power_of_two(),
+        None => blocks.next_power_of_two(),
     }
 }
 
-/// Builds the configuration space. The range must be 256 MiB aligned (DVSEC granularity).
-pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, ConfigError> {
+/// Builds the configuration space. The range must be 256 MiB aligned (DVSEC granularity);
+/// `serial` is the PCIe Device Serial Number (Linux's memdev `serial`).
+pub fn config_space(
+    cfg: &ChmuConfig,
+    range: MemRange,
+    serial: u64,
+) -> Result<ConfigSpace, ConfigError> {
     Ok(ConfigSpaceBuilder::new(
         EMU_VENDOR_ID,
         EMU_DEVICE_ID,
@@ -132,8 +128,9 @@ pub fn config_space(cfg: &ChmuConfig, range: MemRange) -> Result<ConfigSpace, Co
         CXL_DVSEC_VENDOR,
         0,
         CXL_DVSEC_REG_LOCATOR,
-        &register_locator_body(),
+        &crate::cxl_blocks::register_locator_body(),
     )?
+    .device_serial_number(serial)?
     .build())
 }
 
@@ -159,6 +156,8 @@ impl HmuState {
 pub struct HmuDevice {
     pub state: Arc<Mutex<HmuState>>,
     pub range: MemRange,
+    /// The component and memory device register blocks (mailbox) in front of the CHMU.
+    pub cxl: crate::cxl_blocks::CxlBlocks,
     #[cfg(feature = "server")]
     interrupts: device_sdxi::vfio_server::Interrupts,
     /// The memfd backing the hotlist window: (fd, window offset, window size).
@@ -179,6 +178,7 @@ impl HmuDevice {
         let mut d = Self {
             state: Arc::new(Mutex::new(state)),
             range,
+            cxl: crate::cxl_blocks::CxlBlocks::new(range),
             #[cfg(feature = "server")]
             interrupts: device_sdxi::vfio_server::Interrupts::default(),
             #[cfg(feature = "server")]
@@ -217,6 +217,9 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        if bar == REGS_BAR && self.cxl.read(offset, data) {
+            return;
+        }
         match offset.checked_sub(CHMU_BLOCK_OFFSET) {
             Some(rel) if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE => {
                 self.lock().block.mmio_read(rel, data)
@@ -236,6 +239,9 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if bar == REGS_BAR && self.cxl.write(offset, data) {
+            return;
+        }
         if let Some(rel) = offset.checked_sub(CHMU_BLOCK_OFFSET) {
             if bar == REGS_BAR && rel < CHMU_BLOCK_SIZE {
                 self.lock().block.mmio_write(rel, data);
@@ -244,6 +250,7 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     }
 
     fn reset(&mut self) {
+        self.cxl.reset();
         let mut s = self.lock();
         s.block.reset();
         let n = s.block.config().instances;
@@ -301,7 +308,7 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
 
     fn counters(&self) -> serde_json::Value {
         let s = self.lock();
-        serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range })
+        serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range, "cxl": self.cxl.counters() })
     }
 }
 
@@ -392,29 +399,55 @@ mod tests {
             hpa_base: 0x4000_0000,
             size: 0x4000_0000,
         };
-        let c = config_space(&ChmuConfig::default(), range).expect("valid");
+        let c = config_space(&ChmuConfig::default(), range, 7).expect("valid");
         assert_eq!(c.get_u32(0x08) >> 8, 0x05_02_10);
         assert_eq!(c.size(), 4096);
     }
 
     #[test]
-    fn register_locator_points_at_chmu_block() {
+    fn register_locator_names_component_memdev_and_chmu_blocks() {
         let range = MemRange {
             hpa_base: 0x4000_0000,
             size: 0x4000_0000,
         };
-        let c = raw(&config_space(&ChmuConfig::default(), range).expect("valid"));
+        let c = raw(&config_space(&ChmuConfig::default(), range, 7).expect("valid"));
         let d = dvsecs(&c);
         let loc = d
             .iter()
             .find(|d| d.vendor == 0x1e98 && d.id == 8)
             .expect("locator");
-        assert_eq!(loc.length, 0x0c + 8);
-        let e = loc.offset + 0x0c;
-        let low = u32::from_le_bytes([c[e], c[e + 1], c[e + 2], c[e + 3]]);
-        // Oracle from the spec table: BIR [2:0] = 2, block id [15:8] = 5.
-        assert_eq!(low & 0x7, 2);
-        assert_eq!((low >> 8) & 0xff, 5);
+        assert_eq!(loc.length, 0x0c + 3 * 8);
+        // Oracle from the spec table: BIR [2:0], block id [15:8], offset [31:16] (64 KiB).
+        let blocks: Vec<(u32, u32, u32)> = (0..3)
+            .map(|i| {
+                let e = loc.offset + 0x0c + 8 * i;
+                let low = u32::from_le_bytes([c[e], c[e + 1], c[e + 2], c[e + 3]]);
+                (low & 7, (low >> 8) & 0xff, low >> 16)
+            })
+            .collect();
+        assert_eq!(blocks, [(2, 1, 0), (2, 3, 1), (2, 5, 2)]);
+    }
+
+    #[test]
+    fn the_serial_number_is_in_a_device_serial_number_capability() {
+        let range = MemRange {
+            hpa_base: 0x4000_0000,
+            size: 0x4000_0000,
+        };
+        let serial = 0x0123_4567_89ab_cdef;
+        let c = raw(&config_space(&ChmuConfig::default(), range, serial).expect("valid"));
+        // Walk the extended capabilities for ID 0003h (PCIe Base 6.0 §7.9.3).
+        let rd = |o: usize| u32::from_le_bytes([c[o], c[o + 1], c[o + 2], c[o + 3]]);
+        let mut off = 0x100;
+        let mut found = None;
+        while off != 0 {
+            let h = rd(off);
+            if h & 0xffff == 3 {
+                found = Some(u64::from(rd(off + 4)) | (u64::from(rd(off + 8)) << 32));
+            }
+            off = (h >> 20) as usize;
+        }
+        assert_eq!(found, Some(serial));
     }
 
     #[test]
@@ -423,7 +456,7 @@ mod tests {
             hpa_base: 0x1_4000_0000,
             size: 0x8000_0000,
         };
-        let c = raw(&config_space(&ChmuConfig::default(), range).expect("valid"));
+        let c = raw(&config_space(&ChmuConfig::default(), range, 7).expect("valid"));
         let d = dvsecs(&c);
         let dev = d
             .iter()

@@ -3,6 +3,9 @@
 //! - [`regs`]: DVSEC and CHMU register definitions (shared with the guest driver).
 //! - [`chmu`]: the CHMU register block core; no I/O.
 //! - [`device`]: the PCI function (identity, DVSECs, BAR routing).
+//! - [`cxl_blocks`]: the CXL register blocks Linux's `cxl_pci` needs, in front of the CHMU:
+//!   [`component`] (HDM decoder capability) and [`memdev`] (device capabilities, mailbox),
+//!   whose commands are in [`mailbox`] with their payloads in [`payloads`].
 //! - [`record`]: the access feed's wire format (shared with the `chmu-tap` plugin).
 //!
 //! The PCI configuration space and the vfio-user transport are device-independent and come
@@ -12,11 +15,17 @@
 //! 64 KiB block and invalid configurations are refused, never a panic.
 
 pub mod chmu;
+pub mod component;
+pub mod cxl_blocks;
 pub mod device;
 #[cfg(feature = "server")]
 pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hotness;
+pub mod mailbox;
+pub mod memdev;
+pub mod payloads;
 pub mod record;
+pub mod regfile;
 pub mod regs;

@@ -36,8 +36,13 @@ pub const RBI_CHMU: u8 = 5;
 pub const MSIX_BAR: u8 = 0;
 /// BAR holding the CXL register blocks (64-bit).
 pub const REGS_BAR: u8 = 2;
-/// Offset of the CHMU block in [`REGS_BAR`] (64 KiB aligned, as the locator requires).
-pub const CHMU_BLOCK_OFFSET: u64 = 0;
+/// Register blocks of [`REGS_BAR`], each 64 KiB aligned as the locator requires (CXL 3.2
+/// §8.1.9): the Component Registers (block 1) first, the Memory Device registers (block 3)
+/// next, the CHMU (block 5) last so it may grow past 64 KiB.
+pub const COMPONENT_BLOCK_OFFSET: u64 = 0;
+pub const MEMDEV_BLOCK_OFFSET: u64 = 0x10000;
+/// Offset of the CHMU block in [`REGS_BAR`].
+pub const CHMU_BLOCK_OFFSET: u64 = 0x20000;
 /// Size mapped per register block.
 pub const CHMU_BLOCK_SIZE: u64 = 0x10000;
 /// Where this model puts the hotlist window in [`REGS_BAR`] (right after the register block),

@@ -63,14 +63,17 @@ fn discovery_through_dvsecs_finds_the_chmu_and_the_monitored_range() {
         .iter()
         .find(|d| d.vendor == CXL_DVSEC_VENDOR && d.id == 8)
         .expect("locator");
-    let e = loc.offset + REG_LOCATOR_FIRST_ENTRY;
-    let low = RegLocLow::from(u32::from_le_bytes([
-        cfg[e],
-        cfg[e + 1],
-        cfg[e + 2],
-        cfg[e + 3],
-    ]));
-    assert_eq!((low.block_id(), low.bir()), (RBI_CHMU, REGS_BAR));
+    // The CHMU is the locator's block 5, at the offset its entry gives.
+    let chmu = (loc.offset + REG_LOCATOR_FIRST_ENTRY..loc.offset + loc.length)
+        .step_by(8)
+        .map(|e| {
+            let w = |o: usize| u32::from_le_bytes([cfg[o], cfg[o + 1], cfg[o + 2], cfg[o + 3]]);
+            let low = RegLocLow::from(w(e));
+            (low.block_id(), low.bir(), low.offset(w(e + 4)))
+        })
+        .find(|b| b.0 == RBI_CHMU)
+        .expect("CHMU block");
+    assert_eq!(chmu, (RBI_CHMU, REGS_BAR, CHMU_BLOCK_OFFSET));
     let cap0 = CommonCap0::from(rd(&mut c, CHMU_COMMON_CAP0));
     assert_eq!((cap0.version(), cap0.num_instances()), (1, 3));
     let cfg3 = ChmuConfig {
@@ -94,8 +97,12 @@ fn enable_goes_through_status_and_bad_config_is_refused() {
         base + CHMU_CFG1,
         ChmuCfg1::new().with_unit_size(40).into(),
     );
-    c.region_write(u32::from(REGS_BAR), base + CHMU_RANGE_BITMAP, &[0x0f])
-        .expect("bitmap");
+    c.region_write(
+        u32::from(REGS_BAR),
+        CHMU_BLOCK_OFFSET + base + CHMU_RANGE_BITMAP,
+        &[0x0f],
+    )
+    .expect("bitmap");
     wr(
         &mut c,
         base + CHMU_CFG0,

@@ -39,6 +39,7 @@ pub const PCI_STATUS_CAP_LIST: u16 = 1 << 4;
 pub const PCI_CAP_ID_EXP: u8 = 0x10;
 pub const PCI_CAP_ID_MSIX: u8 = 0x11;
 pub const PCI_EXT_CAP_ID_DVSEC: u16 = 0x0023;
+pub const PCI_EXT_CAP_ID_DSN: u16 = 0x0003;
 
 /// Memory BAR type bits (PCI Local Bus 3.0 §6.2.5.1).
 pub const PCI_BASE_ADDRESS_MEM_TYPE_64: u32 = 0x4;
@@ -231,27 +232,39 @@ impl ConfigSpaceBuilder {
     /// Appends a Designated Vendor-Specific Extended Capability (PCIe Base 6.0 §7.9.6):
     /// `body` is everything after the 10-byte DVSEC header.
     pub fn dvsec(
-        mut self,
+        self,
         vendor: u16,
         revision: u8,
         dvsec_id: u16,
         body: &[u8],
     ) -> Result<Self, ConfigError> {
+        let mut b = Vec::with_capacity(6 + body.len());
+        let len = 10 + body.len() as u32;
+        let header1 = u32::from(vendor) | (u32::from(revision & 0xf) << 16) | (len << 20);
+        b.extend_from_slice(&header1.to_le_bytes());
+        b.extend_from_slice(&dvsec_id.to_le_bytes());
+        b.extend_from_slice(body);
+        self.extended_capability(PCI_EXT_CAP_ID_DVSEC, &b)
+    }
+
+    /// Appends a Device Serial Number Extended Capability (PCIe Base 6.0 §7.9.3).
+    pub fn device_serial_number(self, serial: u64) -> Result<Self, ConfigError> {
+        self.extended_capability(PCI_EXT_CAP_ID_DSN, &serial.to_le_bytes())
+    }
+
+    /// Appends an extended capability, version 1, read-only: `body` follows the 4-byte header.
+    fn extended_capability(mut self, id: u16, body: &[u8]) -> Result<Self, ConfigError> {
         if self.cfg.bytes.len() < CONFIG_SPACE_EXTENDED {
             return Err(ConfigError::NotExtended);
         }
         let off = self.next_ext_cap;
-        let len = 10 + body.len();
+        let len = 4 + body.len();
         if off + len > CONFIG_SPACE_EXTENDED {
             return Err(ConfigError::NoRoom { offset: off, len });
         }
         // Extended capability header: ID, version 1, next = 0 (patched when another follows).
-        self.cfg
-            .put_u32(off, u32::from(PCI_EXT_CAP_ID_DVSEC) | (1 << 16));
-        let header1 = u32::from(vendor) | (u32::from(revision & 0xf) << 16) | ((len as u32) << 20);
-        self.cfg.put_u32(off + 4, header1);
-        self.cfg.put_u16(off + 8, dvsec_id);
-        self.cfg.bytes[off + 10..off + len].copy_from_slice(body);
+        self.cfg.put_u32(off, u32::from(id) | (1 << 16));
+        self.cfg.bytes[off + 4..off + len].copy_from_slice(body);
         if let Some(prev) = self.last_ext_header {
             let h = self.cfg.get_u32(prev) | ((off as u32) << 20);
             self.cfg.put_u32(prev, h);

@@ -337,12 +337,16 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut port = "/dev/ttyS1".to_owned();
     let mut bringup_mode = false;
+    let mut one_request = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--port" => port = args.next().unwrap_or(port),
             "--bringup" => bringup_mode = true,
+            // One request (its protocol JSON) served here, the outcome printed as JSON: for
+            // bring-up scripts that run a scenario's guest part after their own checks.
+            "--request" => one_request = args.next(),
             "--help" | "-h" => {
-                println!("guest-agent [--port /dev/ttyS1]: serves the tierbed harness protocol on a serial port");
+                println!("guest-agent [--port /dev/ttyS1] [--bringup] [--request JSON]: serves the tierbed harness protocol on a serial port (or runs one request and prints its outcome)");
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -350,6 +354,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(r) = one_request {
+        return match serde_json::from_str::<Request>(&r) {
+            Ok(r) => {
+                let (outcome, _) = handle(r, &mut None);
+                println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("guest-agent: --request: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let result = if bringup_mode {
         bringup(&port)

@@ -33,9 +33,13 @@ struct Args {
     /// Guest-physical base of the monitored memory (DVSEC Range 1 Base; 256 MiB aligned).
     #[arg(long, value_parser = parse_u64, default_value = "0x40000000")]
     hpa_base: u64,
-    /// Size of the monitored memory in bytes (256 MiB multiple).
+    /// Size of the monitored memory in bytes (256 MiB multiple); also the memory device's
+    /// volatile capacity (Identify).
     #[arg(long, value_parser = parse_u64, default_value = "0x40000000")]
     size: u64,
+    /// Serial number of the memory device (PCIe Device Serial Number; Linux's memdev `serial`).
+    #[arg(long, value_parser = parse_u64, default_value_t = device_cxl_hmu::cxl_blocks::DEFAULT_SERIAL)]
+    serial: u64,
     /// Number of CHMU instances.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
     instances: u8,
@@ -125,7 +129,7 @@ fn main() -> ExitCode {
         eprintln!("cxl-hmu-server: {e:#}");
         return ExitCode::from(2);
     }
-    let result = config_space(&cfg, range)
+    let result = config_space(&cfg, range, args.serial)
         .map_err(anyhow::Error::from)
         .and_then(|space| cli::run(&args.server, device, space));
     match result {
