@@ -354,17 +354,18 @@ impl ProtocolModel {
         self.check();
     }
 
+    /// After a pass: no slot software has not validated ran, no trap ran. (A descriptor that
+    /// ran twice leaves its CST_BLK at u64::MAX, which the final check in `drain` sees, so the
+    /// validated ones need not be read after every pass.)
     fn check(&self) {
         use crate::driver::csb_status;
-        let slots = self
-            .open
-            .iter()
-            .flat_map(|o| o.csbs.iter().copied().zip(o.valid.iter().copied()));
-        for (csb, valid) in self.tickets.iter().map(|c| (*c, true)).chain(slots) {
-            let (signal, er) = csb_status(&*self.ram, csb);
-            assert!(!er, "a well-formed descriptor failed");
-            assert!(signal <= 1, "a descriptor ran twice");
-            assert!(signal == 1 || valid, "a descriptor ran before vl was set");
+        for o in &self.open {
+            for (csb, valid) in o.csbs.iter().zip(&o.valid) {
+                let (signal, er) = csb_status(&*self.ram, *csb);
+                assert!(!er, "a well-formed descriptor failed");
+                assert!(signal <= 1, "a descriptor ran twice");
+                assert!(signal == 1 || *valid, "a descriptor ran before vl was set");
+            }
         }
         let trap = csb_status(&*self.ram, self.trap).0;
         assert_eq!(trap, 1, "a slot beyond the write index ran");
