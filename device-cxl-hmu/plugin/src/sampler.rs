@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Largest sampling period (and record weight) the feed can carry.
 pub const MAX_SAMPLE: u64 = device_cxl_hmu::record::MAX_WEIGHT as u64;
 
-/// One vCPU's sampling state, alone on its cache line (only its vCPU thread writes it; the
-/// atomics are for the exit report, read from another thread).
+/// One vCPU's sampling state, alone on its cache line. Only its vCPU thread writes it, with
+/// plain loads and stores (no read-modify-write: nothing else writes); the atomics let the
+/// exit report read it from another thread.
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct Slot {
@@ -29,6 +30,11 @@ pub struct Slot {
     /// Sum of every gap drawn so far (accesses seen = drawn - left).
     drawn: AtomicU64,
     samples: AtomicU64,
+}
+
+/// Adds `n` to a counter only its owner thread writes.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 /// Sampling of one in `sample` accesses (on average) for a set of vCPUs.
@@ -97,7 +103,7 @@ impl Sampler {
     fn redraw(&self, slot: &Slot) {
         let g = self.gap(slot);
         slot.left.store(g, Ordering::Relaxed);
-        slot.drawn.fetch_add(g, Ordering::Relaxed);
+        bump(&slot.drawn, g);
     }
 
     /// Called on every access of vCPU `vcpu`: true when this access is sampled. Only the
@@ -112,7 +118,7 @@ impl Sampler {
             slot.left.store(left - 1, Ordering::Relaxed);
             return false;
         }
-        slot.samples.fetch_add(1, Ordering::Relaxed);
+        bump(&slot.samples, 1);
         self.redraw(slot);
         true
     }
