@@ -70,8 +70,6 @@ pub struct DmaSpace {
     shards: [Shard; SHARDS],
     writer: Mutex<()>,
     table: UnsafeCell<DmaTable>,
-    /// Bumped by every change of the table.
-    generation: AtomicU64,
     quiesce: RwLock<Option<Arc<dyn Quiesce>>>,
     prefault: AtomicBool,
     pub counters: SpaceCounters,
@@ -86,6 +84,7 @@ fn lock_ok<T>(r: Result<T, std::sync::PoisonError<T>>) -> T {
 }
 
 impl DmaSpace {
+    #[inline]
     fn reading<R>(&self, f: impl FnOnce(&DmaTable) -> R) -> R {
         let _g = lock_ok(self.shards[shard()].0.read());
         // SAFETY: a shard's read lock is held, so no writer holds the table (see `Sync`).
@@ -95,7 +94,6 @@ impl DmaSpace {
     fn writing<R>(&self, f: impl FnOnce(&mut DmaTable) -> R) -> R {
         let _w = lock_ok(self.writer.lock());
         let _all: Vec<_> = self.shards.iter().map(|s| lock_ok(s.0.write())).collect();
-        self.generation.fetch_add(1, Ordering::AcqRel);
         // SAFETY: every shard's write lock is held: no reader and no other writer.
         f(unsafe { &mut *self.table.get() })
     }
@@ -193,9 +191,9 @@ impl DmaSpace {
     }
 
     /// Runs `f` on the table; a fault is looked at again once the transport has handled what
-    /// it had received, if that changed the table.
+    /// it had received (a failed access changed nothing, so it can run again).
+    #[inline]
     fn access<R>(&self, mut f: impl FnMut(&DmaTable) -> Result<R, Fault>) -> Result<R, Fault> {
-        let before = self.generation.load(Ordering::Acquire);
         match self.reading(&mut f) {
             Err(fault) => {
                 let Some(q) = self.transport() else {
@@ -203,9 +201,6 @@ impl DmaSpace {
                 };
                 self.counters.fault_rechecks.fetch_add(1, Ordering::Relaxed);
                 q.quiesce(QUIESCE_LIMIT);
-                if self.generation.load(Ordering::Acquire) == before {
-                    return Err(fault);
-                }
                 let r = self.reading(&mut f);
                 if r.is_ok() {
                     self.counters
