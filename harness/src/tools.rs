@@ -127,7 +127,8 @@ pub fn workspace_root() -> Option<PathBuf> {
 /// even when the sources are still on the machine.
 pub fn checkout() -> Option<PathBuf> {
     let root = workspace_root()?;
-    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    // The directory, not the file: a rebuild may have replaced the running executable.
+    let exe = std::env::current_exe().ok()?.parent()?.canonicalize().ok()?;
     let inside = |d: &Path| d.canonicalize().is_ok_and(|d| exe.starts_with(d));
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from);
     (inside(&root) || target.as_deref().is_some_and(inside)).then_some(root)
@@ -370,13 +371,8 @@ pub fn install(
     let root = checkout().ok_or(ToolsError::NotACheckout)?;
     let helpers = [&SDXI, &HMU, &AGENT, &PLUGIN];
     let built = build(&root, &helpers, progress)?;
-    let exe = match harness {
-        Some(h) => h.to_owned(),
-        None => std::env::current_exe().map_err(|source| ToolsError::Install {
-            path: PathBuf::from("harness"),
-            source,
-        })?,
-    };
+    // This very executable, even when a rebuild has replaced its file meanwhile.
+    let exe = harness.map_or_else(|| PathBuf::from("/proc/self/exe"), Path::to_owned);
     let (bin, lib) = (prefix.join("bin"), prefix.join("lib/tierbed"));
     for d in [&bin, &lib] {
         std::fs::create_dir_all(d).map_err(|source| ToolsError::Install {

@@ -329,11 +329,34 @@ fn a_normal_user_runs_an_installed_harness_and_everything_it_makes_is_private() 
         .iter()
         .filter_map(|(p, m)| mode_problem(p, m, uid))
         .collect();
-    // And the user's cache, provisioned by this run as that user.
+    // And the user's cache, provisioned by this run as that user: what the harness writes is
+    // owner-only; unpacked Debian packages and apt's indexes keep the modes Debian gives them
+    // (public package contents), inside directories that are 0700.
+    let cache_dir = home.join(".cache/tierbed");
     let mut cache = BTreeMap::new();
-    walk(&home.join(".cache/tierbed"), &mut cache);
+    walk(&cache_dir, &mut cache);
     assert!(cache.len() > 100, "the user's cache was provisioned");
-    problems.extend(cache.iter().filter_map(|(p, m)| mode_problem(p, m, uid)));
+    let public = |p: &Path| {
+        let rel = p.strip_prefix(&cache_dir).unwrap_or(p);
+        let c: Vec<_> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect();
+        c.len() >= 2
+            && (c[..2] == ["apt", "var"]
+                || (c[0] == "qemu" && cache_dir.join("qemu").join(&*c[1]).is_dir())
+                || c[1].ends_with(".root"))
+    };
+    for fenced in ["apt/var", "qemu", "kernel", "busybox"] {
+        let m = &cache[&cache_dir.join(fenced)];
+        assert_eq!(m.mode() & 0o7777, 0o700, "{fenced}");
+    }
+    problems.extend(
+        cache
+            .iter()
+            .filter(|(p, _)| !public(p))
+            .filter_map(|(p, m)| mode_problem(p, m, uid)),
+    );
     assert!(
         problems.is_empty(),
         "{} problems, first: {:#?}",
@@ -366,41 +389,21 @@ fn a_normal_user_runs_an_installed_harness_and_everything_it_makes_is_private() 
     eprintln!("took {:.1}s", t0.elapsed().as_secs_f64());
 }
 
-/// Waits until harness `pid` has its socket directory (with the agent socket) and guest-RAM
-/// directory, and QEMU runs; returns both directories.
-fn wait_for_boot(child: &mut std::process::Child) -> (PathBuf, PathBuf) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let socks = private_dirs_of(child.id(), &std::env::temp_dir());
-        let rams = private_dirs_of(child.id(), Path::new("/dev/shm"));
-        if let (Some(s), Some(r)) = (socks.first(), rams.first()) {
-            if s.join("agent.sock").exists()
-                && processes_mentioning(&s.to_string_lossy())
-                    .iter()
-                    .any(|p| p.contains("qemu"))
-            {
-                return (s.clone(), r.clone());
-            }
-        }
-        assert!(Instant::now() < deadline, "QEMU never started");
-        assert!(child.try_wait().expect("wait").is_none(), "harness ended");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_sigkilled_runs_leftovers_are_reclaimed_by_the_next_run() {
     let _vm = serial();
     let out = results_dir("sigkill");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["run", "inventory", "-q", "--results"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn harness");
+    let mut child = spawn_inventory(&out);
     let pid = child.id();
-    let (sock, ram) = wait_for_boot(&mut child);
+    // Killed once QEMU runs: the socket directory is in its command line.
+    let sock = wait_for_private_dir(&mut child, &std::env::temp_dir(), |d| {
+        processes_mentioning(&format!("{}/", d.display()))
+            .iter()
+            .any(|p| p.contains("qemu"))
+    });
+    let ram = wait_for_private_dir(&mut child, Path::new("/dev/shm"), |d| {
+        d.join("node1.ram").is_file()
+    });
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     // What a job timeout leaves: both directories, guest RAM included.
@@ -455,7 +458,14 @@ fn a_precreated_directory_at_a_predictable_path_is_not_used() {
         )
         .expect_err("a foreign results directory is refused");
         assert!(e.is_usage(), "{e:?}");
-        assert!(e.to_string().contains("refusing"), "{e}");
+        let why = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(
+            why.as_deref().is_some_and(
+                |w| w.contains("refusing") && w.contains(&foreign.display().to_string())
+            ),
+            "{why:?}"
+        );
+        assert_eq!(std::fs::read_dir(&foreign).expect("foreign").count(), 0);
     }
 
     let (r, out) = run(&VmConfig::default(), "inventory", "planted");

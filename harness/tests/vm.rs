@@ -389,29 +389,10 @@ fn a_scenario_over_its_time_limit_is_an_error_and_leaves_nothing_behind() {
 fn inspect_reads_a_running_devices_state_through_its_control_socket() {
     let _vm = serial();
     let out = results_dir("inspect");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["run", "inventory", "-q", "--results"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn harness");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let dir = loop {
-        let dirs = private_dirs_of(child.id(), &std::env::temp_dir());
-        if let Some(d) = dirs.into_iter().find(|d| d.join("cxl-hmu.ctl").exists()) {
-            break d;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "control sockets never appeared"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "harness ended first"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut child = spawn_inventory(&out);
+    let dir = wait_for_private_dir(&mut child, &std::env::temp_dir(), |d| {
+        d.join("cxl-hmu.ctl").exists()
+    });
     let ask = |device: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_harness"))
             .args(["inspect", "--device", device, "--dir"])

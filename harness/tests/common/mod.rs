@@ -81,6 +81,45 @@ pub fn assert_nothing_left(pid: u32) {
     }
 }
 
+/// `harness run inventory -q --results <out>` in the background, output discarded.
+pub fn spawn_inventory(out: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "inventory", "-q", "--results"])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn harness")
+}
+
+/// Waits (up to 120 s, while `child` runs) for a private directory of `child` in `parent`
+/// for which `ready` holds.
+pub fn wait_for_private_dir(
+    child: &mut std::process::Child,
+    parent: &std::path::Path,
+    ready: impl Fn(&std::path::Path) -> bool,
+) -> PathBuf {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(d) = private_dirs_of(child.id(), parent)
+            .into_iter()
+            .find(|d| ready(d))
+        {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ready directory in {}",
+            parent.display()
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "harness ended first"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Processes whose command line mentions `mark`.
 pub fn processes_mentioning(mark: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
