@@ -277,10 +277,10 @@ mod tests {
         let set = unsafe { HotSet::new(HotLoop::PointerChase, base, &[0, 2 * 4096], 4) };
         let start = base.wrapping_add(set.offsets[0] as usize);
         let mut seen = std::collections::BTreeSet::new();
-        // SAFETY: the chain lies inside `mem`.
         let mut p = start.cast_const();
         for _ in 0..128 {
             seen.insert(p as usize - base as usize);
+            // SAFETY: the chain lies inside `mem`.
             p = unsafe { chase(p, 1) };
         }
         assert_eq!(p, start.cast_const(), "128 steps come back to the start");
