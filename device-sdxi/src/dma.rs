@@ -59,6 +59,20 @@ pub enum MapError {
     },
 }
 
+/// A fresh memfd of `size` bytes (close-on-exec): shared memory a client maps for DMA or the
+/// device offers as a BAR.
+pub fn memfd(name: &std::ffi::CStr, size: u64) -> std::io::Result<std::fs::File> {
+    // SAFETY: memfd_create with a valid NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_len(size)?;
+    Ok(f)
+}
+
 /// One shared mapping of host memory (a whole backing file, or anonymous memory), unmapped
 /// when the last extent and view using it are gone.
 #[derive(Debug)]
@@ -138,6 +152,11 @@ impl HostMap {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The first byte of the mapping (valid while `self` lives).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
     }
 
     pub fn is_empty(&self) -> bool {
@@ -477,13 +496,7 @@ mod tests {
 
     #[test]
     fn file_backed_maps_share_memory_with_the_file() {
-        let name = std::ffi::CString::new("ram").expect("name");
-        // SAFETY: memfd_create with a valid name.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-        assert!(fd >= 0);
-        // SAFETY: we own the fresh fd.
-        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        file.set_len(0x4000).expect("size");
+        let file = memfd(c"ram", 0x4000).expect("memfd");
         let ram = GuestRam::build(&[
             MapSpec {
                 iova: 0x10_0000,

@@ -247,14 +247,7 @@ mod tests {
     use crate::dma::DmaMemory;
 
     fn memfd(size: u64) -> std::fs::File {
-        let name = std::ffi::CString::new("ram").expect("name");
-        // SAFETY: memfd_create with a valid name.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-        assert!(fd >= 0);
-        // SAFETY: we own the fresh fd.
-        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        f.set_len(size).expect("size");
-        f
+        crate::dma::memfd(c"ram", size).expect("memfd")
     }
 
     fn spec(file: &std::fs::File, iova: u64, size: u64, off: u64) -> MapSpec<'_> {

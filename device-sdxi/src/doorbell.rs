@@ -7,8 +7,9 @@
 //! off exponentially to [`MAX_IDLE_SLEEP`] when they stop, so an idle device costs almost no
 //! CPU; the price is up to that much detection latency for the first doorbell after idling.
 
+use crate::dma::{memfd, HostMap};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,20 +25,12 @@ const SPIN_SCANS: u32 = 2000;
 #[error("creating the mapped doorbell page")]
 pub struct DoorbellError(#[source] std::io::Error);
 
-struct Page {
-    ptr: *mut u64,
-    len: usize,
-}
+/// The doorbell page as 64-bit words, only accessed with volatile reads and writes.
+struct Page(HostMap);
 
-// SAFETY: the page is plain shared memory, only accessed with volatile/atomic reads and writes.
-unsafe impl Send for Page {}
-// SAFETY: as above.
-unsafe impl Sync for Page {}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in MappedDoorbells::new.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+impl Page {
+    fn words(&self) -> *mut u64 {
+        self.0.as_ptr().cast()
     }
 }
 
@@ -77,33 +70,10 @@ impl MappedDoorbells {
         stride: usize,
         ring: impl Fn(u16) + Send + 'static,
     ) -> Result<Self, DoorbellError> {
-        let name = c"sdxi-doorbells";
-        // SAFETY: memfd_create with a valid NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(DoorbellError(std::io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh fd we own.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size as u64).map_err(DoorbellError)?;
-        // SAFETY: a shared mapping of our own memfd, owned by Page.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(DoorbellError(std::io::Error::last_os_error()));
-        }
-        let page = Arc::new(Page {
-            ptr: p.cast(),
-            len: size,
-        });
+        let file = memfd(c"sdxi-doorbells", size as u64).map_err(DoorbellError)?;
+        let page = Arc::new(Page(
+            HostMap::file(file.as_raw_fd(), size, true).map_err(DoorbellError)?,
+        ));
         let contexts = size / stride.max(8);
         let stop = Arc::new(AtomicBool::new(false));
         // A fresh page is all zeros.
@@ -144,7 +114,7 @@ impl MappedDoorbells {
         let i = usize::from(cxt);
         if i < self.contexts {
             // SAFETY: inside the page (i < contexts), 8-byte aligned.
-            unsafe { std::ptr::write_volatile(self.page.ptr.add(i * self.stride / 8), value) };
+            unsafe { std::ptr::write_volatile(self.page.words().add(i * self.stride / 8), value) };
         }
     }
 
@@ -158,7 +128,7 @@ impl MappedDoorbells {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(l) = last.get_mut(i) {
             // SAFETY: inside the page (i < contexts), 8-byte aligned.
-            unsafe { std::ptr::write_volatile(self.page.ptr.add(i * self.stride / 8), 0) };
+            unsafe { std::ptr::write_volatile(self.page.words().add(i * self.stride / 8), 0) };
             *l = 0;
         }
     }
@@ -171,7 +141,7 @@ impl MappedDoorbells {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (i, l) in last.iter_mut().enumerate() {
             // SAFETY: inside the page, aligned.
-            unsafe { std::ptr::write_volatile(self.page.ptr.add(i * self.stride / 8), 0) };
+            unsafe { std::ptr::write_volatile(self.page.words().add(i * self.stride / 8), 0) };
             *l = 0;
         }
     }
@@ -196,7 +166,7 @@ fn watch(
 ) {
     let read = |i: usize| -> u64 {
         // SAFETY: i < contexts (the length of `last`), so the word is inside the live page.
-        unsafe { std::ptr::read_volatile(page.ptr.add(i * stride / 8)) }
+        unsafe { std::ptr::read_volatile(page.words().add(i * stride / 8)) }
     };
     let mut quiet = 0u32;
     let mut sleep = Duration::from_micros(10);

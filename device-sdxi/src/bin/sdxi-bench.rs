@@ -13,7 +13,7 @@ use device_sdxi::mem::{AkeyEnt, CxtState, Descriptor};
 use device_sdxi::regs::{CONTROL_BAR, DOORBELL_BAR};
 use device_sdxi::testing::ServerProcess;
 use device_sdxi::workers::Workers;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,12 +56,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 /// Guest memory the way the server has it: a memfd mapped into a live [`DmaSpace`].
 fn guest_space(size: u64) -> (Arc<DmaSpace>, std::fs::File) {
-    // SAFETY: memfd_create with a valid name.
-    let fd = unsafe { libc::memfd_create(c"bench-ram".as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create");
-    // SAFETY: a fresh fd we own.
-    let file = unsafe { std::fs::File::from_raw_fd(fd) };
-    file.set_len(size).expect("size");
+    let file = device_sdxi::dma::memfd(c"bench-ram", size).expect("memfd");
     let space = Arc::new(DmaSpace::default());
     space
         .map(&MapSpec {
@@ -214,13 +209,8 @@ fn latency(server: &std::path::Path, mode: &str, iters: usize) -> (f64, f64) {
     )
     .expect("spawn server");
     let mut c = srv.client().expect("connect");
-    let name = c"bench-ram";
-    // SAFETY: memfd_create with a valid name.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-    // SAFETY: a fresh fd we own.
-    let file = unsafe { std::fs::File::from_raw_fd(fd) };
     let size = 16u64 << 20;
-    file.set_len(size).expect("size");
+    let file = device_sdxi::dma::memfd(c"bench-ram", size).expect("memfd");
     c.dma_map(0, BASE, size, file.as_raw_fd()).expect("map");
     c.region_write(7, 4, &6u16.to_le_bytes())
         .expect("bus master");
