@@ -258,6 +258,14 @@ pub struct SdxiCopyReport {
     pub errlog_entries: u64,
     /// Where the DMA buffer sits in the device's (IOVA) address space.
     pub dma_iova: u64,
+    /// Doorbell-to-completion of one NOP as the guest sees it (write of the doorbell to the
+    /// completion block reaching 0, polled): median and 99th percentile over the samples, ns.
+    #[serde(default)]
+    pub doorbell_nop_median_ns: u64,
+    #[serde(default)]
+    pub doorbell_nop_p99_ns: u64,
+    #[serde(default)]
+    pub doorbell_nop_samples: u64,
 }
 
 /// What the guest sees.

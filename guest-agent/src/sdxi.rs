@@ -401,6 +401,7 @@ pub fn copy_test(bdf: &str, sizes: &[u64]) -> Result<SdxiCopyReport, SdxiError> 
             micros,
         });
     }
+    let (median, p99, samples) = doorbell_latency(&mut f, DOORBELL_SAMPLES)?;
     Ok(SdxiCopyReport {
         init_micros: f.init_micros,
         results,
@@ -408,5 +409,34 @@ pub fn copy_test(bdf: &str, sizes: &[u64]) -> Result<SdxiCopyReport, SdxiError> 
         interrupt_micros,
         errlog_entries: f.errlog_entries(),
         dma_iova: DMA_IOVA,
+        doorbell_nop_median_ns: median,
+        doorbell_nop_p99_ns: p99,
+        doorbell_nop_samples: samples,
     })
+}
+
+/// NOPs timed by [`doorbell_latency`].
+const DOORBELL_SAMPLES: usize = 200;
+
+/// Doorbell-to-completion of one NOP, `n` times, as this guest sees it: from the doorbell
+/// write (a plain store to the mapped page, or a trapped MMIO write, whichever the server
+/// offers) to the completion block reaching 0, polled. (median, p99, samples) in ns.
+fn doorbell_latency(f: &mut Function, n: usize) -> Result<(u64, u64, u64), SdxiError> {
+    let csb = f.drv.csb(&f.buf, 1)?;
+    let mut ns = Vec::with_capacity(n);
+    for _ in 0..n {
+        f.buf.write_bytes(csb, &1u64.to_le_bytes());
+        let t = Instant::now();
+        f.submit(1, &[driver::nop(Some(csb), false)]);
+        while driver::csb_status(&f.buf, csb).0 != 0 {
+            if t.elapsed() > COMPLETION_TIMEOUT {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    ns.sort_unstable();
+    let at = |p: f64| ns.get(((ns.len().max(1) - 1) as f64 * p) as usize).copied();
+    Ok((at(0.5).unwrap_or(0), at(0.99).unwrap_or(0), ns.len() as u64))
 }
