@@ -345,43 +345,34 @@ mod tests {
         assert!(e.contains("PCI hole"), "{e}");
     }
 
+    /// Loads `text` from a config file as the harness does; an error as its whole chain.
+    fn load_text(tag: &str, text: &str) -> Result<VmConfig, String> {
+        let dir = std::env::temp_dir().join(format!("harness-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("vm.toml");
+        std::fs::write(&file, text).expect("write");
+        let r = VmConfig::load(Some(&file)).map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
     #[test]
     fn toml_file_overrides_defaults_and_rejects_typos() {
-        let dir = std::env::temp_dir().join(format!("harness-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let good = dir.join("good.toml");
-        std::fs::write(&good, "[vm]\nnode1_mib = 512\naccel = \"tcg\"\n").expect("write");
-        let c = VmConfig::load(Some(&good)).expect("load");
+        let c = load_text("cfg", "[vm]\nnode1_mib = 512\naccel = \"tcg\"\n").expect("load");
         assert_eq!((c.node1_mib, c.accel, c.node0_mib), (512, Accel::Tcg, 1024));
-        let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "[vm]\nnode1_mb = 512\n").expect("write");
-        let e = format!(
-            "{:#}",
-            anyhow::Error::from(VmConfig::load(Some(&bad)).expect_err("must fail"))
-        );
+        let e = load_text("cfg", "[vm]\nnode1_mb = 512\n").expect_err("must fail");
         assert!(e.contains("node1_mb"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn sdxi_doorbell_mode_comes_from_the_file_and_a_bad_one_is_named() {
-        let dir = std::env::temp_dir().join(format!("harness-db-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
         assert_eq!(VmConfig::default().sdxi_doorbell, None);
-        let good = dir.join("good.toml");
-        std::fs::write(&good, "[vm]\nsdxi_doorbell = \"trapped\"\n").expect("write");
-        let c = VmConfig::load(Some(&good)).expect("load");
+        let c = load_text("db", "[vm]\nsdxi_doorbell = \"trapped\"\n").expect("load");
         assert_eq!(c.sdxi_doorbell, Some(SdxiDoorbell::Trapped));
         assert_eq!(SdxiDoorbell::Trapped.as_arg(), "trapped");
         assert_eq!(SdxiDoorbell::Mapped.as_arg(), "mapped");
-        let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "[vm]\nsdxi_doorbell = \"polled\"\n").expect("write");
-        let e = format!(
-            "{:#}",
-            anyhow::Error::from(VmConfig::load(Some(&bad)).expect_err("must fail"))
-        );
+        let e = load_text("db", "[vm]\nsdxi_doorbell = \"polled\"\n").expect_err("must fail");
         assert!(e.contains("polled"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -186,12 +186,8 @@ pub fn load_order(kos: Vec<PathBuf>) -> Result<Vec<PathBuf>, ImagesError> {
     for ko in &kos {
         let name = kernel::module_name(ko)
             .ok_or_else(|| ImagesError::Kernel(format!("{}: not a .ko", ko.display())))?;
-        let d: BTreeSet<String> = kernel::modinfo(&kernel::read_module(ko)?)
-            .iter()
-            .filter_map(|kv| kv.strip_prefix("depends="))
-            .flat_map(|d| d.split(','))
-            .filter(|d| !d.is_empty())
-            .map(|d| d.replace('-', "_"))
+        let d: BTreeSet<String> = kernel::depends(&kernel::read_module(ko)?)
+            .into_iter()
             .collect();
         deps.insert(name, (ko.clone(), d));
     }

@@ -128,6 +128,17 @@ pub fn module_name(path: &Path) -> Option<String> {
     Some(stem.replace('-', "_"))
 }
 
+/// The modules a module depends on (`.modinfo` `depends=`), as canonical names.
+pub fn depends(elf: &[u8]) -> Vec<String> {
+    modinfo(elf)
+        .iter()
+        .filter_map(|kv| kv.strip_prefix("depends="))
+        .flat_map(|d| d.split(','))
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
+}
+
 /// Index of a kernel's module tree: canonical name -> file.
 #[derive(Debug, Default)]
 pub struct ModuleIndex {
@@ -200,14 +211,7 @@ impl ModuleIndex {
             ))
         })?;
         let data = read_module(file)?;
-        let deps: Vec<String> = modinfo(&data)
-            .iter()
-            .filter_map(|kv| kv.strip_prefix("depends="))
-            .flat_map(|d| d.split(','))
-            .filter(|d| !d.is_empty())
-            .map(|d| d.replace('-', "_"))
-            .collect();
-        for d in deps {
+        for d in depends(&data) {
             self.visit(&d, done, path, order)?;
         }
         path.remove(name);
