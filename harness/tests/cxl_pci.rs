@@ -21,6 +21,8 @@ fn script(chmu_request: &str) -> String {
          echo pmem_size=$(cat $m/pmem/size)\n\
          echo serial=$(cat $m/serial)\n\
          echo firmware=$(cat $m/firmware_version)\n\
+         echo bar2=$(sed -n 3p $dev/resource | cut -d' ' -f1)\n\
+         sed 's/^ */iomem: /' /proc/iomem\n\
          echo kmsg_lines=$(dmesg | wc -l)\n\
          dmesg -r | grep -i -e cxl -e mem0 | sed 's/^/kmsg: /'\n\
          echo chmu=$(/bin/guest-agent --request '{chmu_request}')\n"
@@ -37,6 +39,18 @@ fn cxl_warnings(output: &str) -> Vec<&str> {
             l.split_once('>')
                 .and_then(|(n, _)| n.parse::<u32>().ok())
                 .is_some_and(|n| n & 7 <= 4)
+        })
+        .collect()
+}
+
+/// Regions of /proc/iomem (`iomem: start-end : name` lines) that start in `[start, end)`.
+fn iomem_claims(output: &str, start: u64, end: u64) -> Vec<&str> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("iomem: "))
+        .filter(|l| {
+            let first = l.split('-').next().unwrap_or("");
+            u64::from_str_radix(first.trim(), 16).is_ok_and(|s| (start..end).contains(&s))
         })
         .collect()
 }
@@ -107,6 +121,16 @@ fn cxl_pci_binds_the_memory_device_and_the_chmu_still_reports_hot_pages() {
         device_cxl_hmu::cxl_blocks::FW_REVISION,
         "{o}"
     );
+    // cxl_pci claims its register blocks, not the CHMU's: a CHMU driver can still request it.
+    let bar2 = u64::from_str_radix(value(o, "bar2").trim_start_matches("0x"), 16).expect("BAR2");
+    let chmu = bar2 + device_cxl_hmu::regs::CHMU_BLOCK_OFFSET;
+    let memdev = bar2 + device_cxl_hmu::regs::MEMDEV_BLOCK_OFFSET;
+    assert!(
+        !iomem_claims(o, memdev, chmu).is_empty(),
+        "mailbox claimed: {o}"
+    );
+    let claims = iomem_claims(o, chmu, chmu + device_cxl_hmu::regs::CHMU_BLOCK_SIZE);
+    assert!(claims.is_empty(), "{claims:?}");
     assert!(
         value(o, "kmsg_lines").parse::<u32>().is_ok_and(|n| n > 100),
         "{o}"
