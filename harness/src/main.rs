@@ -670,14 +670,8 @@ fn main() -> ExitCode {
                         "memory-bound loop on node 1 ({} loads by one instruction), guest-timed, medians:",
                         b.loop_loads
                     );
-                    println!(
-                        "  tap off {:.3} s {:?}",
-                        b.loop_median_off_s, b.loop_off_s
-                    );
-                    println!(
-                        "  tap on  {:.3} s {:?}",
-                        b.loop_median_on_s, b.loop_on_s
-                    );
+                    println!("  tap off {:.3} s {:?}", b.loop_median_off_s, b.loop_off_s);
+                    println!("  tap on  {:.3} s {:?}", b.loop_median_on_s, b.loop_on_s);
                     println!("  ratio {:.2}", b.loop_ratio);
                     println!("  {}", b.plugin_line);
                     ExitCode::SUCCESS
