@@ -122,3 +122,57 @@ fn a_memory_bound_loop_on_node1_slows_down_by_less_than_three_times_with_the_tap
     );
     assert!(ratio < 3.0, "{rows:?}");
 }
+
+/// `harness bringup --chmu-feed`: a user's own script (here the agent's CHMU driver run as a
+/// one-off command, with one load instruction over the hot pages) sees a working hotlist.
+#[test]
+fn bringup_with_the_chmu_feed_gives_a_users_workload_a_working_hotlist() {
+    let _vm = serial();
+    let out = results_dir("bringup-feed");
+    let cfg = VmConfig::default();
+    let req = harness::scenario::chmu_hot_request_for(&cfg, HotLoop::IndexedLoad, 5);
+    let json = serde_json::to_string(&req).expect("request");
+    let script = out.join("hot.sh");
+    std::fs::write(&script, format!("/bin/guest-agent --request '{json}'\n")).expect("script");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args([
+            "bringup",
+            "-q",
+            "--chmu-feed",
+            "--chmu-sample",
+            "8",
+            "--seed",
+            "5",
+        ])
+        .arg("--run")
+        .arg(&script)
+        .arg("--results")
+        .arg(&out)
+        .output()
+        .expect("run harness bringup");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"chmu_hot\""))
+        .unwrap_or_else(|| panic!("no CHMU report: {stdout}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("outcome JSON");
+    let r = &v["ok"];
+    assert_eq!(r["hot_found"], r["hot_pages"], "{r}");
+    assert_eq!(r["cold_reported"], 0, "{r}");
+    let cmdline = std::fs::read_dir(&out)
+        .expect("results")
+        .filter_map(Result::ok)
+        .find_map(|d| std::fs::read_to_string(d.path().join("qemu.cmdline")).ok())
+        .expect("qemu.cmdline");
+    assert!(
+        cmdline.contains("libchmu_tap.so") && cmdline.contains("sample=8,seed=5"),
+        "{cmdline}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
