@@ -97,7 +97,7 @@ mod server {
     impl Default for DeviceOptions {
         fn default() -> Self {
             Self {
-                doorbell: DoorbellMode::Mapped,
+                doorbell: DoorbellMode::Trapped,
                 workers: 2,
                 copy_threads: 1,
                 force_out_of_order: false,

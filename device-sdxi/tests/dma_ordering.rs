@@ -26,7 +26,7 @@ fn pattern(i: u64) -> Vec<u8> {
 
 #[test]
 fn a_fresh_map_then_a_mapped_doorbell_at_once_thousands_of_times_with_unmap_churn() {
-    let mut dut = Dut::start(&[], 1);
+    let mut dut = Dut::start(&["--doorbell", "mapped"], 1);
     let page = MappedDoorbellPage::map(&dut.c).expect("the server offers mapped doorbells");
     let file = memfd(FILE_PAGES * 4096 + (16 << 20));
     let csbs: Vec<u64> = (0..FILE_PAGES)
@@ -95,7 +95,7 @@ fn a_fresh_map_then_a_mapped_doorbell_at_once_thousands_of_times_with_unmap_chur
 
 #[test]
 fn no_dma_reaches_a_range_once_its_unmap_is_acknowledged() {
-    let mut dut = Dut::start(&[], 1);
+    let mut dut = Dut::start(&["--doorbell", "mapped"], 1);
     let page = MappedDoorbellPage::map(&dut.c).expect("mapped doorbells");
     const LEN: u64 = 32 << 20;
     let file = memfd(LEN);

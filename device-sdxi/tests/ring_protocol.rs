@@ -79,7 +79,8 @@ fn racing_producers(mapped: bool) {
     const PER_THREAD: u64 = 1500;
     const LEN: u64 = 1024;
     let (ctl, cp) = control_path(if mapped { "producers-m" } else { "producers-t" });
-    let mut d = Dut::start(&["--control", &cp, "--workers", "2"], 1);
+    let path = if mapped { "mapped" } else { "trapped" };
+    let mut d = Dut::start(&["--control", &cp, "--workers", "2", "--doorbell", path], 1);
     let total = THREADS * PER_THREAD;
     let dst_base = DATA + total * LEN;
     for i in 0..total {
