@@ -128,7 +128,11 @@ pub fn workspace_root() -> Option<PathBuf> {
 pub fn checkout() -> Option<PathBuf> {
     let root = workspace_root()?;
     // The directory, not the file: a rebuild may have replaced the running executable.
-    let exe = std::env::current_exe().ok()?.parent()?.canonicalize().ok()?;
+    let exe = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .canonicalize()
+        .ok()?;
     let inside = |d: &Path| d.canonicalize().is_ok_and(|d| exe.starts_with(d));
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from);
     (inside(&root) || target.as_deref().is_some_and(inside)).then_some(root)
