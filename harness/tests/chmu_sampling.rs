@@ -134,28 +134,21 @@ fn bringup_with_the_chmu_feed_gives_a_users_workload_a_working_hotlist() {
     let json = serde_json::to_string(&req).expect("request");
     let script = out.join("hot.sh");
     std::fs::write(&script, format!("/bin/guest-agent --request '{json}'\n")).expect("script");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args([
-            "bringup",
-            "-q",
-            "--chmu-feed",
-            "--chmu-sample",
-            "8",
-            "--seed",
-            "5",
-        ])
-        .arg("--run")
-        .arg(&script)
-        .arg("--results")
-        .arg(&out)
-        .output()
-        .expect("run harness bringup");
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let stdout = output_of_success(
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args([
+                "bringup",
+                "-q",
+                "--chmu-feed",
+                "--chmu-sample",
+                "8",
+                "--seed",
+                "5",
+            ])
+            .arg("--run")
+            .arg(&script)
+            .arg("--results")
+            .arg(&out),
     );
     let line = stdout
         .lines()

@@ -133,3 +133,17 @@ pub fn processes_mentioning(mark: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Runs `cmd` (the harness binary with its arguments) and returns its standard output; panics
+/// with both outputs unless it exits with 0.
+pub fn output_of_success(cmd: &mut std::process::Command) -> String {
+    let o = cmd.output().expect("run the harness");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
