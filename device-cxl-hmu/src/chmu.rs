@@ -1,152 +1,106 @@
-//! CHMU register block core: common capability plus N instances (CXL 3.2 CHMU register
-//! interface, digest B.2). No I/O.
+//! CHMU register block core: common capability plus N instances (CXL 3.2 §8.2.8). No I/O.
 //!
 //! The whole 64 KiB block is a byte array with per-byte write and write-1-to-clear masks, so
-//! any access width the spec allows (1, 2, 4, 8 bytes, naturally aligned) works uniformly.
+//! any naturally aligned access of 1, 2, 4 or 8 bytes works uniformly (the spec asks for
+//! 8-byte accesses to STATUS, the bitmap and hotlist entries and 2-byte ones to HEAD/TAIL;
+//! other widths are undefined there and this model serves them as plain bytes).
 //! Implemented here: capabilities, configuration, enable/disable/reset through STATUS
 //! operation-in-progress (completed at once, the driver polls), RW1C status bits, HEAD/TAIL,
-//! range bitmap. Left out at this stage (separate issue): the access feed, epochs, hotlist
-//! production and interrupts.
+//! range bitmap, hotlist storage. Where registers and hotlists lie: [`crate::layout`].
+//!
+//! An enable is refused when a CFG field is outside what the capabilities advertise (request
+//! type, unit size, down-sampling factor, epoch scale, epoch length outside CAP0's
+//! minimum..maximum, a threshold the counters cannot exceed, an empty range bitmap): the
+//! instance stays disabled, as §8.2.8.4 leaves no other way to say so (STATUS bits [15:1] are
+//! reserved; no error field exists), and the enable bit reads back 0. Fields the spec says the
+//! device ignores when out of range are ignored: an unsupported reporting mode counts as
+//! epoch-based, a notification threshold above the hotlist size never fires (§8.2.8.3).
 
 use crate::regs::*;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-/// Capabilities of the emulated CHMU.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ChmuConfig {
-    pub instances: u8,
-    pub hotlist_size: u16,
-    pub counter_width: u8,
-    /// CAP1 unit-size bitmap: bit N = 2^(N+8) bytes.
-    pub unit_sizes: u32,
-    /// CAP1 down-sampling bitmap: bit N = factor 2^N.
-    pub downsampling: u16,
-    /// MSI-X vector of every instance.
-    pub msix_vector: u8,
-    /// Where the hotlists live, as an offset in the registers' BAR past the 64 KiB register
-    /// block (one 4 KiB-aligned stride per instance, CAP3 pointing there), so the server can
-    /// map them straight into the guest; None keeps each hotlist inside its instance.
-    pub hotlist_window: Option<u64>,
-}
+pub use crate::layout::{epoch_units, ChmuConfig, Placement, EPOCH_MAX, EPOCH_MIN};
 
-/// Storage of the hotlist entries when they live outside the register block.
+/// Storage of the hotlist entries when they do not live in the block's bytes (a mapping the
+/// guest reads directly, or the window).
 pub trait HotlistMemory: Send + std::fmt::Debug {
-    fn read(&self, index: usize) -> u64;
-    fn write(&self, index: usize, v: u64);
+    /// Entry `slot` of instance `i`'s hotlist.
+    fn read(&self, i: u8, slot: u64) -> u64;
+    fn write(&self, i: u8, slot: u64, v: u64);
+    /// Zeroes every entry (device reset).
+    fn clear(&self);
 }
 
-/// In-process hotlist storage (tests, and servers that cannot map it).
+/// In-process hotlist storage (window hotlists of servers that cannot map them, tests).
 #[derive(Debug, Default)]
-pub struct VecHotlist(std::sync::Mutex<Vec<u64>>);
+pub struct VecHotlist {
+    entries: std::sync::Mutex<Vec<u64>>,
+    per_instance: u64,
+}
 
 impl VecHotlist {
-    pub fn new(entries: usize) -> Self {
-        Self(std::sync::Mutex::new(vec![0; entries]))
+    pub fn new(instances: u8, per_instance: u16) -> Self {
+        let n = usize::from(instances) * usize::from(per_instance);
+        Self {
+            entries: std::sync::Mutex::new(vec![0; n]),
+            per_instance: u64::from(per_instance),
+        }
+    }
+
+    fn index(&self, i: u8, slot: u64) -> Option<usize> {
+        (slot < self.per_instance)
+            .then(|| usize::try_from(u64::from(i) * self.per_instance + slot).ok())
+            .flatten()
     }
 }
 
 impl HotlistMemory for VecHotlist {
-    fn read(&self, index: usize) -> u64 {
-        self.0
+    fn read(&self, i: u8, slot: u64) -> u64 {
+        let Some(k) = self.index(i, slot) else {
+            return 0;
+        };
+        self.entries
             .lock()
             .ok()
-            .and_then(|v| v.get(index).copied())
+            .and_then(|v| v.get(k).copied())
             .unwrap_or(0)
     }
-    fn write(&self, index: usize, v: u64) {
-        if let Some(e) = self.0.lock().ok().as_mut().and_then(|g| g.get_mut(index)) {
+    fn write(&self, i: u8, slot: u64, v: u64) {
+        let Some(k) = self.index(i, slot) else { return };
+        if let Some(e) = self.entries.lock().ok().as_mut().and_then(|g| g.get_mut(k)) {
             *e = v;
         }
     }
-}
-
-impl Default for ChmuConfig {
-    fn default() -> Self {
-        Self {
-            instances: 2,
-            hotlist_size: 1024,
-            counter_width: 16,
-            // 256 B .. 2 GiB.
-            unit_sizes: 0x00ff_ffff,
-            // 1, 2, 4, ... 32768.
-            downsampling: 0xffff,
-            msix_vector: 0,
-            hotlist_window: None,
+    fn clear(&self) {
+        if let Ok(mut g) = self.entries.lock() {
+            g.fill(0);
         }
     }
 }
 
-impl ChmuConfig {
-    /// Bytes of one instance: registers, range bitmap and hotlist, rounded to 64 bytes.
-    pub fn instance_length(&self) -> u64 {
-        match self.hotlist_window {
-            Some(_) => (CHMU_HOTLIST + 63) & !63,
-            None => (CHMU_HOTLIST + u64::from(self.hotlist_size) * 8 + 63) & !63,
-        }
-    }
-
-    /// Bytes between two instances' hotlists in the window.
-    pub fn hotlist_stride(&self) -> u64 {
-        (u64::from(self.hotlist_size) * 8).next_multiple_of(4096)
-    }
-
-    /// CAP3 of instance `i`: its hotlist's offset from the instance base.
-    pub fn cap3(&self, i: u8) -> u64 {
-        match self.hotlist_window {
-            Some(w) => {
-                w + u64::from(i) * self.hotlist_stride()
-                    - (CHMU_BLOCK_OFFSET + self.instance_base(i))
-            }
-            None => CHMU_HOTLIST,
-        }
-    }
-
-    /// Bytes of the hotlist window (0 without one).
-    pub fn hotlist_window_size(&self) -> u64 {
-        self.hotlist_window
-            .map_or(0, |_| u64::from(self.instances) * self.hotlist_stride())
-    }
-
-    /// The largest hotlist for which all instances fit in the 64 KiB block.
-    pub fn max_hotlist_size(instances: u8, window: bool) -> u16 {
-        if window {
-            return u16::MAX;
-        }
-        let per = (CHMU_BLOCK_SIZE - CHMU_FIRST_INSTANCE) / u64::from(instances.max(1));
-        let entries = (per.saturating_sub(CHMU_HOTLIST + 63)) / 8;
-        u16::try_from(entries).unwrap_or(u16::MAX)
-    }
-
-    pub fn instance_base(&self, i: u8) -> u64 {
-        CHMU_FIRST_INSTANCE + u64::from(i) * self.instance_length()
-    }
-
-    pub fn cap0(&self) -> u64 {
-        ChmuCap0::new()
-            .with_int_msg_num(self.msix_vector)
-            .with_overflow_int(true)
-            .with_fill_int(true)
-            .with_epoch_type(0)
-            .with_tracked_m2s(0x3f)
-            // Epochs from 100 us x 1 up to 1 s x 100.
-            .with_max_epoch_scale(5)
-            .with_max_epoch_mult(100)
-            .with_min_epoch_scale(1)
-            .with_min_epoch_mult(1)
-            .with_hotlist_size(self.hotlist_size)
-            .into()
-    }
-
-    pub fn cap1(&self) -> u64 {
-        ChmuCap1::new()
-            .with_unit_sizes(self.unit_sizes)
-            .with_downsampling(self.downsampling)
-            .with_epoch_reporting(true)
-            .with_always_on_reporting(true)
-            .with_randomized_downsampling(true)
-            .into()
-    }
+/// Why an enable was refused: the CFG field outside the advertised capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("M2S request type {0} is reserved or not tracked (CAP0)")]
+    RequestType(u8),
+    #[error("unit size 2^{0} bytes is not offered (CAP1)")]
+    UnitSize(u32),
+    #[error("down-sampling factor 2^{0} is not offered (CAP1)")]
+    DownSampling(u8),
+    #[error("epoch scale {0} is reserved")]
+    EpochScale(u8),
+    #[error("epoch {scale}x{mult} is outside the advertised {min:?}..{max:?} (CAP0)")]
+    Epoch {
+        scale: u8,
+        mult: u16,
+        min: (u8, u16),
+        max: (u8, u16),
+    },
+    #[error("hotness threshold {0} cannot be exceeded by the counters (STATUS counter width)")]
+    Threshold(u32),
+    #[error("the range bitmap selects no memory of the device")]
+    EmptyRange,
 }
 
 /// Counters of the register interface.
@@ -171,21 +125,23 @@ pub struct ChmuBlock {
     counters: ChmuCounters,
     /// Per instance, bumped by enable, disable and reset-counters: counting restarts.
     generation: Vec<u64>,
-    /// Hotlist entries when they live in the window (see [`ChmuConfig::hotlist_window`]).
+    /// Hotlist entries when they do not live in `bytes` (mapped, or in the window).
     external: Option<Box<dyn HotlistMemory>>,
 }
 
 impl ChmuBlock {
-    /// A block for `config`; a hotlist too large for the instances to fit the 64 KiB block is
-    /// reduced to the largest that fits.
-    pub fn new(mut config: ChmuConfig) -> Self {
-        let max = ChmuConfig::max_hotlist_size(config.instances, config.hotlist_window.is_some());
-        if config.hotlist_size > max {
+    /// A block for `config`, fitted to the 64 KiB block (a hotlist too large for the instances
+    /// to fit is reduced to the largest that fits; see [`ChmuConfig::fitted`]).
+    pub fn new(config: ChmuConfig) -> Self {
+        let requested = config.hotlist_size;
+        let config = config.fitted();
+        if config.hotlist_size != requested {
             warn!(
-                requested = config.hotlist_size,
-                max, "CHMU hotlist reduced to fit the register block"
+                requested,
+                fitted = config.hotlist_size,
+                placement = ?config.placement(),
+                "CHMU hotlist size fitted to the register block"
             );
-            config.hotlist_size = max;
         }
         let size = CHMU_BLOCK_SIZE as usize;
         let mut b = Self {
@@ -198,8 +154,10 @@ impl ChmuBlock {
             external: None,
         };
         if config.hotlist_window.is_some() {
-            let n = usize::from(config.instances) * (config.hotlist_stride() / 8) as usize;
-            b.external = Some(Box::new(VecHotlist::new(n)));
+            b.external = Some(Box::new(VecHotlist::new(
+                config.instances,
+                config.hotlist_size,
+            )));
         }
         b.reset();
         b
@@ -221,10 +179,13 @@ impl ChmuBlock {
     }
 
     pub fn get(&self, off: u64) -> u64 {
-        let o = off as usize;
+        let Ok(o) = usize::try_from(off) else {
+            return 0;
+        };
         self.bytes
-            .get(o..o + 8)
-            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .get(o..o.saturating_add(8))
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
     }
 
     /// A device-side register update, bypassing the host write masks.
@@ -234,9 +195,10 @@ impl ChmuBlock {
         }
     }
 
-    /// Puts the hotlist window's entries in `mem` (e.g. a mapping the guest reads directly).
+    /// Puts the hotlists' entries in `mem` (a mapping the guest reads directly); a compact
+    /// layout keeps them in the block (they are not page aligned).
     pub fn set_hotlist_memory(&mut self, mem: Box<dyn HotlistMemory>) {
-        if self.config.hotlist_window.is_some() {
+        if self.config.placement() != Placement::Compact {
             self.external = Some(mem);
         }
     }
@@ -245,12 +207,9 @@ impl ChmuBlock {
     pub fn write_hotlist(&mut self, i: u8, slot: u64, v: u64) {
         let slot = slot % u64::from(self.config.hotlist_size.max(1));
         match &self.external {
-            Some(m) => m.write(
-                (u64::from(i) * self.config.hotlist_stride() / 8 + slot) as usize,
-                v,
-            ),
+            Some(m) => m.write(i, slot, v),
             None => {
-                let off = self.config.instance_base(i) + CHMU_HOTLIST + slot * 8;
+                let off = self.config.instance_base(i) + self.config.cap3(i) + slot * 8;
                 self.device_set(off, v);
             }
         }
@@ -260,9 +219,19 @@ impl ChmuBlock {
     pub fn read_hotlist(&self, i: u8, slot: u64) -> u64 {
         let slot = slot % u64::from(self.config.hotlist_size.max(1));
         match &self.external {
-            Some(m) => m.read((u64::from(i) * self.config.hotlist_stride() / 8 + slot) as usize),
-            None => self.get(self.config.instance_base(i) + CHMU_HOTLIST + slot * 8),
+            Some(m) => m.read(i, slot),
+            None => self.get(self.config.instance_base(i) + self.config.cap3(i) + slot * 8),
         }
+    }
+
+    /// The hotlist entry (instance, slot) holding block offset `offset`, if it is one.
+    fn hotlist_entry_at(&self, offset: u64) -> Option<(u8, u64)> {
+        if matches!(self.config.placement(), Placement::Window(_)) {
+            return None;
+        }
+        let (i, rel) = self.instance_of(offset)?;
+        let rel = rel.checked_sub(self.config.cap3(i))?;
+        (rel / 8 < u64::from(self.config.hotlist_size)).then_some((i, rel / 8))
     }
 
     /// A read of the hotlist window through the socket (when the client did not map it):
@@ -289,10 +258,8 @@ impl ChmuBlock {
 
     /// Hotlist HEAD (host-written) and TAIL (device-written) of instance `i`.
     pub fn head_tail(&self, i: u8) -> (u64, u64) {
-        let base = (self.config.instance_base(i) + CHMU_HOTLIST_HEAD) as usize;
-        let h = u16::from_le_bytes([self.bytes[base], self.bytes[base + 1]]);
-        let t = u16::from_le_bytes([self.bytes[base + 2], self.bytes[base + 3]]);
-        (u64::from(h), u64::from(t))
+        let v = self.get(self.config.instance_base(i) + CHMU_HOTLIST_HEAD);
+        (v & 0xffff, (v >> 16) & 0xffff)
     }
 
     pub fn set_tail(&mut self, i: u8, tail: u64) {
@@ -303,7 +270,7 @@ impl ChmuBlock {
     /// Whether instance `i`'s range bitmap selects the 256 MiB range holding `dpa`.
     pub fn range_selected(&self, i: u8, dpa: u64) -> bool {
         let bit = dpa / CHMU_RANGE_UNIT;
-        if bit >= CHMU_RANGE_BITMAP_BYTES * 8 {
+        if bit >= self.config.range_bits() {
             return false;
         }
         let o = (self.config.instance_base(i) + CHMU_RANGE_BITMAP + bit / 8) as usize;
@@ -322,58 +289,59 @@ impl ChmuBlock {
         self.wmask.fill(0);
         self.w1c.fill(0);
         let c = self.config.clone();
-        self.put(
-            CHMU_COMMON_CAP0,
-            CommonCap0::new()
-                .with_version(1)
-                .with_num_instances(c.instances)
-                .into(),
-            0,
-            0,
-        );
-        self.put(
-            CHMU_COMMON_CAP1,
-            CommonCap1::new()
-                .with_instance_length(c.instance_length() as u16)
-                .into(),
-            0,
-            0,
-        );
+        let common0 = CommonCap0::new()
+            .with_version(1)
+            .with_num_instances(c.instances);
+        self.put(CHMU_COMMON_CAP0, common0.into(), 0, 0);
+        let common1 = CommonCap1::new().with_instance_length(c.instance_length() as u16);
+        self.put(CHMU_COMMON_CAP1, common1.into(), 0, 0);
         for i in 0..c.instances {
-            let base = c.instance_base(i);
-            self.put(base + CHMU_CAP0, c.cap0(), 0, 0);
-            self.put(base + CHMU_CAP1, c.cap1(), 0, 0);
-            self.put(base + CHMU_CAP2, CHMU_RANGE_BITMAP, 0, 0);
-            self.put(base + CHMU_CAP3, c.cap3(i), 0, 0);
-            let cfg0_mask: u64 = ChmuCfg0::new()
-                .with_m2s_req_type(0xff)
-                .with_randomized_downsampling(true)
-                .with_overflow_int_en(true)
-                .with_fill_int_en(true)
-                .with_enable(true)
-                .with_reset_counters(true)
-                .with_threshold(u32::MAX)
-                .into();
-            self.put(base + CHMU_CFG0, 0, cfg0_mask, 0);
-            let cfg1_mask: u64 = ChmuCfg1::new()
-                .with_unit_size(u32::MAX)
-                .with_downsampling(0xf)
-                .with_reporting_mode(0xff)
-                .with_epoch_scale(0xf)
-                .with_epoch_mult(0xfff)
-                .into();
-            self.put(base + CHMU_CFG1, 0, cfg1_mask, 0);
-            self.put(base + CHMU_CFG2, 0, 0xffff, 0);
-            let status = ChmuStatus::new().with_counter_width(c.counter_width);
-            let w1c: u64 = ChmuStatus::new()
-                .with_overflow(true)
-                .with_fill_reached(true)
-                .into();
-            self.put(base + CHMU_STATUS, status.into(), 0, w1c);
-            // HEAD is host-writable (u16), TAIL read-only.
-            self.put(base + CHMU_HOTLIST_HEAD, 0, 0xffff, 0);
-            let bm = (base + CHMU_RANGE_BITMAP) as usize;
-            self.wmask[bm..bm + CHMU_RANGE_BITMAP_BYTES as usize].fill(0xff);
+            self.reset_instance(&c, i);
+        }
+        if let Some(m) = &self.external {
+            m.clear();
+        }
+    }
+
+    fn reset_instance(&mut self, c: &ChmuConfig, i: u8) {
+        let base = c.instance_base(i);
+        self.put(base + CHMU_CAP0, c.cap0(), 0, 0);
+        self.put(base + CHMU_CAP1, c.cap1(), 0, 0);
+        self.put(base + CHMU_CAP2, CHMU_RANGE_BITMAP, 0, 0);
+        self.put(base + CHMU_CAP3, c.cap3(i), 0, 0);
+        let cfg0_mask: u64 = ChmuCfg0::new()
+            .with_m2s_req_type(0xff)
+            .with_randomized_downsampling(true)
+            .with_overflow_int_en(true)
+            .with_fill_int_en(true)
+            .with_enable(true)
+            .with_reset_counters(true)
+            .with_threshold(u32::MAX)
+            .into();
+        self.put(base + CHMU_CFG0, 0, cfg0_mask, 0);
+        let cfg1_mask: u64 = ChmuCfg1::new()
+            .with_unit_size(u32::MAX)
+            .with_downsampling(0xf)
+            .with_reporting_mode(0xff)
+            .with_epoch_scale(0xf)
+            .with_epoch_mult(0xfff)
+            .into();
+        self.put(base + CHMU_CFG1, 0, cfg1_mask, 0);
+        self.put(base + CHMU_CFG2, 0, 0xffff, 0);
+        let status = ChmuStatus::new().with_counter_width(c.counter_width);
+        let w1c: u64 = ChmuStatus::new()
+            .with_overflow(true)
+            .with_fill_reached(true)
+            .into();
+        self.put(base + CHMU_STATUS, status.into(), 0, w1c);
+        // HEAD and TAIL are host-writable u16s (TAIL only while disabled, see mmio_write).
+        self.put(base + CHMU_HOTLIST_HEAD, 0, 0xffff_ffff, 0);
+        // Bitmap bits covering the device's memory are writable; the rest is reserved.
+        let bm = (base + CHMU_RANGE_BITMAP) as usize;
+        let bits = c.range_bits() as usize;
+        self.wmask[bm..bm + bits / 8].fill(0xff);
+        if !bits.is_multiple_of(8) {
+            self.wmask[bm + bits / 8] = (1u8 << (bits % 8)) - 1;
         }
     }
 
@@ -393,6 +361,10 @@ impl ChmuBlock {
         (i < u64::from(self.config.instances)).then_some((i as u8, rel % len))
     }
 
+    fn enabled(&self, i: u8) -> bool {
+        ChmuStatus::from(self.get(self.config.instance_base(i) + CHMU_STATUS)).enabled()
+    }
+
     pub fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
         self.counters.mmio_reads += 1;
         if !Self::valid(offset, data.len()) {
@@ -402,7 +374,14 @@ impl ChmuBlock {
             return;
         }
         let o = offset as usize;
-        data.copy_from_slice(&self.bytes[o..o + data.len()]);
+        match (self.external.is_some(), self.hotlist_entry_at(offset)) {
+            (true, Some((i, slot))) => {
+                let e = self.read_hotlist(i, slot).to_le_bytes();
+                let within = o % 8;
+                data.copy_from_slice(&e[within..within + data.len()]);
+            }
+            _ => data.copy_from_slice(&self.bytes[o..o + data.len()]),
+        }
         tracing::trace!(target: "chmu::mmio", op = "read", offset = format_args!("{offset:#x}"), width = data.len());
     }
 
@@ -415,31 +394,70 @@ impl ChmuBlock {
         }
         let o = offset as usize;
         tracing::trace!(target: "chmu::mmio", op = "write", offset = format_args!("{offset:#x}"), width = data.len());
-        for (i, v) in data.iter().enumerate() {
-            let (w, c) = (self.wmask[o + i], self.w1c[o + i]);
-            self.bytes[o + i] = ((self.bytes[o + i] & !w) | (v & w)) & !(v & c);
+        let inst = self.instance_of(offset);
+        // TAIL must not change while the instance is enabled (§8.2.8.6): ignored then.
+        let tail_locked = inst.is_some_and(|(i, _)| self.enabled(i));
+        for (k, v) in data.iter().enumerate() {
+            let rel = inst.map(|(_, r)| r + k as u64);
+            if tail_locked
+                && rel.is_some_and(|r| (CHMU_HOTLIST_TAIL..CHMU_HOTLIST_TAIL + 2).contains(&r))
+            {
+                continue;
+            }
+            let (w, c) = (self.wmask[o + k], self.w1c[o + k]);
+            self.bytes[o + k] = ((self.bytes[o + k] & !w) | (v & w)) & !(v & c);
         }
-        if let Some((inst, rel)) = self.instance_of(offset) {
+        if let Some((i, rel)) = inst {
             if rel & !7 == CHMU_CFG0 {
-                self.cfg0_written(inst);
+                self.cfg0_written(i);
             }
         }
     }
 
-    /// Validates the configuration an enable asks for (unit size and down-sampling factor
-    /// must be offered in CAP1, the range bitmap must select something).
-    fn config_valid(&self, base: u64) -> bool {
+    /// Checks the configuration an enable of instance `i` asks for against the capabilities.
+    pub fn check_enable(&self, i: u8) -> Result<(), Refusal> {
+        let base = self.config.instance_base(i);
+        let cfg0 = ChmuCfg0::from(self.get(base + CHMU_CFG0));
         let cfg1 = ChmuCfg1::from(self.get(base + CHMU_CFG1));
-        let unit_ok = cfg1
-            .unit_size()
+        let cap0 = ChmuCap0::from(self.get(base + CHMU_CAP0));
+        let req = cfg0.m2s_req_type();
+        if !(1..=6).contains(&req) || cap0.tracked_m2s() & (1 << (req - 1)) == 0 {
+            return Err(Refusal::RequestType(req));
+        }
+        let unit = cfg1.unit_size();
+        if !unit
             .checked_sub(8)
-            .is_some_and(|n| n < 32 && self.config.unit_sizes & (1 << n) != 0);
-        let ds_ok = self.config.downsampling & (1 << cfg1.downsampling()) != 0;
-        let bm = (base + CHMU_RANGE_BITMAP) as usize;
-        let range_ok = self.bytes[bm..bm + CHMU_RANGE_BITMAP_BYTES as usize]
-            .iter()
-            .any(|b| *b != 0);
-        unit_ok && ds_ok && range_ok
+            .is_some_and(|n| n < 32 && self.config.unit_sizes & (1 << n) != 0)
+        {
+            return Err(Refusal::UnitSize(unit));
+        }
+        let ds = cfg1.downsampling();
+        if self.config.downsampling & (1 << ds) == 0 {
+            return Err(Refusal::DownSampling(ds));
+        }
+        let (scale, mult) = (cfg1.epoch_scale(), cfg1.epoch_mult());
+        let epoch = epoch_units(scale, mult).ok_or(Refusal::EpochScale(scale))?;
+        let min = (cap0.min_epoch_scale(), cap0.min_epoch_mult());
+        let max = (cap0.max_epoch_scale(), cap0.max_epoch_mult());
+        let in_range = epoch_units(min.0, min.1).is_some_and(|m| epoch >= m.max(1))
+            && epoch_units(max.0, max.1).is_some_and(|m| epoch <= m);
+        if !in_range {
+            return Err(Refusal::Epoch {
+                scale,
+                mult,
+                min,
+                max,
+            });
+        }
+        let width = ChmuStatus::from(self.get(base + CHMU_STATUS)).counter_width();
+        let counter_max = (1u64 << width.min(63)) - 1;
+        if u64::from(cfg0.threshold()) >= counter_max {
+            return Err(Refusal::Threshold(cfg0.threshold()));
+        }
+        if !(0..self.config.range_bits()).any(|b| self.range_selected(i, b * CHMU_RANGE_UNIT)) {
+            return Err(Refusal::EmptyRange);
+        }
+        Ok(())
     }
 
     fn cfg0_written(&mut self, inst: u8) {
@@ -455,18 +473,18 @@ impl ChmuBlock {
             debug!(instance = inst, "CHMU counters reset");
         }
         if cfg0.enable() && !status.enabled() {
-            if self.config_valid(base) {
-                self.counters.enables += 1;
-                status.set_enabled(true);
-                info!(instance = inst, "CHMU enabled");
-            } else {
-                // Refused: the enable bit does not stick and STATUS stays disabled.
-                self.counters.invalid_configs += 1;
-                cfg0.set_enable(false);
-                warn!(
-                    instance = inst,
-                    "CHMU enable refused: unsupported unit size, factor or empty range"
-                );
+            match self.check_enable(inst) {
+                Ok(()) => {
+                    self.counters.enables += 1;
+                    status.set_enabled(true);
+                    info!(instance = inst, "CHMU enabled");
+                }
+                Err(why) => {
+                    // Refused: the enable bit does not stick and STATUS stays disabled.
+                    self.counters.invalid_configs += 1;
+                    cfg0.set_enable(false);
+                    warn!(instance = inst, %why, "CHMU enable refused");
+                }
             }
         } else if !cfg0.enable() && status.enabled() {
             self.counters.disables += 1;
@@ -474,10 +492,8 @@ impl ChmuBlock {
             info!(instance = inst, "CHMU disabled");
         }
         status.set_op_in_progress(0);
-        let o = (base + CHMU_CFG0) as usize;
-        self.bytes[o..o + 8].copy_from_slice(&u64::from(cfg0).to_le_bytes());
-        let o = (base + CHMU_STATUS) as usize;
-        self.bytes[o..o + 8].copy_from_slice(&u64::from(status).to_le_bytes());
+        self.device_set(base + CHMU_CFG0, cfg0.into());
+        self.device_set(base + CHMU_STATUS, status.into());
     }
 }
 
@@ -501,30 +517,79 @@ mod tests {
         let cap0 = CommonCap0::from(rd(&mut b, CHMU_COMMON_CAP0));
         assert_eq!((cap0.version(), cap0.num_instances()), (1, 2));
         let len = CommonCap1::from(rd(&mut b, CHMU_COMMON_CAP1)).instance_length();
-        assert_eq!(u64::from(len), (CHMU_HOTLIST + 1024 * 8 + 63) & !63);
+        assert_eq!(len, 0x3000);
     }
 
     #[test]
     fn instance_capabilities_and_offsets() {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(1);
+        assert_eq!(base, 0x3010);
         assert_eq!(
             ChmuCap0::from(rd(&mut b, base + CHMU_CAP0)).hotlist_size(),
             1024
         );
         assert_eq!(rd(&mut b, base + CHMU_CAP2), 0x70);
-        assert_eq!(rd(&mut b, base + CHMU_CAP3), 0x270);
+        assert_eq!(rd(&mut b, base + CHMU_CAP3), 0xff0);
         let st = ChmuStatus::from(rd(&mut b, base + CHMU_STATUS));
         assert_eq!(st.counter_width(), 16);
     }
 
+    /// What a driver finds walking the registers, for every instance count: each hotlist
+    /// (CAP3 + CAP0 hotlist size x 8) inside its instance (CHMU Instance Length), every
+    /// instance inside the 64 KiB block, and (paged) each hotlist on a page boundary.
+    #[test]
+    fn registers_describe_hotlists_inside_their_instances_and_the_block() {
+        for n in 1..=16u8 {
+            let mut b = ChmuBlock::new(ChmuConfig {
+                instances: n,
+                hotlist_size: u16::MAX,
+                ..ChmuConfig::default()
+            });
+            let len = u64::from(CommonCap1::from(rd(&mut b, CHMU_COMMON_CAP1)).instance_length());
+            assert!(
+                0x10 + u64::from(n) * len <= CHMU_BLOCK_SIZE,
+                "{n} instances"
+            );
+            for i in 0..u64::from(n) {
+                let base = 0x10 + i * len;
+                let size = u64::from(ChmuCap0::from(rd(&mut b, base + CHMU_CAP0)).hotlist_size());
+                let cap2 = rd(&mut b, base + CHMU_CAP2);
+                let cap3 = rd(&mut b, base + CHMU_CAP3);
+                assert!(cap2 >= CHMU_HOTLIST_TAIL + 2 && cap3 > cap2);
+                assert!(
+                    cap3 + size * 8 <= len,
+                    "{n} instances: hotlist {i} leaves it"
+                );
+                if n <= 7 {
+                    assert_eq!((CHMU_BLOCK_OFFSET + base + cap3) % 0x1000, 0);
+                }
+            }
+        }
+    }
+
+    /// A configuration every check accepts: 4 KiB units, all requests, 100 us x 1 epochs,
+    /// the first 256 MiB.
     fn configure(b: &mut ChmuBlock, base: u64, unit_log2: u32) {
         wr(
             b,
             base + CHMU_CFG1,
-            ChmuCfg1::new().with_unit_size(unit_log2).into(),
+            ChmuCfg1::new()
+                .with_unit_size(unit_log2)
+                .with_epoch_scale(1)
+                .with_epoch_mult(1)
+                .into(),
         );
         b.mmio_write(base + CHMU_RANGE_BITMAP, &[1]);
+    }
+
+    fn enable(b: &mut ChmuBlock, base: u64, cfg0: ChmuCfg0) -> bool {
+        wr(b, base + CHMU_CFG0, cfg0.with_enable(true).into());
+        ChmuStatus::from(rd(b, base + CHMU_STATUS)).enabled()
+    }
+
+    fn all_requests() -> ChmuCfg0 {
+        ChmuCfg0::new().with_m2s_req_type(6)
     }
 
     #[test]
@@ -532,64 +597,167 @@ mod tests {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(0);
         configure(&mut b, base, 12);
-        wr(
-            &mut b,
-            base + CHMU_CFG0,
-            ChmuCfg0::new().with_enable(true).into(),
-        );
+        assert!(enable(&mut b, base, all_requests()));
         let st = ChmuStatus::from(rd(&mut b, base + CHMU_STATUS));
-        assert!(st.enabled());
         assert_eq!(st.op_in_progress(), 0);
         assert_eq!(b.counters().enables, 1);
     }
 
-    #[test]
-    fn enable_with_unsupported_unit_size_is_refused() {
+    /// Sets CFG1's epoch, tries to enable, and returns whether it took and the refusal.
+    fn try_epoch(scale: u8, mult: u16) -> (bool, Result<(), Refusal>) {
         let mut b = ChmuBlock::new(ChmuConfig::default());
-        let base = b.config().instance_base(0);
-        configure(&mut b, base, 40);
-        wr(
-            &mut b,
-            base + CHMU_CFG0,
-            ChmuCfg0::new().with_enable(true).into(),
-        );
-        assert!(!ChmuStatus::from(rd(&mut b, base + CHMU_STATUS)).enabled());
-        assert!(!ChmuCfg0::from(rd(&mut b, base + CHMU_CFG0)).enable());
-        assert_eq!(b.counters().invalid_configs, 1);
+        let base = b.config().instance_base(1);
+        configure(&mut b, base, 12);
+        let cfg1 = ChmuCfg1::from(rd(&mut b, base + CHMU_CFG1))
+            .with_epoch_scale(scale)
+            .with_epoch_mult(mult);
+        wr(&mut b, base + CHMU_CFG1, cfg1.into());
+        wr(&mut b, base + CHMU_CFG0, all_requests().into());
+        let why = b.check_enable(1);
+        (enable(&mut b, base, all_requests()), why)
     }
 
     #[test]
-    fn enable_with_empty_range_is_refused() {
-        let mut b = ChmuBlock::new(ChmuConfig::default());
-        let base = b.config().instance_base(0);
-        wr(
-            &mut b,
-            base + CHMU_CFG1,
-            ChmuCfg1::new().with_unit_size(12).into(),
-        );
-        wr(
-            &mut b,
-            base + CHMU_CFG0,
-            ChmuCfg0::new().with_enable(true).into(),
-        );
-        assert!(!ChmuStatus::from(rd(&mut b, base + CHMU_STATUS)).enabled());
+    fn epochs_outside_the_advertised_range_never_enable() {
+        let cap0 = ChmuCap0::from(ChmuConfig::default().cap0());
+        assert_eq!((cap0.min_epoch_scale(), cap0.min_epoch_mult()), (1, 1));
+        assert_eq!((cap0.max_epoch_scale(), cap0.max_epoch_mult()), (5, 100));
+        for (scale, mult) in [(1, 1), (2, 7), (4, 1), (5, 100), (4, 1000), (3, 4095)] {
+            assert_eq!(try_epoch(scale, mult), (true, Ok(())), "{scale}x{mult}");
+        }
+        // 100 s + 1 s, 409.5 s, 10 ms x 4095 (40.95 s) is fine but 100 ms x 1001 is not.
+        for (scale, mult) in [(5, 101), (5, 4095), (4, 1001)] {
+            let (on, why) = try_epoch(scale, mult);
+            assert!(!on, "{scale}x{mult} enabled");
+            assert!(matches!(why, Err(Refusal::Epoch { .. })), "{why:?}");
+        }
+        for scale in [0u8, 6, 15] {
+            assert_eq!(
+                try_epoch(scale, 1),
+                (false, Err(Refusal::EpochScale(scale)))
+            );
+        }
+        assert!(matches!(
+            try_epoch(1, 0),
+            (false, Err(Refusal::Epoch { .. }))
+        ));
     }
 
     #[test]
-    fn tail_is_read_only_and_head_writable_as_u16() {
+    fn each_out_of_range_field_refuses_the_enable() {
+        type Edit = fn(&mut ChmuBlock, u64) -> ChmuCfg0;
+        let cases: [(Edit, Refusal); 6] = [
+            (|_, _| ChmuCfg0::new(), Refusal::RequestType(0)),
+            (
+                |_, _| ChmuCfg0::new().with_m2s_req_type(7),
+                Refusal::RequestType(7),
+            ),
+            (
+                |b, base| {
+                    configure(b, base, 40);
+                    all_requests()
+                },
+                Refusal::UnitSize(40),
+            ),
+            (
+                |b, base| {
+                    let c = ChmuCfg1::from(b.get(base + CHMU_CFG1)).with_unit_size(7);
+                    wr(b, base + CHMU_CFG1, c.into());
+                    all_requests()
+                },
+                Refusal::UnitSize(7),
+            ),
+            (
+                |_, _| all_requests().with_threshold(0xffff),
+                Refusal::Threshold(0xffff),
+            ),
+            (
+                |b, base| {
+                    b.mmio_write(base + CHMU_RANGE_BITMAP, &[0]);
+                    all_requests()
+                },
+                Refusal::EmptyRange,
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut b = ChmuBlock::new(ChmuConfig::default());
+            let base = b.config().instance_base(0);
+            configure(&mut b, base, 12);
+            let cfg0 = edit(&mut b, base);
+            wr(&mut b, base + CHMU_CFG0, cfg0.into());
+            assert_eq!(b.check_enable(0), Err(want));
+            assert!(!enable(&mut b, base, cfg0), "{want} enabled");
+            assert!(!ChmuCfg0::from(rd(&mut b, base + CHMU_CFG0)).enable());
+            assert_eq!(b.counters().invalid_configs, 1, "{want}");
+        }
+    }
+
+    #[test]
+    fn unsupported_down_sampling_factors_and_reserved_bitmap_bits_refuse() {
+        let mut b = ChmuBlock::new(ChmuConfig {
+            downsampling: 0b101,
+            capacity: 1 << 30,
+            ..ChmuConfig::default()
+        });
+        let base = b.config().instance_base(0);
+        configure(&mut b, base, 12);
+        let cfg1 = ChmuCfg1::from(b.get(base + CHMU_CFG1));
+        wr(&mut b, base + CHMU_CFG1, cfg1.with_downsampling(1).into());
+        assert!(!enable(&mut b, base, all_requests()));
+        assert_eq!(b.check_enable(0), Err(Refusal::DownSampling(1)));
+        wr(&mut b, base + CHMU_CFG1, cfg1.with_downsampling(2).into());
+        assert!(enable(&mut b, base, all_requests()));
+        // 1 GiB: four bitmap bits; the fifth is reserved and does not stick.
+        let mut b = ChmuBlock::new(ChmuConfig {
+            capacity: 1 << 30,
+            ..ChmuConfig::default()
+        });
+        configure(&mut b, base, 12);
+        b.mmio_write(base + CHMU_RANGE_BITMAP, &[0xf0]);
+        assert_eq!(rd(&mut b, base + CHMU_RANGE_BITMAP) & 0xff, 0x00);
+        wr(&mut b, base + CHMU_CFG0, all_requests().into());
+        assert_eq!(b.check_enable(0), Err(Refusal::EmptyRange));
+    }
+
+    #[test]
+    fn tail_is_writable_only_while_disabled_and_head_writable_as_u16() {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         let base = b.config().instance_base(0);
         b.mmio_write(base + CHMU_HOTLIST_TAIL, &7u16.to_le_bytes());
         b.mmio_write(base + CHMU_HOTLIST_HEAD, &5u16.to_le_bytes());
-        let mut h = [0u8; 2];
+        assert_eq!(b.head_tail(0), (5, 7));
+        configure(&mut b, base, 12);
+        assert!(enable(&mut b, base, all_requests()));
+        b.mmio_write(base + CHMU_HOTLIST_HEAD, &0x0009_0003u32.to_le_bytes());
         let mut t = [0u8; 2];
-        b.mmio_read(base + CHMU_HOTLIST_HEAD, &mut h);
         b.mmio_read(base + CHMU_HOTLIST_TAIL, &mut t);
-        assert_eq!((u16::from_le_bytes(h), u16::from_le_bytes(t)), (5, 0));
+        assert_eq!((b.head_tail(0).0, u16::from_le_bytes(t)), (3, 7));
     }
 
     #[test]
-    fn a_hotlist_window_moves_cap3_past_the_block_and_shrinks_instances() {
+    fn hotlist_entries_read_through_the_registers_at_cap3() {
+        for mapped in [false, true] {
+            let mut b = ChmuBlock::new(ChmuConfig::default());
+            if mapped {
+                b.set_hotlist_memory(Box::new(VecHotlist::new(2, 1024)));
+            }
+            b.write_hotlist(1, 3, 0xabcd_0001);
+            let base = b.config().instance_base(1);
+            let at = base + rd(&mut b, base + CHMU_CAP3);
+            assert_eq!(rd(&mut b, at + 3 * 8), 0xabcd_0001, "mapped {mapped}");
+            let mut half = [0u8; 4];
+            b.mmio_read(at + 3 * 8 + 4, &mut half);
+            assert_eq!(half, [0; 4]);
+            b.mmio_read(at + 3 * 8, &mut half);
+            assert_eq!(u32::from_le_bytes(half), 0xabcd_0001);
+            // Entries are read-only to the host.
+            wr(&mut b, at + 3 * 8, 0);
+            assert_eq!(b.read_hotlist(1, 3), 0xabcd_0001);
+        }
+    }
+
+    #[test]
+    fn a_hotlist_window_moves_cap3_past_the_block() {
         let cfg = ChmuConfig {
             hotlist_window: Some(CHMU_HOTLIST_WINDOW),
             ..ChmuConfig::default()
@@ -603,7 +771,6 @@ mod tests {
                 CHMU_HOTLIST_WINDOW + u64::from(i) * 8192
             );
         }
-        assert_eq!(cfg.instance_length(), 0x280);
         b.write_hotlist(1, 3, 0xabcd);
         assert_eq!(b.read_hotlist(1, 3), 0xabcd);
         let mut d = [0u8; 8];
@@ -621,7 +788,7 @@ mod tests {
             ..ChmuConfig::default()
         });
         let c = b.config();
-        assert!(c.hotlist_size > 3000);
+        assert_eq!(c.hotlist_size, 3072);
         assert!(c.instance_base(2) <= CHMU_BLOCK_SIZE);
     }
 
@@ -629,10 +796,13 @@ mod tests {
     fn capabilities_are_read_only() {
         let mut b = ChmuBlock::new(ChmuConfig::default());
         wr(&mut b, CHMU_COMMON_CAP0, 0);
+        let base = b.config().instance_base(0);
+        wr(&mut b, base + CHMU_CAP3, 0);
         assert_eq!(
             CommonCap0::from(rd(&mut b, CHMU_COMMON_CAP0)).num_instances(),
             2
         );
+        assert_eq!(rd(&mut b, base + CHMU_CAP3), 0xff0);
     }
 
     #[test]

@@ -144,6 +144,10 @@ pub struct HmuState {
 impl HmuState {
     pub fn new(cfg: ChmuConfig, range: MemRange) -> Self {
         let instances = cfg.instances;
+        let cfg = ChmuConfig {
+            capacity: range.size,
+            ..cfg
+        };
         Self {
             block: ChmuBlock::new(cfg),
             hotness: Hotness::new(instances, range.size),
@@ -160,20 +164,18 @@ pub struct HmuDevice {
     pub cxl: crate::cxl_blocks::CxlBlocks,
     #[cfg(feature = "server")]
     interrupts: device_sdxi::vfio_server::Interrupts,
-    /// The memfd backing the hotlist window: (fd, window offset, window size).
+    /// The memfd backing the hotlists the guest maps (paged layout or window).
     #[cfg(feature = "server")]
-    window: Option<(std::fs::File, u64, u64)>,
+    hotlists: Option<crate::hotlist_map::HotlistFile>,
 }
 
 impl HmuDevice {
-    pub fn new(cfg: ChmuConfig, range: MemRange) -> Self {
-        #[cfg(feature = "server")]
-        let window = cfg.hotlist_window;
-        #[cfg(feature = "server")]
-        let bar = regs_bar_size(&cfg);
-        #[cfg(feature = "server")]
-        let size = cfg.hotlist_window_size();
+    /// The device; with `mapped`, its hotlists live in a memfd the client may map into the
+    /// guest (sparse mmap areas of the registers' BAR), otherwise every read is a message.
+    pub fn new(cfg: ChmuConfig, range: MemRange, mapped: bool) -> Self {
         let state = HmuState::new(cfg, range);
+        #[cfg(feature = "server")]
+        let cfg = state.block.config().clone();
         #[allow(unused_mut)]
         let mut d = Self {
             state: Arc::new(Mutex::new(state)),
@@ -182,20 +184,25 @@ impl HmuDevice {
             #[cfg(feature = "server")]
             interrupts: device_sdxi::vfio_server::Interrupts::default(),
             #[cfg(feature = "server")]
-            window: None,
+            hotlists: None,
         };
         #[cfg(feature = "server")]
-        if let Some(w) = window {
-            match window::MappedHotlist::new(bar, w) {
-                Ok((file, mem)) => {
+        if mapped || cfg.hotlist_window.is_some() {
+            match crate::hotlist_map::MappedHotlist::new(&cfg, regs_bar_size(&cfg)) {
+                Ok(Some((file, mem))) => {
                     d.lock().block.set_hotlist_memory(Box::new(mem));
-                    d.window = Some((file, w, size));
+                    d.hotlists = Some(file);
                 }
+                Ok(None) => tracing::warn!(
+                    "compact CHMU layout: hotlists are not page aligned and stay behind the socket"
+                ),
                 Err(e) => {
-                    tracing::error!(error = %e, "hotlist window not mappable; it stays behind the socket")
+                    tracing::error!(error = %e, "hotlists not mappable; they stay behind the socket")
                 }
             }
         }
+        #[cfg(not(feature = "server"))]
+        let _ = mapped;
         d
     }
 
@@ -232,10 +239,9 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
         }
     }
 
-    fn bar_mmap(&self, bar: u8) -> Option<(std::os::fd::RawFd, u64, u64)> {
-        use std::os::fd::AsRawFd;
-        let (f, off, size) = self.window.as_ref().filter(|_| bar == REGS_BAR)?;
-        Some((f.as_raw_fd(), *off, *size))
+    fn bar_mmap_areas(&self, bar: u8) -> Option<(std::os::fd::RawFd, Vec<(u64, u64)>)> {
+        let f = self.hotlists.as_ref().filter(|_| bar == REGS_BAR)?;
+        Some((f.fd(), f.areas.clone()))
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
@@ -309,76 +315,6 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
     fn counters(&self) -> serde_json::Value {
         let s = self.lock();
         serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range, "cxl": self.cxl.counters() })
-    }
-}
-
-#[cfg(feature = "server")]
-mod window {
-    use crate::chmu::HotlistMemory;
-    use std::fs::File;
-    use std::os::fd::{AsRawFd, FromRawFd};
-
-    /// The hotlist window in a memfd the client maps into the guest.
-    #[derive(Debug)]
-    pub struct MappedHotlist {
-        ptr: *mut u64,
-        entries: usize,
-    }
-
-    // SAFETY: plain shared memory accessed only with volatile reads and writes.
-    unsafe impl Send for MappedHotlist {}
-
-    impl MappedHotlist {
-        /// A memfd of the whole BAR (`bar` bytes); entries start at `window`.
-        pub fn new(bar: u64, window: u64) -> std::io::Result<(File, Self)> {
-            // SAFETY: memfd_create with a valid NUL-terminated name.
-            let fd = unsafe { libc::memfd_create(c"chmu-hotlists".as_ptr(), libc::MFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: a fresh fd we own.
-            let file = unsafe { File::from_raw_fd(fd) };
-            file.set_len(bar)?;
-            let len = (bar - window) as usize;
-            // SAFETY: a shared mapping of our own memfd at the window's offset, kept for the
-            // process's life (the device lives as long as the server).
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    file.as_raw_fd(),
-                    window as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok((
-                file,
-                Self {
-                    ptr: p.cast(),
-                    entries: len / 8,
-                },
-            ))
-        }
-    }
-
-    impl HotlistMemory for MappedHotlist {
-        fn read(&self, index: usize) -> u64 {
-            if index >= self.entries {
-                return 0;
-            }
-            // SAFETY: index < entries: inside the mapping, aligned.
-            unsafe { std::ptr::read_volatile(self.ptr.add(index)) }
-        }
-        fn write(&self, index: usize, v: u64) {
-            if index < self.entries {
-                // SAFETY: as in read.
-                unsafe { std::ptr::write_volatile(self.ptr.add(index), v) };
-            }
-        }
     }
 }
 

@@ -1,20 +1,39 @@
 //! Fuzz entry points for the CHMU (used by `fuzz/` targets and by deterministic smoke tests):
 //! MMIO sequences against the register block interleaved with accesses, and the feed decoder.
 
-use crate::chmu::{ChmuBlock, ChmuConfig};
+use crate::chmu::{ChmuBlock, ChmuConfig, VecHotlist};
 use crate::hotness::{Access, Hotness, ReqKind};
+use crate::regs::*;
 
-/// MMIO writes/reads of any width and offset, interleaved with accesses and clock advances.
+/// MMIO writes/reads of any width and offset against a CHMU whose configuration the first
+/// bytes pick (instances, hotlist size, placement, capacity, mapped hotlists), interleaved with
+/// accesses, clock advances and resets. Checked throughout: the registers describe a layout
+/// inside the block (each hotlist inside its instance unless a window was asked for), and an
+/// enable only takes with a configuration the capabilities allow.
 pub fn mmio_sequence(data: &[u8]) {
-    let mut b = ChmuBlock::new(ChmuConfig::default());
-    let mut h = Hotness::new(2, 1 << 30);
+    let (head, ops) = data.split_at(data.len().min(4));
+    let pick = |i: usize| head.get(i).copied().unwrap_or(0);
+    let cfg = ChmuConfig {
+        instances: pick(0) % 16 + 1,
+        hotlist_size: u16::from_le_bytes([pick(1), pick(2)]),
+        hotlist_window: (pick(3) & 1 != 0).then_some(CHMU_HOTLIST_WINDOW),
+        capacity: 1 << (28 + (pick(3) >> 2) % 8),
+        ..ChmuConfig::default()
+    };
+    let mut b = ChmuBlock::new(cfg);
+    let (n, size) = (b.config().instances, b.config().hotlist_size);
+    if pick(3) & 2 != 0 {
+        b.set_hotlist_memory(Box::new(VecHotlist::new(n, size)));
+    }
+    check_layout(&mut b);
+    let mut h = Hotness::new(n, b.config().capacity);
     let mut t = 0u64;
-    for op in data.chunks_exact(12) {
+    for op in ops.chunks_exact(12) {
         let off = u64::from(u16::from_le_bytes([op[1], op[2]]));
         let v = u64::from_le_bytes([op[3], op[4], op[5], op[6], op[7], op[8], op[9], op[10]]);
         let width = [1usize, 2, 4, 8, 3][usize::from(op[11]) % 5];
-        match op[0] % 5 {
-            0 => b.mmio_write(off, &v.to_le_bytes()[..width]),
+        match op[0] % 6 {
+            0 => write_checked(&mut b, off, &v.to_le_bytes()[..width]),
             1 => {
                 let mut out = [0u8; 8];
                 b.mmio_read(off, &mut out[..width]);
@@ -26,20 +45,69 @@ pub fn mmio_sequence(data: &[u8]) {
                 } else {
                     ReqKind::Write
                 };
-                h.feed(
-                    &mut b,
-                    &[Access {
-                        dpa: v % (1 << 31),
-                        kind,
-                        time: t,
-                    }],
-                );
+                let a = Access {
+                    dpa: v % (1 << 36),
+                    kind,
+                    time: t,
+                };
+                h.feed_weighted(&mut b, [(a, u32::from(op[11]))]);
             }
             3 => {
                 t = t.wrapping_add(v % 100_000_000);
                 h.advance(&mut b, t);
             }
+            4 => {
+                // A whole CFG0 write to an instance (the enable path), any value.
+                let at = b.config().instance_base(op[1] % n) + CHMU_CFG0;
+                write_checked(&mut b, at, &v.to_le_bytes());
+            }
             _ => b.reset(),
+        }
+    }
+    check_layout(&mut b);
+}
+
+/// A register write, then: every instance it enabled has a configuration the capabilities
+/// allow (epoch within CAP0's range, offered unit size and factor, and so on).
+fn write_checked(b: &mut ChmuBlock, off: u64, data: &[u8]) {
+    let n = b.config().instances;
+    let status =
+        |b: &ChmuBlock, i: u8| ChmuStatus::from(b.get(b.config().instance_base(i) + CHMU_STATUS));
+    let before: Vec<bool> = (0..n).map(|i| status(b, i).enabled()).collect();
+    b.mmio_write(off, data);
+    for i in 0..n {
+        let st = status(b, i);
+        assert_eq!(st.op_in_progress(), 0, "operations complete at once");
+        if st.enabled() && !before[usize::from(i)] {
+            assert_eq!(
+                b.check_enable(i),
+                Ok(()),
+                "instance {i} enabled out of range"
+            );
+        }
+    }
+}
+
+/// The layout the registers describe, as a driver reads it: instances inside the 64 KiB
+/// block, each hotlist (CAP3 + hotlist size x 8) inside its instance unless a window is used.
+fn check_layout(b: &mut ChmuBlock) {
+    let rd = |b: &mut ChmuBlock, off: u64| {
+        let mut d = [0u8; 8];
+        b.mmio_read(off, &mut d);
+        u64::from_le_bytes(d)
+    };
+    let n = u64::from(CommonCap0::from(rd(b, CHMU_COMMON_CAP0)).num_instances());
+    let len = u64::from(CommonCap1::from(rd(b, CHMU_COMMON_CAP1)).instance_length());
+    assert!(
+        CHMU_FIRST_INSTANCE + n * len <= CHMU_BLOCK_SIZE,
+        "instances leave the block"
+    );
+    for i in 0..n {
+        let base = CHMU_FIRST_INSTANCE + i * len;
+        let entries = u64::from(ChmuCap0::from(rd(b, base + CHMU_CAP0)).hotlist_size());
+        let cap3 = rd(b, base + CHMU_CAP3);
+        if b.config().hotlist_window.is_none() {
+            assert!(cap3 + entries * 8 <= len, "hotlist {i} leaves its instance");
         }
     }
 }

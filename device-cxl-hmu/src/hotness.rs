@@ -16,7 +16,10 @@
 //! - counts saturate at 2^counter_width - 1; a unit is hot when its count exceeds the
 //!   threshold; at epoch end the hot units are appended in unit order, then counters clear;
 //! - always-on reporting appends a unit the moment its count first exceeds the threshold in
-//!   the epoch;
+//!   the epoch; a reporting mode other than 0 or 1 counts as epoch-based (§8.2.8.3: the device
+//!   ignores an unsupported mode);
+//! - the fill (notification) threshold sets STATUS level-crossed only while its interrupt is
+//!   enabled and only up to the hotlist size (§8.2.8.3: otherwise the field is ignored);
 //! - a full hotlist drops further entries and sets STATUS.overflow (CAP1 insert-after-clear
 //!   is not offered);
 //! - TEE and non-TEE request types are not distinguished (there is no TEE traffic).
@@ -44,15 +47,9 @@ pub struct Access {
 
 /// Epoch length in clock units for CFG1's scale and multiplier (1 = 100 us ... 5 = 1 s).
 pub fn epoch_length(scale: u8, mult: u16) -> Option<u64> {
-    let unit = match scale {
-        1 => 100_000,
-        2 => 1_000_000,
-        3 => 10_000_000,
-        4 => 100_000_000,
-        5 => 1_000_000_000,
-        _ => return None,
-    };
-    (mult > 0).then(|| unit * u64::from(mult))
+    crate::layout::epoch_units(scale, mult)
+        .filter(|_| mult > 0)
+        .map(|units| units * 100_000)
 }
 
 /// Whether request type `cfg` (CFG0[7:0]) tracks `kind`.
@@ -273,7 +270,7 @@ impl Hotness {
         let t = &mut self.trackers[usize::from(i)];
         let counts = std::mem::take(&mut t.counts);
         t.reported.clear();
-        if cfg1.reporting_mode() != 0 {
+        if cfg1.reporting_mode() == 1 {
             return;
         }
         for (unit, count) in counts {
@@ -309,13 +306,12 @@ impl Hotness {
         block.set_tail(i, new_tail);
         self.counters.entries_written += 1;
         let used = (new_tail + size - head % size) % size;
-        if fill > 0 && used >= fill && !status.fill_reached() {
+        if cfg0.fill_int_en() && fill > 0 && fill <= size && used >= fill && !status.fill_reached()
+        {
             self.counters.fill_events += 1;
             status.set_fill_reached(true);
             block.device_set(base + CHMU_STATUS, status.into());
-            if cfg0.fill_int_en() {
-                irqs.push(vector);
-            }
+            irqs.push(vector);
         }
     }
 }

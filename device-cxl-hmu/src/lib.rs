@@ -2,6 +2,7 @@
 //!
 //! - [`regs`]: DVSEC and CHMU register definitions (shared with the guest driver).
 //! - [`chmu`]: the CHMU register block core; no I/O.
+//! - [`layout`]: where the CHMU's instances and hotlists lie in the block.
 //! - [`device`]: the PCI function (identity, DVSECs, BAR routing).
 //! - [`cxl_blocks`]: the CXL register blocks Linux's `cxl_pci` needs, in front of the CHMU:
 //!   [`component`] (HDM decoder capability) and [`memdev`] (device capabilities, mailbox),
@@ -22,7 +23,10 @@ pub mod device;
 pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "server")]
+pub mod hotlist_map;
 pub mod hotness;
+pub mod layout;
 pub mod mailbox;
 pub mod memdev;
 pub mod payloads;

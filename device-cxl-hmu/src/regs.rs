@@ -1,14 +1,19 @@
 //! CXL 3.2 register definitions for the emulated memory device: the DVSECs that locate the
 //! registers (CXL 3.2 §8.1.3 "PCIe DVSEC for CXL Devices", §8.1.9 "Register Locator DVSEC")
-//! and the CXL Hotness Monitoring Unit register interface (CXL 3.2 §8.2.8.x, digest B.2).
+//! and the CXL Hotness Monitoring Unit register interface (CXL 3.2 §8.2.8 "CHMU Register
+//! Interface": §8.2.8.1 common capability, §8.2.8.2 capability, §8.2.8.3 configuration,
+//! §8.2.8.4 status, §8.2.8.5/6 hotlist head/tail, §8.2.8.7 range bitmap, §8.2.8.8 hotlist).
 //!
-//! One definition shared by the device model and the guest driver. Section and table numbers
-//! of the CHMU are unconfirmed (the spec PDF was not available); the offsets follow the Linux
-//! CHMU RFC and QEMU's RFC v2, which agree. Readings chosen where they disagree, kept here:
-//! - CFG1 down-sampling factor is 4 bits [35:32] (QEMU v2 decoded 8 bits);
+//! One definition shared by the device model and the guest driver. Offsets follow the spec's
+//! section headings (instance i at 10h + CHMU Instance Length x i; its bitmap and hotlist at
+//! the offsets its capability reports), which the Linux CHMU RFC driver (drivers/cxl/hmu.c)
+//! and QEMU's RFC v2 model (hw/cxl/cxl-chmu.c) also use. Readings chosen where sources differ:
+//! - CFG1 down-sampling factor is 4 bits [35:32] (§8.2.8.3; QEMU v2 decoded 8 bits);
 //! - CAP1 down-sampling bit N means factor 2^N, bit 0 = no down-sampling;
-//! - hotlist entries carry the count in the low `STATUS.counter_width` bits, unit index above;
-//! - TAIL is read-only to the host.
+//! - hotlist entries carry the count in the low `STATUS.counter_width` bits, unit index above
+//!   (§8.2.8.8);
+//! - TAIL is writable by the host only while the instance is disabled (§8.2.8.6 makes a
+//!   change while enabled undefined; this model ignores it).
 
 use bitfield_struct::bitfield;
 
@@ -43,11 +48,13 @@ pub const COMPONENT_BLOCK_OFFSET: u64 = 0;
 pub const MEMDEV_BLOCK_OFFSET: u64 = 0x10000;
 /// Offset of the CHMU block in [`REGS_BAR`].
 pub const CHMU_BLOCK_OFFSET: u64 = 0x20000;
-/// Size mapped per register block.
+/// Size mapped per register block: the whole CHMU (every instance and its hotlist) lies in it.
 pub const CHMU_BLOCK_SIZE: u64 = 0x10000;
-/// Where this model puts the hotlist window in [`REGS_BAR`] (right after the register block),
-/// so the guest can map the hotlists and read them without a trap.
+/// Where the optional hotlist window goes in [`REGS_BAR`] (right after the register block).
+/// Outside the spec: CAP3 then points past the instance and the block.
 pub const CHMU_HOTLIST_WINDOW: u64 = CHMU_BLOCK_OFFSET + CHMU_BLOCK_SIZE;
+/// Page size of the mappings the guest gets of the hotlists.
+pub const CHMU_PAGE: u64 = 0x1000;
 
 /// Register Locator entry, low dword.
 #[bitfield(u32)]
@@ -87,12 +94,16 @@ pub const CHMU_HOTLIST_HEAD: u64 = 0x68;
 pub const CHMU_HOTLIST_TAIL: u64 = 0x6a;
 /// Range bitmap offset this model reports in CAP2 (QEMU's value).
 pub const CHMU_RANGE_BITMAP: u64 = 0x70;
-/// Bytes of range bitmap: 1 bit per 256 MiB of DPA, 1 TiB.
+/// Bytes of range bitmap the compact layout reserves: 1 bit per 256 MiB of DPA, 1 TiB.
 pub const CHMU_RANGE_BITMAP_BYTES: u64 = 512;
 /// Granularity of one range-bitmap bit.
 pub const CHMU_RANGE_UNIT: u64 = 256 << 20;
-/// Hotlist offset this model reports in CAP3.
-pub const CHMU_HOTLIST: u64 = CHMU_RANGE_BITMAP + CHMU_RANGE_BITMAP_BYTES;
+/// CAP3 of the compact layout: the hotlist right after a 512-byte bitmap (QEMU's value).
+pub const CHMU_HOTLIST_COMPACT: u64 = CHMU_RANGE_BITMAP + CHMU_RANGE_BITMAP_BYTES;
+/// CAP3 of the paged layout. Instance i starts at block + 10h + i x length, so with a page
+/// multiple as instance length, a hotlist at instance + FF0h starts on a page boundary in every
+/// instance (the block itself is 64 KiB aligned) and can be mapped into the guest.
+pub const CHMU_HOTLIST_PAGED: u64 = CHMU_PAGE - CHMU_FIRST_INSTANCE;
 
 /// CHMU Common Capability 0.
 #[bitfield(u64)]
@@ -323,6 +334,9 @@ mod tests {
             assert!(w[0].0 < w[1].0);
         }
         const { assert!(CHMU_RANGE_BITMAP >= CHMU_HOTLIST_TAIL + 2) };
-        const { assert!(CHMU_HOTLIST.is_multiple_of(8)) };
+        const { assert!(CHMU_HOTLIST_COMPACT.is_multiple_of(8)) };
+        // Instance 0 at block + 10h, its hotlist at + CAP3: page aligned.
+        assert_eq!((0x10 + CHMU_HOTLIST_PAGED) % 0x1000, 0);
+        assert_eq!(CHMU_HOTLIST_PAGED, 0xff0);
     }
 }

@@ -78,10 +78,13 @@ fn discovery_through_dvsecs_finds_the_chmu_and_the_monitored_range() {
     assert_eq!((cap0.version(), cap0.num_instances()), (1, 3));
     let cfg3 = ChmuConfig {
         instances: 3,
-        hotlist_window: Some(CHMU_HOTLIST_WINDOW),
         ..ChmuConfig::default()
-    };
+    }
+    .fitted();
+    let len = u64::from(CommonCap1::from(rd(&mut c, CHMU_COMMON_CAP1)).instance_length());
+    assert_eq!(len, cfg3.instance_length());
     assert_eq!(rd(&mut c, cfg3.instance_base(2) + CHMU_CAP0), cfg3.cap0());
+    assert_eq!(rd(&mut c, 0x10 + 2 * len + CHMU_CAP3), 0xff0);
     drop(c);
     srv.finish().expect("counters");
 }
@@ -109,22 +112,24 @@ fn enable_goes_through_status_and_bad_config_is_refused() {
         ChmuCfg0::new().with_enable(true).into(),
     );
     assert!(!ChmuStatus::from(rd(&mut c, base + CHMU_STATUS)).enabled());
-    // 4 KiB units: accepted.
-    wr(
-        &mut c,
-        base + CHMU_CFG1,
-        ChmuCfg1::new().with_unit_size(12).into(),
-    );
-    wr(
-        &mut c,
-        base + CHMU_CFG0,
-        ChmuCfg0::new().with_enable(true).with_threshold(8).into(),
-    );
+    // 4 KiB units but an epoch of 1 s x 101, past CAP0's maximum (1 s x 100): refused.
+    let cfg1 = ChmuCfg1::new()
+        .with_unit_size(12)
+        .with_epoch_scale(5)
+        .with_epoch_mult(101);
+    wr(&mut c, base + CHMU_CFG1, cfg1.into());
+    let cfg0 = ChmuCfg0::new().with_m2s_req_type(6).with_enable(true);
+    wr(&mut c, base + CHMU_CFG0, cfg0.into());
+    assert!(!ChmuStatus::from(rd(&mut c, base + CHMU_STATUS)).enabled());
+    assert!(!ChmuCfg0::from(rd(&mut c, base + CHMU_CFG0)).enable());
+    // 1 s x 100: accepted.
+    wr(&mut c, base + CHMU_CFG1, cfg1.with_epoch_mult(100).into());
+    wr(&mut c, base + CHMU_CFG0, cfg0.with_threshold(8).into());
     let st = ChmuStatus::from(rd(&mut c, base + CHMU_STATUS));
     assert!(st.enabled() && st.op_in_progress() == 0);
     drop(c);
     let counters = srv.finish().expect("counters");
-    assert_eq!(counters["registers"]["chmu"]["invalid_configs"], 1);
+    assert_eq!(counters["registers"]["chmu"]["invalid_configs"], 2);
     assert_eq!(counters["registers"]["chmu"]["enables"], 1);
 }
 
@@ -187,10 +192,19 @@ fn enable(c: &mut vfio_user::Client, thr: u32, fill: u16) {
 /// Drains instance 0's hotlist as the driver does: entries [head, tail), then HEAD = TAIL.
 fn drain(c: &mut vfio_user::Client) -> Vec<(u64, u64)> {
     let base = ChmuConfig::default().instance_base(0);
-    let ht = rd(c, base + CHMU_HOTLIST_HEAD);
-    let (head, tail) = (ht & 0xffff, (ht >> 16) & 0xffff);
+    let u16_at = |c: &mut vfio_user::Client, off: u64| {
+        let mut b = [0u8; 2];
+        c.region_read(u32::from(REGS_BAR), CHMU_BLOCK_OFFSET + off, &mut b)
+            .expect("read");
+        u64::from(u16::from_le_bytes(b))
+    };
+    // HEAD and TAIL are 2-byte registers (CXL 3.2 §8.2.8.5/6).
+    let (head, tail) = (
+        u16_at(c, base + CHMU_HOTLIST_HEAD),
+        u16_at(c, base + CHMU_HOTLIST_TAIL),
+    );
     let w = ChmuStatus::from(rd(c, base + CHMU_STATUS)).counter_width();
-    // The hotlist is where CAP3 says (with the server's default window: past the block).
+    // The hotlist is where CAP3 says, inside the instance.
     let hotlist = base + rd(c, base + CHMU_CAP3);
     let mut out = Vec::new();
     let mut h = head;
@@ -331,4 +345,115 @@ fn socket_feed_records_reach_the_hotlist() {
     drop(c);
     srv.finish().expect("counters");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hotlists are page-aligned sparse mmap areas of BAR 2 inside their instances, and the
+/// bytes the client maps are the entries the registers return.
+#[test]
+fn hotlists_are_mappable_pages_inside_their_instances() {
+    use device_cxl_hmu::hotness::decode_entry;
+    let dir = std::env::temp_dir().join(format!("hmu-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let sock = dir.join("feed.sock");
+    let sp = sock.to_string_lossy().into_owned();
+    let srv = server(&["--feed-socket", &sp]);
+    let mut c = srv.client().expect("connect");
+    let cfg = ChmuConfig::default().fitted();
+    let (areas, file) = {
+        let region = c.region(u32::from(REGS_BAR)).expect("BAR 2");
+        let areas: Vec<(u64, u64)> = region
+            .sparse_areas
+            .iter()
+            .map(|a| (a.offset, a.size))
+            .collect();
+        let fo = region.file_offset.as_ref().expect("an fd to map");
+        (areas, fo.file().try_clone().expect("dup"))
+    };
+    assert_eq!(areas, cfg.mapped_areas());
+    let len = u64::from(CommonCap1::from(rd(&mut c, CHMU_COMMON_CAP1)).instance_length());
+    for (i, (off, size)) in areas.iter().enumerate() {
+        let base = 0x10 + i as u64 * len;
+        assert_eq!(
+            CHMU_BLOCK_OFFSET + base + rd(&mut c, base + CHMU_CAP3),
+            *off
+        );
+        assert_eq!(off % 4096, 0);
+        assert!(
+            off + size <= CHMU_BLOCK_OFFSET + base + len,
+            "area {i} leaves its instance"
+        );
+    }
+    let map = |off: u64| {
+        let mut b = [0u8; 8];
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut b, off).expect("pread");
+        u64::from_le_bytes(b)
+    };
+    enable(&mut c, 3, 0);
+    let mut feed = std::os::unix::net::UnixStream::connect(&sock).expect("feed socket");
+    use device_cxl_hmu::feed::Record;
+    use std::io::Write;
+    let mut bytes = Vec::new();
+    for i in 0..8u64 {
+        bytes.extend(
+            device_cxl_hmu::feed::GpaAccess {
+                gpa: 0x4007_0000 + i * 64,
+                kind: device_cxl_hmu::hotness::ReqKind::Read,
+                time: i,
+                weight: 1,
+            }
+            .encode(),
+        );
+    }
+    bytes.extend(Record::Tick(500_000).encode());
+    feed.write_all(&bytes).expect("feed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let base = ChmuConfig::default().instance_base(0);
+    let tail_at = |c: &mut vfio_user::Client| rd(c, base + CHMU_HOTLIST_HEAD) >> 16 & 0xffff;
+    while tail_at(&mut c) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let w = ChmuStatus::from(rd(&mut c, base + CHMU_STATUS)).counter_width();
+    let cap3 = rd(&mut c, base + CHMU_CAP3);
+    let trapped = rd(&mut c, base + cap3);
+    assert_eq!(decode_entry(trapped, w), (0x70, 8));
+    assert_eq!(map(areas[0].0), trapped, "the mapped page holds the entry");
+    drop(c);
+    srv.finish().expect("counters");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads and writes past the end of a BAR or of the configuration space get an error reply
+/// on the socket, never data; the server keeps serving.
+#[test]
+fn accesses_past_the_end_of_a_region_get_error_replies() {
+    use device_sdxi::testing::RawClient;
+    let srv = server(&[]);
+    let mut c = RawClient::connect(&srv.socket).expect("connect");
+    let bar2 = c.bar_size(REGS_BAR).expect("BAR 2 size");
+    assert!(bar2 >= CHMU_BLOCK_OFFSET + CHMU_BLOCK_SIZE);
+    let bar = u32::from(REGS_BAR);
+    assert!(!c.read(bar, bar2 - 8, 8).expect("last word").error);
+    for (region, off, n) in [
+        (bar, bar2, 8),
+        (bar, bar2 - 4, 8),
+        (CONFIG, 4096, 4),
+        (CONFIG, 4094, 4),
+        (1, 0, 4),
+        (bar, u64::MAX - 3, 8),
+    ] {
+        let refused = c.refused(region, off, n).expect("replies");
+        assert!(refused, "{n} bytes of region {region} at {off:#x} answered");
+    }
+    let cap0 = c
+        .read(bar, CHMU_BLOCK_OFFSET + CHMU_COMMON_CAP0, 8)
+        .expect("cap");
+    assert!(!cap0.error);
+    assert_eq!(
+        CommonCap0::from(u64::from_le_bytes(cap0.data[..8].try_into().expect("8"))).version(),
+        1
+    );
+    drop(c);
+    let counters = srv.finish().expect("counters");
+    assert_eq!(counters["transport"]["out_of_range_accesses"], 12);
 }

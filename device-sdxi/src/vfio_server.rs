@@ -6,9 +6,11 @@
 //! model only sees BAR accesses and resets ([`PciDevice`]). It serves one client at a time and
 //! keeps listening after a client leaves, so QEMU can restart without restarting the server.
 //!
-//! Quirks of the crate handled here (see shared vm-facts §4): error replies carry errno 0, so
-//! region accesses never fail; `SET_IRQS` arrives raw (eventfd per vector, `count=0` to
-//! disable, a missing fd to de-assign).
+//! Quirks of the `vfio_user` crate (0.1.7) handled here: a backend error becomes an error
+//! reply with errno 0, so only accesses that must fail return one (a read or write past the end
+//! of a BAR or of the configuration space: QEMU then sees a short access, never silent data);
+//! `SET_IRQS` arrives raw (eventfd per vector, `count=0` to disable, a missing fd to
+//! de-assign).
 
 use crate::dma::MapSpec;
 use crate::dma_space::DmaSpace;
@@ -224,6 +226,12 @@ pub trait PciDevice: Send {
     fn bar_mmap(&self, _bar: u8) -> Option<(RawFd, u64, u64)> {
         None
     }
+    /// Every part of `bar` the client may map directly, all backed by one fd at the same
+    /// offsets (vfio-user sparse mmap areas); defaults to [`Self::bar_mmap`]'s one area.
+    fn bar_mmap_areas(&self, bar: u8) -> Option<(RawFd, Vec<(u64, u64)>)> {
+        self.bar_mmap(bar)
+            .map(|(fd, off, size)| (fd, vec![(off, size)]))
+    }
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]);
     /// Function-level or device reset: restore reset values, drop in-flight work.
@@ -249,6 +257,8 @@ pub struct TransportCounters {
     pub dma_map_failures: u64,
     pub resets: u64,
     pub set_irqs: u64,
+    /// Region accesses refused with an error reply (past the end of a BAR or config space).
+    pub out_of_range_accesses: u64,
 }
 
 /// Adapter from [`PciDevice`] to the crate's [`ServerBackend`].
@@ -288,14 +298,7 @@ impl<D: PciDevice> Backend<D> {
     pub fn regions(&self) -> Vec<ServerRegion> {
         (0..VFIO_PCI_NUM_REGIONS)
             .map(|index| {
-                let size = if index == VFIO_PCI_CONFIG_REGION_INDEX {
-                    self.config.size() as u64
-                } else {
-                    u8::try_from(index)
-                        .ok()
-                        .and_then(|i| self.config.bar(i))
-                        .map_or(0, |b| b.size)
-                };
+                let size = self.region_size(index);
                 let mut flags = if size > 0 {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
                 } else {
@@ -304,14 +307,18 @@ impl<D: PciDevice> Backend<D> {
                 let mmap = u8::try_from(index)
                     .ok()
                     .filter(|_| index != VFIO_PCI_CONFIG_REGION_INDEX && size > 0)
-                    .and_then(|b| self.device.bar_mmap(b));
-                let mmap_fd = mmap.map(|(fd, _, _)| fd);
+                    .and_then(|b| self.device.bar_mmap_areas(b))
+                    .filter(|(_, areas)| !areas.is_empty());
+                let mmap_fd = mmap.as_ref().map(|(fd, _)| *fd);
                 let sparse_areas = match mmap {
-                    Some((_, offset, size)) => {
+                    Some((_, areas)) => {
                         flags |= VFIO_REGION_INFO_FLAG_MMAP;
-                        vec![SparseArea {
-                            area: vfio_region_sparse_mmap_area { offset, size },
-                        }]
+                        areas
+                            .into_iter()
+                            .map(|(offset, size)| SparseArea {
+                                area: vfio_region_sparse_mmap_area { offset, size },
+                            })
+                            .collect()
                     }
                     None => Vec::new(),
                 };
@@ -329,6 +336,39 @@ impl<D: PciDevice> Backend<D> {
                 }
             })
             .collect()
+    }
+
+    /// Bytes of vfio region `index`: the configuration space, a BAR, or 0 (no such BAR).
+    fn region_size(&self, index: u32) -> u64 {
+        if index == VFIO_PCI_CONFIG_REGION_INDEX {
+            self.config.size() as u64
+        } else {
+            u8::try_from(index)
+                .ok()
+                .and_then(|i| self.config.bar(i))
+                .map_or(0, |b| b.size)
+        }
+    }
+
+    /// Refuses an access that does not lie wholly inside its region (counted and logged); the
+    /// crate turns the error into an error reply.
+    fn check_range(&mut self, region: u32, offset: u64, len: usize) -> std::io::Result<()> {
+        let size = self.region_size(region);
+        if offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= size)
+        {
+            return Ok(());
+        }
+        self.counters.out_of_range_accesses += 1;
+        warn!(
+            region,
+            offset, len, size, "access past the end of the region refused"
+        );
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("region {region}: {len} bytes at {offset:#x} past its {size:#x} bytes"),
+        ))
     }
 
     /// The interrupt indexes: INTx, MSI (none), MSI-X, ERR (one, silences QEMU's warning), REQ.
@@ -377,6 +417,7 @@ impl<D: PciDevice> Backend<D> {
 
 impl<D: PciDevice> ServerBackend for Backend<D> {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.check_range(region, offset, data.len())?;
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
             self.counters.config_reads += 1;
             self.config.read(offset, data);
@@ -392,6 +433,7 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check_range(region, offset, data.len())?;
         if region == VFIO_PCI_CONFIG_REGION_INDEX {
             self.counters.config_writes += 1;
             if self.config.write(offset, data) {

@@ -21,6 +21,12 @@ pub enum ChmuError {
 }
 
 /// An opened CHMU: its register block through the BAR mmap and the memory range it watches.
+///
+/// Follows the layout the registers describe (CXL 3.2 §8.2.8): instance i at block + 10h +
+/// CHMU Instance Length x i, its hotlist at the instance + CAP3, CAP0 hotlist size entries.
+/// The hotlist pages are mapped straight into the guest when the device offers them as
+/// sparse mmap areas; every other register access is a trapped message, so what does not
+/// change (CAP3, counter width, HEAD, which only this driver writes) is read once.
 #[derive(Debug)]
 pub struct Chmu {
     _dev: VfioDevice,
@@ -28,9 +34,14 @@ pub struct Chmu {
     block: usize,
     pub hpa_base: u64,
     pub size: u64,
-    instance_len: usize,
+    instance_len: u64,
+    instances: u8,
     counter_width: u8,
     hotlist_size: u64,
+    /// Per instance: hotlist offset from the block (instance base + CAP3).
+    hotlists: Vec<u64>,
+    /// Per instance: the HEAD this driver last wrote (the host is its only writer).
+    heads: Vec<std::cell::Cell<u16>>,
 }
 
 impl Chmu {
@@ -75,14 +86,47 @@ impl Chmu {
             hpa_base: range.hpa_base,
             size: range.size,
             instance_len: 0,
+            instances: 0,
             counter_width: 16,
             hotlist_size: 0,
+            hotlists: Vec::new(),
+            heads: Vec::new(),
         };
-        c.instance_len = usize::from(CommonCap1::from(c.rd(CHMU_COMMON_CAP1)).instance_length());
-        let i0 = CHMU_FIRST_INSTANCE as usize;
-        c.hotlist_size = u64::from(ChmuCap0::from(c.rd((i0) as u64 + CHMU_CAP0)).hotlist_size());
-        c.counter_width = ChmuStatus::from(c.rd(i0 as u64 + CHMU_STATUS)).counter_width();
+        c.describe()?;
         Ok(c)
+    }
+
+    /// Reads the layout from the capabilities and checks every hotlist lies in the BAR.
+    fn describe(&mut self) -> Result<(), ChmuError> {
+        self.instances = CommonCap0::from(self.rd(CHMU_COMMON_CAP0)).num_instances();
+        self.instance_len =
+            u64::from(CommonCap1::from(self.rd(CHMU_COMMON_CAP1)).instance_length());
+        if self.instances == 0 {
+            return Err(ChmuError::Device("the CHMU has no instances".into()));
+        }
+        let i0 = CHMU_FIRST_INSTANCE;
+        self.hotlist_size = u64::from(ChmuCap0::from(self.rd(i0 + CHMU_CAP0)).hotlist_size());
+        self.counter_width = ChmuStatus::from(self.rd(i0 + CHMU_STATUS)).counter_width();
+        for i in 0..self.instances {
+            let base = self.base(i);
+            let hotlist = base + self.rd(base + CHMU_CAP3);
+            let end = (self.block as u64)
+                .checked_add(hotlist)
+                .and_then(|s| s.checked_add(self.hotlist_size * 8));
+            if end.is_none_or(|e| e > self.bar.len() as u64) {
+                return Err(ChmuError::Device(format!(
+                    "instance {i}: hotlist at block + {hotlist:#x} ({} entries) outside the BAR",
+                    self.hotlist_size
+                )));
+            }
+            self.hotlists.push(hotlist);
+            let head = self
+                .bar
+                .read16(self.block + (base + CHMU_HOTLIST_HEAD) as usize)
+                .unwrap_or(0);
+            self.heads.push(std::cell::Cell::new(head));
+        }
+        Ok(())
     }
 
     fn rd(&self, off: u64) -> u64 {
@@ -94,7 +138,18 @@ impl Chmu {
     }
 
     fn base(&self, i: u8) -> u64 {
-        CHMU_FIRST_INSTANCE + (usize::from(i) * self.instance_len) as u64
+        CHMU_FIRST_INSTANCE + u64::from(i) * self.instance_len
+    }
+
+    fn instance(&self, i: u8) -> Result<u64, ChmuError> {
+        if i < self.instances {
+            Ok(self.base(i))
+        } else {
+            Err(ChmuError::Device(format!(
+                "no instance {i} ({} instances)",
+                self.instances
+            )))
+        }
     }
 
     /// Configures instance `i` for 4 KiB units over the whole range and enables it, polling
@@ -106,7 +161,7 @@ impl Chmu {
         epoch_scale: u8,
         epoch_mult: u16,
     ) -> Result<(), ChmuError> {
-        let b = self.base(i);
+        let b = self.instance(i)?;
         self.wr(
             b + CHMU_CFG1,
             ChmuCfg1::new()
@@ -116,16 +171,12 @@ impl Chmu {
                 .into(),
         );
         self.wr(b + CHMU_CFG2, 0);
+        // The range bitmap is written as 8-byte words (§8.2.8.7), one bit per 256 MiB.
         let bits = self.size.div_ceil(CHMU_RANGE_UNIT);
-        for byte in 0..bits.div_ceil(8) {
-            let n = (bits - byte * 8).min(8);
-            let v = if n == 8 { 0xff } else { (1u8 << n) - 1 };
-            let off = self.block + (b + CHMU_RANGE_BITMAP + byte) as usize;
-            let word = off & !3;
-            let cur = self.bar.read32(word).unwrap_or(0);
-            let shift = (off - word) * 8;
-            self.bar
-                .write32(word, (cur & !(0xff << shift)) | (u32::from(v) << shift));
+        for word in 0..bits.div_ceil(64) {
+            let n = (bits - word * 64).min(64);
+            let v = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            self.wr(b + CHMU_RANGE_BITMAP + word * 8, v);
         }
         self.wr(
             b + CHMU_CFG0,
@@ -147,7 +198,7 @@ impl Chmu {
     /// Disables instance `i` (counting stops; the hotlist stays), as the driver does when its
     /// event stops.
     pub fn disable(&self, i: u8) -> Result<(), ChmuError> {
-        let b = self.base(i);
+        let b = self.instance(i)?;
         let cfg0 = ChmuCfg0::from(self.rd(b + CHMU_CFG0)).with_enable(false);
         self.wr(b + CHMU_CFG0, cfg0.into());
         if self.settle(b)?.enabled() {
@@ -173,29 +224,36 @@ impl Chmu {
     }
 
     /// Drains instance `i`'s hotlist: (guest-physical address of the unit, count); returns
-    /// how many entries there were (HEAD is written only when there were some).
+    /// how many entries there were (HEAD is written only when there were some). An empty
+    /// hotlist costs one trapped read (TAIL, 2 bytes); entries come through the mapping.
     pub fn drain(&self, i: u8, out: &mut Vec<(u64, u64)>) -> usize {
-        let b = self.base(i);
-        let ht = self
-            .bar
-            .read32(self.block + (b + CHMU_HOTLIST_HEAD) as usize)
-            .unwrap_or(0);
-        let (head, tail) = (u64::from(ht & 0xffff), u64::from(ht >> 16));
+        let (Ok(b), Some(&hotlist), Some(head_cell)) = (
+            self.instance(i),
+            self.hotlists.get(usize::from(i)),
+            self.heads.get(usize::from(i)),
+        ) else {
+            return 0;
+        };
+        let head = u64::from(head_cell.get());
+        let tail = u64::from(
+            self.bar
+                .read16(self.block + (b + CHMU_HOTLIST_TAIL) as usize)
+                .unwrap_or(0),
+        );
         let size = self.hotlist_size.max(1);
+        if head == tail || tail >= size {
+            return 0;
+        }
         let w = u32::from(self.counter_width.min(63));
-        // CAP3 locates the hotlist (this model puts it in a window the guest maps directly).
-        let hotlist = b + self.rd(b + CHMU_CAP3);
         let mut h = head;
         while h != tail {
             let e = self.rd(hotlist + (h % size) * 8);
             out.push((self.hpa_base + ((e >> w) << 12), e & ((1 << w) - 1)));
             h = (h + 1) % size;
         }
-        if head == tail {
-            return 0;
-        }
         self.bar
             .write16(self.block + (b + CHMU_HOTLIST_HEAD) as usize, tail as u16);
+        head_cell.set(tail as u16);
         ((tail + size - head) % size) as usize
     }
 }

@@ -417,6 +417,12 @@ impl BarMapping {
             .map(|p| unsafe { std::ptr::read_volatile(p.cast::<u32>()) })
     }
 
+    pub fn read16(&self, off: usize) -> Option<u16> {
+        // SAFETY: as in read64, for 2 bytes.
+        self.checked(off, 2)
+            .map(|p| unsafe { std::ptr::read_volatile(p.cast::<u16>()) })
+    }
+
     pub fn write64(&self, off: usize, v: u64) -> bool {
         // SAFETY: as in read64.
         self.checked(off, 8)

@@ -81,6 +81,11 @@ pub struct VmConfig {
     pub chmu_instances: u8,
     /// Extra kernel command-line arguments.
     pub kernel_args: String,
+    /// Let the guest kernel's DAMON_STAT run (Debian enables it by default: a kdamond that
+    /// samples all physical memory, node 1 included, so it adds accesses the CHMU sees and
+    /// reports, 150-300 hotlist units per run). Off by default: `damon_stat.enabled=N` on the
+    /// kernel command line (mm/damon/stat.c), so only the workload touches node 1.
+    pub damon_stat: bool,
     /// Load the chmu-tap TCG plugin so the CHMU sees the guest's accesses to node 1.
     pub chmu_feed: bool,
     /// The plugin samples one in this many guest memory accesses (on average, each with the
@@ -141,6 +146,7 @@ impl Default for VmConfig {
             sdxi_doorbell: None,
             chmu_instances: 2,
             kernel_args: String::new(),
+            damon_stat: false,
             chmu_feed: false,
             chmu_sample: 8,
             chmu_workload: guest_agent::protocol::HotLoop::Sites64,

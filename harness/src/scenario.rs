@@ -148,11 +148,14 @@ pub fn chmu_hot_checks(
             "chmu.hot_pages_reported",
             recall >= 0.95,
             format!(
-                "{} of {} hot pages in the hotlist (recall {recall:.2}; precision {:.2}: {} distinct units reported)",
+                "{} of {} hot pages in the hotlist (recall {recall:.2}; precision {:.2}: {} distinct units reported, {} outside the workload's pages)",
                 r.hot_found,
                 r.hot_pages,
                 r.hot_found as f64 / r.distinct_units.max(1) as f64,
+                r.distinct_units,
                 r.distinct_units
+                    .saturating_sub(r.hot_found)
+                    .saturating_sub(r.cold_reported)
             ),
         ),
         check(

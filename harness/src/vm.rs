@@ -527,6 +527,9 @@ pub fn qemu_args(
         if cfg.iommu { "intel_iommu=on " } else { "" },
         boot.mode()
     );
+    if !cfg.damon_stat {
+        cmdline.push_str(" damon_stat.enabled=N");
+    }
     if !cfg.kernel_args.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&cfg.kernel_args);

@@ -24,7 +24,11 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     about = "Emulated CXL 3.2 Hotness Monitoring Unit (in a CXL memory device), served to QEMU over vfio-user",
     after_help = cli::qemu_usage(
         "/run/hmu.sock",
-        "  --hpa-base/--size must be the guest-physical range of the memory the unit monitors\n  (e.g. the second NUMA node's RAM); they must be 256 MiB aligned."
+        "  --hpa-base/--size must be the guest-physical range of the memory the unit monitors\n  (e.g. the second NUMA node's RAM); they must be 256 MiB aligned.\n\n\
+         The access feed (the chmu-tap TCG plugin, built from device-cxl-hmu/plugin) goes next to\n\
+         the -device arguments, with this server started with --feed-socket /run/feed.sock:\n\
+         \x20 -plugin target/release/libchmu_tap.so,feed=/run/feed.sock,base=0x40000000,size=0x40000000,sample=8,seed=1\n\
+         \x20 (base/size as --hpa-base/--size; add clock=insns with -icount for reproducible runs)"
     )
 )]
 struct Args {
@@ -43,10 +47,14 @@ struct Args {
     /// Number of CHMU instances.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
     instances: u8,
-    /// Keep the hotlists inside the register block (every read a trapped message) instead of
-    /// a window the guest maps directly.
+    /// Serve the hotlists only through messages (every read trapped) instead of as page-aligned
+    /// areas of the register block the guest maps directly.
     #[arg(long)]
     trapped_hotlist: bool,
+    /// Put the hotlists in a window after the 64 KiB register block (CAP3 then points outside
+    /// the instance and the block: outside the CXL 3.2 layout; for drivers that map one window).
+    #[arg(long, conflicts_with = "trapped_hotlist")]
+    hotlist_window: bool,
     /// Replay this trace (lines `GPA R|W TIME`) once the host enables an instance; epochs
     /// follow the trace's times, so the resulting hotlist is reproducible.
     #[arg(long, value_name = "FILE")]
@@ -82,7 +90,8 @@ fn main() -> ExitCode {
     }
     let cfg = ChmuConfig {
         instances: args.instances,
-        hotlist_window: (!args.trapped_hotlist)
+        hotlist_window: args
+            .hotlist_window
             .then_some(device_cxl_hmu::regs::CHMU_HOTLIST_WINDOW),
         ..ChmuConfig::default()
     };
@@ -90,7 +99,7 @@ fn main() -> ExitCode {
         hpa_base: args.hpa_base,
         size: args.size,
     };
-    let device = HmuDevice::new(cfg.clone(), range);
+    let device = HmuDevice::new(cfg.clone(), range, !args.trapped_hotlist);
     let sink = Sink {
         state: std::sync::Arc::clone(&device.state),
         range,
