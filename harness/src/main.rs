@@ -276,13 +276,13 @@ struct VmArgs {
     /// Use this statically linked guest-agent instead of building it.
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
+    /// Use this chmu-tap TCG plugin (libchmu_tap.so) for the CHMU feed instead of building it.
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
 }
 
 impl VmArgs {
     fn apply(&self, cfg: &mut VmConfig) {
-    /// Use this chmu-tap TCG plugin (libchmu_tap.so) for the CHMU feed instead of building it.
-    #[arg(long, value_name = "PATH")]
-    plugin: Option<PathBuf>,
         macro_rules! set {
             ($($f:ident => $t:ident),*) => { $(if let Some(v) = &self.$f { cfg.$t = v.clone(); })* };
         }
@@ -313,6 +313,7 @@ impl VmArgs {
             sdxi_server: self.sdxi_server.clone(),
             hmu_server: self.hmu_server.clone(),
             agent: self.agent.clone(),
+            plugin: self.plugin.clone(),
         }
     }
 }
@@ -320,7 +321,6 @@ impl VmArgs {
 /// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit with
 /// the worst outcome.
 #[allow(clippy::too_many_arguments)]
-            plugin: self.plugin.clone(),
 fn run_matrix(
     cfg: &VmConfig,
     vm: &VmArgs,
@@ -409,6 +409,10 @@ fn print_chain(e: &dyn std::error::Error) {
 }
 
 fn main() -> ExitCode {
+    // Everything the harness and its children create (run directories, logs, results, the
+    // cache) is its owner's only.
+    // SAFETY: umask(2) cannot fail; set before any thread starts.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(if cli.verbose {
@@ -416,10 +420,6 @@ fn main() -> ExitCode {
         } else {
             "warn"
         }))
-    // Everything the harness and its children create (run directories, logs, results, the
-    // cache) is its owner's only.
-    // SAFETY: umask(2) cannot fail; set before any thread starts.
-    unsafe { libc::umask(0o077) };
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -561,13 +561,6 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::ProbeKvm => {
-            return match harness::kvm::probe(std::time::Duration::from_secs(3)) {
-                Ok(()) => {
-                    println!("KVM runs guests here: --accel auto will use it");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
         Cmd::Clean => {
             let r = harness::reclaim_leftovers(&mut rep);
             println!(
@@ -605,6 +598,13 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Cmd::ProbeKvm => {
+            return match harness::kvm::probe(std::time::Duration::from_secs(3)) {
+                Ok(()) => {
+                    println!("KVM runs guests here: --accel auto will use it");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
                     println!("KVM cannot run guests here ({e}): --accel auto will use TCG");
                     ExitCode::from(EXIT_TEST_FAILED)
                 }
