@@ -319,6 +319,79 @@ mod tests {
         assert_eq!(t.counters().file_mappings, 1);
     }
 
+    /// Random map/unmap churn against a model (one entry per IOVA page): every page reads
+    /// its own file page or faults exactly when the model says, and the table never holds
+    /// more extents than the model has runs.
+    #[test]
+    fn random_maps_and_unmaps_agree_with_a_page_model() {
+        const PAGES: u64 = 256;
+        let f = memfd(PAGES * 4096);
+        for p in 0..PAGES {
+            std::os::unix::fs::FileExt::write_all_at(&f, &[p as u8], p * 4096).expect("pwrite");
+        }
+        let mut model: Vec<Option<(u64, bool)>> = vec![None; PAGES as usize];
+        let mut t = DmaTable::default();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..5_000 {
+            let (start, len) = (next(PAGES), 1 + next(8));
+            let len = len.min(PAGES - start);
+            if next(3) == 0 {
+                t.unmap(start * 4096, len * 4096);
+                (start..start + len).for_each(|p| model[p as usize] = None);
+            } else {
+                // Mostly contiguous file pages (so merges happen), sometimes scattered.
+                let file = if next(4) == 0 {
+                    next(PAGES - len)
+                } else {
+                    start
+                };
+                let writable = next(5) != 0;
+                let s = MapSpec {
+                    writable,
+                    ..spec(&f, start * 4096, len * 4096, file * 4096)
+                };
+                t.map(&s).expect("map");
+                for i in 0..len {
+                    model[(start + i) as usize] = Some((file + i, writable));
+                }
+            }
+            for p in 0..PAGES {
+                let mut b = [0u8; 1];
+                let got = t.read(p * 4096 + 7, &mut b).ok().map(|()| b[0]);
+                let want = model[p as usize].map(|(fp, _)| fp as u8);
+                assert_eq!(got, if want.is_some() { Some(0) } else { None }, "page {p}");
+                let mut b = [0u8; 1];
+                let first = t.read(p * 4096, &mut b).ok().map(|()| b[0]);
+                assert_eq!(first, want, "page {p} reads its own file page");
+                let w = model[p as usize].is_some_and(|(_, w)| w);
+                assert_eq!(
+                    t.check(p * 4096, 4096, true).is_ok(),
+                    w,
+                    "page {p} writable"
+                );
+            }
+            let runs = model
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| {
+                    m.is_some()
+                        && (*i == 0 || model[i - 1].is_none_or(|(fp, w)| Some((fp + 1, w)) != **m))
+                })
+                .count();
+            assert!(
+                t.counters().extents <= runs,
+                "extents merge as far as the model's runs"
+            );
+        }
+        assert_eq!(t.counters().mmaps, 1);
+    }
+
     #[test]
     fn bad_maps_are_refused_and_a_read_only_fd_gives_read_only_memory() {
         let f = memfd(0x2000);
