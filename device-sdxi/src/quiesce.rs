@@ -142,3 +142,65 @@ impl Quiesce for SocketWatch {
         fd < 0 || queued(fd).is_none_or(|n| n > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    /// Blocks in recvmsg(2) for one 16-byte message, as the server loop does.
+    fn recv_header(s: &UnixStream) -> bool {
+        let mut b = [0u8; 16];
+        let mut iov = libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid; it points at one live iovec.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: recvmsg into the buffers above.
+        unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_WAITALL) == 16 }
+    }
+
+    #[test]
+    fn quiesce_returns_once_every_message_sent_before_it_was_handled() {
+        let (mut client, server) = UnixStream::pair().expect("socketpair");
+        let watch = Arc::new(SocketWatch::default());
+        let handled = Arc::new(AtomicU64::new(0));
+        let (w, h) = (Arc::clone(&watch), Arc::clone(&handled));
+        let serving = std::thread::spawn(move || {
+            w.serving_thread();
+            while recv_header(&server) {
+                // A slow handler: the waiter must not return before it is done.
+                std::thread::sleep(Duration::from_millis(30));
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // Idle: the serving thread is blocked in recvmsg with nothing queued.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !watch.quiesce(Duration::from_millis(100)) {
+            assert!(
+                Instant::now() < deadline,
+                "an idle server never looked idle"
+            );
+        }
+        assert!(!watch.maybe_pending(), "idle connection known and empty");
+        for round in 1..=3u64 {
+            client.write_all(&[0u8; 16]).expect("send");
+            client.write_all(&[0u8; 16]).expect("send");
+            assert!(watch.maybe_pending(), "bytes queued");
+            assert!(watch.quiesce(Duration::from_secs(5)), "drained in time");
+            assert_eq!(
+                handled.load(Ordering::SeqCst),
+                2 * round,
+                "both handled first"
+            );
+        }
+        drop(client);
+        serving.join().expect("serving thread");
+    }
+}
