@@ -142,10 +142,11 @@ mod server {
             engine.set_memory(Some(Arc::clone(&dma)));
             let (e, d) = (Arc::clone(&engine), Arc::clone(&dma));
             // Every pass first lets maps already sent on the socket land (a mapped doorbell
-            // does not travel behind them).
+            // does not travel behind them), then keeps the table's reader lock from one
+            // access to the next until a map or unmap asks for it.
             let workers = Arc::new(Workers::new(opts.workers, contexts, move |c| {
                 d.settle();
-                e.process(c)
+                d.pass(|| e.process(c))
             }));
             let mapped = match opts.doorbell {
                 DoorbellMode::Trapped => None,

@@ -10,15 +10,17 @@
 //!   transport ([`Quiesce`]) to wait until every message already in the socket has been
 //!   handled; a faulting access is retried once if the table changed meanwhile.
 //! - **No access reaches a range after its unmap was acknowledged**: the table is guarded by a
-//!   big-reader lock (one reader lock per thread shard, all taken by a writer), so an unmap
-//!   returns (and the transport replies) only once every access that could still see the old
-//!   range has finished. An access holds its lock for one copy at most, never while waiting.
+//!   big-reader lock (a reader counts itself in its thread's shard; a writer raises a flag and
+//!   waits until every shard is empty), so an unmap returns (and the transport replies) only
+//!   once every access that could still see the old range has finished.
 //!
-//! The reader side costs one uncontended lock on a cache line of the thread's own shard.
+//! An engine pass ([`DmaSpace::pass`]) keeps its reader count from one access to the next, so an
+//! access costs a flag check and a lookup; a writer's flag makes the pass's next access step
+//! out, and the pass gives the lock up before it waits on anything (the transport, its end).
 
 use crate::dma::{DmaMemory, Fault, MapError, MapSpec};
 use crate::dma_table::{DmaTable, TableCounters};
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -52,22 +54,35 @@ pub struct SpaceCounters {
     pub faults_recovered: AtomicU64,
 }
 
+/// Readers inside one shard (its own cache line).
 #[repr(align(128))]
 #[derive(Debug, Default)]
-struct Shard(RwLock<()>);
+struct Shard(AtomicU64);
+
+thread_local! {
+    /// This thread's shard.
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The space whose reader lock this thread keeps between accesses during a pass (its
+    /// address), and whether it currently holds it.
+    static PASS: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+}
 
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|s| *s)
+    SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        s.get()
+    })
 }
 
 /// The live table.
 #[derive(Debug, Default)]
 pub struct DmaSpace {
     shards: [Shard; SHARDS],
+    /// A writer wants the table: readers leave and wait.
+    writing: AtomicBool,
     writer: Mutex<()>,
     table: UnsafeCell<DmaTable>,
     quiesce: RwLock<Option<Arc<dyn Quiesce>>>,
@@ -75,8 +90,9 @@ pub struct DmaSpace {
     pub counters: SpaceCounters,
 }
 
-// SAFETY: `table` is only reached through `read` (a shard's read lock held: no writer) and
-// `write` (the writer mutex and every shard's write lock held: no reader, no other writer).
+// SAFETY: `table` is only reached through `reading` (counted in a shard while `writing` is
+// clear: no writer) and `writing` (the writer mutex held, `writing` set and every shard's count
+// seen at 0: no reader, no other writer).
 unsafe impl Sync for DmaSpace {}
 
 fn lock_ok<T>(r: Result<T, std::sync::PoisonError<T>>) -> T {
@@ -84,18 +100,94 @@ fn lock_ok<T>(r: Result<T, std::sync::PoisonError<T>>) -> T {
 }
 
 impl DmaSpace {
+    fn id(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Enters this thread's shard as a reader (waiting while a writer works).
+    fn enter(&self) {
+        let s = &self.shards[shard()].0;
+        loop {
+            s.fetch_add(1, Ordering::SeqCst);
+            if !self.writing.load(Ordering::SeqCst) {
+                return;
+            }
+            s.fetch_sub(1, Ordering::SeqCst);
+            while self.writing.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn leave(&self) {
+        self.shards[shard()].0.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Runs `f` with the table read-locked. Inside [`Self::pass`] the lock is kept from one
+    /// access to the next (one check of a flag per access) until a writer asks for it.
     #[inline]
     fn reading<R>(&self, f: impl FnOnce(&DmaTable) -> R) -> R {
-        let _g = lock_ok(self.shards[shard()].0.read());
-        // SAFETY: a shard's read lock is held, so no writer holds the table (see `Sync`).
-        f(unsafe { &*self.table.get() })
+        let (pass, held) = PASS.with(Cell::get);
+        let in_pass = pass == self.id();
+        let mut holding = in_pass && held;
+        if holding && self.writing.load(Ordering::Acquire) {
+            // A writer waits: let it in, then come back as a new reader.
+            self.leave();
+            holding = false;
+        }
+        if !holding {
+            self.enter();
+        }
+        // SAFETY: this thread is counted as a reader, so no writer holds the table (`Sync`).
+        let r = f(unsafe { &*self.table.get() });
+        if in_pass {
+            PASS.with(|p| p.set((pass, true)));
+        } else {
+            self.leave();
+        }
+        r
+    }
+
+    /// Drops a reader lock kept by [`Self::pass`] (before waiting on anything).
+    fn release_pass_lock(&self) {
+        let (pass, held) = PASS.with(Cell::get);
+        if pass == self.id() && held {
+            self.leave();
+            PASS.with(|p| p.set((pass, false)));
+        }
+    }
+
+    /// Runs a pass of the engine on this thread: its accesses keep the reader lock between
+    /// them instead of taking it each time; a writer makes the next access give it up, and the
+    /// pass's end releases it. The pass must not wait for the transport while holding it
+    /// (faulting accesses release it first).
+    pub fn pass<R>(&self, f: impl FnOnce() -> R) -> R {
+        /// Releases the kept lock however the pass ends.
+        struct End<'a>(&'a DmaSpace, (usize, bool));
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.release_pass_lock();
+                PASS.with(|p| p.set(self.1));
+            }
+        }
+        let _end = End(self, PASS.with(|p| p.replace((self.id(), false))));
+        f()
     }
 
     fn writing<R>(&self, f: impl FnOnce(&mut DmaTable) -> R) -> R {
         let _w = lock_ok(self.writer.lock());
-        let _all: Vec<_> = self.shards.iter().map(|s| lock_ok(s.0.write())).collect();
-        // SAFETY: every shard's write lock is held: no reader and no other writer.
-        f(unsafe { &mut *self.table.get() })
+        self.release_pass_lock();
+        self.writing.store(true, Ordering::SeqCst);
+        for s in &self.shards {
+            while s.0.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: `writing` is set and no shard counts a reader: no reader and, with the
+        // writer mutex, no other writer (see `Sync`).
+        let r = f(unsafe { &mut *self.table.get() });
+        self.writing.store(false, Ordering::Release);
+        r
     }
 
     /// The transport this space waits for (None: no transport, e.g. tests).
@@ -200,6 +292,8 @@ impl DmaSpace {
                     return Err(fault);
                 };
                 self.counters.fault_rechecks.fetch_add(1, Ordering::Relaxed);
+                // Never wait for the transport with the table locked: it may be unmapping.
+                self.release_pass_lock();
                 q.quiesce(QUIESCE_LIMIT);
                 let r = self.reading(&mut f);
                 if r.is_ok() {
@@ -291,6 +385,42 @@ mod tests {
         assert_eq!(space.counters.faults_recovered.load(Ordering::Relaxed), 1);
         assert!(space.write(0x9000, b"no").is_err(), "still a fault");
         assert_eq!(space.counters.fault_rechecks.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_pass_keeps_the_lock_between_accesses_until_an_unmap_asks_for_it() {
+        let f = memfd(1 << 20);
+        let space = Arc::new(DmaSpace::default());
+        space.map(&spec(&f, 0, 1 << 20)).expect("map");
+        let (tx, rx) = mpsc::channel();
+        let s = Arc::clone(&space);
+        let pass = std::thread::spawn(move || {
+            s.pass(|| {
+                let mut ok = 0u32;
+                // Engine work between accesses; the lock stays with the pass meanwhile.
+                while s.write(0x100, &[1]).is_ok() && ok < 100_000 {
+                    ok += 1;
+                    if ok == 10 {
+                        let _ = tx.send(());
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                ok
+            })
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("pass running");
+        let t = std::time::Instant::now();
+        space.unmap(0, 1 << 20);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the pass gave the lock up"
+        );
+        let accesses = pass.join().expect("pass");
+        assert!(accesses < 100_000, "the pass saw the unmap");
+        // The pass ended: its lock is released, so a later writer does not wait for it.
+        space.map(&spec(&f, 0, 4096)).expect("map again");
+        assert!(space.read(0, &mut [0u8; 1]).is_ok());
     }
 
     #[test]

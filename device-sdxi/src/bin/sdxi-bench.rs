@@ -114,12 +114,12 @@ fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> (f64, f64) {
     }
     e.mmio_write(device_sdxi::regs::MMIO_CXT_L2, &drv.l2.to_le_bytes());
     e.mmio_write(device_sdxi::regs::MMIO_CTL0, &3u64.to_le_bytes());
-    let pass = Arc::clone(&e);
+    let (pass, space) = (Arc::clone(&e), Arc::clone(&ram));
     let (done_tx, done) = std::sync::mpsc::channel::<u16>();
     let done_tx = std::sync::Mutex::new(done_tx);
     let workers = (contexts > 1).then(|| {
         Workers::new(usize::from(contexts), usize::from(contexts) + 1, move |c| {
-            let kicks = pass.process(c);
+            let kicks = space.pass(|| pass.process(c));
             let _ = done_tx.lock().map(|t| t.send(c));
             kicks
         })
@@ -147,7 +147,7 @@ fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> (f64, f64) {
         let t = Instant::now();
         match &workers {
             None => {
-                e.process(1);
+                ram.pass(|| e.process(1));
             }
             Some(w) => {
                 (1..=contexts).for_each(|c| w.kick(c));
