@@ -15,7 +15,8 @@ pub fn mmio_sequence(data: &[u8]) {
     let pick = |i: usize| head.get(i).copied().unwrap_or(0);
     let cfg = ChmuConfig {
         instances: pick(0) % 16 + 1,
-        hotlist_size: u16::from_le_bytes([pick(1), pick(2)]),
+        // Up to 8191 entries: a window of 16 such hotlists is already an 8 MiB BAR.
+        hotlist_size: u16::from_le_bytes([pick(1), pick(2)]) % 8192,
         hotlist_window: (pick(3) & 1 != 0).then_some(CHMU_HOTLIST_WINDOW),
         capacity: 1 << (28 + (pick(3) >> 2) % 8),
         ..ChmuConfig::default()
