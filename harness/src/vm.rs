@@ -572,14 +572,14 @@ impl Vm {
         let node1 = cfg
             .node1_range()
             .map_err(|e| VmError::Protocol(e.to_string()))?;
-        let sock = private_dir(&std::env::temp_dir(), crate::private_dir::SOCKETS)?;
-        let shm = Path::new("/dev/shm");
-        let tmp = std::env::temp_dir();
         // Every boot first reclaims what killed runs left (callers that report progress have
         // done so already; this covers every other way in).
         for (dir, strays) in crate::private_dir::reclaim_stale().removed {
             info!(dir = %dir.display(), ?strays, "removed what a killed run left behind");
         }
+        let sock = private_dir(&std::env::temp_dir(), crate::private_dir::SOCKETS)?;
+        let shm = Path::new("/dev/shm");
+        let tmp = std::env::temp_dir();
         let ram = private_dir(
             if shm.is_dir() { shm } else { &tmp },
             crate::private_dir::RAM,
