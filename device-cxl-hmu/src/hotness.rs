@@ -1,4 +1,4 @@
-//! The CHMU's counting and reporting (CXL 3.2 CHMU operation, digest B.2/B.4): accesses in, hot
+//! The CHMU's counting and reporting (CXL 3.2 §8.2.8, the CHMU's theory of operation): accesses in, hot
 //! units out through each instance's hotlist ring. No I/O: the server feeds it records (from
 //! the TCG plugin or a trace) and raises the vectors it returns.
 //!

@@ -235,7 +235,7 @@ mod tests {
         !clear(u64::MAX)
     }
 
-    // Oracle: positions written from the spec tables (digest B.1/B.2), not from the code.
+    // Oracle: positions written from the spec tables (CXL 3.2 §8.1.9 and §8.2.8), not from the code.
     #[test]
     fn register_locator_entry_fields() {
         let f = |c: fn(RegLocLow) -> RegLocLow| !u32::from(c(RegLocLow::from(u32::MAX)));

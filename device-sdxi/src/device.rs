@@ -10,7 +10,7 @@ use crate::pci::{
 };
 use crate::regs;
 
-/// Builds the SDXi function's configuration space (digest A.1).
+/// Builds the SDXi function's configuration space (class code 0x120100, SNIA SDXi v1.0a PCIe function).
 pub fn config_space(cfg: &SdxiConfig) -> Result<ConfigSpace, ConfigError> {
     Ok(ConfigSpaceBuilder::new(
         regs::EMU_VENDOR_ID,

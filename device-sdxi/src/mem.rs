@@ -1,9 +1,10 @@
-//! SDXi 1.0 in-memory structures (digest A.5-A.10): context tables (L2, L1), context control
+//! SDXi 1.0 in-memory structures (SNIA SDXi Specification v1.0a, the context-level and
+//! descriptor chapters; cross-checked with Linux `drivers/dma/sdxi/hw.h` of AMD's SDXi series): context tables (L2, L1), context control
 //! and status, AKey entries, descriptors, completion status blocks and error-log entries.
 //!
 //! Every structure is `#[repr(C)]` with little-endian fields, pinned by size asserts, named
 //! after the spec structure; one definition shared by the device model and the guest driver.
-//! Readings chosen where the digest marks a fact unconfirmed, kept here:
+//! Readings chosen where the public sources leave a fact open, kept here:
 //! - L1/L2 indexing: L1 index = id & 0x7f, L2 index = id >> 7 (128-entry L1 tables);
 //! - CXT_UPD / AKEY_UPD / FN_UPD bodies share SYNC's range layout;
 //! - CST_BLK.signal is decremented atomically (a CSB may count several descriptors);
@@ -422,7 +423,7 @@ mod tests {
     use super::*;
     use std::mem::offset_of;
 
-    // Oracle: byte offsets and bit positions from the digest's tables, written out here.
+    // Oracle: byte offsets and bit positions from the spec's tables, written out here.
     #[test]
     fn field_offsets_match_spec_tables() {
         assert_eq!(offset_of!(CxtL1Ent, akey_ptr), 8);

@@ -1,5 +1,5 @@
-//! The memory a migration moves, and the kernel interfaces it is moved with (the method of
-//! vm-facts section 9):
+//! The memory a migration moves, and the kernel interfaces it is moved with (memfd_create(2), mbind(2),
+//! mmap(2) `MAP_FIXED`, userfaultfd(2) write-protect mode):
 //!
 //! - [`Pool`]: a memfd (shmem, or hugetlbfs for 2 MiB folios) whose pages are allocated on one
 //!   NUMA node, mapped once as a "view" the copy engines read and write (and that is mapped

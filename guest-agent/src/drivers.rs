@@ -31,7 +31,7 @@ fn facts(dev: &VfioDevice) -> Result<VfioFacts, VfioError> {
     })
 }
 
-/// Reads the SDXi function's identity registers (digest A.2) through the BAR0 mmap.
+/// Reads the SDXi function's identity registers (SNIA SDXi v1.0a MMIO register map) through the BAR0 mmap.
 pub fn probe_sdxi(bdf: &str) -> Result<SdxiIdentity, DriverError> {
     crate::vfio::bind_vfio_pci(bdf)?;
     let dev = VfioDevice::open(bdf)?;
@@ -55,8 +55,8 @@ pub fn probe_sdxi(bdf: &str) -> Result<SdxiIdentity, DriverError> {
     })
 }
 
-/// Finds the CHMU through the Register Locator DVSEC and reads its capabilities (digest B.1,
-/// B.2), and the monitored range from DVSEC 0 Range 1.
+/// Finds the CHMU through the Register Locator DVSEC and reads its capabilities (CXL 3.2
+/// §8.1.9, §8.2.8), and the monitored range from DVSEC 0 Range 1.
 pub fn probe_chmu(bdf: &str) -> Result<ChmuIdentity, DriverError> {
     crate::vfio::bind_vfio_pci(bdf)?;
     let dev = VfioDevice::open(bdf)?;
