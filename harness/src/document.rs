@@ -4,7 +4,7 @@
 //! distribution per engine, and benchmark throughput by engine x folio size x batch size.
 
 use crate::plots;
-use crate::RunResult;
+use crate::report::RunResult;
 use guest_agent::spec::{BenchReport, EngineKind, MigrateReport};
 use std::path::Path;
 

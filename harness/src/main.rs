@@ -74,7 +74,7 @@ enum Cmd {
         jobs: Option<usize>,
         /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
         #[arg(long, value_name = "K/N")]
-        shard: Option<harness::report::Shard>,
+        shard: Option<harness::matrix::Shard>,
         /// Also write the outcomes as JUnit XML to this file.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
@@ -692,14 +692,14 @@ fn main() -> ExitCode {
             results,
             json,
         } => {
-            let scenarios = match harness::report::expand_dirs(scenarios) {
+            let scenarios = match harness::matrix::expand_dirs(scenarios) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let selected = harness::report::select(&scenarios, *shard);
+            let selected = harness::matrix::select(&scenarios, *shard);
             if selected.len() != 1 || junit.is_some() || scenario_timeout.is_some() {
                 vm.apply(&mut cfg);
                 return run_matrix(

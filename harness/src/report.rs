@@ -1,77 +1,88 @@
-//! Running several scenarios (a matrix), sharding it across CI machines, and reporting the
-//! outcomes as JUnit XML for CI systems.
+//! What a run reports: [`RunResult`] (`result.json`, schema in `harness/RESULTS.md`) with
+//! its human summary, a matrix's [`Outcome`]s, and those outcomes as JUnit XML for CI
+//! systems. The Markdown/HTML report with plots is [`crate::document`].
 
-use crate::RunResult;
+use crate::{migration, scenario, vm};
+use guest_agent::protocol::Inventory;
+use serde::Serialize;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
-/// `--shard K/N`: this machine runs the scenarios whose position (sorted by name) is K-1
-/// modulo N, so a CI system's own job matrix can spread a scenario set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub k: usize,
-    pub n: usize,
+/// Version of the result JSON schema (`result.json`); bumped on incompatible changes.
+pub const RESULT_SCHEMA_VERSION: u32 = 1;
+
+/// Timings of a run, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub provision_s: f64,
+    pub boot_to_agent_s: f64,
+    pub scenario_s: f64,
+    pub shutdown_s: f64,
+    pub total_s: f64,
 }
 
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (k, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("shard {s:?} is not K/N"))?;
-        let k: usize = k
-            .parse()
-            .map_err(|_| format!("shard {s:?}: K is not a number"))?;
-        let n: usize = n
-            .parse()
-            .map_err(|_| format!("shard {s:?}: N is not a number"))?;
-        if n == 0 || k == 0 || k > n {
-            return Err(format!("shard {s:?}: need 1 <= K <= N"));
-        }
-        Ok(Self { k, n })
-    }
+/// The result of one scenario run (`result.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub schema_version: u32,
+    pub scenario: String,
+    pub passed: bool,
+    pub checks: Vec<scenario::Check>,
+    pub accel: vm::AccelChoice,
+    pub timings: Timings,
+    pub qemu: String,
+    pub kernel: String,
+    pub kernel_package_version: String,
+    pub download_bytes: u64,
+    pub inventory: Inventory,
+    /// The guest SDXi driver's report (sdxi-copy scenario).
+    pub sdxi_copy: Option<guest_agent::protocol::SdxiCopyReport>,
+    /// The guest CHMU driver's report (chmu-hot scenario).
+    pub chmu_hot: Option<guest_agent::protocol::ChmuHotReport>,
+    /// Each migration run: the migrator's report and the harness's own check of every
+    /// promoted folio through the guest-RAM files (migration scenarios).
+    pub migrate: Vec<migration::MigrateRun>,
+    /// The copy benchmark's report (benchmark scenarios).
+    pub bench: Option<guest_agent::spec::BenchReport>,
+    pub teardown: vm::Teardown,
+    pub run_dir: PathBuf,
 }
 
-/// Replaces each argument that is a directory by the scenario files (`*.toml`) in it, sorted.
-pub fn expand_dirs(args: &[String]) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for a in args {
-        let p = std::path::Path::new(a);
-        if !p.is_dir() {
-            out.push(a.clone());
-            continue;
+impl RunResult {
+    /// A short human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "scenario {}: {}\n  accel {} ({}), {}, kernel {}\n  boot to agent {:.1}s, scenario {:.1}s, total {:.1}s\n",
+            self.scenario,
+            if self.passed { "PASSED" } else { "FAILED" },
+            self.accel.accel,
+            self.accel.reason,
+            self.qemu,
+            self.kernel,
+            self.timings.boot_to_agent_s,
+            self.timings.scenario_s,
+            self.timings.total_s,
+        );
+        for m in &self.migrate {
+            s.push_str(&format!("  run {}:\n", m.name));
+            s.push_str(&migration::migrate_summary(&m.report));
         }
-        let rd =
-            std::fs::read_dir(p).map_err(|e| format!("reading scenario directory {a}: {e}"))?;
-        let mut files: Vec<String> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|f| f.extension().is_some_and(|x| x == "toml"))
-            .map(|f| f.to_string_lossy().into_owned())
-            .collect();
-        if files.is_empty() {
-            return Err(format!(
-                "scenario directory {a} holds no *.toml scenario files"
+        if let Some(b) = &self.bench {
+            s.push_str(&migration::bench_summary(b));
+        }
+        for c in &self.checks {
+            s.push_str(&format!(
+                "  [{}] {:<26} {}\n",
+                if c.passed { " ok " } else { "FAIL" },
+                c.name,
+                c.detail
             ));
         }
-        files.sort();
-        out.extend(files);
-    }
-    Ok(out)
-}
-
-/// The scenarios this shard runs, in a stable order (sorted, duplicates removed).
-pub fn select(scenarios: &[String], shard: Option<Shard>) -> Vec<String> {
-    let mut all: Vec<String> = scenarios.to_vec();
-    all.sort();
-    all.dedup();
-    match shard {
-        None => all,
-        Some(s) => all
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % s.n == s.k - 1)
-            .map(|(_, n)| n)
-            .collect(),
+        s.push_str(&format!(
+            "  results and logs: {} (report.md / report.html with plots)\n",
+            self.run_dir.display()
+        ));
+        s
     }
 }
 
@@ -178,7 +189,7 @@ pub(crate) mod tests {
 
     fn result(name: &str, checks: Vec<(&str, bool)>) -> RunResult {
         RunResult {
-            schema_version: crate::RESULT_SCHEMA_VERSION,
+            schema_version: RESULT_SCHEMA_VERSION,
             scenario: name.into(),
             passed: checks.iter().all(|c| c.1),
             checks: checks
@@ -193,7 +204,7 @@ pub(crate) mod tests {
                 accel: "tcg",
                 reason: "test".into(),
             },
-            timings: crate::Timings::default(),
+            timings: Timings::default(),
             qemu: String::new(),
             kernel: String::new(),
             kernel_package_version: String::new(),
@@ -205,47 +216,6 @@ pub(crate) mod tests {
             bench: None,
             teardown: Default::default(),
             run_dir: "/tmp/run".into(),
-        }
-    }
-
-    #[test]
-    fn directories_expand_to_their_scenario_files() {
-        let d = std::env::temp_dir().join(format!("tierbed-dirs-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("dir");
-        for f in ["b.toml", "a.toml", "notes.txt"] {
-            std::fs::write(d.join(f), "").expect("file");
-        }
-        let ds = d.to_string_lossy().into_owned();
-        let got = expand_dirs(&["inventory".into(), ds.clone()]).expect("expand");
-        assert_eq!(
-            got,
-            vec![
-                "inventory".to_owned(),
-                format!("{ds}/a.toml"),
-                format!("{ds}/b.toml")
-            ]
-        );
-        std::fs::remove_file(d.join("a.toml")).ok();
-        std::fs::remove_file(d.join("b.toml")).ok();
-        assert!(expand_dirs(&[ds]).expect_err("empty").contains("no *.toml"));
-        std::fs::remove_dir_all(d).ok();
-    }
-
-    #[test]
-    fn shards_partition_the_sorted_scenarios() {
-        let s: Vec<String> = ["c", "a", "d", "b", "a", "e"]
-            .iter()
-            .map(|x| (*x).to_owned())
-            .collect();
-        let parts: Vec<Vec<String>> = (1..=2)
-            .map(|k| select(&s, Some(Shard { k, n: 2 })))
-            .collect();
-        assert_eq!(parts[0], vec!["a", "c", "e"]);
-        assert_eq!(parts[1], vec!["b", "d"]);
-        assert_eq!(select(&s, None).len(), 5);
-        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { k: 2, n: 3 }));
-        for bad in ["0/2", "3/2", "1/0", "x/2", "2"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
     }
 

@@ -43,7 +43,7 @@ impl Session {
         interrupted: Arc<AtomicBool>,
         progress: &mut dyn Progress,
     ) -> Result<Self, RunError> {
-        let (tools, imgs) = crate::provision(cfg, paths, false, progress)?;
+        let (tools, imgs) = crate::provision::provision(cfg, paths, false, progress)?;
         let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
         let run = RunDir::create(dir).map_err(|e| RunError::Vm(e, dir.to_owned()))?;
         let vm = Vm::start_with(

@@ -1,0 +1,192 @@
+//! `harness bringup`: boot the test bed with both devices attached and unclaimed, load the
+//! user's kernel modules (built for the guest kernel if asked), run their script or attach
+//! an interactive console, and return what the guest reported.
+
+use crate::config::{self, VmConfig};
+use crate::provision::{provision, reclaim_leftovers};
+use crate::{console, vm, RunError, ToolPaths};
+use images::Progress;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Driver bring-up: the user's modules (loaded in order, with parameters) and script, with
+/// both devices attached and unclaimed.
+#[derive(Clone, Debug, Default)]
+pub struct BringupSpec {
+    /// Kbuild trees to build for the guest kernel first (their modules load first, in
+    /// dependency order); subdirectories are kept, see [`images::kbuild::build_module`].
+    pub build: Vec<PathBuf>,
+    /// (module file, parameters) in load order; `.ko`, `.ko.xz` or `.ko.zst`.
+    pub modules: Vec<(PathBuf, String)>,
+    pub script: Option<PathBuf>,
+    /// Boot this kernel instead (an uncompressed `vmlinux` or a `bzImage`).
+    pub kernel: Option<PathBuf>,
+    /// Module tree matching `kernel` (…/lib/modules/RELEASE), for the modules the test bed
+    /// itself loads (vfio, uio) and for `--build-module` nothing else is needed.
+    pub modules_dir: Option<PathBuf>,
+    /// An interactive shell on the guest console instead of a script.
+    pub console: bool,
+}
+
+/// What happened in a bring-up run (`bringup.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct BringupReport {
+    /// `ok NAME` or `failed NAME: message`, in load order.
+    pub modules: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub teardown: vm::Teardown,
+    pub run_dir: PathBuf,
+}
+
+impl BringupReport {
+    /// The script's exit code, or 1 if a module failed to load, else 0.
+    pub fn status(&self) -> i32 {
+        if self.modules.iter().any(|m| !m.starts_with("ok ")) {
+            return 1;
+        }
+        self.exit_code.unwrap_or(0)
+    }
+}
+
+/// Boots the test bed in bring-up mode and returns what the guest reported.
+pub fn bringup(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    spec: &BringupSpec,
+    results_dir: Option<&Path>,
+    interrupted: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<BringupReport, RunError> {
+    if spec.kernel.is_some() && !spec.build.is_empty() {
+        return Err(config::ConfigError::Invalid(
+            "--build-module builds for the provisioned Debian kernel; with --kernel-image build the module yourself and pass --module".into(),
+        )
+        .into());
+    }
+    let (tools, mut imgs) = provision(cfg, paths, false, progress)?;
+    // The initramfs for the user's kernel, kept in memory (nothing per run in the cache).
+    let mut custom_initramfs = None;
+    if let Some(k) = &spec.kernel {
+        progress.step(&format!("using the kernel {}", k.display()));
+        let base_modules = match &spec.modules_dir {
+            Some(d) => images::kernel::ModuleIndex::scan(d)?.resolve(&images::default_modules())?,
+            None => Vec::new(),
+        };
+        let busybox =
+            std::fs::read(&imgs.busybox).map_err(|e| RunError::Results(imgs.busybox.clone(), e))?;
+        let agent =
+            std::fs::read(&tools.agent).map_err(|e| RunError::Results(tools.agent.clone(), e))?;
+        custom_initramfs = Some(images::initramfs::build(&busybox, &agent, &base_modules));
+        imgs.kernel.vmlinux = k.clone();
+        if let Some(d) = &spec.modules_dir {
+            imgs.kernel.modules_dir = d.clone();
+        }
+        imgs.modules = base_modules.into_iter().map(|(n, _)| n).collect();
+    }
+    let mut all: Vec<(PathBuf, String)> = Vec::new();
+    if !spec.build.is_empty() {
+        let root = images::kbuild::build_root(&cfg.cache_dir, &imgs.kernel.release, progress)?;
+        for dir in &spec.build {
+            for ko in images::kbuild::build_module(&root, &imgs.kernel.release, dir, progress)? {
+                all.push((ko, String::new()));
+            }
+        }
+    }
+    all.extend(spec.modules.iter().cloned());
+    let mut mods = Vec::new();
+    for (p, params) in &all {
+        let name = images::kernel::module_name(p).ok_or_else(|| {
+            config::ConfigError::Invalid(format!("--module {}: not a .ko file", p.display()))
+        })?;
+        let data = images::kernel::read_module(p)?;
+        mods.push((name, params.clone(), data));
+    }
+    let script = match &spec.script {
+        Some(p) => Some(std::fs::read(p).map_err(|e| config::ConfigError::Read(p.clone(), e))?),
+        None => None,
+    };
+    let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
+    reclaim_leftovers(progress);
+    let base = results_dir.map_or_else(|| cfg.cache_dir.join("runs"), Path::to_owned);
+    let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
+    let vm_err = |e| RunError::Vm(e, run.dir.clone());
+    let initrd = run.path("initrd-bringup.cpio");
+    let mut bytes = match custom_initramfs {
+        Some(b) => b,
+        None => std::fs::read(&imgs.initramfs)
+            .map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?,
+    };
+    bytes.extend(images::initramfs::bringup_archive(
+        &mods,
+        script.as_deref(),
+        spec.console,
+    ));
+    vm::private_file(&initrd)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .map_err(|e| RunError::Results(initrd.clone(), e))?;
+    progress.step(&format!(
+        "booting for driver bring-up ({} modules, accel {})",
+        mods.len(),
+        accel.accel
+    ));
+    let boot = vm::Boot::Bringup {
+        initrd,
+        console: spec.console,
+    };
+    let mut vm = vm::Vm::start_with(cfg, &boot, &imgs, &tools, accel.accel, &run, interrupted)
+        .map_err(vm_err)?;
+    if let Some(con) = vm.take_console() {
+        progress.step("guest console attached (Ctrl-] leaves)");
+        let ended =
+            console::attach(con).map_err(|e| RunError::Results(run.path("console.log"), e))?;
+        if ended == console::Ended::Detached {
+            vm.kill_child("qemu");
+        }
+        let teardown = vm
+            .finish(Duration::from_secs(cfg.request_timeout_s))
+            .map_err(vm_err)?;
+        return Ok(BringupReport {
+            modules: Vec::new(),
+            exit_code: None,
+            output: String::new(),
+            teardown,
+            run_dir: run.dir.clone(),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_s + cfg.request_timeout_s);
+    let (modules, exit_code, output) = match vm
+        .next_message(deadline, "the bring-up report")
+        .map_err(vm_err)?
+    {
+        guest_agent::protocol::AgentMessage::Bringup {
+            modules,
+            exit_code,
+            output,
+            ..
+        } => (modules, exit_code, output),
+        other => {
+            return Err(vm_err(vm::VmError::Protocol(format!(
+                "expected a bring-up report, got {other:?}"
+            ))))
+        }
+    };
+    let teardown = vm
+        .finish(Duration::from_secs(cfg.request_timeout_s))
+        .map_err(vm_err)?;
+    let report = BringupReport {
+        modules,
+        exit_code,
+        output,
+        teardown,
+        run_dir: run.dir.clone(),
+    };
+    let path = run.path("bringup.json");
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| RunError::Results(path.clone(), e.into()))?;
+    std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
+    Ok(report)
+}
