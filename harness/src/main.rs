@@ -1,9 +1,13 @@
-//! `harness`: the test bed's command line.
+//! `harness`: the test bed's command line. Each subcommand is a clap struct with its own
+//! `run`; they call the library ([`harness::execute`], [`harness::bringup`], ...) and turn
+//! its result into output and an exit code. Flags shared by every command that boots the
+//! test bed are [`VmArgs`].
 
 use clap::{Args, Parser, Subcommand};
 use harness::config::{Accel, VmConfig};
+use harness::report::Outcome;
 use harness::{Progress, Reporter, ToolPaths};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -54,121 +58,24 @@ struct Cli {
 enum Cmd {
     /// Provision images only: QEMU with vfio-user-pci, the guest kernel, busybox, the guest
     /// agent and the initramfs. Idempotent; a second run reuses the cache offline.
-    Provision {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// Re-resolve package versions even when cached.
-        #[arg(long)]
-        refresh: bool,
-    },
+    Provision(ProvisionCmd),
     /// Boot the test bed and run one scenario; writes result.json and logs to a run directory.
-    Run {
-        /// Scenarios to run, one after another: built-in names (see `harness scenarios`),
-        /// scenario files (`*.toml` with a `[migrate]` or `[bench]` table, or `[[runs]]`; see
-        /// harness/scenarios/ for annotated examples) or directories of scenario files.
-        #[arg(default_value = harness::scenario::DEFAULT)]
-        scenarios: Vec<String>,
-        /// Scenarios run at once [default: one per two cores, so 1 on a 2-core machine]; each
-        /// VM is independent (own sockets, guest-RAM files, run directory).
-        #[arg(long, short = 'j', value_name = "N")]
-        jobs: Option<usize>,
-        /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
-        #[arg(long, value_name = "K/N")]
-        shard: Option<harness::matrix::Shard>,
-        /// Also write the outcomes as JUnit XML to this file.
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Time limit per scenario, in seconds (provisioning included).
-        #[arg(long, value_name = "S")]
-        scenario_timeout: Option<u64>,
-        #[command(flatten)]
-        vm: VmArgs,
-        /// Directory for run directories [default: <cache>/runs].
-        #[arg(long, value_name = "DIR")]
-        results: Option<PathBuf>,
-        /// Print the result JSON on stdout instead of the summary.
-        #[arg(long)]
-        json: bool,
-    },
+    Run(RunCmd),
     /// The main job: provision if needed, boot, run the default scenario, print a summary.
-    Demo {
-        #[command(flatten)]
-        vm: VmArgs,
-    },
+    Demo(DemoCmd),
     /// Driver bring-up: boot with both devices attached and unclaimed, load your kernel
     /// modules in order, run your script in the guest, and get its output and exit code back
     /// (the command exits with it).
-    Bringup {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// A kernel module to load (.ko, .ko.xz, .ko.zst), optionally `PATH:param=value ...`;
-        /// repeatable, loaded in the order given.
-        #[arg(long = "module", value_name = "PATH[:PARAMS]")]
-        modules: Vec<String>,
-        /// Build this out-of-tree module tree (a Kbuild directory) for the guest kernel with its
-        /// Debian headers and gcc-14 in a private root, then load its modules, dependencies
-        /// first (before the --module ones); repeatable. The whole tree is copied with its
-        /// subdirectories (build outputs left out) and built at its top, so its Kbuild picks
-        /// the subdirectories (e.g. a tree mirroring drivers/dma with `obj-m += sdxi/` at the
-        /// top, whose sources include `../dmaengine.h`).
-        #[arg(long = "build-module", value_name = "DIR")]
-        build_modules: Vec<PathBuf>,
-        /// Boot your own kernel (an uncompressed vmlinux with PVH, or a bzImage) instead of the
-        /// provisioned Debian one.
-        #[arg(long = "kernel-image", value_name = "PATH")]
-        kernel_image: Option<PathBuf>,
-        /// Module tree of that kernel (…/lib/modules/RELEASE): the test bed loads vfio and uio
-        /// from it.
-        #[arg(long, value_name = "DIR", requires = "kernel_image")]
-        modules_dir: Option<PathBuf>,
-        /// A shell script to run in the guest (busybox sh) after the modules are loaded.
-        #[arg(long, value_name = "SCRIPT", conflicts_with = "console")]
-        run: Option<PathBuf>,
-        /// An interactive shell on the guest console instead of a script (standard input and
-        /// output; Ctrl-C goes to the guest, Ctrl-] leaves, `exit` powers the guest off).
-        #[arg(long)]
-        console: bool,
-        /// Put the virtual IOMMU in front of the devices (driver DMA addresses are IOVAs) or not
-        /// (guest-physical).
-        #[arg(long, value_enum, default_value = "on")]
-        iommu: OnOff,
-        /// Turn the CHMU's access feed on: the chmu-tap TCG plugin sends the guest's accesses to
-        /// node 1 to the CHMU (one in --chmu-sample, seeded by --seed), so your own driver and
-        /// workload see a working hotlist.
-        #[arg(long)]
-        chmu_feed: bool,
-        /// Directory for the run directory [default: <cache>/runs].
-        #[arg(long, value_name = "DIR")]
-        results: Option<PathBuf>,
-    },
+    Bringup(BringupCmd),
     /// List the built-in scenarios.
     Scenarios,
     /// Ask a running test bed's device servers for their state or counters (function state,
     /// registers by name, fault plan; CHMU instance configuration and hotlist fill).
-    Inspect {
-        /// Control-socket directory of the test bed (default: the only one running).
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// Which device.
-        #[arg(long, value_enum, default_value = "sdxi")]
-        device: InspectDevice,
-        /// What to ask: state or counters.
-        #[arg(long, default_value = "state")]
-        what: String,
-    },
+    Inspect(InspectCmd),
     /// Measure the chmu-tap TCG plugin's overhead: the same boot with the tap off and on,
     /// alternating, in one run, and after each boot a memory-bound loop on node 1 timed by
     /// the guest.
-    BenchTap {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// Boots per variant.
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-        /// Sample one in this many guest memory accesses.
-        #[arg(long, default_value_t = 8)]
-        sample: u64,
-    },
+    BenchTap(BenchTapCmd),
     /// Report whether KVM can run guests here (the probe `--accel auto` uses).
     ProbeKvm,
     /// Remove what runs killed before their cleanup (SIGKILL, a CI timeout) left behind: this
@@ -178,11 +85,137 @@ enum Cmd {
     /// Install the harness and its helpers (device servers, static guest agent, chmu-tap
     /// plugin) into a prefix, from a source checkout: PREFIX/bin and PREFIX/lib/tierbed.
     /// The installed harness runs without the sources or cargo.
-    Install {
-        /// Install prefix (e.g. ~/.local or /usr/local).
-        #[arg(long, value_name = "DIR")]
-        prefix: PathBuf,
-    },
+    Install(InstallCmd),
+}
+
+/// What every command gets: the configuration (file, then `--cache-dir`), the progress
+/// reporter and the flag Ctrl-C (SIGINT, SIGTERM) sets.
+struct Ctx {
+    cfg: VmConfig,
+    rep: Reporter,
+    interrupted: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Args)]
+struct ProvisionCmd {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Re-resolve package versions even when cached.
+    #[arg(long)]
+    refresh: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunCmd {
+    /// Scenarios to run, one after another: built-in names (see `harness scenarios`),
+    /// scenario files (`*.toml` with a `[migrate]` or `[bench]` table, or `[[runs]]`; see
+    /// harness/scenarios/ for annotated examples) or directories of scenario files.
+    #[arg(default_value = harness::scenario::DEFAULT)]
+    scenarios: Vec<String>,
+    /// Scenarios run at once [default: one per two cores, so 1 on a 2-core machine]; each
+    /// VM is independent (own sockets, guest-RAM files, run directory).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Run only shard K of N of the (sorted) scenarios, for a CI system's job matrix.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<harness::matrix::Shard>,
+    /// Also write the outcomes as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Time limit per scenario, in seconds (provisioning included).
+    #[arg(long, value_name = "S")]
+    scenario_timeout: Option<u64>,
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Directory for run directories [default: <cache>/runs].
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+    /// Print the result JSON on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoCmd {
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Args)]
+struct BringupCmd {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// A kernel module to load (.ko, .ko.xz, .ko.zst), optionally `PATH:param=value ...`;
+    /// repeatable, loaded in the order given.
+    #[arg(long = "module", value_name = "PATH[:PARAMS]")]
+    modules: Vec<String>,
+    /// Build this out-of-tree module tree (a Kbuild directory) for the guest kernel with its
+    /// Debian headers and gcc-14 in a private root, then load its modules, dependencies
+    /// first (before the --module ones); repeatable. The whole tree is copied with its
+    /// subdirectories (build outputs left out) and built at its top, so its Kbuild picks
+    /// the subdirectories (e.g. a tree mirroring drivers/dma with `obj-m += sdxi/` at the
+    /// top, whose sources include `../dmaengine.h`).
+    #[arg(long = "build-module", value_name = "DIR")]
+    build_modules: Vec<PathBuf>,
+    /// Boot your own kernel (an uncompressed vmlinux with PVH, or a bzImage) instead of the
+    /// provisioned Debian one.
+    #[arg(long = "kernel-image", value_name = "PATH")]
+    kernel_image: Option<PathBuf>,
+    /// Module tree of that kernel (…/lib/modules/RELEASE): the test bed loads vfio and uio
+    /// from it.
+    #[arg(long, value_name = "DIR", requires = "kernel_image")]
+    modules_dir: Option<PathBuf>,
+    /// A shell script to run in the guest (busybox sh) after the modules are loaded.
+    #[arg(long, value_name = "SCRIPT", conflicts_with = "console")]
+    run: Option<PathBuf>,
+    /// An interactive shell on the guest console instead of a script (standard input and
+    /// output; Ctrl-C goes to the guest, Ctrl-] leaves, `exit` powers the guest off).
+    #[arg(long)]
+    console: bool,
+    /// Put the virtual IOMMU in front of the devices (driver DMA addresses are IOVAs) or not
+    /// (guest-physical).
+    #[arg(long, value_enum, default_value = "on")]
+    iommu: OnOff,
+    /// Turn the CHMU's access feed on: the chmu-tap TCG plugin sends the guest's accesses to
+    /// node 1 to the CHMU (one in --chmu-sample, seeded by --seed), so your own driver and
+    /// workload see a working hotlist.
+    #[arg(long)]
+    chmu_feed: bool,
+    /// Directory for the run directory [default: <cache>/runs].
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InspectCmd {
+    /// Control-socket directory of the test bed (default: the only one running).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Which device.
+    #[arg(long, value_enum, default_value = "sdxi")]
+    device: InspectDevice,
+    /// What to ask: state or counters.
+    #[arg(long, default_value = "state")]
+    what: String,
+}
+
+#[derive(Debug, Args)]
+struct BenchTapCmd {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Boots per variant.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Sample one in this many guest memory accesses.
+    #[arg(long, default_value_t = 8)]
+    sample: u64,
+}
+
+#[derive(Debug, Args)]
+struct InstallCmd {
+    /// Install prefix (e.g. ~/.local or /usr/local).
+    #[arg(long, value_name = "DIR")]
+    prefix: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -318,84 +351,411 @@ impl VmArgs {
     }
 }
 
-/// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit with
-/// the worst outcome.
-#[allow(clippy::too_many_arguments)]
-fn run_matrix(
-    cfg: &VmConfig,
-    vm: &VmArgs,
-    scenarios: &[String],
-    jobs: usize,
-    results: Option<&std::path::Path>,
-    junit: Option<&std::path::Path>,
-    timeout: Option<u64>,
-    json: bool,
-    interrupted: Arc<AtomicBool>,
-    rep: &mut Reporter,
-) -> ExitCode {
-    if let Some(bad) = scenarios
-        .iter()
-        .find(|s| !harness::scenario::BUILTIN.iter().any(|(n, _)| n == *s) && !s.ends_with(".toml"))
-    {
-        eprintln!(
-            "error: unknown scenario {bad:?} (see `harness scenarios`; a scenario file must end in .toml)"
-        );
-        return ExitCode::from(EXIT_USAGE);
+/// Prints a run's error with its causes and, when the VM had started, the tails of its logs;
+/// the exit code says whether it was an interruption, bad usage or a broken test bed.
+fn run_error_exit(e: &harness::RunError) -> ExitCode {
+    print_chain(e);
+    if let harness::RunError::Vm(_, dir) = e {
+        eprint!("{}", harness::vm::RunDir { dir: dir.clone() }.log_tails(25));
     }
-    for s in scenarios.iter().filter(|s| s.ends_with(".toml")) {
-        if let Err(e) = harness::migration::resolve(s) {
-            print_chain(&e);
+    ExitCode::from(if e.interrupted() {
+        EXIT_INTERRUPTED
+    } else if e.is_usage() {
+        EXIT_USAGE
+    } else {
+        EXIT_INFRA
+    })
+}
+
+/// Runs one scenario and prints its summary (or its JSON).
+fn run_single(
+    mut ctx: Ctx,
+    scenario: &str,
+    tools: &ToolPaths,
+    results: Option<&Path>,
+    json: bool,
+) -> ExitCode {
+    match harness::execute(
+        &ctx.cfg,
+        tools,
+        scenario,
+        results,
+        ctx.interrupted,
+        &mut ctx.rep,
+    ) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.summary());
+            }
+            ExitCode::from(if r.passed {
+                EXIT_PASS
+            } else {
+                EXIT_TEST_FAILED
+            })
+        }
+        Err(e) => run_error_exit(&e),
+    }
+}
+
+impl RunCmd {
+    fn run(&self, mut ctx: Ctx) -> ExitCode {
+        let scenarios = match harness::matrix::expand_dirs(&self.scenarios) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let selected = harness::matrix::select(&scenarios, self.shard);
+        self.vm.apply(&mut ctx.cfg);
+        if selected.len() != 1 || self.junit.is_some() || self.scenario_timeout.is_some() {
+            return self.run_matrix(ctx, &selected);
+        }
+        run_single(
+            ctx,
+            &selected[0],
+            &self.vm.tools(),
+            self.results.as_deref(),
+            self.json,
+        )
+    }
+
+    /// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit
+    /// with the worst outcome.
+    fn run_matrix(&self, mut ctx: Ctx, scenarios: &[String]) -> ExitCode {
+        if let Some(bad) = scenarios.iter().find(|s| {
+            !harness::scenario::BUILTIN.iter().any(|(n, _)| n == *s) && !s.ends_with(".toml")
+        }) {
+            eprintln!(
+                "error: unknown scenario {bad:?} (see `harness scenarios`; a scenario file must end in .toml)"
+            );
             return ExitCode::from(EXIT_USAGE);
         }
-    }
-    let limit = timeout.map(std::time::Duration::from_secs);
-    let outcomes = harness::run_matrix(
-        cfg,
-        &vm.tools(),
-        scenarios,
-        results,
-        limit,
-        jobs.max(1),
-        Arc::clone(&interrupted),
-        rep,
-    );
-    for o in &outcomes {
-        match o {
-            harness::report::Outcome::Ran(r) if json => {
-                println!("{}", serde_json::to_string_pretty(&**r).unwrap_or_default())
+        for s in scenarios.iter().filter(|s| s.ends_with(".toml")) {
+            if let Err(e) = harness::migration::resolve(s) {
+                print_chain(&e);
+                return ExitCode::from(EXIT_USAGE);
             }
-            harness::report::Outcome::Ran(r) => print!("{}", r.summary()),
-            harness::report::Outcome::Error {
-                scenario, message, ..
-            } => println!("scenario {scenario}: ERROR: {message}"),
+        }
+        let limit = self.scenario_timeout.map(std::time::Duration::from_secs);
+        let outcomes = harness::run_matrix(
+            &ctx.cfg,
+            &self.vm.tools(),
+            scenarios,
+            self.results.as_deref(),
+            limit,
+            self.jobs.unwrap_or_else(harness::default_jobs).max(1),
+            Arc::clone(&ctx.interrupted),
+            &mut ctx.rep,
+        );
+        for o in &outcomes {
+            match o {
+                Outcome::Ran(r) if self.json => {
+                    println!("{}", serde_json::to_string_pretty(&**r).unwrap_or_default())
+                }
+                Outcome::Ran(r) => print!("{}", r.summary()),
+                Outcome::Error {
+                    scenario, message, ..
+                } => println!("scenario {scenario}: ERROR: {message}"),
+            }
+        }
+        if let Some(p) = &self.junit {
+            if let Err(e) = std::fs::write(p, harness::report::junit_xml(&outcomes)) {
+                eprintln!("error: writing JUnit XML to {}: {e}", p.display());
+                return ExitCode::from(EXIT_INFRA);
+            }
+        }
+        let passed = outcomes.iter().filter(|o| o.passed()).count();
+        let errors = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Error { .. }))
+            .count();
+        println!(
+            "{passed} passed, {} failed",
+            outcomes.len() - passed - errors
+        );
+        if errors > 0 {
+            println!("{errors} scenarios could not run (test bed errors)");
+        }
+        if ctx.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            ExitCode::from(EXIT_INTERRUPTED)
+        } else if errors > 0 {
+            ExitCode::from(EXIT_INFRA)
+        } else if passed < outcomes.len() {
+            ExitCode::from(EXIT_TEST_FAILED)
+        } else {
+            ExitCode::from(EXIT_PASS)
         }
     }
-    if let Some(p) = junit {
-        if let Err(e) = std::fs::write(p, harness::report::junit_xml(&outcomes)) {
-            eprintln!("error: writing JUnit XML to {}: {e}", p.display());
-            return ExitCode::from(EXIT_INFRA);
+}
+
+impl DemoCmd {
+    fn run(&self, mut ctx: Ctx) -> ExitCode {
+        self.vm.apply(&mut ctx.cfg);
+        run_single(
+            ctx,
+            harness::scenario::DEFAULT,
+            &self.vm.tools(),
+            None,
+            false,
+        )
+    }
+}
+
+impl BringupCmd {
+    fn spec(&self) -> harness::BringupSpec {
+        harness::BringupSpec {
+            build: self.build_modules.clone(),
+            kernel: self.kernel_image.clone(),
+            modules_dir: self.modules_dir.clone(),
+            modules: self
+                .modules
+                .iter()
+                .map(|m| match m.split_once(':') {
+                    Some((p, params)) => (PathBuf::from(p), params.replace(',', " ")),
+                    None => (PathBuf::from(m), String::new()),
+                })
+                .collect(),
+            script: self.run.clone(),
+            console: self.console,
         }
     }
-    let passed = outcomes.iter().filter(|o| o.passed()).count();
-    let errors = outcomes
-        .iter()
-        .filter(|o| matches!(o, harness::report::Outcome::Error { .. }))
-        .count();
+
+    fn run(&self, mut ctx: Ctx) -> ExitCode {
+        self.vm.apply(&mut ctx.cfg);
+        ctx.cfg.iommu = self.iommu == OnOff::On;
+        ctx.cfg.chmu_feed |= self.chmu_feed;
+        let r = match harness::bringup(
+            &ctx.cfg,
+            &self.vm.tools(),
+            &self.spec(),
+            self.results.as_deref(),
+            ctx.interrupted,
+            &mut ctx.rep,
+        ) {
+            Ok(r) => r,
+            Err(e) => return run_error_exit(&e),
+        };
+        for m in &r.modules {
+            eprintln!("module {m}");
+        }
+        print!("{}", r.output);
+        if self.console {
+            eprintln!(
+                "console session ended; run directory {} (console.log)",
+                r.run_dir.display()
+            );
+        } else {
+            eprintln!(
+                "script exit code {:?}; run directory {}",
+                r.exit_code,
+                r.run_dir.display()
+            );
+        }
+        ExitCode::from(u8::try_from(r.status()).unwrap_or(1))
+    }
+}
+
+fn list_scenarios() -> ExitCode {
+    for (n, d) in harness::scenario::BUILTIN {
+        println!("{n:<14} {d}");
+    }
     println!(
-        "{passed} passed, {} failed",
-        outcomes.len() - passed - errors
+        "\nA scenario can also be a file: harness run path/to/scenario.toml (see harness/scenarios/)."
     );
-    if errors > 0 {
-        println!("{errors} scenarios could not run (test bed errors)");
+    ExitCode::SUCCESS
+}
+
+impl InspectCmd {
+    /// The control-socket directory: `--dir`, else the only running test bed's.
+    fn dir(&self) -> Result<PathBuf, ExitCode> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        match harness::vm::running_control_dirs().as_slice() {
+            [one] => Ok(one.clone()),
+            [] => {
+                eprintln!(
+                    "error: no running test bed of yours found (control sockets in {}/{}.*)",
+                    std::env::temp_dir().display(),
+                    harness::private_dir::SOCKETS
+                );
+                Err(ExitCode::from(EXIT_INFRA))
+            }
+            many => {
+                eprintln!("error: several test beds are running; pick one with --dir:");
+                for d in many {
+                    eprintln!("  {}", d.display());
+                }
+                Err(ExitCode::from(EXIT_USAGE))
+            }
+        }
     }
-    if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else if errors > 0 {
-        ExitCode::from(EXIT_INFRA)
-    } else if passed < outcomes.len() {
-        ExitCode::from(EXIT_TEST_FAILED)
+
+    fn run(&self) -> ExitCode {
+        let dir = match self.dir() {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
+        let sock = dir.join(match self.device {
+            InspectDevice::Sdxi => "sdxi.ctl",
+            InspectDevice::CxlHmu => "cxl-hmu.ctl",
+        });
+        let req = serde_json::json!({ "cmd": self.what });
+        match harness::vm::control_request(&sock, &req, std::time::Duration::from_secs(5)) {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                if v.get("error").is_some() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", sock.display());
+                ExitCode::from(EXIT_INFRA)
+            }
+        }
+    }
+}
+
+fn clean(mut ctx: Ctx) -> ExitCode {
+    let r = harness::reclaim_leftovers(&mut ctx.rep);
+    println!(
+        "removed {} directories of killed runs; {} live runs left alone",
+        r.removed.len(),
+        r.live.len()
+    );
+    ExitCode::from(if r.failed.is_empty() {
+        EXIT_PASS
     } else {
-        ExitCode::from(EXIT_PASS)
+        EXIT_INFRA
+    })
+}
+
+impl InstallCmd {
+    fn run(&self, mut ctx: Ctx) -> ExitCode {
+        // Installed programs are for every user of the machine.
+        // SAFETY: umask(2) cannot fail.
+        unsafe { libc::umask(0o022) };
+        match harness::tools::install(&self.prefix, None, &mut ctx.rep) {
+            Ok(files) => {
+                for f in &files {
+                    println!("{}", f.display());
+                }
+                println!(
+                    "run {}/bin/harness (add {0}/bin to PATH); it needs no source tree or cargo",
+                    self.prefix.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                print_chain(&e);
+                ExitCode::from(match e {
+                    harness::tools::ToolsError::NotACheckout => EXIT_USAGE,
+                    _ => EXIT_INFRA,
+                })
+            }
+        }
+    }
+}
+
+fn probe_kvm() -> ExitCode {
+    match harness::kvm::probe(std::time::Duration::from_secs(3)) {
+        Ok(()) => {
+            println!("KVM runs guests here: --accel auto will use it");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("KVM cannot run guests here ({e}): --accel auto will use TCG");
+            ExitCode::from(EXIT_TEST_FAILED)
+        }
+    }
+}
+
+impl ProvisionCmd {
+    fn run(&self, mut ctx: Ctx) -> ExitCode {
+        self.vm.apply(&mut ctx.cfg);
+        let cfg = &ctx.cfg;
+        let (tools, imgs) =
+            match harness::provision(cfg, &self.vm.tools(), self.refresh, &mut ctx.rep) {
+                Ok(t) => t,
+                Err(e) => {
+                    print_chain(&e);
+                    return ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_INFRA });
+                }
+            };
+        ctx.rep.step("provisioned");
+        println!(
+            "QEMU       {} ({})",
+            imgs.qemu.version,
+            imgs.qemu.program.display()
+        );
+        println!(
+            "kernel     {} ({} {})",
+            imgs.kernel.release, cfg.kernel_package, imgs.kernel.version
+        );
+        println!("vmlinux    {}", imgs.kernel.vmlinux.display());
+        println!(
+            "initramfs  {} (busybox {}, modules {})",
+            imgs.initramfs.display(),
+            imgs.busybox_version,
+            imgs.modules.join(" ")
+        );
+        println!("agent      {}", tools.agent.display());
+        println!(
+            "servers    {} {}",
+            tools.sdxi_server.display(),
+            tools.hmu_server.display()
+        );
+        println!(
+            "took {:.1}s, downloaded {:.1} MB",
+            imgs.seconds,
+            imgs.download_bytes as f64 / 1e6
+        );
+        ExitCode::SUCCESS
+    }
+}
+
+impl BenchTapCmd {
+    fn run(&self, mut ctx: Ctx) -> ExitCode {
+        self.vm.apply(&mut ctx.cfg);
+        ctx.cfg.chmu_sample = self.sample;
+        let b = match harness::bench_tap(
+            &ctx.cfg,
+            &self.vm.tools(),
+            self.reps,
+            ctx.interrupted,
+            &mut ctx.rep,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                print_chain(&e);
+                return ExitCode::from(EXIT_INFRA);
+            }
+        };
+        println!(
+            "chmu-tap overhead (sample 1/{}): boot to agent, medians of {} boots each",
+            b.sample,
+            b.boot_off_s.len()
+        );
+        println!("  tap off {:.2} s {:?}", b.median_off_s, b.boot_off_s);
+        println!("  tap on  {:.2} s {:?}", b.median_on_s, b.boot_on_s);
+        println!(
+            "  ratio {:.2} (target <= 2), feed {:.0} records/s",
+            b.ratio, b.records_per_s
+        );
+        println!(
+            "memory-bound loop on node 1 ({} loads by one instruction), guest-timed, medians:",
+            b.loop_loads
+        );
+        println!("  tap off {:.3} s {:?}", b.loop_median_off_s, b.loop_off_s);
+        println!("  tap on  {:.3} s {:?}", b.loop_median_on_s, b.loop_on_s);
+        println!("  ratio {:.2}", b.loop_ratio);
+        println!("  {}", b.plugin_line);
+        ExitCode::SUCCESS
     }
 }
 
@@ -440,319 +800,22 @@ fn main() -> ExitCode {
     if let Some(d) = &cli.cache_dir {
         cfg.cache_dir = d.clone();
     }
-    let mut rep = Reporter::new(cli.verbose, cli.quiet);
-    let (vm_args, scenario, results, json) = match &cli.command {
-        Cmd::Scenarios => {
-            for (n, d) in harness::scenario::BUILTIN {
-                println!("{n:<14} {d}");
-            }
-            println!(
-                "\nA scenario can also be a file: harness run path/to/scenario.toml (see harness/scenarios/)."
-            );
-            return ExitCode::SUCCESS;
-        }
-        Cmd::Bringup {
-            vm,
-            modules,
-            build_modules,
-            kernel_image,
-            modules_dir,
-            run,
-            console,
-            iommu,
-            chmu_feed,
-            results,
-        } => {
-            vm.apply(&mut cfg);
-            cfg.iommu = *iommu == OnOff::On;
-            cfg.chmu_feed |= *chmu_feed;
-            let spec = harness::BringupSpec {
-                build: build_modules.clone(),
-                kernel: kernel_image.clone(),
-                modules_dir: modules_dir.clone(),
-                modules: modules
-                    .iter()
-                    .map(|m| match m.split_once(':') {
-                        Some((p, params)) => (PathBuf::from(p), params.replace(',', " ")),
-                        None => (PathBuf::from(m), String::new()),
-                    })
-                    .collect(),
-                script: run.clone(),
-                console: *console,
-            };
-            return match harness::bringup(
-                &cfg,
-                &vm.tools(),
-                &spec,
-                results.as_deref(),
-                interrupted,
-                &mut rep,
-            ) {
-                Ok(r) => {
-                    for m in &r.modules {
-                        eprintln!("module {m}");
-                    }
-                    print!("{}", r.output);
-                    if *console {
-                        eprintln!(
-                            "console session ended; run directory {} (console.log)",
-                            r.run_dir.display()
-                        );
-                    } else {
-                        eprintln!(
-                            "script exit code {:?}; run directory {}",
-                            r.exit_code,
-                            r.run_dir.display()
-                        );
-                    }
-                    ExitCode::from(u8::try_from(r.status()).unwrap_or(1))
-                }
-                Err(e) => {
-                    print_chain(&e);
-                    if let harness::RunError::Vm(_, dir) = &e {
-                        eprint!("{}", harness::vm::RunDir { dir: dir.clone() }.log_tails(25));
-                    }
-                    ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_INFRA })
-                }
-            };
-        }
-        Cmd::Inspect { dir, device, what } => {
-            let dirs = harness::vm::running_control_dirs();
-            let dir = match (dir, dirs.as_slice()) {
-                (Some(d), _) => d.clone(),
-                (None, [one]) => one.clone(),
-                (None, []) => {
-                    eprintln!(
-                        "error: no running test bed of yours found (control sockets in {}/{}.*)",
-                        std::env::temp_dir().display(),
-                        harness::private_dir::SOCKETS
-                    );
-                    return ExitCode::from(EXIT_INFRA);
-                }
-                (None, many) => {
-                    eprintln!("error: several test beds are running; pick one with --dir:");
-                    for d in many {
-                        eprintln!("  {}", d.display());
-                    }
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            let sock = dir.join(match device {
-                InspectDevice::Sdxi => "sdxi.ctl",
-                InspectDevice::CxlHmu => "cxl-hmu.ctl",
-            });
-            let req = serde_json::json!({ "cmd": what });
-            return match harness::vm::control_request(
-                &sock,
-                &req,
-                std::time::Duration::from_secs(5),
-            ) {
-                Ok(v) => {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    if v.get("error").is_some() {
-                        ExitCode::from(EXIT_USAGE)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {}: {e}", sock.display());
-                    ExitCode::from(EXIT_INFRA)
-                }
-            };
-        }
-        Cmd::Clean => {
-            let r = harness::reclaim_leftovers(&mut rep);
-            println!(
-                "removed {} directories of killed runs; {} live runs left alone",
-                r.removed.len(),
-                r.live.len()
-            );
-            return ExitCode::from(if r.failed.is_empty() {
-                EXIT_PASS
-            } else {
-                EXIT_INFRA
-            });
-        }
-        Cmd::Install { prefix } => {
-            // Installed programs are for every user of the machine.
-            // SAFETY: umask(2) cannot fail.
-            unsafe { libc::umask(0o022) };
-            return match harness::tools::install(prefix, None, &mut rep) {
-                Ok(files) => {
-                    for f in &files {
-                        println!("{}", f.display());
-                    }
-                    println!(
-                        "run {}/bin/harness (add {0}/bin to PATH); it needs no source tree or cargo",
-                        prefix.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    print_chain(&e);
-                    ExitCode::from(match e {
-                        harness::tools::ToolsError::NotACheckout => EXIT_USAGE,
-                        _ => EXIT_INFRA,
-                    })
-                }
-            };
-        }
-        Cmd::ProbeKvm => {
-            return match harness::kvm::probe(std::time::Duration::from_secs(3)) {
-                Ok(()) => {
-                    println!("KVM runs guests here: --accel auto will use it");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    println!("KVM cannot run guests here ({e}): --accel auto will use TCG");
-                    ExitCode::from(EXIT_TEST_FAILED)
-                }
-            };
-        }
-        Cmd::Provision { vm, refresh } => {
-            vm.apply(&mut cfg);
-            return match harness::provision(&cfg, &vm.tools(), *refresh, &mut rep) {
-                Ok((tools, imgs)) => {
-                    rep.step("provisioned");
-                    println!(
-                        "QEMU       {} ({})",
-                        imgs.qemu.version,
-                        imgs.qemu.program.display()
-                    );
-                    println!(
-                        "kernel     {} ({} {})",
-                        imgs.kernel.release, cfg.kernel_package, imgs.kernel.version
-                    );
-                    println!("vmlinux    {}", imgs.kernel.vmlinux.display());
-                    println!(
-                        "initramfs  {} (busybox {}, modules {})",
-                        imgs.initramfs.display(),
-                        imgs.busybox_version,
-                        imgs.modules.join(" ")
-                    );
-                    println!("agent      {}", tools.agent.display());
-                    println!(
-                        "servers    {} {}",
-                        tools.sdxi_server.display(),
-                        tools.hmu_server.display()
-                    );
-                    println!(
-                        "took {:.1}s, downloaded {:.1} MB",
-                        imgs.seconds,
-                        imgs.download_bytes as f64 / 1e6
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    print_chain(&e);
-                    ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_INFRA })
-                }
-            };
-        }
-        Cmd::BenchTap { vm, reps, sample } => {
-            vm.apply(&mut cfg);
-            cfg.chmu_sample = *sample;
-            return match harness::bench_tap(&cfg, &vm.tools(), *reps, interrupted, &mut rep) {
-                Ok(b) => {
-                    println!(
-                        "chmu-tap overhead (sample 1/{}): boot to agent, medians of {} boots each",
-                        b.sample,
-                        b.boot_off_s.len()
-                    );
-                    println!("  tap off {:.2} s {:?}", b.median_off_s, b.boot_off_s);
-                    println!("  tap on  {:.2} s {:?}", b.median_on_s, b.boot_on_s);
-                    println!(
-                        "  ratio {:.2} (target <= 2), feed {:.0} records/s",
-                        b.ratio, b.records_per_s
-                    );
-                    println!(
-                        "memory-bound loop on node 1 ({} loads by one instruction), guest-timed, medians:",
-                        b.loop_loads
-                    );
-                    println!("  tap off {:.3} s {:?}", b.loop_median_off_s, b.loop_off_s);
-                    println!("  tap on  {:.3} s {:?}", b.loop_median_on_s, b.loop_on_s);
-                    println!("  ratio {:.2}", b.loop_ratio);
-                    println!("  {}", b.plugin_line);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    print_chain(&e);
-                    ExitCode::from(EXIT_INFRA)
-                }
-            };
-        }
-        Cmd::Run {
-            scenarios,
-            jobs,
-            shard,
-            junit,
-            scenario_timeout,
-            vm,
-            results,
-            json,
-        } => {
-            let scenarios = match harness::matrix::expand_dirs(scenarios) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            let selected = harness::matrix::select(&scenarios, *shard);
-            if selected.len() != 1 || junit.is_some() || scenario_timeout.is_some() {
-                vm.apply(&mut cfg);
-                return run_matrix(
-                    &cfg,
-                    vm,
-                    &selected,
-                    jobs.unwrap_or_else(harness::default_jobs),
-                    results.as_deref(),
-                    junit.as_deref(),
-                    *scenario_timeout,
-                    *json,
-                    interrupted,
-                    &mut rep,
-                );
-            }
-            (vm, selected[0].clone(), results.clone(), *json)
-        }
-        Cmd::Demo { vm } => (vm, harness::scenario::DEFAULT.to_owned(), None, false),
-    };
-    vm_args.apply(&mut cfg);
-    match harness::execute(
-        &cfg,
-        &vm_args.tools(),
-        &scenario,
-        results.as_deref(),
+    let ctx = Ctx {
+        cfg,
+        rep: Reporter::new(cli.verbose, cli.quiet),
         interrupted,
-        &mut rep,
-    ) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print!("{}", r.summary());
-            }
-            ExitCode::from(if r.passed {
-                EXIT_PASS
-            } else {
-                EXIT_TEST_FAILED
-            })
-        }
-        Err(e) => {
-            print_chain(&e);
-            if let harness::RunError::Vm(_, dir) = &e {
-                eprint!("{}", harness::vm::RunDir { dir: dir.clone() }.log_tails(25));
-            }
-            ExitCode::from(if e.interrupted() {
-                EXIT_INTERRUPTED
-            } else if e.is_usage() {
-                EXIT_USAGE
-            } else {
-                EXIT_INFRA
-            })
-        }
+    };
+    match &cli.command {
+        Cmd::Provision(c) => c.run(ctx),
+        Cmd::Run(c) => c.run(ctx),
+        Cmd::Demo(c) => c.run(ctx),
+        Cmd::Bringup(c) => c.run(ctx),
+        Cmd::Scenarios => list_scenarios(),
+        Cmd::Inspect(c) => c.run(),
+        Cmd::BenchTap(c) => c.run(ctx),
+        Cmd::ProbeKvm => probe_kvm(),
+        Cmd::Clean => clean(ctx),
+        Cmd::Install(c) => c.run(ctx),
     }
 }
 
