@@ -13,12 +13,16 @@
 //!   remapping, userfaultfd).
 
 pub mod arena;
+pub mod budget;
 pub mod chmu;
+pub mod cold;
 pub mod copy;
+pub mod cost_model;
 pub mod drivers;
 pub mod hot_loops;
 pub mod inventory;
 pub mod migrate;
+pub mod pingpong;
 pub mod promote;
 pub mod protocol;
 pub mod sdxi;
