@@ -57,7 +57,12 @@ impl Cpio {
     }
 
     pub fn dir(&mut self, name: &str) -> &mut Self {
-        self.entry(name, S_IFDIR | 0o755, &[], (0, 0));
+        self.dir_mode(name, 0o755)
+    }
+
+    /// A directory with these permission bits.
+    pub fn dir_mode(&mut self, name: &str, mode: u32) -> &mut Self {
+        self.entry(name, S_IFDIR | (mode & 0o7777), &[], (0, 0));
         self
     }
 
@@ -88,10 +93,17 @@ impl Cpio {
 /// Kernel command-line key the init script reads to choose what runs (`tierbed.mode=`).
 pub const MODE_PARAM: &str = "tierbed.mode";
 
+/// Kernel command-line key that starts a shell on the console next to the guest agent
+/// (`tierbed.console=1`), for `harness run --console`.
+pub const CONSOLE_PARAM: &str = "tierbed.console";
+
 /// `/init`: mounts the pseudo file systems, loads the modules listed in `/etc/modules` in order
-/// and hands over to the guest agent on the dedicated serial port (ttyS1). The kernel console
-/// stays on ttyS0. If the agent exits, the guest powers off.
+/// (lines starting with `?` are optional: their failure is not reported), mounts debugfs,
+/// tracefs and configfs, and hands over to the guest agent on the dedicated serial port
+/// (ttyS1). The kernel console stays on ttyS0. If the agent exits, the guest powers off.
+/// `PATH` puts `/usr` first, so tools unpacked from packages win over busybox's applets.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /sys/fs/cgroup
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -101,12 +113,25 @@ pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 echo "tierbed: init on $(uname -r)"
 while read -r mod args; do
   [ -n "$mod" ] || continue
-  insmod "/lib/modules/$mod.ko" $args || echo "tierbed: insmod $mod failed"
+  case "$mod" in
+    \?*) insmod "/lib/modules/${mod#?}.ko" $args 2>/dev/null ;;
+    *) insmod "/lib/modules/$mod.ko" $args || echo "tierbed: insmod $mod failed" ;;
+  esac
 done < /etc/modules
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t configfs configfs /sys/kernel/config 2>/dev/null
 mode=agent
+console=0
 for a in $(cat /proc/cmdline); do
-  case "$a" in tierbed.mode=*) mode="${a#tierbed.mode=}" ;; esac
+  case "$a" in
+    tierbed.mode=*) mode="${a#tierbed.mode=}" ;;
+    tierbed.console=*) console="${a#tierbed.console=}" ;;
+  esac
 done
+if [ "$console" = 1 ] && [ "$mode" = agent ]; then
+  (setsid cttyhack sh; poweroff -f) &
+fi
 if [ "$mode" = bringup ]; then
   : > /tmp/bringup-modules.log
   if [ -f /bringup/modules ]; then
@@ -162,7 +187,8 @@ pub fn bringup_archive(
     c.finish()
 }
 
-/// Builds the initramfs. `modules` are (name, module bytes) in load order.
+/// Builds the initramfs. `modules` are (name, module bytes) in load order; a name starting
+/// with `?` is an optional module (loaded if it can be, silently otherwise).
 pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut c = Cpio::new();
     for d in [
@@ -189,7 +215,8 @@ pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec
         .file("init", 0o755, INIT_SCRIPT.as_bytes());
     let mut list = String::new();
     for (name, data) in modules {
-        c.file(&format!("lib/modules/{name}.ko"), 0o644, data);
+        let file = name.trim_start_matches('?');
+        c.file(&format!("lib/modules/{file}.ko"), 0o644, data);
         list.push_str(name);
         list.push('\n');
     }
@@ -198,11 +225,11 @@ pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Parses a newc archive back: (name, mode, data).
-    fn parse(a: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+    pub(crate) fn parse(a: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
         let mut out = Vec::new();
         let mut p = 0;
         loop {

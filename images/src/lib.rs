@@ -5,14 +5,20 @@
 //!   that root's own dynamic loader (the host's glibc is too old for it);
 //! - a Debian guest kernel (`linux-image-amd64` from trixie-backports by default), its
 //!   uncompressed `vmlinux` and module tree;
-//! - busybox-static, and an initramfs with the guest agent and the modules it needs.
+//! - or instead a kernel under test: the user's `vmlinux` (with PVH) or bzImage and its
+//!   module tree, with no download ([`kconfig`] reads its configuration);
+//! - busybox-static, and an initramfs with the guest agent and the modules it needs;
+//! - files and tools for the guest ([`guest_files`]): overlay trees and Debian packages with
+//!   their libraries, in an archive appended to the initramfs.
 //!
 //! Everything lives in one cache directory, keyed by package version or content hash,
 //! guarded by a lock so two provisioning runs at once are safe, and reused offline.
 
 pub mod apt;
+pub mod guest_files;
 pub mod initramfs;
 pub mod kbuild;
+pub mod kconfig;
 pub mod kernel;
 
 use fs2::FileExt;
@@ -154,10 +160,21 @@ pub struct ImagesConfig {
     pub modules: Vec<String>,
     /// Re-resolve package versions even when the cache has them.
     pub refresh: bool,
+    /// A kernel under test (ELF `vmlinux` with PVH, or bzImage) instead of the Debian package.
+    pub kernel_image: Option<PathBuf>,
+    /// The module tree of `kernel_image` (…/lib/modules/RELEASE); without it every module
+    /// the test bed needs must be built in.
+    pub modules_dir: Option<PathBuf>,
+    /// Overlay trees and packages for the guest.
+    pub guest_files: guest_files::GuestFiles,
 }
 
 /// Default guest kernel: Debian trixie-backports' generic amd64 kernel (7.3.x).
 pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-amd64/trixie-backports";
+
+/// Modules loaded when the kernel has them, silently skipped otherwise: configfs (mounted at
+/// `/sys/kernel/config` for drivers configured through it).
+pub const OPTIONAL_MODULES: &[&str] = &["configfs"];
 
 /// Modules the guest agent needs: vfio-pci behind the virtual IOMMU, uio for the simple path.
 pub fn default_modules() -> Vec<String> {
@@ -194,6 +211,9 @@ impl Default for ImagesConfig {
             qemu: None,
             modules: default_modules(),
             refresh: false,
+            kernel_image: None,
+            modules_dir: None,
+            guest_files: guest_files::GuestFiles::default(),
         }
     }
 }
@@ -295,6 +315,9 @@ pub struct Kernel {
     pub modules_dir: PathBuf,
     /// Bytes downloaded when it was provisioned.
     pub download_bytes: u64,
+    /// The user's own kernel (`--kernel-image`), not a Debian package.
+    #[serde(default)]
+    pub user: bool,
 }
 
 /// Everything a VM boot needs.
@@ -311,6 +334,8 @@ pub struct Images {
     /// Seconds this provisioning took and bytes it downloaded (0 when all was cached).
     pub seconds: f64,
     pub download_bytes: u64,
+    /// `name=version` of the packages unpacked into the guest.
+    pub guest_packages: Vec<String>,
 }
 
 fn read_manifest<T: for<'de> Deserialize<'de>>(p: &Path) -> Option<T> {
@@ -474,6 +499,9 @@ impl Run<'_> {
     }
 
     fn kernel(&mut self, progress: &mut dyn Progress) -> Result<Kernel, ImagesError> {
+        if let Some(image) = &self.cfg.kernel_image {
+            return user_kernel(image, self.cfg.modules_dir.as_deref(), progress);
+        }
         let dir = self.cfg.cache_dir.join("kernel");
         let manifest = dir.join(format!("{}.json", sanitize(&self.cfg.kernel_package)));
         if !self.cfg.refresh {
@@ -542,6 +570,7 @@ impl Run<'_> {
             vmlinux,
             modules_dir,
             download_bytes: bytes,
+            user: false,
         };
         write_manifest(&manifest, &k)?;
         Ok(k)
@@ -576,6 +605,88 @@ impl Run<'_> {
         write_manifest(&manifest, &(info.version.clone(), bin.clone()))?;
         Ok((info.version, bin))
     }
+}
+
+/// A kernel under test: `image` (an ELF `vmlinux` with the PVH note, or a bzImage) and its
+/// module tree. Its release is the module tree's name, else the image's own banner.
+fn user_kernel(
+    image: &Path,
+    modules_dir: Option<&Path>,
+    progress: &mut dyn Progress,
+) -> Result<Kernel, ImagesError> {
+    let bad =
+        |why: String| ImagesError::Kernel(format!("--kernel-image {}: {why}", image.display()));
+    let bytes = std::fs::read(image).map_err(|e| ImagesError::io("reading", image, e))?;
+    if kernel::is_elf(&bytes) {
+        if !kernel::has_pvh_note(&bytes) {
+            return Err(bad(
+                "an ELF vmlinux without the PVH entry note, which QEMU needs to boot it (build with CONFIG_PVH=y, or pass the bzImage)".into(),
+            ));
+        }
+    } else if !kernel::is_bzimage(&bytes) {
+        return Err(bad("neither an ELF vmlinux nor a bzImage".into()));
+    }
+    if let Some(d) = modules_dir {
+        if !d.is_dir() {
+            return Err(ImagesError::Kernel(format!(
+                "--modules-dir {}: not a directory",
+                d.display()
+            )));
+        }
+    }
+    let release = modules_dir
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .or_else(|| kernel::image_release(&bytes))
+        .unwrap_or_else(|| "unknown".into());
+    progress.step(&format!(
+        "kernel under test: {} ({release}){}",
+        image.display(),
+        modules_dir.map_or(String::from(", no module tree"), |d| format!(
+            ", modules {}",
+            d.display()
+        ))
+    ));
+    Ok(Kernel {
+        package: "user".into(),
+        version: String::new(),
+        release,
+        vmlinux: image.to_owned(),
+        modules_dir: modules_dir.map(Path::to_owned).unwrap_or_default(),
+        download_bytes: 0,
+        user: true,
+    })
+}
+
+/// The modules of the initramfs, in load order: `wanted` with their dependencies (built-in
+/// ones need no loading), then [`OPTIONAL_MODULES`] the tree has, named with a leading `?`.
+/// A user kernel without a module tree gets none: it must have them built in.
+fn initramfs_modules(
+    kernel: &Kernel,
+    wanted: &[String],
+) -> Result<Vec<(String, Vec<u8>)>, ImagesError> {
+    if kernel.user && kernel.modules_dir.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    let index = kernel::ModuleIndex::scan(&kernel.modules_dir)?;
+    // A user's tree may have them built in without a `modules.builtin`; the harness's
+    // configuration check names what is really missing.
+    let wanted: Vec<String> = wanted
+        .iter()
+        .filter(|w| !kernel.user || index.contains(w))
+        .cloned()
+        .collect();
+    let mut mods = index.resolve(&wanted)?;
+    for opt in OPTIONAL_MODULES {
+        if index.contains(opt) && !index.is_builtin(opt) {
+            for (name, data) in index.resolve(&[(*opt).to_owned()])? {
+                if !mods.iter().any(|(n, _)| *n == name) {
+                    mods.push((format!("?{name}"), data));
+                }
+            }
+        }
+    }
+    Ok(mods)
 }
 
 /// Takes the cache lock (blocking, with a message when another provisioning holds it).
@@ -623,9 +734,19 @@ pub fn provision(
         &bb,
         &kernel.release,
         &cfg.modules,
+        OPTIONAL_MODULES,
         initramfs::INIT_SCRIPT,
     )
         .hash(&mut h);
+    if kernel.user {
+        // A user's tree changes under the same release: key by its modules' sizes and times.
+        kernel.modules_dir.hash(&mut h);
+        if !kernel.modules_dir.as_os_str().is_empty() {
+            kernel::ModuleIndex::scan(&kernel.modules_dir)?
+                .fingerprint()
+                .hash(&mut h);
+        }
+    }
     let dir = cfg.cache_dir.join("initramfs");
     mkdir(&dir)?;
     let out = dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
@@ -634,8 +755,7 @@ pub fn provision(
         Some(m) if out.is_file() => m,
         _ => {
             progress.step("building the initramfs (busybox, guest agent, modules)");
-            let index = kernel::ModuleIndex::scan(&kernel.modules_dir)?;
-            let mods = index.resolve(&cfg.modules)?;
+            let mods = initramfs_modules(&kernel, &cfg.modules)?;
             let img = initramfs::build(&bb, &agent_bytes, &mods);
             let tmp = out.with_extension("tmp");
             std::fs::write(&tmp, img).map_err(|e| ImagesError::io("writing", &tmp, e))?;
@@ -645,14 +765,81 @@ pub fn provision(
             names
         }
     };
+    let (initramfs, guest_packages) = if cfg.guest_files.is_empty() {
+        (out, Vec::new())
+    } else {
+        with_guest_files(&mut run, &out, progress)?
+    };
     Ok(Images {
         qemu,
         kernel,
         busybox_version,
         busybox,
-        initramfs: out,
+        initramfs,
         modules,
         seconds: start.elapsed().as_secs_f64(),
         download_bytes: run.downloaded,
+        guest_packages,
     })
+}
+
+/// How many initramfs images with guest files are kept (the oldest go first).
+const KEEP_COMBINED: usize = 8;
+
+/// The initramfs `base` with the guest files' archive appended, cached by both contents;
+/// returns it and the guest packages' `name=version`.
+fn with_guest_files(
+    run: &mut Run<'_>,
+    base: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(PathBuf, Vec<String>), ImagesError> {
+    let cfg = run.cfg;
+    let mut get_apt = |p: &mut dyn Progress| -> Result<apt::Apt, ImagesError> {
+        let mut a = apt::Apt::new(&cfg.cache_dir.join("apt"))?;
+        a.update(p)?;
+        Ok(a)
+    };
+    let files = guest_files::build(
+        &cfg.cache_dir,
+        &cfg.guest_files,
+        cfg.refresh,
+        &mut get_apt,
+        progress,
+    )?;
+    let dir = cfg.cache_dir.join("initramfs");
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = dir.join(format!("{stem}+files-{:016x}.cpio", files.key));
+    if !out.is_file() {
+        progress.step("appending the guest files to the initramfs");
+        let mut img = std::fs::read(base).map_err(|e| ImagesError::io("reading", base, e))?;
+        img.extend(&files.archive);
+        let tmp = out.with_extension("tmp");
+        std::fs::write(&tmp, img).map_err(|e| ImagesError::io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &out).map_err(|e| ImagesError::io("renaming", &tmp, e))?;
+        prune_combined(&dir, &out);
+    }
+    Ok((out, files.packages))
+}
+
+/// Removes all but the newest [`KEEP_COMBINED`] initramfs images with guest files (never
+/// `keep`, the one in use).
+fn prune_combined(dir: &Path, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut combined: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("+files-"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    combined.sort();
+    let excess = combined.len().saturating_sub(KEEP_COMBINED);
+    for (_, p) in combined.into_iter().take(excess) {
+        if p != keep {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
