@@ -13,7 +13,7 @@
 use crate::chmu::{ChmuBlock, ChmuConfig};
 use crate::hotness::Hotness;
 use crate::regs::*;
-use device_sdxi::pci::{
+use vfio_device::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -163,7 +163,7 @@ pub struct HmuDevice {
     /// The component and memory device register blocks (mailbox) in front of the CHMU.
     pub cxl: crate::cxl_blocks::CxlBlocks,
     #[cfg(feature = "server")]
-    interrupts: device_sdxi::vfio_server::Interrupts,
+    interrupts: vfio_device::interrupts::Interrupts,
     /// The memfd backing the hotlists the guest maps (paged layout or window).
     #[cfg(feature = "server")]
     hotlists: Option<crate::hotlist_map::HotlistFile>,
@@ -182,7 +182,7 @@ impl HmuDevice {
             range,
             cxl: crate::cxl_blocks::CxlBlocks::new(range),
             #[cfg(feature = "server")]
-            interrupts: device_sdxi::vfio_server::Interrupts::default(),
+            interrupts: vfio_device::interrupts::Interrupts::default(),
             #[cfg(feature = "server")]
             hotlists: None,
         };
@@ -214,12 +214,12 @@ impl HmuDevice {
 }
 
 #[cfg(feature = "server")]
-impl device_sdxi::vfio_server::PciDevice for HmuDevice {
+impl vfio_device::server::PciDevice for HmuDevice {
     fn name(&self) -> &'static str {
         "cxl-hmu"
     }
 
-    fn interrupts(&self) -> device_sdxi::vfio_server::Interrupts {
+    fn interrupts(&self) -> vfio_device::interrupts::Interrupts {
         self.interrupts.clone()
     }
 
@@ -321,7 +321,7 @@ impl device_sdxi::vfio_server::PciDevice for HmuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use device_sdxi::pci::dvsecs;
+    use vfio_device::pci::dvsecs;
 
     fn raw(c: &ConfigSpace) -> Vec<u8> {
         let mut v = vec![0u8; c.size()];

@@ -74,7 +74,7 @@ pub fn parse_trace(text: &str) -> Result<Vec<GpaAccess>, TraceError> {
 pub struct Sink {
     pub state: Arc<Mutex<HmuState>>,
     pub range: MemRange,
-    pub interrupts: device_sdxi::vfio_server::Interrupts,
+    pub interrupts: vfio_device::interrupts::Interrupts,
     /// Host-clock mode: records are stamped with the time since this instant on arrival
     /// (their own stamps come from another process's clock).
     pub host_clock: Option<std::time::Instant>,

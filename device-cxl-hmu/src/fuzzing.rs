@@ -196,7 +196,7 @@ mod tests {
 
     fn inputs(n: usize, len: usize, seed: u64) -> impl Iterator<Item = Vec<u8>> {
         (0..n as u64).map(move |i| {
-            device_sdxi::fuzzing::xorshift_bytes(
+            vfio_device::pattern::xorshift_bytes(
                 len,
                 seed.wrapping_add(i.wrapping_mul(0x9e37_79b9)),
             )

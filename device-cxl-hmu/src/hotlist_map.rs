@@ -5,7 +5,7 @@
 //! paged layout, the window otherwise).
 
 use crate::chmu::{ChmuConfig, HotlistMemory};
-use device_sdxi::dma::{memfd, HostMap};
+use vfio_device::dma::{memfd, HostMap};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 

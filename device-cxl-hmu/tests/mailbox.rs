@@ -5,8 +5,8 @@
 //! doorbell protocol.
 
 use device_cxl_hmu::regs::*;
-use device_sdxi::pci::dvsecs;
-use device_sdxi::testing::ServerProcess;
+use vfio_device::pci::dvsecs;
+use vfio_device::testing::ServerProcess;
 use std::path::Path;
 
 const CONFIG: u32 = 7;

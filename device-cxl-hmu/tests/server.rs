@@ -3,8 +3,8 @@
 use device_cxl_hmu::chmu::ChmuConfig;
 use device_cxl_hmu::device::decode_range1;
 use device_cxl_hmu::regs::*;
-use device_sdxi::pci::dvsecs;
-use device_sdxi::testing::ServerProcess;
+use vfio_device::pci::dvsecs;
+use vfio_device::testing::ServerProcess;
 use std::path::Path;
 
 const CONFIG: u32 = 7;
@@ -427,7 +427,7 @@ fn hotlists_are_mappable_pages_inside_their_instances() {
 /// on the socket, never data; the server keeps serving.
 #[test]
 fn accesses_past_the_end_of_a_region_get_error_replies() {
-    use device_sdxi::testing::RawClient;
+    use vfio_device::testing::RawClient;
     let srv = server(&[]);
     let mut c = RawClient::connect(&srv.socket).expect("connect");
     let bar2 = c.bar_size(REGS_BAR).expect("BAR 2 size");

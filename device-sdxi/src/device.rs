@@ -5,10 +5,10 @@
 //! the rest.
 
 use crate::function::SdxiConfig;
-use crate::pci::{
+use crate::regs;
+use vfio_device::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
-use crate::regs;
 
 /// Builds the SDXi function's configuration space (class code 0x120100, SNIA SDXi v1.0a PCIe function).
 pub fn config_space(cfg: &SdxiConfig) -> Result<ConfigSpace, ConfigError> {
@@ -62,15 +62,25 @@ pub use server::{DeviceOptions, DoorbellMode, SdxiDevice};
 #[cfg(feature = "server")]
 mod server {
     use super::DoorbellCounters;
-    use crate::dma_space::DmaSpace;
     use crate::doorbell::MappedDoorbells;
     use crate::engine::{Engine, EngineOptions};
     use crate::function::SdxiConfig;
     use crate::regs;
     use crate::regs::FnState;
-    use crate::vfio_server::{Interrupts, PciDevice};
     use crate::workers::Workers;
     use std::sync::Arc;
+    use vfio_device::dma_space::DmaSpace;
+    use vfio_device::{interrupts::Interrupts, server::PciDevice};
+
+    /// The engine raises its MSI-X vectors through the transport's eventfds.
+    impl crate::engine::Irq for Interrupts {
+        fn trigger(&self, vector: u16) -> bool {
+            Interrupts::trigger(self, vector)
+        }
+        fn bus_master(&self) -> bool {
+            Interrupts::bus_master(self)
+        }
+    }
 
     /// How doorbells reach the device.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

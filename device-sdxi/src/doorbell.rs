@@ -7,13 +7,13 @@
 //! off exponentially to [`MAX_IDLE_SLEEP`] when they stop, so an idle device costs almost no
 //! CPU; the price is up to that much detection latency for the first doorbell after idling.
 
-use crate::dma::{memfd, HostMap};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vfio_device::dma::{memfd, HostMap};
 
 /// Longest sleep of an idle watcher.
 pub const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);

@@ -20,7 +20,7 @@ pub trait DriverMemory {
     }
 }
 
-impl<T: crate::dma::DmaMemory> DriverMemory for T {
+impl<T: vfio_device::dma::DmaMemory> DriverMemory for T {
     fn write_bytes(&self, addr: u64, bytes: &[u8]) {
         let _ = self.write(addr, bytes);
     }

@@ -32,7 +32,6 @@
 //! Left out: RKeys, PASIDs, atomics and the 2022 prototype's extra descriptor types (they are
 //! reported as invalid descriptors).
 
-use crate::dma::{DmaMemory, Fault};
 use crate::function::{SdxiConfig, SdxiFunction};
 use crate::mem::*;
 use crate::regs::{self, CxtL2, ErrCfg, ErrCtl, ErrSts, FnState};
@@ -40,6 +39,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tracing::{debug, warn};
+use vfio_device::dma::{DmaMemory, Fault};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Context state after a descriptor error.

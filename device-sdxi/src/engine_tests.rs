@@ -2,10 +2,10 @@
 //! device (through the shared driver helper).
 
 use super::*;
-use crate::dma::GuestRam;
 use crate::driver::{self, csb_status, Driver, DriverMemory};
 use crate::regs::*;
 use std::sync::Mutex as StdMutex;
+use vfio_device::dma::GuestRam;
 
 /// Records raised vectors.
 #[derive(Debug, Default)]
@@ -560,7 +560,7 @@ fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
 #[derive(Debug)]
 struct Recording(GuestRam, StdMutex<Vec<u64>>);
 
-impl crate::dma::DmaMemory for Recording {
+impl vfio_device::dma::DmaMemory for Recording {
     fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
         self.0.read(a, b)
     }

@@ -3,12 +3,12 @@
 //! operations; the device must never panic and never reach memory outside the guest's maps
 //! (guaranteed by [`GuestRam`], which the targets use as their only memory).
 
-use crate::dma::GuestRam;
 use crate::driver::DriverMemory;
 use crate::engine::{Engine, EngineOptions, Irq};
 use crate::function::SdxiConfig;
 use crate::regs;
 use std::sync::Arc;
+use vfio_device::dma::GuestRam;
 
 #[derive(Debug)]
 struct NoIrq;
@@ -18,19 +18,7 @@ impl Irq for NoIrq {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64), for smoke-testing fuzz entry points and
-/// for data patterns that must differ byte by byte.
-pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use vfio_device::pattern::xorshift_bytes;
 
 /// Base and size of the fuzzed guest memory.
 pub const RAM_BASE: u64 = 0x10_0000;

@@ -7,7 +7,7 @@
 //! each reply (`VFIO_USER_F_NO_REPLY`, QEMU `docs/interop/vfio-user.rst`), in windows, each
 //! window closed by one message that is answered.
 
-use device_sdxi::testing::ServerProcess;
+use vfio_device::testing::ServerProcess;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

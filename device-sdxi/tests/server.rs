@@ -3,7 +3,7 @@
 
 use device_sdxi::function::SdxiConfig;
 use device_sdxi::regs::*;
-use device_sdxi::testing::ServerProcess;
+use vfio_device::testing::ServerProcess;
 use std::path::Path;
 
 const CONFIG: u32 = 7;
@@ -192,7 +192,7 @@ fn socket_path_mode_replaces_a_stale_socket_and_refuses_a_live_one() {
 /// on the socket, never data, and are counted; the server keeps serving.
 #[test]
 fn accesses_past_the_end_of_a_region_get_error_replies() {
-    use device_sdxi::testing::RawClient;
+    use vfio_device::testing::RawClient;
     let srv = server(1);
     let mut c = RawClient::connect(&srv.socket).expect("connect");
     let bar0 = c.bar_size(CONTROL_BAR).expect("BAR 0 size");

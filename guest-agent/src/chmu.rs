@@ -49,7 +49,7 @@ impl Chmu {
         crate::vfio::bind_vfio_pci(bdf)?;
         let dev = VfioDevice::open(bdf)?;
         let cfg = dev.config()?;
-        let dvsecs = device_sdxi::pci::dvsecs(&cfg);
+        let dvsecs = vfio_device::pci::dvsecs(&cfg);
         let find = |id: u16| {
             dvsecs
                 .iter()

@@ -61,7 +61,7 @@ pub fn probe_chmu(bdf: &str) -> Result<ChmuIdentity, DriverError> {
     crate::vfio::bind_vfio_pci(bdf)?;
     let dev = VfioDevice::open(bdf)?;
     let cfg = dev.config()?;
-    let dvsecs = device_sdxi::pci::dvsecs(&cfg);
+    let dvsecs = vfio_device::pci::dvsecs(&cfg);
     let cxl = |id: u16| {
         dvsecs
             .iter()

@@ -339,7 +339,7 @@ fn spawn(
         });
     }
     if let Some(fd) = listen_fd {
-        device_sdxi::cli::pass_listener_as_fd3(&mut cmd, fd);
+        vfio_device::cli::pass_listener_as_fd3(&mut cmd, fd);
     }
     debug!(?cmd, "spawning {name}");
     let child = cmd
@@ -657,7 +657,7 @@ impl Vm {
                 crate::config::ChmuClock::Insns => "records",
             };
             c.args(["--feed-fd", "4", "--clock", clock]);
-            device_sdxi::cli::pass_fd(&mut c, l.as_raw_fd(), 4);
+            vfio_device::cli::pass_fd(&mut c, l.as_raw_fd(), 4);
             Some((l, plugin))
         } else {
             None

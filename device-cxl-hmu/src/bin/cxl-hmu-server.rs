@@ -5,8 +5,8 @@ use clap::Parser;
 use device_cxl_hmu::chmu::ChmuConfig;
 use device_cxl_hmu::device::{config_space, HmuDevice, MemRange};
 use device_cxl_hmu::feed::{self, Sink};
-use device_sdxi::cli::{self, ServerArgs};
-use device_sdxi::vfio_server::PciDevice;
+use vfio_device::cli::{self, ServerArgs};
+use vfio_device::server::PciDevice;
 use std::process::ExitCode;
 
 fn parse_u64(s: &str) -> Result<u64, String> {

@@ -4,14 +4,14 @@
 //! Run it optimised: `cargo run --release -p device-sdxi --bin sdxi-bench`.
 
 use clap::Parser;
-use device_sdxi::dma::{GuestRam, MapSpec};
-use device_sdxi::dma_space::DmaSpace;
+use vfio_device::dma::{GuestRam, MapSpec};
+use vfio_device::dma_space::DmaSpace;
 use device_sdxi::driver::{self, csb_status, Driver, DriverMemory, Mmio};
 use device_sdxi::engine::{Engine, EngineOptions, Irq};
 use device_sdxi::function::SdxiConfig;
 use device_sdxi::mem::{AkeyEnt, CxtState, Descriptor};
 use device_sdxi::regs::{CONTROL_BAR, DOORBELL_BAR};
-use device_sdxi::testing::ServerProcess;
+use vfio_device::testing::ServerProcess;
 use device_sdxi::workers::Workers;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 /// Guest memory the way the server has it: a memfd mapped into a live [`DmaSpace`].
 fn guest_space(size: u64) -> (Arc<DmaSpace>, std::fs::File) {
-    let file = device_sdxi::dma::memfd(c"bench-ram", size).expect("memfd");
+    let file = vfio_device::dma::memfd(c"bench-ram", size).expect("memfd");
     let space = Arc::new(DmaSpace::default());
     space
         .map(&MapSpec {
@@ -210,7 +210,7 @@ fn latency(server: &std::path::Path, mode: &str, iters: usize) -> (f64, f64) {
     .expect("spawn server");
     let mut c = srv.client().expect("connect");
     let size = 16u64 << 20;
-    let file = device_sdxi::dma::memfd(c"bench-ram", size).expect("memfd");
+    let file = vfio_device::dma::memfd(c"bench-ram", size).expect("memfd");
     c.dma_map(0, BASE, size, file.as_raw_fd()).expect("map");
     c.region_write(7, 4, &6u16.to_le_bytes())
         .expect("bus master");

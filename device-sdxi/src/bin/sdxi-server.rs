@@ -1,7 +1,7 @@
 //! `sdxi-server`: serves one emulated SDXi function over vfio-user.
 
 use clap::Parser;
-use device_sdxi::cli::{self, ServerArgs};
+use vfio_device::cli::{self, ServerArgs};
 use device_sdxi::device::{config_space, DeviceOptions, DoorbellMode, SdxiDevice};
 use device_sdxi::function::SdxiConfig;
 use std::process::ExitCode;

@@ -3,11 +3,11 @@
 //! helper that programs the function the way the Linux SDXi driver does.
 #![allow(dead_code)]
 
-use device_sdxi::dma::{GuestRam, MapSpec};
+use vfio_device::dma::{GuestRam, MapSpec};
 use device_sdxi::driver::{self, csb_status, Driver, DriverMemory, Mmio};
 use device_sdxi::mem::*;
 use device_sdxi::regs::*;
-use device_sdxi::testing::ServerProcess;
+use vfio_device::testing::ServerProcess;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! counters, logging, and a clean exit on SIGINT/SIGTERM (socket removed, counters written).
 
 use crate::pci::ConfigSpace;
-use crate::vfio_server::{serve, Backend, Listener, PciDevice};
+use crate::server::{serve, Backend, Listener, PciDevice};
 use anyhow::Context;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};

@@ -14,15 +14,15 @@
 
 use crate::dma::MapSpec;
 use crate::dma_space::DmaSpace;
+use crate::interrupts::Interrupts;
 use crate::pci::ConfigSpace;
 use crate::quiesce::SocketWatch;
 use serde::Serialize;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
@@ -122,91 +122,6 @@ impl Listener {
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
-    }
-}
-
-/// MSI-X/INTx eventfds and Bus Master Enable, shared with device worker threads.
-#[derive(Clone, Debug, Default)]
-pub struct Interrupts {
-    inner: Arc<InterruptsInner>,
-}
-
-#[derive(Debug, Default)]
-struct InterruptsInner {
-    msix: Mutex<Vec<Option<File>>>,
-    intx: Mutex<Option<File>>,
-    bus_master: AtomicBool,
-    raised: AtomicU64,
-    dropped: AtomicU64,
-}
-
-impl Interrupts {
-    fn msix(&self) -> MutexGuard<'_, Vec<Option<File>>> {
-        self.inner
-            .msix
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Signals MSI-X `vector`. Returns false (and counts a drop) when bus mastering is off or
-    /// the vector has no eventfd.
-    pub fn trigger(&self, vector: u16) -> bool {
-        if !self.inner.bus_master.load(Ordering::Acquire) {
-            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        let v = self.msix();
-        let ok = match v.get(usize::from(vector)).and_then(Option::as_ref) {
-            Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
-            None => false,
-        };
-        let c = if ok {
-            &self.inner.raised
-        } else {
-            &self.inner.dropped
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        ok
-    }
-
-    pub fn set_bus_master(&self, on: bool) {
-        self.inner.bus_master.store(on, Ordering::Release);
-    }
-
-    pub fn bus_master(&self) -> bool {
-        self.inner.bus_master.load(Ordering::Acquire)
-    }
-
-    /// Number of MSI-X vectors that currently have an eventfd.
-    pub fn armed_vectors(&self) -> usize {
-        self.msix().iter().filter(|f| f.is_some()).count()
-    }
-
-    pub fn raised(&self) -> u64 {
-        self.inner.raised.load(Ordering::Relaxed)
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
-    }
-
-    fn clear(&self) {
-        self.msix().iter_mut().for_each(|f| *f = None);
-        *self
-            .inner
-            .intx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        self.set_bus_master(false);
-    }
-}
-
-impl crate::engine::Irq for Interrupts {
-    fn trigger(&self, vector: u16) -> bool {
-        Interrupts::trigger(self, vector)
-    }
-    fn bus_master(&self) -> bool {
-        Interrupts::bus_master(self)
     }
 }
 
@@ -521,7 +436,7 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
         let trigger = flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0;
         if index == VFIO_PCI_MSIX_IRQ_INDEX && trigger {
             let max = self.config.msix().map_or(0, |m| usize::from(m.vectors));
-            let mut table = self.interrupts.msix();
+            let mut table = self.interrupts.msix_table();
             table.resize_with(max, || None);
             if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
                 let mut fds = fds.into_iter();
@@ -538,12 +453,7 @@ impl<D: PciDevice> ServerBackend for Backend<D> {
             && trigger
             && flags & VFIO_IRQ_SET_DATA_EVENTFD != 0
         {
-            *self
-                .interrupts
-                .inner
-                .intx
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = fds.into_iter().next();
+            self.interrupts.set_intx(fds.into_iter().next());
         }
         Ok(())
     }

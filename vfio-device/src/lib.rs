@@ -1,0 +1,49 @@
+//! An emulated PCI function served over vfio-user (QEMU `docs/interop/vfio-user.rst`): the
+//! device-neutral half of both device servers of this project (the SDXi engine and the CXL
+//! memory device with its CHMU). A device supplies its identity, BAR behaviour and counters
+//! through [`server::PciDevice`]; everything else is here.
+//!
+//! - [`pci`]: the configuration space (PCI Local Bus 3.0 §6, PCI Express Base 6.0 §7.5),
+//!   its capabilities (PCI Express, MSI-X, DVSEC) and BAR definitions, and the capability
+//!   walker a guest driver uses to find them again.
+//! - `dma`, `dma_table`, `dma_space` (feature `dma`): guest memory as DMA_MAP/DMA_UNMAP announce it: the
+//!   IOVA -> host interval map and the live space a device's workers read, ordered behind
+//!   the socket's messages.
+//! - `interrupts` (feature `server`): MSI-X/INTx eventfds gated by Bus Master Enable.
+//! - `server`, `quiesce` (feature `server`): the vfio-user server loop (regions with sparse
+//!   mmap areas, SET_IRQS, DMA_MAP/UNMAP, reset) and the wait for messages already sent.
+//! - [`pattern`]: deterministic byte patterns for tests and workloads.
+//! - `cli` (feature `server`): the server binaries' shared options (`--socket`/`--fd`,
+//!   counters, control socket, trace), logging, signals, and the QEMU usage text.
+//! - `testing` (feature `server`): test helpers shared by the device crates' suites: a server
+//!   process on a socket handed over as fd 3, a raw protocol client, eventfds and memfds.
+//!
+//! Left out of vfio-user: the client side (tests use the `vfio_user` crate's client), live
+//! migration, `VFIO_USER_DMA_READ`/`DMA_WRITE` (guest memory is always shared by fd here) and
+//! device feature negotiation beyond what the `vfio_user` crate offers.
+//!
+//! Threat model: the client (and the guest behind it) is untrusted. Accesses past a region's end
+//! get an error reply, unknown configuration-space bytes read as 0, and DMA reaches only mapped
+//! ranges.
+
+pub mod pattern;
+pub mod pci;
+
+#[cfg(feature = "dma")]
+pub mod dma;
+#[cfg(feature = "dma")]
+pub mod dma_space;
+#[cfg(feature = "dma")]
+pub mod dma_table;
+
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
+pub mod interrupts;
+#[cfg(feature = "server")]
+pub mod quiesce;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod testing;
