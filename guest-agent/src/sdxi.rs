@@ -3,11 +3,11 @@
 //! with the same shared helper (`device_sdxi::driver`) the device's own tests use.
 
 use crate::protocol::{CopyResult, SdxiCopyReport};
-use crate::sys::event::{poll, EventFd};
-use crate::sys::{mm, Bar};
-use crate::vfio::{VfioDevice, VfioError};
+use crate::vfio::{BarMapping, VfioDevice, VfioError};
 use device_sdxi::driver::{self, Driver, DriverMemory, Mmio};
 use device_sdxi::regs;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 /// Where the driver puts its DMA buffer in the device's address space.
@@ -38,9 +38,28 @@ pub struct DmaBuffer {
 
 impl DmaBuffer {
     pub fn new(dev: &VfioDevice, len: usize, iova: u64) -> Result<Self, SdxiError> {
-        let p = mm::mmap_anon(len, libc::MAP_POPULATE)
-            .map_err(|e| SdxiError::Os(format!("mmap of {len} bytes: {e}")))?;
-        let b = Self { ptr: p, len, iova };
+        // SAFETY: a fresh anonymous mapping owned by the returned value.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(SdxiError::Os(format!(
+                "mmap of {len} bytes: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let b = Self {
+            ptr: p.cast(),
+            len,
+            iova,
+        };
         dev.map_dma(p as u64, iova, len as u64)?;
         Ok(b)
     }
@@ -54,9 +73,8 @@ impl DmaBuffer {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping created in new(); the device's mapping of it is gone
-        // with the container.
-        unsafe { mm::munmap(self.ptr, self.len) };
+        // SAFETY: exactly the mapping created in new().
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -83,8 +101,8 @@ impl DriverMemory for DmaBuffer {
 /// BAR0 registers and BAR2 doorbells through the vfio-pci mmaps.
 #[derive(Debug)]
 struct BarMmio {
-    bar0: Box<dyn Bar>,
-    bar2: Box<dyn Bar>,
+    bar0: BarMapping,
+    bar2: BarMapping,
     stride: u64,
 }
 
@@ -101,8 +119,36 @@ impl Mmio for BarMmio {
     }
 }
 
-fn eventfd() -> Result<EventFd, SdxiError> {
-    EventFd::new().map_err(|e| SdxiError::Os(format!("eventfd: {e}")))
+fn eventfd() -> Result<File, SdxiError> {
+    // SAFETY: plain eventfd creation.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(SdxiError::Os(format!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Waits for an eventfd; true if it fired within `timeout`.
+fn wait_event(f: &File, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    n > 0 && read_event(f.as_raw_fd())
+}
+
+/// Consumes an eventfd's count; true if there was one.
+fn read_event(fd: i32) -> bool {
+    let mut v = [0u8; 8];
+    // SAFETY: an 8-byte read from an eventfd we own into a live buffer.
+    unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) == 8 }
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -127,7 +173,7 @@ pub struct Function {
     buf: DmaBuffer,
     mmio: BarMmio,
     drv: Driver,
-    vectors: Vec<EventFd>,
+    vectors: Vec<File>,
     /// Scratch CST_BLK for admin requests.
     admin_csb: u64,
     pub init_micros: u64,
@@ -146,12 +192,12 @@ impl Function {
         let vectors = (0..=contexts)
             .map(|_| eventfd())
             .collect::<Result<Vec<_>, _>>()?;
-        let fds: Vec<i32> = vectors.iter().map(EventFd::fd).collect();
+        let fds: Vec<i32> = vectors.iter().map(AsRawFd::as_raw_fd).collect();
         dev.set_msix(&fds)?;
         let buf = DmaBuffer::new(&dev, TABLES as usize + extra, DMA_IOVA)?;
         let mut mmio = BarMmio {
-            bar0: Box::new(dev.map_bar(u32::from(regs::CONTROL_BAR))?),
-            bar2: Box::new(dev.map_bar(u32::from(regs::DOORBELL_BAR))?),
+            bar0: dev.map_bar(u32::from(regs::CONTROL_BAR))?,
+            bar2: dev.map_bar(u32::from(regs::DOORBELL_BAR))?,
             stride: 4096,
         };
         let t0 = Instant::now();
@@ -221,7 +267,7 @@ impl Function {
     pub fn wait_interrupt(&self, cxt: u16, timeout: Duration) -> bool {
         self.vectors
             .get(usize::from(cxt))
-            .is_some_and(|v| v.wait(timeout))
+            .is_some_and(|v| wait_event(v, timeout))
     }
 
     /// Waits up to `timeout` for context `cxt`'s interrupt or an error-log interrupt (vector
@@ -229,22 +275,43 @@ impl Function {
     pub fn wait_interrupt_or_error(&mut self, cxt: u16, timeout: Duration) -> Wait {
         let deadline = Instant::now() + timeout;
         let (Some(v), Some(e)) = (
-            self.vectors.get(usize::from(cxt)).map(EventFd::fd),
-            self.vectors.first().map(EventFd::fd),
+            self.vectors.get(usize::from(cxt)).map(AsRawFd::as_raw_fd),
+            self.vectors.first().map(AsRawFd::as_raw_fd),
         ) else {
             return Wait::Timeout;
         };
+        let mut fds = [
+            libc::pollfd {
+                fd: v,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: e,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let ready = poll(&[v, e], left);
-            if ready == [false, false] {
+            fds[0].revents = 0;
+            fds[1].revents = 0;
+            // SAFETY: two valid pollfds.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    2,
+                    left.as_millis().min(i32::MAX as u128) as i32,
+                )
+            };
+            if n <= 0 {
                 return Wait::Timeout;
             }
-            if ready[0] && self.vectors[usize::from(cxt)].consume() {
+            if fds[0].revents != 0 && read_event(v) {
                 return Wait::Interrupt;
             }
-            if ready[1] {
-                self.vectors[0].consume();
+            if fds[1].revents != 0 {
+                read_event(e);
                 self.ack_errors();
                 if !self.context_running(cxt) {
                     return Wait::Stopped;
