@@ -22,6 +22,8 @@ pub fn provision(
         qemu: cfg.qemu.clone(),
         modules: images::default_modules(),
         refresh,
+        // A kernel under test and guest files are not harness options yet.
+        ..images::ImagesConfig::default()
     };
     let imgs = images::provision(&icfg, &tools.agent, progress)?;
     Ok((tools, imgs))
