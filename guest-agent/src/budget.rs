@@ -81,6 +81,34 @@ impl TieringSpec {
     }
 }
 
+/// What tiering did in a run (in the migrator's report when a budget was set).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TieringReport {
+    pub dram_budget: u32,
+    pub low_watermark: u32,
+    pub high_watermark: u32,
+    /// Folios moved to node 0 / to node 1 over the run.
+    pub promoted_total: u64,
+    pub demoted_total: u64,
+    pub demotion_batches: Vec<crate::spec::BatchStat>,
+    /// After each batch: (ms, promoted so far, demoted so far, folios on node 0).
+    pub timeline: Vec<(u64, u64, u64, u32)>,
+    /// Most folios on node 0 at once (never above the budget).
+    pub max_used: u32,
+    /// Promotions sent back because the budget was full (they waited for demotion).
+    pub promotions_deferred: u64,
+    /// Demotions wanted but not made: too few cold folios on node 0.
+    pub short_of_cold: u64,
+    pub pingpong: crate::pingpong::PingPongCounters,
+    /// Accessed-bit scans of node 0.
+    pub scans: u64,
+    /// Folios still held back when the run ended.
+    pub held_at_end: u64,
+    /// Migration cost charged to each owner of folios.
+    pub owners: Vec<crate::cost_model::OwnerCost>,
+}
+
 /// The budget and its two watermarks, in folios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {

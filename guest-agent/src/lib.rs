@@ -28,5 +28,6 @@ pub mod protocol;
 pub mod sdxi;
 pub mod sources;
 pub mod spec;
+pub mod verify;
 pub mod vfio;
 pub mod workload;

@@ -168,6 +168,16 @@ impl Promoter {
         out
     }
 
+    /// Forgets `folio` (it was demoted): later records count from zero, so it is promoted
+    /// again only once it is hot again.
+    pub fn forget(&mut self, folio: u32) {
+        if let Some(r) = self.records.remove(&folio) {
+            if r.state == State::Ready {
+                self.ready_count -= 1;
+            }
+        }
+    }
+
     /// A folio whose migration failed becomes ready again.
     pub fn requeue(&mut self, folio: u32) {
         if let Some(r) = self.records.get_mut(&folio) {
@@ -380,6 +390,22 @@ mod tests {
             "11 > 5 > 2; then arrival order"
         );
         assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_folio_must_be_hot_again_to_leave_again() {
+        let mut p = Promoter::new(2, 3000, 65536, PAGE);
+        p.record(4, 2, SourceKind::Chmu, 0);
+        p.record(5, 2, SourceKind::Chmu, 0);
+        assert_eq!(p.take(0, 1), vec![4]);
+        // 4 demoted after its promotion, 5 dropped while still ready.
+        p.forget(4);
+        p.forget(5);
+        assert_eq!(p.pending(), 0);
+        p.record(4, 1, SourceKind::Chmu, 10);
+        assert!(p.take(10, 10).is_empty(), "one access: not hot again yet");
+        p.record(4, 1, SourceKind::Chmu, 20);
+        assert_eq!(p.take(20, 10), vec![4]);
     }
 
     #[test]
