@@ -55,48 +55,7 @@ pub trait Irq: Send + Sync {
     }
 }
 
-/// Error classes (ERRLOG_HD_ENT.err_class, counters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[repr(u16)]
-pub enum ErrClass {
-    /// Unknown type or subtype, admin op on a data context.
-    InvalidDescriptor = 1,
-    /// An address outside what the guest mapped (or a write to a read-only map).
-    AddressFault = 2,
-    /// COPY source and destination overlap.
-    Overlap = 3,
-    /// AKey index beyond the table, or entry not valid (or no interrupt for INTR).
-    InvalidAkey = 4,
-    /// Context table entry, CXT_CTL or context range not valid.
-    InvalidContext = 5,
-    /// Read index beyond the write index, or more outstanding than the ring holds.
-    RingIndex = 6,
-}
-
-pub const ERR_CLASSES: [ErrClass; 6] = [
-    ErrClass::InvalidDescriptor,
-    ErrClass::AddressFault,
-    ErrClass::Overlap,
-    ErrClass::InvalidAkey,
-    ErrClass::InvalidContext,
-    ErrClass::RingIndex,
-];
-
-/// ERRLOG_HD_ENT.step values used here (which stage failed). AMD's `hw.h` confirms only
-/// 1 = INT and 12 = FN_RKEY; the others are this model's numbering.
-pub mod step {
-    pub const INT: u8 = 1;
-    pub const CXT_TABLE: u8 = 2;
-    pub const RING: u8 = 3;
-    pub const DESCRIPTOR: u8 = 4;
-    pub const AKEY: u8 = 5;
-    pub const DATA: u8 = 6;
-    pub const COMPLETION: u8 = 7;
-}
-
-/// ERRLOG_HD_ENT.re: the device's reaction.
-pub const RE_INFORM: u8 = 0;
-pub const RE_CONTEXT_STOPPED: u8 = 1;
+pub use crate::mem::{step, ErrClass, ERR_CLASSES, RE_CONTEXT_STOPPED, RE_INFORM};
 
 /// Why a descriptor or context failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

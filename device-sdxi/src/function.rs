@@ -14,112 +14,50 @@
 //! it cannot read is reported then as an address fault with reaction "inform" while the
 //! function stays ACTIVE, so software can fix the table and ring again.
 
-use crate::regs::{self, Cap0, Cap1, CxtL2, FnRequest, FnState, Version, REGISTERS};
-use serde::Serialize;
+use crate::metrics::FunctionCounters;
+pub use crate::regs::SdxiConfig;
+use crate::regs::{self, CxtL2, FnRequest, FnState, PostWrite, REGISTERS};
 use tracing::{debug, info, warn};
 
-/// Capabilities of an emulated function (fixed at creation).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SdxiConfig {
-    /// Highest context ID (CAP1.max_cxt); context 0 is the admin context, so the default
-    /// offers 64 data contexts.
-    pub max_cxt: u16,
-    /// Doorbell stride exponent: stride = 4 KiB << db_stride.
-    pub db_stride: u8,
-    /// Largest ring: 1024 << max_ds_ring_sz descriptors.
-    pub max_ds_ring_sz: u8,
-    /// CAP1.max_buffer; 11 is read by the driver as 4 GiB.
-    pub max_buffer: u8,
-    pub max_akey_sz: u8,
-    pub max_errlog_sz: u8,
-    /// Operation group 000 capability bitmap.
-    pub opb_000_cap: u32,
+/// A condition a transition needs; when it does not hold, the function goes to ERROR instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    None,
+    /// MMIO_CXT_L2 holds a non-zero pointer (the admin context can be found).
+    CxtL2Programmed,
 }
 
-impl Default for SdxiConfig {
-    fn default() -> Self {
-        Self {
-            max_cxt: 64,
-            db_stride: 0,
-            max_ds_ring_sz: 4,
-            max_buffer: 11,
-            max_akey_sz: 0,
-            max_errlog_sz: 0,
-            // DMAB, admin and interrupt groups.
-            opb_000_cap: 0b1_0111,
-        }
-    }
-}
-
-impl SdxiConfig {
-    pub fn cap0(&self) -> u64 {
-        Cap0::new()
-            .with_sfunc(0)
-            .with_db_stride(self.db_stride)
-            .with_max_ds_ring_sz(self.max_ds_ring_sz)
-            .into()
-    }
-
-    pub fn cap1(&self) -> u64 {
-        Cap1::new()
-            .with_max_buffer(self.max_buffer)
-            .with_mmio64(true)
-            .with_max_errlog_sz(self.max_errlog_sz)
-            .with_max_akey_sz(self.max_akey_sz)
-            .with_max_cxt(self.max_cxt)
-            .with_opb_000_cap(self.opb_000_cap)
-            .into()
-    }
-
-    pub fn version(&self) -> u64 {
-        Version::new().with_major(1).with_minor(0).into()
-    }
-
-    /// Doorbell stride in bytes.
-    pub fn doorbell_stride(&self) -> u64 {
-        4096u64 << self.db_stride
-    }
-
-    /// BAR2 size: one doorbell page per context, rounded up to a power of two.
-    pub fn doorbell_bar_size(&self) -> u64 {
-        (u64::from(self.max_cxt) + 1)
-            .saturating_mul(self.doorbell_stride())
-            .next_power_of_two()
-    }
-
-    /// MSI-X vectors: vector 0 for the error log, one per context after it.
-    pub fn msix_vectors(&self) -> u16 {
-        self.max_cxt.saturating_add(2).min(2048)
-    }
-}
-
-/// The state machine's transition table (SDXi 1.0 §3.2; the requests AMD's `device.c` makes).
-/// Transitions are instantaneous, which
-/// the driver accepts since it polls STS0.
-pub const TRANSITIONS: &[(FnState, FnRequest, FnState)] = &[
-    (FnState::Stop, FnRequest::Active, FnState::Active),
-    (FnState::Stop, FnRequest::Reset, FnState::Stop),
-    (FnState::Stop, FnRequest::StopSf, FnState::Stop),
-    (FnState::Stop, FnRequest::StopHd, FnState::Stop),
-    (FnState::Init, FnRequest::Active, FnState::Active),
-    (FnState::Init, FnRequest::StopSf, FnState::Stop),
-    (FnState::Init, FnRequest::StopHd, FnState::Stop),
-    (FnState::Active, FnRequest::Active, FnState::Active),
-    (FnState::Active, FnRequest::StopSf, FnState::Stop),
-    (FnState::Active, FnRequest::StopHd, FnState::Stop),
-    (FnState::Active, FnRequest::Reset, FnState::Stop),
-    (FnState::StopgSf, FnRequest::StopHd, FnState::Stop),
-    (FnState::Error, FnRequest::Reset, FnState::Stop),
+/// The state machine's transition table (SDXi 1.0 §3.2; the requests AMD's `device.c` makes):
+/// current state, request written to CTL0.fn_gsr, next state, guard. Transitions are
+/// instantaneous (the driver polls STS0), so STOPG_SF/STOPG_HD are never reported, and a
+/// request without a row is ignored with a warning.
+#[rustfmt::skip]
+pub const TRANSITIONS: &[(FnState, FnRequest, FnState, Guard)] = &[
+    (FnState::Stop,    FnRequest::Active, FnState::Active, Guard::CxtL2Programmed),
+    (FnState::Stop,    FnRequest::Reset,  FnState::Stop,   Guard::None),
+    (FnState::Stop,    FnRequest::StopSf, FnState::Stop,   Guard::None),
+    (FnState::Stop,    FnRequest::StopHd, FnState::Stop,   Guard::None),
+    (FnState::Init,    FnRequest::Active, FnState::Active, Guard::CxtL2Programmed),
+    (FnState::Init,    FnRequest::StopSf, FnState::Stop,   Guard::None),
+    (FnState::Init,    FnRequest::StopHd, FnState::Stop,   Guard::None),
+    (FnState::Active,  FnRequest::Active, FnState::Active, Guard::None),
+    (FnState::Active,  FnRequest::StopSf, FnState::Stop,   Guard::None),
+    (FnState::Active,  FnRequest::StopHd, FnState::Stop,   Guard::None),
+    (FnState::Active,  FnRequest::Reset,  FnState::Stop,   Guard::None),
+    (FnState::StopgSf, FnRequest::StopHd, FnState::Stop,   Guard::None),
+    (FnState::Error,   FnRequest::Reset,  FnState::Stop,   Guard::None),
 ];
 
-/// Counters of the register interface.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct RegCounters {
-    pub mmio_reads: u64,
-    pub mmio_writes: u64,
-    /// Accesses with a bad width or alignment, or to unlisted offsets.
-    pub guest_errors: u64,
-    pub state_transitions: u64,
+/// The next state for `request` in `state`, or None when the table has no row.
+pub fn next_state(state: FnState, request: FnRequest, cxt_l2: u64) -> Option<FnState> {
+    let &(_, _, to, guard) = TRANSITIONS
+        .iter()
+        .find(|(from, r, _, _)| *from == state && *r == request)?;
+    let ok = match guard {
+        Guard::None => true,
+        Guard::CxtL2Programmed => CxtL2::from(cxt_l2).ptr() != 0,
+    };
+    Some(if ok { to } else { FnState::Error })
 }
 
 /// One SDXi PCI function's register state.
@@ -128,7 +66,7 @@ pub struct SdxiFunction {
     config: SdxiConfig,
     values: Vec<u64>,
     state: FnState,
-    counters: RegCounters,
+    counters: FunctionCounters,
 }
 
 impl SdxiFunction {
@@ -137,7 +75,7 @@ impl SdxiFunction {
             values: vec![0; REGISTERS.len()],
             config,
             state: FnState::Stop,
-            counters: RegCounters::default(),
+            counters: FunctionCounters::default(),
         };
         f.reset();
         f
@@ -151,19 +89,14 @@ impl SdxiFunction {
         self.state
     }
 
-    pub fn counters(&self) -> &RegCounters {
+    pub fn counters(&self) -> &FunctionCounters {
         &self.counters
     }
 
     /// Function-level reset: every register to its reset value, state STOP.
     pub fn reset(&mut self) {
-        for (i, r) in REGISTERS.iter().enumerate() {
-            self.values[i] = match r.offset {
-                regs::MMIO_CAP0 => self.config.cap0(),
-                regs::MMIO_CAP1 => self.config.cap1(),
-                regs::MMIO_VERSION => self.config.version(),
-                _ => 0,
-            };
+        for (v, r) in self.values.iter_mut().zip(REGISTERS) {
+            *v = r.reset.value(&self.config);
         }
         self.set_state(FnState::Stop);
     }
@@ -172,15 +105,17 @@ impl SdxiFunction {
         regs::lookup(offset).map(|(i, _)| i)
     }
 
+    /// The one setter of the state: mirrors it into STS0.fn_gsv.
     fn set_state(&mut self, s: FnState) {
         if s != self.state {
             info!(from = ?self.state, to = ?s, "SDXi function state");
             self.counters.state_transitions += 1;
         }
         self.state = s;
-        if let Some(i) = Self::index_of(regs::MMIO_STS0) {
-            self.values[i] = regs::Sts0::new().with_fn_gsv(s as u8).into();
-        }
+        self.device_set(
+            regs::MMIO_STS0,
+            regs::Sts0::new().with_fn_gsv(s as u8).into(),
+        );
     }
 
     /// The current value of the register at `offset` (0 for holes).
@@ -224,7 +159,8 @@ impl SdxiFunction {
         tracing::trace!(target: "sdxi::mmio", op = "read", offset = format_args!("{offset:#x}"), width = data.len(), reg = REGISTERS[i].name, value = format_args!("{:#x}", self.values[i]));
     }
 
-    /// A guest write of BAR0. Bad accesses and writes to holes are ignored.
+    /// A guest write of BAR0: masks from the register table, then its post-write hook. Bad
+    /// accesses and writes to holes are ignored.
     pub fn mmio_write(&mut self, offset: u64, data: &[u8]) {
         self.counters.mmio_writes += 1;
         if !Self::valid_access(offset, data.len()) {
@@ -241,45 +177,31 @@ impl SdxiFunction {
             debug!(offset, "SDXi BAR0: write to unlisted offset ignored");
             return;
         };
-        let shift = (offset & 7) * 8;
-        let lane: u64 = if data.len() == 8 {
-            u64::MAX
-        } else {
-            0xffff_ffff << shift
-        };
-        let mut raw = [0u8; 8];
-        raw[..data.len()].copy_from_slice(data);
-        let value = u64::from_le_bytes(raw) << shift;
         let old = self.values[i];
-        let wmask = info.wmask & lane;
-        let w1c = info.w1c & lane;
-        let new = ((old & !wmask) | (value & wmask)) & !(value & w1c);
+        let new = regs::apply_write(info, old, offset, data);
         self.values[i] = new;
         debug!(reg = info.name, old, new, "SDXi BAR0 write");
         tracing::trace!(target: "sdxi::mmio", op = "write", offset = format_args!("{offset:#x}"), width = data.len(), reg = info.name, value = format_args!("{new:#x}"), old = format_args!("{old:#x}"));
-        if info.offset == regs::MMIO_CTL0 {
-            self.ctl0_written();
+        match info.post_write {
+            Some(PostWrite::FnStateRequest) => self.fn_state_requested(),
+            None => {}
         }
     }
 
-    fn ctl0_written(&mut self) {
+    /// CTL0 written: the request in fn_gsr moves the state machine.
+    fn fn_state_requested(&mut self) {
         let gsr = regs::Ctl0::from(self.reg(regs::MMIO_CTL0)).fn_gsr();
         let req = FnRequest::from_gsr(gsr);
-        let Some(&(_, _, mut to)) = TRANSITIONS
-            .iter()
-            .find(|(from, r, _)| *from == self.state && *r == req)
-        else {
-            warn!(state = ?self.state, request = ?req, "SDXi: state request ignored in this state");
-            return;
-        };
-        if to == FnState::Active && self.state != FnState::Active {
-            let l2 = CxtL2::from(self.reg(regs::MMIO_CXT_L2)).ptr();
-            if l2 == 0 {
+        match next_state(self.state, req, self.reg(regs::MMIO_CXT_L2)) {
+            Some(FnState::Error) => {
                 warn!("SDXi: ACTIVE requested without a level-2 context table: function error");
-                to = FnState::Error;
+                self.set_state(FnState::Error);
+            }
+            Some(to) => self.set_state(to),
+            None => {
+                warn!(state = ?self.state, request = ?req, "SDXi: state request ignored in this state");
             }
         }
-        self.set_state(to);
     }
 }
 
@@ -402,6 +324,34 @@ mod tests {
         f.reset();
         assert_eq!(read64(&mut f, MMIO_CXT_L2), 0);
         assert_eq!(f.state(), FnState::Stop);
+    }
+
+    #[test]
+    fn every_request_in_every_state_follows_the_table() {
+        // Oracle written out from the driver's expectations (SDXi 1.0 §3.2 as `device.c` uses
+        // it): (state, request) -> next, with a level-2 table programmed.
+        use FnRequest as R;
+        use FnState as S;
+        let expect = |s, r| match (s, r) {
+            (S::Stop | S::Init | S::Active, R::Active) => Some(S::Active),
+            (S::Stop, _) | (S::Init | S::Active, R::StopSf | R::StopHd) => Some(S::Stop),
+            (S::Active, R::Reset) | (S::StopgSf, R::StopHd) | (S::Error, R::Reset) => Some(S::Stop),
+            _ => None,
+        };
+        let states = [
+            S::Stop,
+            S::Init,
+            S::Active,
+            S::StopgSf,
+            S::StopgHd,
+            S::Error,
+        ];
+        for s in states {
+            for r in [R::Reset, R::StopSf, R::StopHd, R::Active] {
+                assert_eq!(next_state(s, r, 0x1000), expect(s, r), "{s:?} {r:?}");
+            }
+        }
+        assert_eq!(next_state(S::Stop, R::Active, 0), Some(S::Error));
     }
 
     #[test]

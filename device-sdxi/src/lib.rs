@@ -28,6 +28,7 @@ pub mod function;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mem;
+pub mod metrics;
 pub mod regs;
 #[cfg(feature = "engine")]
 pub mod workers;

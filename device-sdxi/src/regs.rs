@@ -195,9 +195,10 @@ pub struct ErrCfg {
 }
 
 /// Function state as reported in STS0.fn_gsv (SDXi 1.0 §3.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum FnState {
+    #[default]
     Stop = 0,
     Init = 1,
     Active = 2,
@@ -241,104 +242,184 @@ impl FnRequest {
     }
 }
 
-/// How each register behaves on access.
+/// Capabilities of an emulated function, fixed at creation: the source of CAP0, CAP1 and
+/// VERSION's reset values and of the BAR sizes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SdxiConfig {
+    /// Highest context ID (CAP1.max_cxt); context 0 is the admin context, so the default
+    /// offers 64 data contexts.
+    pub max_cxt: u16,
+    /// Doorbell stride exponent: stride = 4 KiB << db_stride.
+    pub db_stride: u8,
+    /// Largest ring: 1024 << max_ds_ring_sz descriptors.
+    pub max_ds_ring_sz: u8,
+    /// CAP1.max_buffer; 11 is read by the driver as 4 GiB.
+    pub max_buffer: u8,
+    pub max_akey_sz: u8,
+    pub max_errlog_sz: u8,
+    /// Operation group 000 capability bitmap.
+    pub opb_000_cap: u32,
+}
+
+impl Default for SdxiConfig {
+    fn default() -> Self {
+        Self {
+            max_cxt: 64,
+            db_stride: 0,
+            max_ds_ring_sz: 4,
+            max_buffer: 11,
+            max_akey_sz: 0,
+            max_errlog_sz: 0,
+            // DMAB, admin and interrupt groups.
+            opb_000_cap: 0b1_0111,
+        }
+    }
+}
+
+impl SdxiConfig {
+    pub fn cap0(&self) -> u64 {
+        Cap0::new()
+            .with_sfunc(0)
+            .with_db_stride(self.db_stride)
+            .with_max_ds_ring_sz(self.max_ds_ring_sz)
+            .into()
+    }
+
+    pub fn cap1(&self) -> u64 {
+        Cap1::new()
+            .with_max_buffer(self.max_buffer)
+            .with_mmio64(true)
+            .with_max_errlog_sz(self.max_errlog_sz)
+            .with_max_akey_sz(self.max_akey_sz)
+            .with_max_cxt(self.max_cxt)
+            .with_opb_000_cap(self.opb_000_cap)
+            .into()
+    }
+
+    pub fn version(&self) -> u64 {
+        Version::new().with_major(1).with_minor(0).into()
+    }
+
+    /// Doorbell stride in bytes.
+    pub fn doorbell_stride(&self) -> u64 {
+        4096u64 << self.db_stride
+    }
+
+    /// BAR2 size: one doorbell page per context, rounded up to a power of two.
+    pub fn doorbell_bar_size(&self) -> u64 {
+        (u64::from(self.max_cxt) + 1)
+            .saturating_mul(self.doorbell_stride())
+            .next_power_of_two()
+    }
+
+    /// MSI-X vectors: vector 0 for the error log, one per context after it.
+    pub fn msix_vectors(&self) -> u16 {
+        self.max_cxt.saturating_add(2).min(2048)
+    }
+}
+
+/// A register's value after a function reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reset {
+    Zero,
+    /// The capability words, from [`SdxiConfig`].
+    Cap0,
+    Cap1,
+    Version,
+}
+
+impl Reset {
+    pub fn value(self, cfg: &SdxiConfig) -> u64 {
+        match self {
+            Self::Zero => 0,
+            Self::Cap0 => cfg.cap0(),
+            Self::Cap1 => cfg.cap1(),
+            Self::Version => cfg.version(),
+        }
+    }
+}
+
+/// What the function does after software wrote a register (the named side effect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostWrite {
+    /// CTL0.fn_gsr written: a function state request (SDXi 1.0 §3.2).
+    FnStateRequest,
+}
+
+/// How each register behaves on access: one row per register of SDXi 1.0 §9.2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegInfo {
     pub offset: u64,
     pub name: &'static str,
+    pub reset: Reset,
     /// Bits software may write.
     pub wmask: u64,
     /// Bits cleared by writing 1.
     pub w1c: u64,
+    pub post_write: Option<PostWrite>,
 }
 
-/// The register table, in spec order. Reset values depend on the device's capabilities and
-/// come from [`crate::function::SdxiConfig`].
+/// The register table, in spec order: offset, name, reset value, writable mask, W1C mask,
+/// post-write hook. Registers the function itself updates (STS0.fn_gsv, ERR_WRT) are
+/// read-only to software here.
+#[rustfmt::skip]
 pub const REGISTERS: &[RegInfo] = &[
-    RegInfo {
-        offset: MMIO_CTL0,
-        name: "MMIO_CTL0",
-        wmask: 0xffff_ffff_0fff_ff17,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_CTL2,
-        name: "MMIO_CTL2",
-        wmask: 0xffff_ffff_ffff_f00f,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_STS0,
-        name: "MMIO_STS0",
-        wmask: 0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_CAP0,
-        name: "MMIO_CAP0",
-        wmask: 0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_CAP1,
-        name: "MMIO_CAP1",
-        wmask: 0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_VERSION,
-        name: "MMIO_VERSION",
-        wmask: 0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_CXT_L2,
-        name: "MMIO_CXT_L2",
-        wmask: !0xfff,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_RKEY,
-        name: "MMIO_RKEY",
-        wmask: !0xfe0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_ERR_CTL,
-        name: "MMIO_ERR_CTL",
-        wmask: 0x1,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_ERR_STS,
-        name: "MMIO_ERR_STS",
-        wmask: 0,
-        w1c: 0xb,
-    },
-    RegInfo {
-        offset: MMIO_ERR_CFG,
-        name: "MMIO_ERR_CFG",
-        wmask: !0xfc0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_ERR_WRT,
-        name: "MMIO_ERR_WRT",
-        wmask: 0,
-        w1c: 0,
-    },
-    RegInfo {
-        offset: MMIO_ERR_RD,
-        name: "MMIO_ERR_RD",
-        wmask: !0,
-        w1c: 0,
-    },
+    reg(MMIO_CTL0,    "MMIO_CTL0",    Reset::Zero,    0xffff_ffff_0fff_ff17, 0,   Some(PostWrite::FnStateRequest)),
+    reg(MMIO_CTL2,    "MMIO_CTL2",    Reset::Zero,    0xffff_ffff_ffff_f00f, 0,   None),
+    reg(MMIO_STS0,    "MMIO_STS0",    Reset::Zero,    0,                     0,   None),
+    reg(MMIO_CAP0,    "MMIO_CAP0",    Reset::Cap0,    0,                     0,   None),
+    reg(MMIO_CAP1,    "MMIO_CAP1",    Reset::Cap1,    0,                     0,   None),
+    reg(MMIO_VERSION, "MMIO_VERSION", Reset::Version, 0,                     0,   None),
+    reg(MMIO_CXT_L2,  "MMIO_CXT_L2",  Reset::Zero,    !0xfff,                0,   None),
+    reg(MMIO_RKEY,    "MMIO_RKEY",    Reset::Zero,    !0xfe0,                0,   None),
+    reg(MMIO_ERR_CTL, "MMIO_ERR_CTL", Reset::Zero,    0x1,                   0,   None),
+    reg(MMIO_ERR_STS, "MMIO_ERR_STS", Reset::Zero,    0,                     0xb, None),
+    reg(MMIO_ERR_CFG, "MMIO_ERR_CFG", Reset::Zero,    !0xfc0,                0,   None),
+    reg(MMIO_ERR_WRT, "MMIO_ERR_WRT", Reset::Zero,    0,                     0,   None),
+    reg(MMIO_ERR_RD,  "MMIO_ERR_RD",  Reset::Zero,    !0,                    0,   None),
 ];
+
+const fn reg(
+    offset: u64,
+    name: &'static str,
+    reset: Reset,
+    wmask: u64,
+    w1c: u64,
+    post_write: Option<PostWrite>,
+) -> RegInfo {
+    RegInfo {
+        offset,
+        name,
+        reset,
+        wmask,
+        w1c,
+        post_write,
+    }
+}
 
 /// Finds the register containing `offset` (which may point at its upper dword).
 pub fn lookup(offset: u64) -> Option<(usize, &'static RegInfo)> {
     let base = offset & !7;
     REGISTERS.iter().enumerate().find(|(_, r)| r.offset == base)
+}
+
+/// The value of a software write of `data` at `offset` (4 or 8 bytes, already checked) to a
+/// register holding `old`: writable bits replaced, W1C bits cleared where 1 was written, the
+/// other half of the register kept on a 4-byte write.
+pub fn apply_write(info: &RegInfo, old: u64, offset: u64, data: &[u8]) -> u64 {
+    let shift = (offset & 7) * 8;
+    let lane: u64 = if data.len() == 8 {
+        u64::MAX
+    } else {
+        0xffff_ffff << shift
+    };
+    let mut raw = [0u8; 8];
+    let n = data.len().min(8);
+    raw[..n].copy_from_slice(&data[..n]);
+    let value = u64::from_le_bytes(raw) << shift;
+    let wmask = info.wmask & lane;
+    let w1c = info.w1c & lane;
+    ((old & !wmask) | (value & wmask)) & !(value & w1c)
 }
 
 #[cfg(test)]
@@ -486,6 +567,34 @@ mod tests {
         assert_eq!(ctl2, Some(!(0xff << 4)));
         assert_eq!(lookup(MMIO_ERR_STS).map(|(_, r)| r.w1c), Some(0b1011));
         assert_eq!(lookup(MMIO_ERR_CFG).map(|(_, r)| r.wmask), Some(!0xfc0));
+    }
+
+    #[test]
+    fn reset_values_and_hooks_come_from_the_table() {
+        let cfg = SdxiConfig::default();
+        let reset = |off| lookup(off).map(|(_, r)| r.reset.value(&cfg));
+        assert_eq!(reset(MMIO_VERSION), Some(0x0001_0000));
+        assert_eq!(reset(MMIO_CAP1), Some(cfg.cap1()));
+        assert_eq!(reset(MMIO_CXT_L2), Some(0));
+        let hooked: Vec<&str> = REGISTERS
+            .iter()
+            .filter(|r| r.post_write.is_some())
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(hooked, ["MMIO_CTL0"]);
+    }
+
+    #[test]
+    fn a_write_keeps_read_only_bits_and_clears_w1c_bits() {
+        let sts = lookup(MMIO_ERR_STS).map(|(_, r)| *r).expect("ERR_STS");
+        assert_eq!(
+            apply_write(&sts, 0b1011, MMIO_ERR_STS, &1u64.to_le_bytes()),
+            0b1010
+        );
+        let rd = lookup(MMIO_ERR_RD).map(|(_, r)| *r).expect("ERR_RD");
+        let old = 0x1111_2222_3333_4444;
+        let hi = apply_write(&rd, old, MMIO_ERR_RD + 4, &0xaaaa_bbbbu32.to_le_bytes());
+        assert_eq!(hi, 0xaaaa_bbbb_3333_4444);
     }
 
     #[test]
