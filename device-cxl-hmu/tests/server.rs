@@ -3,11 +3,11 @@
 use device_cxl_hmu::chmu::ChmuConfig;
 use device_cxl_hmu::device::decode_range1;
 use device_cxl_hmu::regs::*;
-use vfio_device::pci::dvsecs;
-use vfio_device::testing::ServerProcess;
 use std::path::Path;
+use vfio_device::pci::dvsecs;
+use vfio_device::testing::{arm_msix, read_u64, wait_event, write_u64, ServerProcess};
 
-const CONFIG: u32 = 7;
+const CONFIG: u32 = vfio_device::testing::CONFIG_REGION;
 
 fn server(extra: &[&str]) -> ServerProcess {
     let mut args = vec!["--max-clients", "1"];
@@ -17,19 +17,11 @@ fn server(extra: &[&str]) -> ServerProcess {
 }
 
 fn rd(c: &mut vfio_user::Client, off: u64) -> u64 {
-    let mut b = [0u8; 8];
-    c.region_read(u32::from(REGS_BAR), CHMU_BLOCK_OFFSET + off, &mut b)
-        .expect("read");
-    u64::from_le_bytes(b)
+    read_u64(c, u32::from(REGS_BAR), CHMU_BLOCK_OFFSET + off)
 }
 
 fn wr(c: &mut vfio_user::Client, off: u64, v: u64) {
-    c.region_write(
-        u32::from(REGS_BAR),
-        CHMU_BLOCK_OFFSET + off,
-        &v.to_le_bytes(),
-    )
-    .expect("write");
+    write_u64(c, u32::from(REGS_BAR), CHMU_BLOCK_OFFSET + off, v);
 }
 
 #[test]
@@ -143,25 +135,6 @@ fn misaligned_range_is_refused_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("256 MiB"));
 }
 
-fn eventfd() -> std::fs::File {
-    // SAFETY: plain eventfd creation.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: a fresh fd we own.
-    unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-}
-
-fn wait_event(f: &std::fs::File, ms: i32) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, ms) == 1 }
-}
-
 /// Enables instance 0 for 4 KiB units, threshold `thr`, 100 us epochs, fill threshold `fill`.
 fn enable(c: &mut vfio_user::Client, thr: u32, fill: u16) {
     let base = ChmuConfig::default().instance_base(0);
@@ -244,14 +217,12 @@ fn trace_replay_reports_the_hot_units_with_a_fill_interrupt() {
     let tp = trace.to_string_lossy().into_owned();
     let srv = server(&["--replay", &tp]);
     let mut c = srv.client().expect("connect");
-    c.region_write(7, 4, &0x0006u16.to_le_bytes())
-        .expect("bus master");
-    let v = eventfd();
-    use std::os::fd::AsRawFd;
-    c.set_irqs(2, (1 << 2) | (1 << 5), 0, 1, &[v.as_raw_fd()])
-        .expect("MSI-X");
+    let v = arm_msix(&mut c, 1);
     enable(&mut c, 10, 1);
-    assert!(wait_event(&v, 10_000), "fill-threshold interrupt");
+    assert!(
+        wait_event(&v[0], std::time::Duration::from_secs(10)) > 0,
+        "fill-threshold interrupt"
+    );
     // The replay ends both epochs; poll the hotlist for both reports.
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

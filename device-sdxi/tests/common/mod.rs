@@ -1,101 +1,45 @@
 //! The device under test for the socket-level suites: the real `sdxi-server` process, a real
 //! vfio-user client (QEMU's role), a shared memfd as guest memory, and the shared driver
 //! helper that programs the function the way the Linux SDXi driver does.
-#![allow(dead_code)]
+// Each suite uses part of this module; the rest is unused in that binary.
+#![allow(dead_code, unused_imports)]
 
-use vfio_device::dma::{GuestRam, MapSpec};
 use device_sdxi::driver::{self, csb_status, Driver, DriverMemory, Mmio};
 use device_sdxi::mem::*;
 use device_sdxi::regs::*;
-use vfio_device::testing::ServerProcess;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use vfio_device::dma::{GuestRam, MapSpec};
+use vfio_device::testing::{arm_msix, read_u64, write_u64, MappedArea, ServerProcess};
 
 pub const IOVA: u64 = 0x1_0000_0000;
 pub const RAM_SIZE: u64 = 160 << 20;
 pub const TABLES: u64 = IOVA;
 pub const ERRLOG: u64 = IOVA + (3 << 20);
 pub const DATA: u64 = IOVA + (4 << 20);
-pub const CONFIG_REGION: u32 = 7;
-pub const MSIX: u32 = 2;
-pub const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
-pub const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+pub use vfio_device::testing::CONFIG_REGION;
 
-pub fn memfd(size: u64) -> File {
-    let name = std::ffi::CString::new("guest-ram").expect("name");
-    // SAFETY: memfd_create with a valid NUL-terminated name.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create");
-    // SAFETY: a fresh fd we own.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(size).expect("size");
-    f
-}
-
-pub fn eventfd() -> File {
-    // SAFETY: plain eventfd creation.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: a fresh fd we own.
-    unsafe { File::from_raw_fd(fd) }
-}
-
-/// Waits for an eventfd to fire; returns its count (0 on timeout).
-pub fn wait_event(f: &File, timeout: Duration) -> u64 {
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
-    if n <= 0 {
-        return 0;
-    }
-    let mut v = [0u8; 8];
-    // SAFETY: reading 8 bytes into a live buffer from our eventfd.
-    let r = unsafe { libc::read(f.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
-    if r == 8 {
-        u64::from_le_bytes(v)
-    } else {
-        0
-    }
-}
-
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
+pub use vfio_device::testing::{memfd, wait_event, wait_for};
 
 /// The device's registers and doorbells through vfio-user region messages.
 pub struct ClientMmio<'a>(pub &'a mut vfio_user::Client);
 
 impl driver::Mmio for ClientMmio<'_> {
     fn read64(&mut self, offset: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.0
-            .region_read(u32::from(CONTROL_BAR), offset, &mut b)
-            .expect("BAR0 read");
-        u64::from_le_bytes(b)
+        read_u64(self.0, u32::from(CONTROL_BAR), offset)
     }
     fn write64(&mut self, offset: u64, value: u64) {
-        self.0
-            .region_write(u32::from(CONTROL_BAR), offset, &value.to_le_bytes())
-            .expect("BAR0 write");
+        write_u64(self.0, u32::from(CONTROL_BAR), offset, value);
     }
     fn doorbell(&mut self, cxt: u16, value: u64) {
-        self.0
-            .region_write(
-                u32::from(DOORBELL_BAR),
-                u64::from(cxt) * 4096,
-                &value.to_le_bytes(),
-            )
-            .expect("doorbell");
+        write_u64(
+            self.0,
+            u32::from(DOORBELL_BAR),
+            u64::from(cxt) * 4096,
+            value,
+        );
     }
 }
 
@@ -143,19 +87,7 @@ impl Dut {
         }])
         .expect("local view of guest RAM");
         // Bus mastering on, MSI-X vectors armed.
-        c.region_write(CONFIG_REGION, 4, &0x0006u16.to_le_bytes())
-            .expect("command");
-        let count = u32::from(n) + 1;
-        let vectors: Vec<File> = (0..count).map(|_| eventfd()).collect();
-        let fds: Vec<i32> = vectors.iter().map(AsRawFd::as_raw_fd).collect();
-        c.set_irqs(
-            MSIX,
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            0,
-            count,
-            &fds,
-        )
-        .expect("SET_IRQS");
+        let vectors = arm_msix(&mut c, u32::from(n) + 1);
         let mut drv = Driver::new(&ram, TABLES, 3 << 20).expect("tables");
         driver::init_function(&mut ClientMmio(&mut c), &ram, &mut drv, Some(ERRLOG))
             .expect("init sequence");
@@ -225,52 +157,16 @@ pub fn control(path: &Path, req: &str) -> serde_json::Value {
 /// The doorbell BAR as a guest has it with mapped doorbells (the server's default): the page
 /// the server offers as a sparse mmap area, mapped here, so a doorbell is a plain 64-bit
 /// store that never travels on the socket.
-pub struct MappedDoorbellPage {
-    ptr: *mut u64,
-    len: usize,
-}
-
-// SAFETY: plain shared memory, written only with volatile 64-bit stores.
-unsafe impl Send for MappedDoorbellPage {}
-// SAFETY: as above.
-unsafe impl Sync for MappedDoorbellPage {}
+pub struct MappedDoorbellPage(MappedArea);
 
 impl MappedDoorbellPage {
     /// Maps the doorbell BAR's file; None when the server offers none (trapped doorbells).
     pub fn map(c: &vfio_user::Client) -> Option<Self> {
-        let r = c.region(u32::from(DOORBELL_BAR))?;
-        let fo = r.file_offset.as_ref()?;
-        let len = usize::try_from(r.size).ok()?;
-        // SAFETY: a fresh shared mapping of the server's doorbell file; the kernel checks the fd,
-        // length and offset, and the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fo.file().as_raw_fd(),
-                libc::off_t::try_from(fo.start()).ok()?,
-            )
-        };
-        (p != libc::MAP_FAILED).then_some(Self { ptr: p.cast(), len })
+        MappedArea::map(c, u32::from(DOORBELL_BAR)).map(Self)
     }
 
     /// Writes `value` to context `cxt`'s doorbell (4 KiB stride).
     pub fn ring(&self, cxt: u16, value: u64) {
-        let i = usize::from(cxt) * 512;
-        assert!(
-            i * 8 < self.len,
-            "doorbell of context {cxt} outside the BAR"
-        );
-        // SAFETY: i * 8 < len, inside the live mapping; aligned 64-bit store.
-        unsafe { std::ptr::write_volatile(self.ptr.add(i), value) };
-    }
-}
-
-impl Drop for MappedDoorbellPage {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        self.0.write_u64(u64::from(cxt) * 4096, value);
     }
 }
