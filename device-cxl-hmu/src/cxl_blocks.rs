@@ -8,6 +8,7 @@ use crate::component::ComponentBlock;
 use crate::device::MemRange;
 use crate::mailbox::MemdevIdentity;
 use crate::memdev::MemdevBlock;
+use crate::metrics::CxlMetrics;
 use crate::regfile::BLOCK_SIZE;
 use crate::regs::*;
 
@@ -110,21 +111,13 @@ impl CxlBlocks {
     }
 
     /// Accesses per block and the mailbox's commands.
-    pub fn counters(&self) -> CxlCounters {
-        CxlCounters {
+    pub fn counters(&self) -> CxlMetrics {
+        CxlMetrics {
             component: self.component.counters(),
             memdev: self.memdev.counters(),
             mailbox: self.memdev.mailbox.counters.clone(),
         }
     }
-}
-
-/// Counters of the component and memory device blocks.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct CxlCounters {
-    pub component: crate::regfile::AccessCounters,
-    pub memdev: crate::memdev::MemdevCounters,
-    pub mailbox: crate::mailbox::MailboxCounters,
 }
 
 enum Block<'a> {

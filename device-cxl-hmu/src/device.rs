@@ -13,10 +13,10 @@
 use crate::chmu::{ChmuBlock, ChmuConfig};
 use crate::hotness::Hotness;
 use crate::regs::*;
+use std::sync::{Arc, Mutex, MutexGuard};
 use vfio_device::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
-use std::sync::{Arc, Mutex, MutexGuard};
 
 /// DVSEC ID 0 register offsets (from the DVSEC start).
 pub const DVSEC_CXL_CAPABILITY: usize = 0x0a;

@@ -5,9 +5,9 @@
 //! paged layout, the window otherwise).
 
 use crate::chmu::{ChmuConfig, HotlistMemory};
-use vfio_device::dma::{memfd, HostMap};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+use vfio_device::dma::{memfd, HostMap};
 
 /// The memfd and the areas of the BAR it backs.
 #[derive(Debug)]

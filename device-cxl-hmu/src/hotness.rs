@@ -24,7 +24,9 @@
 //!   is not offered);
 //! - TEE and non-TEE request types are not distinguished (there is no TEE traffic).
 
-use crate::chmu::ChmuBlock;
+use crate::core::chmu::ChmuBlock;
+use crate::core::state::Event;
+use crate::metrics::HotnessMetrics;
 use crate::regs::*;
 use std::collections::BTreeMap;
 
@@ -71,30 +73,13 @@ struct Tracker {
     generation: u64,
 }
 
-/// Hotness counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HotnessCounters {
-    pub accesses_seen: u64,
-    pub accesses_in_range: u64,
-    pub sampled: u64,
-    pub epochs: u64,
-    pub entries_written: u64,
-    pub overflows: u64,
-    pub fill_events: u64,
-    /// First and latest clock value seen in the records (to check the feed's clock).
-    pub first_time: u64,
-    pub last_time: u64,
-    /// Clock value at which instance 0's current epoch ends (0 when not counting).
-    pub epoch_end_0: u64,
-}
-
 /// Counting and reporting for every instance of a CHMU block.
 #[derive(Debug, Default)]
 pub struct Hotness {
     trackers: Vec<Tracker>,
     /// Size of the monitored memory (accesses beyond it are out of range).
     pub range_size: u64,
-    pub counters: HotnessCounters,
+    pub counters: HotnessMetrics,
 }
 
 impl Hotness {
@@ -107,7 +92,7 @@ impl Hotness {
                 })
                 .collect(),
             range_size,
-            counters: HotnessCounters::default(),
+            counters: HotnessMetrics::default(),
         }
     }
 
@@ -280,24 +265,20 @@ impl Hotness {
         }
     }
 
-    /// Appends one hotlist entry, or marks overflow; checks the fill threshold.
+    /// Appends one hotlist entry, or on a full hotlist drops it (Hotlist Full event); checks
+    /// the fill threshold (Fill Reached event).
     fn append(&mut self, block: &mut ChmuBlock, i: u8, unit: u64, count: u64, irqs: &mut Vec<u16>) {
         let base = block.config().instance_base(i);
         let size = u64::from(block.config().hotlist_size.max(1));
-        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
-        let fill = u64::from(ChmuCfg2::from(block.get(base + CHMU_CFG2)).fill_threshold());
-        let mut status = ChmuStatus::from(block.get(base + CHMU_STATUS));
         let (head, tail) = block.head_tail(i);
-        let vector = u16::from(block.config().msix_vector);
         if (tail + 1) % size == head % size {
             self.counters.overflows += 1;
-            if !status.overflow() && cfg0.overflow_int_en() {
-                irqs.push(vector);
-            }
-            status.set_overflow(true);
-            block.device_set(base + CHMU_STATUS, status.into());
+            irqs.extend(block.apply(i, Event::HotlistFull));
             return;
         }
+        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
+        let fill = u64::from(ChmuCfg2::from(block.get(base + CHMU_CFG2)).fill_threshold());
+        let status = ChmuStatus::from(block.get(base + CHMU_STATUS));
         let w = u32::from(status.counter_width().min(63));
         let entry = (unit << w) | count.min((1u64 << w) - 1);
         block.write_hotlist(i, tail % size, entry);
@@ -309,9 +290,7 @@ impl Hotness {
         if cfg0.fill_int_en() && fill > 0 && fill <= size && used >= fill && !status.fill_reached()
         {
             self.counters.fill_events += 1;
-            status.set_fill_reached(true);
-            block.device_set(base + CHMU_STATUS, status.into());
-            irqs.push(vector);
+            irqs.extend(block.apply(i, Event::FillReached));
         }
     }
 }
@@ -324,18 +303,8 @@ impl Hotness {
         if i >= block.config().instances {
             return Vec::new();
         }
-        let base = block.config().instance_base(i);
-        let cfg0 = ChmuCfg0::from(block.get(base + CHMU_CFG0));
-        let mut status = ChmuStatus::from(block.get(base + CHMU_STATUS));
-        let irq = !status.overflow() && cfg0.overflow_int_en();
-        status.set_overflow(true);
-        block.device_set(base + CHMU_STATUS, status.into());
         self.counters.overflows += 1;
-        if irq {
-            vec![u16::from(block.config().msix_vector)]
-        } else {
-            Vec::new()
-        }
+        block.apply(i, Event::HotlistFull).into_iter().collect()
     }
 }
 

@@ -10,13 +10,14 @@
 //! - [`record`]: the access feed's wire format (shared with the `chmu-tap` plugin).
 //!
 //! The PCI configuration space and the vfio-user transport are device-independent and come
-//! from `device_sdxi::{pci, vfio_server, cli}` (the layout keeps one crate per device).
+//! from the `vfio-device` crate (`pci`, `server`, `cli`), which the SDXi device uses too.
 //!
 //! Threat model: the guest is untrusted; accesses are width/alignment checked against the
 //! 64 KiB block and invalid configurations are refused, never a panic.
 
 pub mod chmu;
-pub mod component;
+pub mod core;
+pub use crate::core::component;
 pub mod cxl_blocks;
 pub mod device;
 #[cfg(feature = "server")]
@@ -28,8 +29,11 @@ pub mod hotlist_map;
 pub mod hotness;
 pub mod layout;
 pub mod mailbox;
-pub mod memdev;
+pub use crate::core::memdev;
+pub mod metrics;
 pub mod payloads;
 pub mod record;
 pub mod regfile;
 pub mod regs;
+pub mod spec;
+pub use spec::chmu_table;

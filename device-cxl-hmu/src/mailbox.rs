@@ -13,8 +13,8 @@
 //! Left out (return Unsupported): firmware update, partition changes, poison injection,
 //! security, sanitize, features, alert configuration, shutdown state, abort.
 
+use crate::metrics::MailboxMetrics;
 use crate::payloads::*;
-use serde::Serialize;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -34,9 +34,7 @@ pub enum ReturnCode {
     InvalidLog = 0x0017,
 }
 
-/// Payload size this mailbox offers: 2^11 bytes (Mailbox Capabilities, §8.2.9.4.3).
-pub const PAYLOAD_SIZE_LOG2: u8 = 11;
-pub const PAYLOAD_SIZE: usize = 1 << PAYLOAD_SIZE_LOG2;
+pub use crate::spec::memdev::{PAYLOAD_SIZE, PAYLOAD_SIZE_LOG2};
 /// Bytes of label storage area.
 pub const LSA_SIZE: usize = 4096;
 /// Records the poison list could hold (Identify's Poison List Maximum Media Error Records).
@@ -158,7 +156,7 @@ pub fn command(opcode: u16) -> Option<&'static Command> {
 }
 
 /// What the memdev reports about itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MemdevIdentity {
     /// Volatile capacity in bytes (a multiple of 256 MiB).
     pub capacity: u64,
@@ -187,21 +185,6 @@ impl Background {
     }
 }
 
-/// Mailbox counters.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct MailboxCounters {
-    pub commands: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub unsupported: u64,
-    pub invalid_payload_length: u64,
-    pub background_started: u64,
-    pub background_completed: u64,
-    pub busy: u64,
-    /// Commands run, by name.
-    pub by_command: std::collections::BTreeMap<&'static str, u64>,
-}
-
 /// The mailbox's command state: what survives between commands.
 #[derive(Debug)]
 pub struct Mailbox {
@@ -215,7 +198,7 @@ pub struct Mailbox {
     scanning: Option<(u64, u64)>,
     /// Range of the last completed Scan Media.
     scanned: Option<(u64, u64)>,
-    pub counters: MailboxCounters,
+    pub counters: MailboxMetrics,
 }
 
 /// The result of one command.
@@ -235,7 +218,7 @@ impl Mailbox {
             background: None,
             scanning: None,
             scanned: None,
-            counters: MailboxCounters::default(),
+            counters: MailboxMetrics::default(),
         }
     }
 
@@ -257,7 +240,7 @@ impl Mailbox {
         if let Some(bg) = self.background.as_mut() {
             if bg.done.is_none() && now.saturating_sub(bg.started_ns) >= bg.duration_ns {
                 bg.done = Some(ReturnCode::Success);
-                self.counters.background_completed += 1;
+                self.counters.outcomes.background_completed += 1;
                 if bg.opcode == SCAN_MEDIA {
                     self.scanned = self.scanning.take();
                 }
@@ -273,13 +256,13 @@ impl Mailbox {
     /// Counts a command refused before it reached the table (its length field is past the
     /// payload registers) and returns `rc`.
     pub fn refuse(&mut self, rc: ReturnCode) -> ReturnCode {
-        self.counters.commands += 1;
+        self.counters.outcomes.commands += 1;
         self.failed(rc)
     }
 
     /// Counts a failed command by its return code.
     fn failed(&mut self, rc: ReturnCode) -> ReturnCode {
-        let c = &mut self.counters;
+        let c = &mut self.counters.outcomes;
         c.failed += 1;
         match rc {
             ReturnCode::Unsupported => c.unsupported += 1,
@@ -292,7 +275,7 @@ impl Mailbox {
 
     /// Runs `opcode` on the `input` payload; the output goes to `out` (the payload area).
     pub fn execute(&mut self, opcode: u16, input: &[u8], out: &mut [u8], now: u64) -> Outcome {
-        self.counters.commands += 1;
+        self.counters.outcomes.commands += 1;
         let fail = |m: &mut Self, rc: ReturnCode| Outcome {
             rc: m.failed(rc),
             out_len: 0,
@@ -304,7 +287,11 @@ impl Mailbox {
             );
             return fail(self, ReturnCode::Unsupported);
         };
-        *self.counters.by_command.entry(c.name).or_default() += 1;
+        *self
+            .counters
+            .by_command
+            .entry(std::borrow::Cow::Borrowed(c.name))
+            .or_default() += 1;
         if input.len() > PAYLOAD_SIZE || !c.input.accepts(input.len()) {
             return fail(self, ReturnCode::InvalidPayloadLength);
         }
@@ -316,14 +303,14 @@ impl Mailbox {
         let out = &mut out[..n];
         match (c.handler)(self, input, out, now) {
             Ok(Reply::Done(n)) => {
-                self.counters.succeeded += 1;
+                self.counters.outcomes.succeeded += 1;
                 Outcome {
                     rc: ReturnCode::Success,
                     out_len: n,
                 }
             }
             Ok(Reply::Background { duration_ns }) => {
-                self.counters.background_started += 1;
+                self.counters.outcomes.background_started += 1;
                 self.background = Some(Background {
                     opcode,
                     started_ns: now,

@@ -1,7 +1,11 @@
 //! Register storage for the CXL register blocks this device adds (component, memory device):
-//! bytes with a writable mask, one access normaliser (1/2/4/8 bytes, naturally aligned,
+//! bytes with writable and write-1-to-clear masks built from a block's register table
+//! ([`crate::spec::block_table`]), one access normaliser (1/2/4/8 bytes, naturally aligned,
 //! inside the 64 KiB block), unknown offsets reading 0 and ignoring writes.
 
+use crate::device::MemRange;
+use crate::metrics::BlockAccess;
+use crate::spec::block_table::{BlockReg, PostWrite};
 use tracing::warn;
 
 /// Bytes of a register block as the Register Locator maps it (§8.1.9: 64 KiB aligned).
@@ -15,22 +19,14 @@ pub fn access_ok(offset: u64, len: usize, size: u64) -> bool {
         && offset.checked_add(len as u64).is_some_and(|e| e <= size)
 }
 
-/// Access counters of one block.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct AccessCounters {
-    pub mmio_reads: u64,
-    pub mmio_writes: u64,
-    /// Bad width or alignment, or an offset past the block's registers.
-    pub guest_errors: u64,
-}
-
 /// A block's implemented registers: `bytes.len()` bytes from offset 0, the rest reads 0.
 #[derive(Clone, Debug)]
 pub struct RegFile {
     name: &'static str,
     pub bytes: Vec<u8>,
     pub wmask: Vec<u8>,
-    pub counters: AccessCounters,
+    pub w1c: Vec<u8>,
+    pub counters: BlockAccess,
 }
 
 impl RegFile {
@@ -39,7 +35,31 @@ impl RegFile {
             name,
             bytes: vec![0; len],
             wmask: vec![0; len],
-            counters: AccessCounters::default(),
+            w1c: vec![0; len],
+            counters: BlockAccess::default(),
+        }
+    }
+
+    /// Every byte to 0 and read-only, then each register of `table` to its reset value and
+    /// masks (`range` for the values that come from the device's memory range).
+    pub fn reset(&mut self, table: &[BlockReg], range: &MemRange) {
+        self.bytes.fill(0);
+        self.wmask.fill(0);
+        self.w1c.fill(0);
+        for r in table {
+            let (o, w) = (r.offset as usize, usize::from(r.width));
+            if o + w > self.bytes.len() {
+                warn!(
+                    block = self.name,
+                    register = r.name,
+                    "register past the storage"
+                );
+                continue;
+            }
+            let v = r.reset.value(range).to_le_bytes();
+            self.bytes[o..o + w].copy_from_slice(&v[..w]);
+            self.wmask[o..o + w].copy_from_slice(&r.wmask.to_le_bytes()[..w]);
+            self.w1c[o..o + w].copy_from_slice(&r.w1c.to_le_bytes()[..w]);
         }
     }
 
@@ -69,13 +89,19 @@ impl RegFile {
         }
     }
 
-    /// Writes through the mask; returns the range written, if the access was valid.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<std::ops::Range<usize>> {
+    /// Writes through the masks; returns the post-write hook of the register of `table` the
+    /// write touched, if the access was valid.
+    pub fn write(&mut self, offset: u64, data: &[u8], table: &[BlockReg]) -> Option<PostWrite> {
         let r = self.span(offset, data.len(), true)?;
         for (i, v) in r.clone().zip(data) {
-            self.bytes[i] = (self.bytes[i] & !self.wmask[i]) | (v & self.wmask[i]);
+            let (w, c) = (self.wmask[i], self.w1c[i]);
+            self.bytes[i] = ((self.bytes[i] & !w) | (v & w)) & !(v & c);
         }
-        Some(r)
+        let (start, end) = (r.start as u64, r.end as u64);
+        table
+            .iter()
+            .find(|reg| reg.offset < end && start < reg.offset + u64::from(reg.width))
+            .map(|reg| reg.post_write)
     }
 
     pub fn get_u32(&self, off: usize) -> u32 {
@@ -90,17 +116,14 @@ impl RegFile {
         u64::from_le_bytes(b)
     }
 
-    pub fn put(&mut self, off: usize, v: &[u8], wmask: &[u8]) {
-        self.bytes[off..off + v.len()].copy_from_slice(v);
-        self.wmask[off..off + wmask.len()].copy_from_slice(wmask);
+    /// A device-side update (the host's masks do not apply).
+    pub fn set_u32(&mut self, off: usize, v: u32) {
+        self.bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }
 
-    pub fn put_u32(&mut self, off: usize, v: u32, wmask: u32) {
-        self.put(off, &v.to_le_bytes(), &wmask.to_le_bytes());
-    }
-
-    pub fn put_u64(&mut self, off: usize, v: u64, wmask: u64) {
-        self.put(off, &v.to_le_bytes(), &wmask.to_le_bytes());
+    /// A device-side update (the host's masks do not apply).
+    pub fn set_u64(&mut self, off: usize, v: u64) {
+        self.bytes[off..off + 8].copy_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -110,16 +133,31 @@ mod tests {
 
     #[test]
     fn bad_accesses_read_zero_and_are_counted() {
+        use crate::spec::block_table::{ro, rw};
+        let table = [
+            BlockReg {
+                w1c: 0xff00,
+                ..ro(0, "r", 8, u64::MAX)
+            },
+            rw(8, "w", 8, 0xff),
+        ];
         let mut r = RegFile::new("t", 16);
-        r.put_u64(0, u64::MAX, 0xff);
+        let range = MemRange {
+            hpa_base: 0,
+            size: 0,
+        };
+        r.reset(&table, &range);
         let mut d = [0xaau8; 4];
         r.read(2, &mut d);
         assert_eq!(d, [0; 4]);
         r.read(16, &mut d);
         r.read(BLOCK_SIZE - 2, &mut d);
-        assert!(r.write(u64::MAX - 3, &[0; 4]).is_none());
+        assert!(r.write(u64::MAX - 3, &[0; 4], &table).is_none());
         assert_eq!(r.counters.guest_errors, 4);
-        r.write(0, &[0x12, 0x34]);
-        assert_eq!(r.get_u64(0), 0xffff_ffff_ffff_ff12);
+        // Writable bits take the value, write-1-to-clear bits clear on 1, the rest stays.
+        r.write(0, &[0x12, 0x34], &table);
+        assert_eq!(r.get_u64(0), 0xffff_ffff_ffff_cbff);
+        assert_eq!(r.write(8, &[0x12, 0x34], &table), Some(PostWrite::None));
+        assert_eq!(r.get_u64(8), 0x12);
     }
 }

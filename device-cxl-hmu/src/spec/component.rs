@@ -1,19 +1,17 @@
-//! The Component Registers block (Register Locator block 1; CXL 3.2 §8.2.4): the CXL.io part
-//! (0x0000-0x0FFF, reserved here) and the CXL.cache and CXL.mem registers at +0x1000, starting
-//! with the CXL Capability Header and its array (§8.2.4.1-2), which lists one capability: the
-//! CXL HDM Decoder Capability Structure (§8.2.4.20) with one decoder.
+//! The Component Registers (Register Locator block 1; CXL 3.2 §8.2.4) as one table: the
+//! CXL.io part (0x0000-0x0FFF, reserved here) and the CXL.cache and CXL.mem registers at
+//! +0x1000, starting with the CXL Capability Header and its array (§8.2.4.1-2), which lists
+//! one capability: the CXL HDM Decoder Capability Structure (§8.2.4.20) with one decoder.
 //!
-//! Decoder 0 comes up the way platform firmware leaves a device whose memory is in use: it
-//! decodes the monitored range (base = DVSEC Range 1 Base, size = the device's capacity, one
-//! way, DPA skip 0), is committed and locked (Lock On Commit), and HDM decoding is enabled.
-//! Writes to a locked decoder are dropped. The Global Control's HDM Decoder Enable stays
-//! writable.
+//! Decoder 0 resets the way platform firmware leaves a device whose memory is in use: it
+//! decodes the device's range (base and size from the range, one way, DPA skip 0), is
+//! committed and locked (Lock On Commit), and HDM decoding is enabled; only the Global
+//! Control's HDM Decoder Enable is writable.
 //!
 //! Left out: RAS, Security, Link and every other CXL.cache/mem capability; decoder commit by
 //! the host (the decoder is locked); poison on decode error.
 
-use crate::device::MemRange;
-use crate::regfile::RegFile;
+use super::block_table::{ro, rw, BlockReg, Reset};
 use bitfield_struct::bitfield;
 
 /// Offset of the CXL.cache and CXL.mem registers in the block.
@@ -112,89 +110,55 @@ pub struct HdmDecoderControl {
     __: u32,
 }
 
-/// The Component Registers block.
-#[derive(Debug)]
-pub struct ComponentBlock {
-    regs: RegFile,
-    range: MemRange,
+const fn cm(off: u64) -> u64 {
+    CACHE_MEM_OFFSET + off
 }
 
-const fn cm(off: u64) -> usize {
-    (CACHE_MEM_OFFSET + off) as usize
-}
-
-const fn hdm(off: u64) -> usize {
+const fn hdm(off: u64) -> u64 {
     cm(HDM_DECODER_POINTER + off)
 }
 
-impl ComponentBlock {
-    pub fn new(range: MemRange) -> Self {
-        let mut b = Self {
-            regs: RegFile::new("component", 0x2000),
-            range,
-        };
-        b.reset();
-        b
-    }
-
-    pub fn reset(&mut self) {
-        let r = &mut self.regs;
-        r.bytes.fill(0);
-        r.wmask.fill(0);
-        let header = CxlCapabilityHeader::new()
-            .with_capability_id(CAP_ID_CXL)
-            .with_capability_version(1)
-            .with_cache_mem_version(1)
-            .with_array_size(1);
-        r.put_u32(cm(0), header.into(), 0);
-        let ptr = CxlCapabilityPointer::new()
-            .with_capability_id(CAP_ID_HDM_DECODER)
-            .with_version(HDM_DECODER_VERSION)
-            .with_pointer(HDM_DECODER_POINTER as u16);
-        r.put_u32(cm(4), ptr.into(), 0);
-        let cap = HdmCapability::new()
-            .with_a11to8_interleave_capable(true)
-            .with_a14to12_interleave_capable(true);
-        r.put_u32(hdm(HDM_CAPABILITY), cap.into(), 0);
-        let global = HdmGlobalControl::new().with_hdm_decoder_enable(true);
-        let global_mask = HdmGlobalControl::new().with_hdm_decoder_enable(true);
-        r.put_u32(hdm(HDM_GLOBAL_CONTROL), global.into(), global_mask.into());
-        let (base, size) = (self.range.hpa_base, self.range.size);
-        r.put_u32(hdm(HDM_DECODER0_BASE_LOW), base as u32 & 0xf000_0000, 0);
-        r.put_u32(hdm(HDM_DECODER0_BASE_HIGH), (base >> 32) as u32, 0);
-        r.put_u32(hdm(HDM_DECODER0_SIZE_LOW), size as u32 & 0xf000_0000, 0);
-        r.put_u32(hdm(HDM_DECODER0_SIZE_HIGH), (size >> 32) as u32, 0);
-        let ctl = HdmDecoderControl::new()
-            .with_lock_on_commit(true)
-            .with_commit(true)
-            .with_committed(true)
-            .with_target_device_type(true);
-        r.put_u32(hdm(HDM_DECODER0_CONTROL), ctl.into(), 0);
-    }
-
-    pub fn counters(&self) -> crate::regfile::AccessCounters {
-        self.regs.counters.clone()
-    }
-
-    pub fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
-        self.regs.read(offset, data);
-    }
-
-    /// Only the Global Control's HDM Decoder Enable is writable (decoder 0 is locked).
-    pub fn mmio_write(&mut self, offset: u64, data: &[u8]) {
-        self.regs.write(offset, data);
+/// A decoder 0 base or size dword, from the device's range.
+const fn range_dword(offset: u64, name: &'static str, size: bool, high: bool) -> BlockReg {
+    BlockReg {
+        reset: Reset::Range { size, high },
+        ..ro(offset, name, 4, 0)
     }
 }
+
+/// CXL Capability Header: CXL capability (ID 1), version 1, CXL.cache/mem version 1, one
+/// capability in the array.
+pub const CXL_CAPABILITY_HEADER_RESET: u64 = 0x0111_0001;
+/// The array's one entry: HDM Decoder (ID 5), version 3, at [`HDM_DECODER_POINTER`].
+pub const HDM_POINTER_RESET: u64 =
+    CAP_ID_HDM_DECODER as u64 | (HDM_DECODER_VERSION as u64) << 16 | HDM_DECODER_POINTER << 20;
+/// HDM Decoder Capability: one decoder, A11to8 and A14to12 interleave capable.
+pub const HDM_CAPABILITY_RESET: u64 = 0x300;
+/// HDM Decoder Enable [1].
+pub const HDM_GLOBAL_CONTROL_ENABLE: u64 = 0b10;
+/// Decoder 0 Control: Lock On Commit [8], Commit [9], Committed [10], Target Device Type
+/// [12] (host-only coherent).
+pub const HDM_DECODER0_CONTROL_RESET: u64 = 1 << 8 | 1 << 9 | 1 << 10 | 1 << 12;
+
+/// The register table, in offset order.
+#[rustfmt::skip]
+pub const COMPONENT_REGISTERS: &[BlockReg] = &[
+    ro(cm(0), "CXL Capability Header", 4, CXL_CAPABILITY_HEADER_RESET),
+    ro(cm(4), "CXL HDM Decoder Capability Header", 4, HDM_POINTER_RESET),
+    ro(hdm(HDM_CAPABILITY), "HDM Decoder Capability", 4, HDM_CAPABILITY_RESET),
+    BlockReg { reset: Reset::Value(HDM_GLOBAL_CONTROL_ENABLE), ..rw(hdm(HDM_GLOBAL_CONTROL), "HDM Decoder Global Control", 4, HDM_GLOBAL_CONTROL_ENABLE) },
+    range_dword(hdm(HDM_DECODER0_BASE_LOW), "HDM Decoder 0 Base Low", false, false),
+    range_dword(hdm(HDM_DECODER0_BASE_HIGH), "HDM Decoder 0 Base High", false, true),
+    range_dword(hdm(HDM_DECODER0_SIZE_LOW), "HDM Decoder 0 Size Low", true, false),
+    range_dword(hdm(HDM_DECODER0_SIZE_HIGH), "HDM Decoder 0 Size High", true, true),
+    ro(hdm(HDM_DECODER0_CONTROL), "HDM Decoder 0 Control", 4, HDM_DECODER0_CONTROL_RESET),
+    ro(hdm(HDM_DECODER0_DPA_SKIP_LOW), "HDM Decoder 0 DPA Skip Low", 4, 0),
+    ro(hdm(HDM_DECODER0_DPA_SKIP_HIGH), "HDM Decoder 0 DPA Skip High", 4, 0),
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rd(b: &mut ComponentBlock, off: u64) -> u32 {
-        let mut d = [0u8; 4];
-        b.mmio_read(off, &mut d);
-        u32::from_le_bytes(d)
-    }
 
     // Oracles: bit positions from the spec's register tables.
     #[test]
@@ -230,32 +194,30 @@ mod tests {
     }
 
     #[test]
-    fn the_hdm_decoder_is_found_through_the_capability_array_and_decodes_the_range() {
-        let range = MemRange {
-            hpa_base: 0x1_4000_0000,
-            size: 0x8000_0000,
-        };
-        let mut b = ComponentBlock::new(range);
-        let header = rd(&mut b, 0x1000);
-        assert_eq!((header & 0xffff, header >> 24), (1, 1));
-        let ptr = rd(&mut b, 0x1004);
-        assert_eq!(ptr & 0xffff, 5);
-        let s = 0x1000 + u64::from(ptr >> 20);
-        assert_eq!(rd(&mut b, s) & 0xf, 0, "one decoder");
-        assert_eq!(rd(&mut b, s + 4), 0b10, "HDM decoding enabled");
-        assert_eq!(rd(&mut b, s + 0x10), 0x4000_0000);
-        assert_eq!(rd(&mut b, s + 0x14), 1);
-        assert_eq!(rd(&mut b, s + 0x18), 0x8000_0000);
-        assert_eq!(rd(&mut b, s + 0x1c), 0);
-        let ctl = rd(&mut b, s + 0x20);
-        assert_eq!(
-            ctl & (1 << 10 | 1 << 8 | 1 << 12),
-            1 << 10 | 1 << 8 | 1 << 12
-        );
-        // Locked: a write to the decoder is dropped.
-        b.mmio_write(s + 0x10, &0u32.to_le_bytes());
-        assert_eq!(rd(&mut b, s + 0x10), 0x4000_0000);
-        b.mmio_write(s + 4, &0u32.to_le_bytes());
-        assert_eq!(rd(&mut b, s + 4), 0);
+    fn the_table_is_well_formed_and_its_values_match_the_fields() {
+        super::super::block_table::assert_well_formed(COMPONENT_REGISTERS);
+        let header = CxlCapabilityHeader::new()
+            .with_capability_id(CAP_ID_CXL)
+            .with_capability_version(1)
+            .with_cache_mem_version(1)
+            .with_array_size(1);
+        assert_eq!(u64::from(u32::from(header)), CXL_CAPABILITY_HEADER_RESET);
+        let ptr = CxlCapabilityPointer::new()
+            .with_capability_id(CAP_ID_HDM_DECODER)
+            .with_version(HDM_DECODER_VERSION)
+            .with_pointer(HDM_DECODER_POINTER as u16);
+        assert_eq!(u64::from(u32::from(ptr)), HDM_POINTER_RESET);
+        let cap = HdmCapability::new()
+            .with_a11to8_interleave_capable(true)
+            .with_a14to12_interleave_capable(true);
+        assert_eq!(u64::from(u32::from(cap)), HDM_CAPABILITY_RESET);
+        let g = HdmGlobalControl::new().with_hdm_decoder_enable(true);
+        assert_eq!(u64::from(u32::from(g)), HDM_GLOBAL_CONTROL_ENABLE);
+        let ctl = HdmDecoderControl::new()
+            .with_lock_on_commit(true)
+            .with_commit(true)
+            .with_committed(true)
+            .with_target_device_type(true);
+        assert_eq!(u64::from(u32::from(ctl)), HDM_DECODER0_CONTROL_RESET);
     }
 }
