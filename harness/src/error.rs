@@ -16,7 +16,7 @@ pub enum RunError {
     Accel(String),
     #[error("running the VM (logs in {})", .1.display())]
     Vm(#[source] vm::VmError, PathBuf),
-    #[error("unknown scenario {0:?}; built in: {list}", list = scenario::BUILTIN.iter().map(|s| s.0).collect::<Vec<_>>().join(", "))]
+    #[error("unknown scenario {0:?}; built in: {list}", list = scenario::builtin_names().join(", "))]
     UnknownScenario(String),
     #[error(transparent)]
     Scenario(#[from] migration::ScenarioError),

@@ -3,8 +3,10 @@
 //! (`main.rs`) is a thin CLI over this library.
 //!
 //! Where to start reading:
-//! - one scenario run, start to finish: [`run`] ([`execute`]); what a scenario is and its
-//!   checks: [`scenario`]; scenario files (`*.toml`) and the migrator's checks: [`migration`];
+//! - one scenario run, start to finish: [`run`] ([`execute`]); what a scenario is, the
+//!   table of built-ins and how to add one: [`scenario`]; the steps and their checks:
+//!   [`inventory`], [`sdxi_copy`], [`chmu_hot`]; scenario files (`*.toml`) and the
+//!   migrator's checks: [`migration`];
 //! - several scenarios, shards and time limits: [`matrix`]; what a run reports:
 //!   [`report`] ([`RunResult`], JUnit), [`document`] and [`plots`] (report.md/.html);
 //! - before a boot: [`provision`] (helpers from [`tools`], images), [`config`], [`kvm`];
@@ -14,11 +16,13 @@
 //!   faults timed by the device during a run: [`faults`].
 
 pub mod bringup;
+pub mod chmu_hot;
 pub mod config;
 pub mod console;
 pub mod document;
 pub mod error;
 pub mod faults;
+pub mod inventory;
 pub mod kvm;
 pub mod matrix;
 pub mod migration;
@@ -29,6 +33,7 @@ pub mod report;
 pub mod reporter;
 pub mod run;
 pub mod scenario;
+pub mod sdxi_copy;
 pub mod session;
 pub mod tap_bench;
 pub mod tools;

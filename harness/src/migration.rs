@@ -11,26 +11,13 @@
 //! file of node 0 and compares.
 
 use crate::config::VmConfig;
-use crate::scenario::Check;
+use crate::scenario::{check, Check};
 use guest_agent::spec::{
     folio_checksum, BenchCase, BenchReport, BenchSpec, EngineKind, FolioSize, MigrateReport,
     MigrateSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// Built-in scenario files: (name, text).
-pub const BUILTIN_FILES: &[(&str, &str)] = &[
-    ("migrate", include_str!("../scenarios/migrate.toml")),
-    (
-        "migrate-bench",
-        include_str!("../scenarios/migrate-bench.toml"),
-    ),
-    (
-        "compare-sources",
-        include_str!("../scenarios/compare-sources.toml"),
-    ),
-];
 
 /// What a migration run must show (every bound optional).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -178,11 +165,9 @@ impl ScenarioFile {
     }
 }
 
-/// A built-in scenario file by name, or a file by path (anything ending in `.toml`).
-pub fn resolve(name: &str) -> Result<Option<ScenarioFile>, ScenarioError> {
-    if let Some((_, text)) = BUILTIN_FILES.iter().find(|(n, _)| *n == name) {
-        return ScenarioFile::parse(name, text).map(Some);
-    }
+/// The scenario file at path `name` (anything ending in `.toml`, or an existing file); None
+/// for anything else (a built-in's name, see [`crate::scenario::Scenario::resolve`]).
+pub fn read_file(name: &str) -> Result<Option<ScenarioFile>, ScenarioError> {
     if name.ends_with(".toml") || Path::new(name).is_file() {
         let text =
             std::fs::read_to_string(name).map_err(|e| ScenarioError::Read(name.into(), e))?;
@@ -255,14 +240,6 @@ pub fn verify_on_host(r: &MigrateReport, ram: &dyn GuestRam) -> HostVerify {
         }
     }
     v
-}
-
-fn check(name: &str, passed: bool, detail: String) -> Check {
-    Check {
-        name: name.into(),
-        passed,
-        detail,
-    }
 }
 
 fn first_last(series: &[(u64, f64)]) -> (f64, f64) {
@@ -573,33 +550,20 @@ mod tests {
 
     #[test]
     fn builtin_scenario_files_parse_and_validate() {
-        for (name, text) in BUILTIN_FILES {
-            let f = ScenarioFile::parse(name, text).expect(name);
-            assert!(!f.description.is_empty(), "{name} has a description");
+        for b in crate::scenario::BUILTIN {
+            let Some(text) = b.file else { continue };
+            let f = ScenarioFile::parse(b.name, text).expect(b.name);
+            assert!(!f.description.is_empty(), "{} has a description", b.name);
         }
-        let m = resolve("migrate").expect("ok").expect("built in");
+        let m = crate::scenario::Scenario::resolve("migrate")
+            .expect("ok")
+            .file
+            .expect("built in");
         let spec = m.migrate.clone().expect("migrate table");
         assert_eq!(spec.source, SourceKind::Chmu);
         assert_eq!(spec.batch.size, 512);
         let c = m.apply(&VmConfig::default(), "migrate").expect("apply");
         assert!(c.chmu_feed, "a CHMU source turns the feed on");
-    }
-
-    #[test]
-    fn every_built_in_scenario_is_either_classic_or_a_file() {
-        let classic = ["inventory", "sdxi-copy", "chmu-hot", "all"];
-        for (name, _) in crate::scenario::BUILTIN {
-            let file = resolve(name).expect("parses");
-            assert_eq!(
-                file.is_some(),
-                !classic.contains(name),
-                "{name}: a built-in that is not classic must be a scenario file"
-            );
-        }
-        assert_eq!(
-            BUILTIN_FILES.len() + classic.len(),
-            crate::scenario::BUILTIN.len()
-        );
     }
 
     #[test]
@@ -612,8 +576,8 @@ mod tests {
         let e =
             ScenarioFile::parse("x", "[migrate]\nworkload = { pagez = 1 }\n").expect_err("refused");
         assert!(format!("{e:?}").contains("pagez"), "{e:?}");
-        assert!(resolve("/nonexistent/x.toml").is_err());
-        assert!(resolve("inventory").expect("ok").is_none());
+        assert!(read_file("/nonexistent/x.toml").is_err());
+        assert!(read_file("inventory").expect("ok").is_none());
     }
 
     #[test]

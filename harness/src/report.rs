@@ -3,7 +3,7 @@
 //! systems. The Markdown/HTML report with plots is [`crate::document`].
 
 use crate::{migration, scenario, vm};
-use guest_agent::protocol::Inventory;
+use guest_agent::protocol::{Inventory, Reply};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -39,6 +39,9 @@ pub struct RunResult {
     pub sdxi_copy: Option<guest_agent::protocol::SdxiCopyReport>,
     /// The guest CHMU driver's report (chmu-hot scenario).
     pub chmu_hot: Option<guest_agent::protocol::ChmuHotReport>,
+    /// Replies of the scenario's steps that have no field of their own, in order (each
+    /// names its kind in `reply`).
+    pub steps: Vec<Reply>,
     /// Each migration run: the migrator's report and the harness's own check of every
     /// promoted folio through the guest-RAM files (migration scenarios).
     pub migrate: Vec<migration::MigrateRun>,
@@ -49,6 +52,17 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// Files a step's reply: the inventory and the classic reports in their own fields,
+    /// any other in `steps`.
+    pub fn record(&mut self, reply: Reply) {
+        match reply {
+            Reply::Inventory(i) => self.inventory = *i,
+            Reply::SdxiCopy(r) => self.sdxi_copy = Some(r),
+            Reply::ChmuHot(r) => self.chmu_hot = Some(r),
+            other => self.steps.push(other),
+        }
+    }
+
     /// A short human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
@@ -212,6 +226,7 @@ pub(crate) mod tests {
             inventory: Default::default(),
             sdxi_copy: None,
             chmu_hot: None,
+            steps: vec![Reply::Pong],
             migrate: Vec::new(),
             bench: None,
             teardown: Default::default(),

@@ -56,7 +56,7 @@ fn single_site_hot_loops_are_found_in_full_for_three_seeds_with_counts_near_the_
     for seed in [1u64, 2, 3] {
         for kind in kinds {
             let r = bed
-                .chmu_hot(harness::scenario::chmu_hot_request_for(&cfg, kind, seed))
+                .chmu_hot(harness::chmu_hot::request_for(&cfg, kind, seed))
                 .unwrap_or_else(|e| panic!("{e:#?}"));
             let recall = r.hot_found as f64 / r.hot_pages.max(1) as f64;
             let ratios = count_ratios(&r);
@@ -130,7 +130,7 @@ fn bringup_with_the_chmu_feed_gives_a_users_workload_a_working_hotlist() {
     let _vm = serial();
     let out = results_dir("bringup-feed");
     let cfg = VmConfig::default();
-    let req = harness::scenario::chmu_hot_request_for(&cfg, HotLoop::IndexedLoad, 5);
+    let req = harness::chmu_hot::request_for(&cfg, HotLoop::IndexedLoad, 5);
     let json = serde_json::to_string(&req).expect("request");
     let script = out.join("hot.sh");
     std::fs::write(&script, format!("/bin/guest-agent --request '{json}'\n")).expect("script");

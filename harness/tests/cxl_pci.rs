@@ -74,8 +74,7 @@ fn cxl_pci_binds_the_memory_device_and_the_chmu_still_reports_hot_pages() {
     let (_, imgs) = harness::provision(&cfg, &ToolPaths::default(), false, &mut images::Silent)
         .unwrap_or_else(|e| panic!("{e:#?}"));
     let cxl = imgs.kernel.modules_dir.join("kernel/drivers/cxl");
-    let request =
-        serde_json::to_string(&harness::scenario::chmu_hot_request(&cfg)).expect("request JSON");
+    let request = serde_json::to_string(&harness::chmu_hot::request(&cfg)).expect("request JSON");
     let script_path = out.join("cxl.sh");
     std::fs::write(&script_path, script(&request)).expect("script");
     let spec = BringupSpec {
@@ -176,7 +175,7 @@ fn cxl_pci_binds_the_memory_device_and_the_chmu_still_reports_hot_pages() {
     else {
         panic!("chmu-hot failed: {o}");
     };
-    for c in harness::scenario::chmu_hot_checks(&rep, Some(hmu)) {
+    for c in harness::chmu_hot::checks(&rep, Some(hmu)) {
         assert!(c.passed, "{}: {}", c.name, c.detail);
     }
     assert_nothing_left(std::process::id());

@@ -155,7 +155,7 @@ fn guest_sdxi_driver_copies_through_the_device_byte_exact_with_msix() {
     let rep = r.sdxi_copy.as_ref().expect("copy report");
     // Checked here independently of the scenario's checks: every size, every byte.
     let sizes: Vec<u64> = rep.results.iter().map(|x| x.bytes).collect();
-    assert_eq!(sizes, harness::scenario::SDXI_COPY_SIZES);
+    assert_eq!(sizes, harness::sdxi_copy::SIZES);
     assert!(
         rep.results
             .iter()
