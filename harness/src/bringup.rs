@@ -4,7 +4,7 @@
 
 use crate::config::{self, VmConfig};
 use crate::provision::{provision, reclaim_leftovers};
-use crate::{console, vm, RunError, ToolPaths};
+use crate::{console, kernel_loop, vm, RunError, ToolPaths};
 use images::Progress;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -22,11 +22,6 @@ pub struct BringupSpec {
     /// (module file, parameters) in load order; `.ko`, `.ko.xz` or `.ko.zst`.
     pub modules: Vec<(PathBuf, String)>,
     pub script: Option<PathBuf>,
-    /// Boot this kernel instead (an uncompressed `vmlinux` or a `bzImage`).
-    pub kernel: Option<PathBuf>,
-    /// Module tree matching `kernel` (…/lib/modules/RELEASE), for the modules the test bed
-    /// itself loads (vfio, uio) and for `--build-module` nothing else is needed.
-    pub modules_dir: Option<PathBuf>,
     /// An interactive shell on the guest console instead of a script.
     pub console: bool,
 }
@@ -61,32 +56,21 @@ pub fn bringup(
     interrupted: Arc<AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Result<BringupReport, RunError> {
-    if spec.kernel.is_some() && !spec.build.is_empty() {
+    if cfg.kernel_image.is_some() && !spec.build.is_empty() {
         return Err(config::ConfigError::Invalid(
             "--build-module builds for the provisioned Debian kernel; with --kernel-image build the module yourself and pass --module".into(),
         )
         .into());
     }
-    let (tools, mut imgs) = provision(cfg, paths, false, progress)?;
-    // The initramfs for the user's kernel, kept in memory (nothing per run in the cache).
-    let mut custom_initramfs = None;
-    if let Some(k) = &spec.kernel {
-        progress.step(&format!("using the kernel {}", k.display()));
-        let base_modules = match &spec.modules_dir {
-            Some(d) => images::kernel::ModuleIndex::scan(d)?.resolve(&images::default_modules())?,
-            None => Vec::new(),
-        };
-        let busybox =
-            std::fs::read(&imgs.busybox).map_err(|e| RunError::Results(imgs.busybox.clone(), e))?;
-        let agent =
-            std::fs::read(&tools.agent).map_err(|e| RunError::Results(tools.agent.clone(), e))?;
-        custom_initramfs = Some(images::initramfs::build(&busybox, &agent, &base_modules));
-        imgs.kernel.vmlinux = k.clone();
-        if let Some(d) = &spec.modules_dir {
-            imgs.kernel.modules_dir = d.clone();
-        }
-        imgs.modules = base_modules.into_iter().map(|(n, _)| n).collect();
-    }
+    // The kernel under test (`--kernel-image`) and guest files come with the images.
+    let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    kernel_loop::check_config(
+        cfg,
+        &imgs,
+        &kernel_loop::bringup_needs(cfg),
+        "a bring-up boot",
+        progress,
+    )?;
     let mut all: Vec<(PathBuf, String)> = Vec::new();
     if !spec.build.is_empty() {
         let root = images::kbuild::build_root(&cfg.cache_dir, &imgs.kernel.release, progress)?;
@@ -115,11 +99,8 @@ pub fn bringup(
     let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
     let vm_err = |e| RunError::Vm(e, run.dir.clone());
     let initrd = run.path("initrd-bringup.cpio");
-    let mut bytes = match custom_initramfs {
-        Some(b) => b,
-        None => std::fs::read(&imgs.initramfs)
-            .map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?,
-    };
+    let mut bytes = std::fs::read(&imgs.initramfs)
+        .map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?;
     bytes.extend(images::initramfs::bringup_archive(
         &mods,
         script.as_deref(),

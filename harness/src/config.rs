@@ -123,6 +123,24 @@ pub struct VmConfig {
     /// Seed of the chmu-hot workload's hot set, the tap's instruction sampling and, when
     /// reproducible, QEMU's guest randomness (`-seed`).
     pub seed: u64,
+    /// A kernel under test (`vmlinux` with PVH, or bzImage) instead of `kernel_package`;
+    /// see [`crate::kernel_loop`].
+    pub kernel_image: Option<PathBuf>,
+    /// Its module tree (…/lib/modules/RELEASE).
+    pub modules_dir: Option<PathBuf>,
+    /// Its configuration (`.config`), when the image and the files next to it have none.
+    pub kernel_config: Option<PathBuf>,
+    /// Directory trees copied into the guest's root.
+    pub overlay: Vec<PathBuf>,
+    /// Debian packages unpacked into the guest with their libraries.
+    pub packages: Vec<String>,
+    /// Extra QEMU arguments, passed through.
+    pub qemu_args: Vec<String>,
+    /// QEMU's gdb stub on a socket in the run directory; the guest boots with `nokaslr`.
+    pub gdb: bool,
+    /// After the scenario, bridge the guest console to the terminal (a shell started at
+    /// boot) before shutting down.
+    pub console: bool,
 }
 
 impl Default for VmConfig {
@@ -159,6 +177,14 @@ impl Default for VmConfig {
             iommu: true,
             reproducible: false,
             seed: 1,
+            kernel_image: None,
+            modules_dir: None,
+            kernel_config: None,
+            overlay: Vec::new(),
+            packages: Vec::new(),
+            qemu_args: Vec::new(),
+            gdb: false,
+            console: false,
         }
     }
 }
@@ -245,6 +271,7 @@ impl VmConfig {
         if self.boot_timeout_s == 0 || self.request_timeout_s == 0 {
             return bad("timeouts must be at least 1 second".into());
         }
+        crate::kernel_loop::validate_paths(self).map_err(ConfigError::Invalid)?;
         self.node1_range().map(|_| ())
     }
 

@@ -20,6 +20,8 @@ pub enum RunError {
     UnknownScenario(String),
     #[error(transparent)]
     Scenario(#[from] migration::ScenarioError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel_loop::KernelError),
     #[error("writing results to {}", .0.display())]
     Results(PathBuf, #[source] std::io::Error),
 }
@@ -37,6 +39,7 @@ impl RunError {
                 | Self::UnknownScenario(_)
                 | Self::Accel(_)
                 | Self::Scenario(_)
+                | Self::Kernel(_)
                 | Self::Vm(vm::VmError::Refused { .. }, _)
         )
     }

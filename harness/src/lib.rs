@@ -23,6 +23,7 @@ pub mod document;
 pub mod error;
 pub mod faults;
 pub mod inventory;
+pub mod kernel_loop;
 pub mod kvm;
 pub mod matrix;
 pub mod migration;

@@ -133,6 +133,10 @@ struct RunCmd {
     /// Print the result JSON on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// After the scenario, an interactive shell on the guest console before it shuts down
+    /// (Ctrl-] leaves and shuts the guest down, `exit` powers it off); one scenario only.
+    #[arg(long)]
+    console: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,14 +161,6 @@ struct BringupCmd {
     /// top, whose sources include `../dmaengine.h`).
     #[arg(long = "build-module", value_name = "DIR")]
     build_modules: Vec<PathBuf>,
-    /// Boot your own kernel (an uncompressed vmlinux with PVH, or a bzImage) instead of the
-    /// provisioned Debian one.
-    #[arg(long = "kernel-image", value_name = "PATH")]
-    kernel_image: Option<PathBuf>,
-    /// Module tree of that kernel (…/lib/modules/RELEASE): the test bed loads vfio and uio
-    /// from it.
-    #[arg(long, value_name = "DIR", requires = "kernel_image")]
-    modules_dir: Option<PathBuf>,
     /// A shell script to run in the guest (busybox sh) after the modules are loaded.
     #[arg(long, value_name = "SCRIPT", conflicts_with = "console")]
     run: Option<PathBuf>,
@@ -312,6 +308,9 @@ struct VmArgs {
     /// Use this chmu-tap TCG plugin (libchmu_tap.so) for the CHMU feed instead of building it.
     #[arg(long, value_name = "PATH")]
     plugin: Option<PathBuf>,
+    /// The kernel under test, files in the guest, QEMU arguments, gdb.
+    #[command(flatten)]
+    boot: harness::kernel_loop::BootArgs,
 }
 
 impl VmArgs {
@@ -339,6 +338,7 @@ impl VmArgs {
         if self.qemu.is_some() {
             cfg.qemu = self.qemu.clone();
         }
+        self.boot.apply(cfg);
     }
 
     fn tools(&self) -> ToolPaths {
@@ -410,6 +410,13 @@ impl RunCmd {
         };
         let selected = harness::matrix::select(&scenarios, self.shard);
         self.vm.apply(&mut ctx.cfg);
+        if self.console
+            && (selected.len() != 1 || self.junit.is_some() || self.scenario_timeout.is_some())
+        {
+            eprintln!("error: --console goes with one scenario (no --junit, --scenario-timeout)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        ctx.cfg.console = self.console;
         if selected.len() != 1 || self.junit.is_some() || self.scenario_timeout.is_some() {
             return self.run_matrix(ctx, &selected);
         }
@@ -509,8 +516,6 @@ impl BringupCmd {
     fn spec(&self) -> harness::BringupSpec {
         harness::BringupSpec {
             build: self.build_modules.clone(),
-            kernel: self.kernel_image.clone(),
-            modules_dir: self.modules_dir.clone(),
             modules: self
                 .modules
                 .iter()

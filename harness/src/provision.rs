@@ -16,15 +16,8 @@ pub fn provision(
     cfg.validate()?;
     let tools = tools::ensure(paths, cfg.chmu_feed, progress)?;
     progress.step(&format!("helpers: {}", tools.origins.join("; ")));
-    let icfg = images::ImagesConfig {
-        cache_dir: cfg.cache_dir.clone(),
-        kernel_package: cfg.kernel_package.clone(),
-        qemu: cfg.qemu.clone(),
-        modules: images::default_modules(),
-        refresh,
-        // A kernel under test and guest files are not harness options yet.
-        ..images::ImagesConfig::default()
-    };
+    // The kernel under test and the guest files come from the boot options.
+    let icfg = crate::kernel_loop::images_config(cfg, refresh);
     let imgs = images::provision(&icfg, &tools.agent, progress)?;
     Ok((tools, imgs))
 }

@@ -507,6 +507,17 @@ pub fn qemu_args(
                 d(console)
             ),
         ]);
+    } else if cfg.console && matches!(boot, Boot::Agent) {
+        // The console after the scenario (`run --console`): QEMU listens, the harness
+        // connects once the scenario is done; until then output only goes to the log.
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=con,path={},server=on,wait=off,logfile={}",
+                d(&sock_dir.join("console.sock")),
+                d(console)
+            ),
+        ]);
     } else {
         push(&["-chardev", &format!("file,id=con,path={}", d(console))]);
     }
@@ -530,6 +541,7 @@ pub fn qemu_args(
     if !cfg.damon_stat {
         cmdline.push_str(" damon_stat.enabled=N");
     }
+    cmdline.push_str(&crate::kernel_loop::kernel_cmdline_args(cfg));
     if !cfg.kernel_args.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&cfg.kernel_args);
@@ -713,6 +725,12 @@ impl Vm {
             }
             drop(l);
         }
+        args.extend(crate::kernel_loop::qemu_extra_args(
+            cfg,
+            images,
+            run,
+            &vm.sock_dir,
+        ));
         std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(
             |source| VmError::Io {
                 what: "writing",
@@ -901,6 +919,11 @@ impl Vm {
             .iter()
             .find(|p| p.name == name)
             .map(|p| p.child.id())
+    }
+
+    /// A socket of this run's socket directory, e.g. `console.sock`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.sock_dir.join(name)
     }
 
     /// The control socket of device server `device` (`sdxi` or `cxl-hmu`).

@@ -98,13 +98,16 @@ pub fn candidates(image: &Path, modules_dir: Option<&Path>, release: &str) -> Ve
     c
 }
 
-/// Reads the configuration of a kernel: `explicit` if given, else what the image embeds,
-/// else the first of [`candidates`] that exists. `None` when there is none anywhere.
+/// Reads the configuration of a kernel: `explicit` if given, else what the image embeds and
+/// the first of [`candidates`] that exists, the image first when `embedded_first` (a user's
+/// kernel; a Debian image embeds none, so its files are tried first). `None` when there is
+/// none anywhere.
 pub fn load(
     explicit: Option<&Path>,
     image: &Path,
     modules_dir: Option<&Path>,
     release: &str,
+    embedded_first: bool,
 ) -> Result<Option<KernelConfig>, ImagesError> {
     let read = |p: &Path| {
         std::fs::read_to_string(p)
@@ -114,16 +117,29 @@ pub fn load(
     if let Some(p) = explicit {
         return read(p).map(Some);
     }
-    let bytes = std::fs::read(image).map_err(|e| ImagesError::io("reading", image, e))?;
-    if let Some(text) = embedded(&bytes)? {
-        let source = format!("{} (embedded, IKCONFIG)", image.display());
-        return Ok(Some(KernelConfig::parse(&text, &source)));
+    let from_image = || -> Result<Option<KernelConfig>, ImagesError> {
+        let bytes = std::fs::read(image).map_err(|e| ImagesError::io("reading", image, e))?;
+        Ok(embedded(&bytes)?.map(|text| {
+            let source = format!("{} (embedded, IKCONFIG)", image.display());
+            KernelConfig::parse(&text, &source)
+        }))
+    };
+    if embedded_first {
+        if let Some(c) = from_image()? {
+            return Ok(Some(c));
+        }
     }
-    candidates(image, modules_dir, release)
+    if let Some(p) = candidates(image, modules_dir, release)
         .iter()
         .find(|p| p.is_file())
-        .map(|p| read(p))
-        .transpose()
+    {
+        return read(p).map(Some);
+    }
+    if embedded_first {
+        Ok(None)
+    } else {
+        from_image()
+    }
 }
 
 #[cfg(test)]
@@ -206,27 +222,27 @@ mod tests {
         let image = dir.join("vmlinux");
         std::fs::write(&image, b"\x7fELF\x02 no configuration here").expect("write");
         assert_eq!(
-            load(None, &image, Some(&modules), "6.99.0").expect("ok"),
+            load(None, &image, Some(&modules), "6.99.0", true).expect("ok"),
             None
         );
         std::fs::write(modules.join("config"), "CONFIG_VFIO=y\n").expect("write");
-        let c = load(None, &image, Some(&modules), "6.99.0")
+        let c = load(None, &image, Some(&modules), "6.99.0", true)
             .expect("ok")
             .expect("found");
         assert_eq!(c.get("VFIO"), Some("y"));
         assert!(c.source.ends_with("6.99.0/config"), "{}", c.source);
         std::fs::write(dir.join(".config"), "CONFIG_VFIO=m\n").expect("write");
-        let c = load(None, &image, Some(&modules), "6.99.0")
+        let c = load(None, &image, Some(&modules), "6.99.0", true)
             .expect("ok")
             .expect("found");
         assert_eq!(c.get("VFIO"), Some("m"));
         let own = dir.join("mine.config");
         std::fs::write(&own, "CONFIG_NUMA=y\n").expect("write");
-        let c = load(Some(&own), &image, Some(&modules), "6.99.0")
+        let c = load(Some(&own), &image, Some(&modules), "6.99.0", true)
             .expect("ok")
             .expect("found");
         assert_eq!((c.get("NUMA"), c.get("VFIO")), (Some("y"), None));
-        let e = load(Some(&dir.join("absent")), &image, None, "6.99.0")
+        let e = load(Some(&dir.join("absent")), &image, None, "6.99.0", false)
             .expect_err("missing file")
             .to_string();
         assert!(e.contains("absent"), "{e}");
