@@ -3,16 +3,16 @@
 //! operations; the device must never panic and never reach memory outside the guest's maps
 //! (guaranteed by [`GuestRam`], which the targets use as their only memory).
 
+use crate::core::{Engine, EngineOptions, Platform};
 use crate::driver::DriverMemory;
-use crate::engine::{Engine, EngineOptions, Irq};
-use crate::function::SdxiConfig;
 use crate::regs;
+use crate::regs::SdxiConfig;
 use std::sync::Arc;
 use vfio_device::dma::GuestRam;
 
 #[derive(Debug)]
 struct NoIrq;
-impl Irq for NoIrq {
+impl Platform for NoIrq {
     fn trigger(&self, _: u16) -> bool {
         true
     }

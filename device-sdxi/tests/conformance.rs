@@ -6,19 +6,25 @@ mod common;
 
 use common::*;
 use device_sdxi::driver::{self, csb_status, DriverMemory};
-use device_sdxi::engine::ErrClass;
+use device_sdxi::mem::ErrClass;
 use device_sdxi::mem::*;
+use device_sdxi::metrics::SdxiMetrics;
 use device_sdxi::regs::*;
 use std::time::Duration;
+
+/// The function's counters out of the server's counters JSON.
+fn metrics(c: &serde_json::Value) -> SdxiMetrics {
+    SdxiMetrics::from_server_json(c).expect("the server's counters")
+}
 
 #[test]
 fn init_sequence_admin_context_and_eight_contexts() {
     let d = Dut::start(&[], 8);
     let counters = d.finish();
-    let e = &counters["registers"]["engine"];
-    assert_eq!(e["contexts_started"], 8);
-    assert_eq!(e["descriptors"]["admin"], 8);
-    assert_eq!(e["errlog_entries"], 0);
+    let e = metrics(&counters).engine;
+    assert_eq!(e.contexts_started, 8);
+    assert_eq!(e.descriptors.admin, 8);
+    assert_eq!(e.errlog_entries, 0);
 }
 
 #[test]
@@ -55,11 +61,9 @@ fn copies_from_one_byte_to_64_mib_are_exact() {
         total += len;
     }
     let counters = d.finish();
-    assert_eq!(counters["registers"]["engine"]["bytes_copied"], total);
-    assert_eq!(
-        counters["registers"]["engine"]["descriptors"]["copy"],
-        sizes.len()
-    );
+    let e = metrics(&counters).engine;
+    assert_eq!(e.bytes_copied, total);
+    assert_eq!(e.descriptors.copy, sizes.len() as u64);
 }
 
 #[test]
@@ -173,10 +177,13 @@ fn errors_reach_the_cst_the_error_log_and_vector_zero_then_the_device_keeps_serv
     d.wait_csb(csb, "copy after restart");
     assert_eq!(csb_status(&d.ram, csb), (0, false));
     let counters = d.finish();
-    let errs = &counters["registers"]["engine"]["errors"];
+    let errs = metrics(&counters).engine.errors;
     assert_eq!(
-        (errs["Overlap"].as_u64(), errs["AddressFault"].as_u64()),
-        (Some(1), Some(1))
+        (
+            errs.get(ErrClass::Overlap),
+            errs.get(ErrClass::AddressFault)
+        ),
+        (1, 1)
     );
 }
 
@@ -253,7 +260,7 @@ fn no_dma_while_bus_mastering_is_off() {
     d.wait_csb(csb, "copy after BME");
     assert!(d.same(DATA, DATA + (1 << 20), 4096));
     let counters = d.finish();
-    assert!(counters["registers"]["engine"]["passes_without_bus_master"].as_u64() >= Some(1));
+    assert!(metrics(&counters).engine.passes_without_bus_master >= 1);
 }
 
 #[test]
@@ -296,8 +303,9 @@ fn faults_injected_at_run_time_get_the_spec_reaction_and_show_in_counters() {
         ErrClass::Overlap as u16
     );
     let c = control(&ctl, r#"{"cmd":"counters"}"#);
-    assert_eq!(c["registers"]["engine"]["faults_injected"], 1);
-    assert_eq!(c["registers"]["engine"]["errors"]["Overlap"], 1);
+    let e = metrics(&c).engine;
+    assert_eq!(e.faults_injected, 1);
+    assert_eq!(e.errors.get(ErrClass::Overlap), 1);
     d.finish();
     let _ = std::fs::remove_file(&ctl);
 }
@@ -321,8 +329,9 @@ fn faults_given_at_start_apply_from_the_first_descriptor() {
         "every 2nd data descriptor fails"
     );
     let counters = d.finish();
-    assert_eq!(counters["registers"]["engine"]["faults_injected"], 1);
-    assert_eq!(counters["registers"]["engine"]["errors"]["AddressFault"], 1);
+    let e = metrics(&counters).engine;
+    assert_eq!(e.faults_injected, 1);
+    assert_eq!(e.errors.get(ErrClass::AddressFault), 1);
 }
 
 #[test]
@@ -345,7 +354,7 @@ fn a_context_stopped_by_an_error_is_restarted_in_place_and_serves_again() {
     assert_eq!(csb_status(&d.ram, csbs[1]), (0, true));
     assert_eq!(
         d.drv.state(&d.ram, 1),
-        Some(device_sdxi::engine::ERROR_STATE)
+        Some(device_sdxi::core::engine::ERROR_STATE)
     );
     assert_eq!(
         csb_status(&d.ram, csbs[2]).0,
@@ -370,7 +379,7 @@ fn a_context_stopped_by_an_error_is_restarted_in_place_and_serves_again() {
     assert_eq!(csb_status(&d.ram, again), (0, false));
     assert!(d.same(DATA + 2 * 4096, DATA + (8 << 20) + 2 * 4096, 4096));
     let counters = d.finish();
-    assert_eq!(counters["registers"]["engine"]["faults_injected"], 1);
+    assert_eq!(metrics(&counters).engine.faults_injected, 1);
 }
 
 #[test]
@@ -491,7 +500,7 @@ fn dropped_interrupts_and_stopped_contexts_through_the_control_socket() {
         ErrClass::InvalidContext as u16
     );
     let c = d.finish();
-    assert_eq!(c["registers"]["engine"]["faults_injected"], 2);
+    assert_eq!(metrics(&c).engine.faults_injected, 2);
     let _ = std::fs::remove_file(&ctl);
 }
 

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use device_sdxi::driver::{self, csb_status, DriverMemory, Mmio, Reservation};
 use device_sdxi::mem::*;
+use device_sdxi::metrics::{EngineCounters, SdxiMetrics};
 use device_sdxi::regs::*;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,14 +41,11 @@ fn control_path(tag: &str) -> (std::path::PathBuf, String) {
     (p, s)
 }
 
-fn engine_counters(ctl: &std::path::Path) -> serde_json::Value {
-    control(ctl, r#"{"cmd":"counters"}"#)["registers"]["engine"].clone()
-}
-
-fn total_errors(engine: &serde_json::Value) -> u64 {
-    engine["errors"]
-        .as_object()
-        .map_or(u64::MAX, |m| m.values().filter_map(|v| v.as_u64()).sum())
+fn engine_counters(ctl: &std::path::Path) -> EngineCounters {
+    let c = control(ctl, r#"{"cmd":"counters"}"#);
+    SdxiMetrics::from_server_json(&c)
+        .expect("the server's counters")
+        .engine
 }
 
 /// Reserves `n` slots of context `cxt`, waiting while the ring is full.
@@ -151,15 +149,15 @@ fn racing_producers(mapped: bool) {
     // Nothing runs late either (a stale slot would show up as an extra COPY).
     std::thread::sleep(Duration::from_millis(50));
     let e = engine_counters(&ctl);
-    assert_eq!(e["descriptors"]["copy"], total);
-    assert_eq!(e["descriptors"]["intr"], slots - total);
-    assert_eq!(total_errors(&e), 0, "{e}");
-    assert_eq!(e["errlog_entries"], 0);
+    assert_eq!(e.descriptors.copy, total);
+    assert_eq!(e.descriptors.intr, slots - total);
+    assert_eq!(e.errors.total(), 0, "{e:?}");
+    assert_eq!(e.errlog_entries, 0);
     assert_eq!(d.drv.state(&d.ram, 1), Some(CxtState::Run));
     eprintln!(
         "mapped {mapped}: {total} copies, {slots} slots ({} laps), passes stopped at a not-yet-valid slot: {}",
         slots / 1024,
-        e["not_yet_valid"]
+        e.not_yet_valid
     );
     d.finish();
     let _ = std::fs::remove_file(&ctl);
@@ -200,7 +198,7 @@ fn a_doorbell_over_a_not_yet_valid_slot_waits_for_the_next_doorbell() {
     wait_for(
         "a pass that stops at the hole",
         Duration::from_secs(10),
-        || engine_counters(&ctl)["not_yet_valid"].as_u64() >= Some(1),
+        || engine_counters(&ctl).not_yet_valid >= 1,
     );
     assert_eq!(csb_status(&d.ram, csbs[0]), (1, false));
     assert_eq!(
@@ -223,7 +221,7 @@ fn a_doorbell_over_a_not_yet_valid_slot_waits_for_the_next_doorbell() {
     assert_eq!(csb_status(&d.ram, csbs[1]), (0, false));
     assert!(d.same(DATA, DATA + (1 << 20), 8192));
     assert_eq!(d.drv.read_index(&d.ram, 1), 2);
-    assert_eq!(total_errors(&engine_counters(&ctl)), 0);
+    assert_eq!(engine_counters(&ctl).errors.total(), 0);
     d.finish();
     let _ = std::fs::remove_file(&ctl);
 }
@@ -257,7 +255,7 @@ fn pending_descriptors_overwritten_with_nops_are_cancelled_and_the_ring_drains()
     wait_for(
         "the pass to stop at the hole",
         Duration::from_secs(10),
-        || engine_counters(&ctl)["not_yet_valid"].as_u64() >= Some(1),
+        || engine_counters(&ctl).not_yet_valid >= 1,
     );
     // terminate_all: the hole's owner gives up too; everything pending becomes a NOP.
     hole.write(&d.ram, 0, &driver::nop(None, false), true);
@@ -280,9 +278,9 @@ fn pending_descriptors_overwritten_with_nops_are_cancelled_and_the_ring_drains()
     );
     assert_eq!(d.drv.read_index(&d.ram, 1), 10);
     let e = engine_counters(&ctl);
-    assert_eq!(e["descriptors"]["copy"], 0);
-    assert_eq!(e["descriptors"]["nop"], 10);
-    assert_eq!(total_errors(&e), 0);
+    assert_eq!(e.descriptors.copy, 0);
+    assert_eq!(e.descriptors.nop, 10);
+    assert_eq!(e.errors.total(), 0);
     d.finish();
     let _ = std::fs::remove_file(&ctl);
 }

@@ -4,18 +4,18 @@
 //! Run it optimised: `cargo run --release -p device-sdxi --bin sdxi-bench`.
 
 use clap::Parser;
-use vfio_device::dma::{GuestRam, MapSpec};
-use vfio_device::dma_space::DmaSpace;
+use device_sdxi::core::{Engine, EngineOptions, Platform};
 use device_sdxi::driver::{self, csb_status, Driver, DriverMemory, Mmio};
-use device_sdxi::engine::{Engine, EngineOptions, Irq};
-use device_sdxi::function::SdxiConfig;
 use device_sdxi::mem::{AkeyEnt, CxtState, Descriptor};
+use device_sdxi::regs::SdxiConfig;
 use device_sdxi::regs::{CONTROL_BAR, DOORBELL_BAR};
-use vfio_device::testing::ServerProcess;
-use device_sdxi::workers::Workers;
+use device_sdxi::transport::workers::Workers;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vfio_device::dma::{GuestRam, MapSpec};
+use vfio_device::dma_space::DmaSpace;
+use vfio_device::testing::ServerProcess;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,7 +36,7 @@ struct Args {
 
 #[derive(Debug)]
 struct NoIrq;
-impl Irq for NoIrq {
+impl Platform for NoIrq {
     fn trigger(&self, _: u16) -> bool {
         true
     }

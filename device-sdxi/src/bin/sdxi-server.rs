@@ -1,10 +1,10 @@
 //! `sdxi-server`: serves one emulated SDXi function over vfio-user.
 
 use clap::Parser;
-use vfio_device::cli::{self, ServerArgs};
-use device_sdxi::device::{config_space, DeviceOptions, DoorbellMode, SdxiDevice};
-use device_sdxi::function::SdxiConfig;
+use device_sdxi::regs::SdxiConfig;
+use device_sdxi::transport::device::{config_space, DeviceOptions, DoorbellMode, SdxiDevice};
 use std::process::ExitCode;
+use vfio_device::cli::{self, ServerArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,10 +40,10 @@ struct Args {
     /// socket): e.g. `{"fail_nth":3,"class":"AddressFault"}` or `{"fail_every":10,"delay_us":50}`.
     /// Classes: InvalidDescriptor, AddressFault, Overlap, InvalidAkey, InvalidContext, RingIndex.
     #[arg(long, value_name = "JSON", value_parser = parse_faults)]
-    faults: Option<device_sdxi::engine::FaultPlan>,
+    faults: Option<device_sdxi::core::FaultPlan>,
 }
 
-fn parse_faults(s: &str) -> Result<device_sdxi::engine::FaultPlan, String> {
+fn parse_faults(s: &str) -> Result<device_sdxi::core::FaultPlan, String> {
     serde_json::from_str(s).map_err(|e| format!("fault plan {s:?}: {e}"))
 }
 

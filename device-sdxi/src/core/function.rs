@@ -4,7 +4,8 @@
 //!
 //! No I/O: the vfio-user transport calls [`SdxiFunction::mmio_read`] and
 //! [`SdxiFunction::mmio_write`]; context tables, rings, descriptors and the error log are the
-//! engine's (`engine.rs`).
+//! engine's ([`super::engine`]). Left out: MMIO_RKEY has no effect (no RKey support), and the
+//! INIT, STOPG_SF and STOPG_HD states are never entered (every transition is instantaneous).
 //!
 //! Activation: a request for ACTIVE with no level-2 context table programmed (MMIO_CXT_L2
 //! pointer 0) fails into ERROR, which only GSR=RESET leaves (to STOP), as the Linux driver's

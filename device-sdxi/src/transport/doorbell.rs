@@ -7,6 +7,7 @@
 //! off exponentially to [`MAX_IDLE_SLEEP`] when they stop, so an idle device costs almost no
 //! CPU; the price is up to that much detection latency for the first doorbell after idling.
 
+use crate::metrics::WatcherCounters;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,9 +35,9 @@ impl Page {
     }
 }
 
-/// Counters of the watcher.
+/// Counters of the watcher, counted live (read as [`WatcherCounters`]).
 #[derive(Debug, Default)]
-pub struct WatchCounters {
+struct WatchCounters {
     pub doorbells: AtomicU64,
     pub scans: AtomicU64,
     pub sleeps: AtomicU64,
@@ -50,7 +51,7 @@ pub struct MappedDoorbells {
     contexts: usize,
     stop: Arc<AtomicBool>,
     last: Arc<std::sync::Mutex<Vec<u64>>>,
-    pub counters: Arc<WatchCounters>,
+    counters: Arc<WatchCounters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -101,6 +102,16 @@ impl MappedDoorbells {
             counters,
             thread: Some(thread),
         })
+    }
+
+    /// The watcher's counters, read now.
+    pub fn counters(&self) -> WatcherCounters {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WatcherCounters {
+            doorbells: n(&self.counters.doorbells),
+            scans: n(&self.counters.scans),
+            sleeps: n(&self.counters.sleeps),
+        }
     }
 
     /// The fd QEMU maps into the guest.
@@ -236,7 +247,7 @@ mod tests {
             "after reset the same value rings"
         );
         d.store(99, 1);
-        assert!(d.counters.doorbells.load(Ordering::Relaxed) >= 3);
+        assert!(d.counters().doorbells >= 3);
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! The SDXi PCI function as a vfio-user device: BAR0 control registers, BAR2 doorbells,
 //! BAR4 MSI-X table (emulated by QEMU itself), and its configuration space.
 //!
-//! Doorbells kick the context's pass on the worker pool; the engine ([`crate::engine`]) does
+//! Doorbells kick the context's pass on the worker pool; the engine ([`crate::core::engine`]) does
 //! the rest.
 
-use crate::function::SdxiConfig;
-use crate::regs;
+use crate::regs::{self, SdxiConfig};
 use vfio_device::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
@@ -49,38 +48,20 @@ pub fn config_space(cfg: &SdxiConfig) -> Result<ConfigSpace, ConfigError> {
     .build())
 }
 
-/// Doorbell counters.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct DoorbellCounters {
-    pub doorbells: u64,
-    pub doorbell_guest_errors: u64,
-}
-
 #[cfg(feature = "server")]
 pub use server::{DeviceOptions, DoorbellMode, SdxiDevice};
 
 #[cfg(feature = "server")]
 mod server {
-    use super::DoorbellCounters;
-    use crate::doorbell::MappedDoorbells;
-    use crate::engine::{Engine, EngineOptions};
-    use crate::function::SdxiConfig;
-    use crate::regs;
-    use crate::regs::FnState;
-    use crate::workers::Workers;
+    use crate::core::{Engine, EngineOptions, FaultPlan};
+    use crate::metrics::{DoorbellCounters, SdxiMetrics};
+    use crate::regs::{self, FnState, SdxiConfig};
+    use crate::transport::doorbell::MappedDoorbells;
+    use crate::transport::platform::ServerPlatform;
+    use crate::transport::workers::Workers;
     use std::sync::Arc;
     use vfio_device::dma_space::DmaSpace;
     use vfio_device::{interrupts::Interrupts, server::PciDevice};
-
-    /// The engine raises its MSI-X vectors through the transport's eventfds.
-    impl crate::engine::Irq for Interrupts {
-        fn trigger(&self, vector: u16) -> bool {
-            Interrupts::trigger(self, vector)
-        }
-        fn bus_master(&self) -> bool {
-            Interrupts::bus_master(self)
-        }
-    }
 
     /// How doorbells reach the device.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -117,7 +98,7 @@ mod server {
 
     /// The device model behind the transport.
     pub struct SdxiDevice {
-        pub engine: Arc<Engine<DmaSpace, Interrupts>>,
+        pub engine: Arc<Engine<DmaSpace, ServerPlatform>>,
         workers: Arc<Workers>,
         mapped: Option<Arc<MappedDoorbells>>,
         dma: Arc<DmaSpace>,
@@ -136,10 +117,7 @@ mod server {
     impl SdxiDevice {
         pub fn new(cfg: SdxiConfig, opts: &DeviceOptions) -> Self {
             let interrupts = Interrupts::default();
-            let eo = EngineOptions {
-                copy_threads: opts.copy_threads,
-                ..EngineOptions::default()
-            };
+            let eo = EngineOptions::default();
             eo.force_out_of_order.store(
                 opts.force_out_of_order,
                 std::sync::atomic::Ordering::Relaxed,
@@ -147,7 +125,8 @@ mod server {
             let contexts = usize::from(cfg.max_cxt) + 1;
             let stride = cfg.doorbell_stride() as usize;
             let bar_size = cfg.doorbell_bar_size() as usize;
-            let engine = Arc::new(Engine::new(cfg, interrupts.clone(), eo));
+            let platform = ServerPlatform::new(interrupts.clone(), opts.copy_threads);
+            let engine = Arc::new(Engine::new(cfg, platform, eo));
             let dma = Arc::new(DmaSpace::default());
             engine.set_memory(Some(Arc::clone(&dma)));
             let (e, d) = (Arc::clone(&engine), Arc::clone(&dma));
@@ -191,6 +170,20 @@ mod server {
                 dma,
                 interrupts,
                 doorbells: DoorbellCounters::default(),
+            }
+        }
+    }
+
+    impl SdxiDevice {
+        /// Every counter of the function, read now.
+        pub fn metrics(&self) -> SdxiMetrics {
+            let regs = self.engine.registers();
+            SdxiMetrics {
+                function: regs.counters().clone(),
+                state: regs.state(),
+                doorbells: self.doorbells.clone(),
+                mapped_doorbells: self.mapped.as_ref().map(|m| m.counters()),
+                engine: self.engine.counters(),
             }
         }
     }
@@ -293,7 +286,7 @@ mod server {
                     if let Some(o) = plan.as_object_mut() {
                         o.remove("cmd");
                     }
-                    let plan: crate::engine::FaultPlan =
+                    let plan: FaultPlan =
                         serde_json::from_value(plan).map_err(|e| format!("bad fault plan: {e}"))?;
                     self.engine.set_faults(plan.clone());
                     Ok(serde_json::json!({ "faults": plan }))
@@ -329,18 +322,7 @@ mod server {
         }
 
         fn counters(&self) -> serde_json::Value {
-            let regs = self.engine.registers();
-            serde_json::json!({
-                "function": regs.counters(),
-                "state": regs.state(),
-                "doorbells": self.doorbells,
-                "mapped_doorbells": self.mapped.as_ref().map(|m| serde_json::json!({
-                    "doorbells": m.counters.doorbells.load(std::sync::atomic::Ordering::Relaxed),
-                    "scans": m.counters.scans.load(std::sync::atomic::Ordering::Relaxed),
-                    "sleeps": m.counters.sleeps.load(std::sync::atomic::Ordering::Relaxed),
-                })),
-                "engine": self.engine.counters.json(),
-            })
+            serde_json::to_value(self.metrics()).unwrap_or_default()
         }
     }
 }

@@ -1,17 +1,22 @@
 //! Engine tests over in-process guest memory, driven the way the Linux driver drives the
 //! device (through the shared driver helper).
 
+use super::engine::ERROR_STATE;
+use super::execute::describe;
 use super::*;
 use crate::driver::{self, csb_status, Driver, DriverMemory};
+use crate::mem::*;
 use crate::regs::*;
-use std::sync::Mutex as StdMutex;
-use vfio_device::dma::GuestRam;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex as StdMutex};
+use vfio_device::dma::{DmaMemory, Fault, GuestRam};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Records raised vectors.
 #[derive(Debug, Default)]
 struct Vectors(StdMutex<Vec<u16>>);
 
-impl Irq for Arc<Vectors> {
+impl Platform for Arc<Vectors> {
     fn trigger(&self, vector: u16) -> bool {
         self.0.lock().expect("lock").push(vector);
         true
@@ -149,10 +154,7 @@ fn copy_moves_the_bytes_completes_and_advances_the_read_index() {
         );
         assert_eq!(csb_status(&*b.ram, csb), (0, false));
         assert_eq!(b.drv.read_index(&*b.ram, 1), 1);
-        assert_eq!(
-            b.e.counters.bytes_copied.load(Ordering::Relaxed),
-            len as u64
-        );
+        assert_eq!(b.e.counters().bytes_copied, len as u64);
     }
 }
 
@@ -163,7 +165,7 @@ fn intr_raises_the_akey_vector_and_nop_completes() {
     b.run(1, &[driver::nop(Some(csb), true), driver::intr(0, true)]);
     assert_eq!(csb_status(&*b.ram, csb).0, 0);
     assert_eq!(*b.vectors.0.lock().expect("lock"), vec![1]);
-    assert_eq!(b.e.counters.dsc_intr.load(Ordering::Relaxed), 1);
+    assert_eq!(b.e.counters().descriptors.intr, 1);
 }
 
 #[test]
@@ -198,9 +200,9 @@ fn ring_wraps_over_many_batches_and_one_csb_counts_a_batch() {
 /// Submits one bad descriptor and checks the spec reaction: CST er, error log entry,
 /// ERR_STS.sts, vector 0, context stopped in the error state; returns the log entry.
 fn expect_error(b: &mut Bed, cxt: u16, d: Descriptor, class: ErrClass) -> ErrlogHdEnt {
-    let before = b.e.counters.error_count(class);
+    let before = b.e.counters().errors.get(class);
     b.run(cxt, &[d]);
-    assert_eq!(b.e.counters.error_count(class), before + 1, "{class:?}");
+    assert_eq!(b.e.counters().errors.get(class), before + 1, "{class:?}");
     let e = b.errlog(b.e.registers().reg(MMIO_ERR_WRT) - 1);
     assert_eq!(e.err_class.get(), class as u16);
     let h = ErrlogHdr::from(e.hdr.get());
@@ -266,7 +268,7 @@ fn every_error_class_gets_the_spec_reaction() {
 fn total_errors(b: &Bed) -> u64 {
     ERR_CLASSES
         .iter()
-        .map(|c| b.e.counters.error_count(*c))
+        .map(|c| b.e.counters().errors.get(*c))
         .sum()
 }
 
@@ -302,7 +304,7 @@ fn a_slot_not_yet_valid_stops_the_ring_without_error_and_the_next_doorbell_resum
         );
         assert_eq!(b.drv.state(&*b.ram, 1), Some(CxtState::Run));
     }
-    assert_eq!(b.e.counters.not_yet_valid.load(Ordering::Relaxed), 2);
+    assert_eq!(b.e.counters().not_yet_valid, 2);
     r.make_valid(&*b.ram, 1);
     assert!(b.e.doorbell(1));
     b.e.process(1);
@@ -343,15 +345,11 @@ fn consumed_descriptors_lose_vl_so_a_reserved_slot_never_reruns_its_previous_lap
         assert_eq!(got.to_vec(), want, "slot {i}: only vl cleared");
     }
     // Next lap: reserve (write index published), do not write the slot yet, ring.
-    let copies = b.e.counters.dsc_copy.load(Ordering::Relaxed);
+    let copies = b.e.counters().descriptors.copy;
     let r = b.drv.reserve(&*b.ram, 1, 1).expect("room");
     assert!(b.e.doorbell(1));
     b.e.process(1);
-    assert_eq!(
-        b.e.counters.dsc_copy.load(Ordering::Relaxed),
-        copies,
-        "nothing reran"
-    );
+    assert_eq!(b.e.counters().descriptors.copy, copies, "nothing reran");
     assert_eq!(b.drv.read_index(&*b.ram, 1), entries);
     let csb2 = b.drv.csb(&*b.ram, 1).expect("csb");
     r.write(&*b.ram, 0, &driver::nop(Some(csb2), false), true);
@@ -418,9 +416,9 @@ fn descriptors_run_once_in_ring_order_whatever_order_vl_is_set_in() {
         assert_eq!(csb_status(&*b.ram, *c), (0, false), "descriptor {i}");
     }
     assert_eq!(b.drv.read_index(&*b.ram, 1), total);
-    assert_eq!(b.e.counters.completions.load(Ordering::Relaxed), total + 1);
+    assert_eq!(b.e.counters().completions, total + 1);
     assert_eq!(total_errors(&b), 0);
-    assert!(b.e.counters.not_yet_valid.load(Ordering::Relaxed) > 0);
+    assert!(b.e.counters().not_yet_valid > 0);
 }
 
 #[test]
@@ -430,7 +428,7 @@ fn write_index_past_the_ring_is_a_ring_index_error() {
     b.ram.write_bytes(c.write_index, &5000u64.to_le_bytes());
     assert!(b.e.doorbell(1));
     b.e.process(1);
-    assert_eq!(b.e.counters.error_count(ErrClass::RingIndex), 1);
+    assert_eq!(b.e.counters().errors.get(ErrClass::RingIndex), 1);
     assert_eq!(b.drv.state(&*b.ram, 1), Some(ERROR_STATE));
 }
 
@@ -440,7 +438,7 @@ fn starting_a_context_without_a_table_entry_fails_the_admin_descriptor() {
     let csb = b.drv.csb(&*b.ram, 1).expect("csb");
     b.admin(&[driver::cxt_start(5, 5, false, 0, Some(csb))]);
     assert_eq!(csb_status(&*b.ram, csb), (0, true));
-    assert_eq!(b.e.counters.error_count(ErrClass::InvalidContext), 1);
+    assert_eq!(b.e.counters().errors.get(ErrClass::InvalidContext), 1);
 }
 
 #[test]
@@ -460,8 +458,8 @@ fn error_log_overflow_sets_ovf_and_keeps_serving() {
     for _ in 0..70 {
         b.e.process(9);
     }
-    assert_eq!(b.e.counters.errlog_entries.load(Ordering::Relaxed), 64);
-    assert_eq!(b.e.counters.errlog_overflows.load(Ordering::Relaxed), 6);
+    assert_eq!(b.e.counters().errlog_entries, 64);
+    assert_eq!(b.e.counters().errlog_overflows, 6);
     assert!(ErrSts::from(b.e.registers().reg(MMIO_ERR_STS)).ovf());
     // Software consumes the log (ERR_RD) and clears the status (W1C).
     b.e.mmio_write(MMIO_ERR_RD, &64u64.to_le_bytes());
@@ -522,10 +520,7 @@ fn a_doorbell_for_a_context_never_started_is_ignored_without_a_report() {
     assert_eq!(b.drv.state(&*b.ram, 2), Some(CxtState::StopSw));
     assert_eq!(b.e.registers().reg(MMIO_ERR_WRT), logged, "nothing logged");
     assert_eq!(total_errors(&b), 0);
-    assert_eq!(
-        b.e.counters.doorbells_not_running.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(b.e.counters().doorbells_not_running, 1);
     b.admin(&[driver::cxt_start(2, 2, false, 0, None)]);
     assert_eq!(csb_status(&*b.ram, csb), (0, false), "runs once started");
 }
@@ -550,7 +545,7 @@ fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
     assert_eq!(b.e.registers().state(), FnState::Active);
     assert!(b.e.doorbell(0));
     b.e.process(0);
-    assert_eq!(b.e.counters.error_count(ErrClass::AddressFault), 1);
+    assert_eq!(b.e.counters().errors.get(ErrClass::AddressFault), 1);
     let e = b.errlog(b.e.registers().reg(MMIO_ERR_WRT) - 1);
     assert_eq!(ErrlogHdr::from(e.hdr.get()).re(), RE_INFORM);
     assert_eq!(b.e.registers().state(), FnState::Active);
@@ -560,7 +555,7 @@ fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
 #[derive(Debug)]
 struct Recording(GuestRam, StdMutex<Vec<u64>>);
 
-impl vfio_device::dma::DmaMemory for Recording {
+impl DmaMemory for Recording {
     fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
         self.0.read(a, b)
     }
@@ -615,40 +610,6 @@ fn forced_out_of_order_completion_reverses_between_fences() {
 }
 
 #[test]
-fn large_copies_split_over_threads_are_exact() {
-    let vectors = Arc::new(Vectors::default());
-    let ram = Arc::new(GuestRam::anonymous(RAM, 64 << 20));
-    let opts = EngineOptions {
-        copy_threads: 4,
-        split_copy_min: 1 << 20,
-        ..EngineOptions::default()
-    };
-    let e = Engine::new(SdxiConfig::default(), vectors, opts);
-    e.set_memory(Some(Arc::clone(&ram)));
-    let mut drv = Driver::new(&*ram, RAM, 1 << 20).expect("window");
-    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
-        .expect("admin");
-    e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
-    e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
-    let len = (20 << 20) + 12345;
-    let src = RAM + (2 << 20);
-    let dst = RAM + (30 << 20);
-    let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-    ram.write_bytes(src, &v);
-    let csb = drv.csb(&*ram, 1).expect("csb");
-    drv.submit(
-        &*ram,
-        0,
-        &[driver::copy(src, dst, len as u64, Some(csb), false)],
-    );
-    e.process(0);
-    let mut out = vec![0u8; len];
-    ram.read_bytes(dst, &mut out);
-    assert!(out == v);
-    assert_eq!(csb_status(&*ram, csb), (0, false));
-}
-
-#[test]
 fn reset_restores_registers_and_stops_processing() {
     let mut b = Bed::new(false);
     b.e.reset();
@@ -697,7 +658,7 @@ fn tables_at_the_top_of_the_address_space_fault_instead_of_overflowing() {
         .write_bytes(l1 + 8, &(0xffff_ffff_ffff_f008u64).to_le_bytes());
     b.e.mmio_write(MMIO_ERR_CFG, &(0xffff_ffff_ffff_f03fu64).to_le_bytes());
     b.run(1, &[driver::intr(60_000, false)]);
-    assert!(b.e.counters.error_count(ErrClass::AddressFault) >= 1);
+    assert!(b.e.counters().errors.get(ErrClass::AddressFault) >= 1);
 }
 
 #[test]
