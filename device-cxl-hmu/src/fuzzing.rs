@@ -1,9 +1,11 @@
 //! Fuzz entry points for the CHMU (used by `fuzz/` targets and by deterministic smoke tests):
 //! MMIO sequences against the register block interleaved with accesses, and the feed decoder.
 
-use crate::chmu::{ChmuBlock, ChmuConfig, VecHotlist};
-use crate::hotness::{Access, Hotness, ReqKind};
-use crate::regs::*;
+use crate::core::chmu::ChmuBlock;
+use crate::core::hotlist_store::VecHotlist;
+use crate::core::hotness::{Access, Hotness, ReqKind};
+use crate::spec::layout::ChmuConfig;
+use crate::spec::regs::*;
 
 /// MMIO writes/reads of any width and offset against a CHMU whose configuration the first
 /// bytes pick (instances, hotlist size, placement, capacity, mapped hotlists), interleaved with
@@ -118,8 +120,8 @@ fn check_layout(b: &mut ChmuBlock) {
 /// so background operations start, run and complete. After every doorbell the mailbox must be
 /// idle again and report a return code.
 pub fn mailbox_sequence(data: &[u8]) {
-    use crate::mailbox::{MemdevIdentity, COMMANDS, PAYLOAD_SIZE};
-    use crate::memdev::*;
+    use crate::core::mailbox::{MemdevIdentity, COMMANDS, PAYLOAD_SIZE};
+    use crate::core::memdev::*;
     let mut b = MemdevBlock::new(MemdevIdentity {
         capacity: 1 << 30,
         fw_revision: "fuzz".into(),
@@ -180,7 +182,7 @@ pub fn mailbox_sequence(data: &[u8]) {
 /// The socket feed's record decoder and the trace parser on arbitrary bytes.
 #[cfg(feature = "server")]
 pub fn feed_decoder(data: &[u8]) {
-    use crate::feed::{parse_trace, Record, RECORD_SIZE};
+    use crate::transport::feed::{parse_trace, Record, RECORD_SIZE};
     for r in data.chunks_exact(RECORD_SIZE) {
         if let Ok(r) = r.try_into() {
             let a = Record::decode(r);

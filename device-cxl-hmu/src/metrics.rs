@@ -8,6 +8,7 @@
 //! struct for a dump. Tests read a dump back into the struct and compare fields, or take
 //! [`HmuMetrics::delta`] between two snapshots.
 
+use crate::spec::dvsec::MemRange;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -93,6 +94,7 @@ counters! {
 pub struct MemdevMetrics {
     /// Mailbox doorbells rung (commands submitted).
     pub doorbells: u64,
+    /// Accesses to the block.
     #[serde(flatten)]
     pub access: BlockAccess,
 }
@@ -122,6 +124,7 @@ counters! {
 /// The mailbox: outcomes, and commands run by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxMetrics {
+    /// Commands by outcome.
     #[serde(flatten)]
     pub outcomes: MailboxOutcomes,
     /// Commands found in the command table, by the spec's name.
@@ -131,24 +134,24 @@ pub struct MailboxMetrics {
 /// The component and memory device blocks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CxlMetrics {
+    /// Accesses to the Component Registers.
     pub component: BlockAccess,
+    /// Accesses to the Memory Device registers and doorbells.
     pub memdev: MemdevMetrics,
+    /// Mailbox commands.
     pub mailbox: MailboxMetrics,
 }
 
-/// The guest-physical range the device's memory occupies (context for the counters).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RangeInfo {
-    pub hpa_base: u64,
-    pub size: u64,
-}
-
-/// Every counter of the device.
+/// Every counter of the device: the `registers` member of the counter dump.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HmuMetrics {
+    /// The CHMU register interface.
     pub chmu: ChmuMetrics,
+    /// The access feed, counting and the hotlists.
     pub hotness: HotnessMetrics,
-    pub range: RangeInfo,
+    /// The guest-physical range the device's memory occupies (context, not a counter).
+    pub range: MemRange,
+    /// The component and memory device blocks and the mailbox.
     pub cxl: CxlMetrics,
 }
 

@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use clap::Parser;
-use device_cxl_hmu::chmu::ChmuConfig;
-use device_cxl_hmu::device::{config_space, HmuDevice, MemRange};
-use device_cxl_hmu::feed::{self, Sink};
+use device_cxl_hmu::spec::dvsec::MemRange;
+use device_cxl_hmu::spec::layout::ChmuConfig;
+use device_cxl_hmu::transport::device::{config_space, HmuDevice};
+use device_cxl_hmu::transport::feed::{self, Sink};
+use std::process::ExitCode;
 use vfio_device::cli::{self, ServerArgs};
 use vfio_device::server::PciDevice;
-use std::process::ExitCode;
 
 fn parse_u64(s: &str) -> Result<u64, String> {
     let r = match s.strip_prefix("0x") {
@@ -42,7 +43,7 @@ struct Args {
     #[arg(long, value_parser = parse_u64, default_value = "0x40000000")]
     size: u64,
     /// Serial number of the memory device (PCIe Device Serial Number; Linux's memdev `serial`).
-    #[arg(long, value_parser = parse_u64, default_value_t = device_cxl_hmu::cxl_blocks::DEFAULT_SERIAL)]
+    #[arg(long, value_parser = parse_u64, default_value_t = device_cxl_hmu::core::cxl_blocks::DEFAULT_SERIAL)]
     serial: u64,
     /// Number of CHMU instances.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
         instances: args.instances,
         hotlist_window: args
             .hotlist_window
-            .then_some(device_cxl_hmu::regs::CHMU_HOTLIST_WINDOW),
+            .then_some(device_cxl_hmu::spec::regs::CHMU_HOTLIST_WINDOW),
         ..ChmuConfig::default()
     };
     let range = MemRange {

@@ -6,8 +6,8 @@
 //! as epoch-based and a notification threshold above the hotlist size never fires.
 
 use super::chmu::ChmuBlock;
-use crate::layout::epoch_units;
-use crate::regs::*;
+use crate::spec::layout::epoch_units;
+use crate::spec::regs::*;
 
 /// Why an enable was refused: the CFG field outside the advertised capabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -6,18 +6,18 @@
 //! from the table, so any naturally aligned access of 1, 2, 4 or 8 bytes works uniformly (the
 //! spec asks for 8-byte accesses to STATUS, the bitmap and hotlist entries and 2-byte ones to
 //! HEAD/TAIL; other widths are undefined there and this model serves them as plain bytes).
-//! Where registers and hotlists lie: [`crate::layout`]. Hotlist entries outside the block's
+//! Where registers and hotlists lie: [`crate::spec::layout`]. Hotlist entries outside the block's
 //! bytes: [`super::hotlist_store`].
 //!
 //! Left out: operations that take time (Operation in Progress always reads 0) and the
-//! counting itself ([`crate::hotness`]).
+//! counting itself ([`crate::core::hotness`]).
 
 use super::hotlist_store::{HotlistMemory, VecHotlist};
 use super::state::{self, Count, Event, Latch, State};
-use crate::chmu_table::{instance_reg_at, ChmuReg, Lock, PostWrite, Scope, REGISTERS};
-use crate::layout::{ChmuConfig, Placement};
 use crate::metrics::ChmuMetrics;
-use crate::regs::*;
+use crate::spec::chmu_table::{instance_reg_at, ChmuReg, Lock, PostWrite, Scope, REGISTERS};
+use crate::spec::layout::{ChmuConfig, Placement};
+use crate::spec::regs::*;
 use tracing::{debug, info, warn};
 
 /// The CHMU register block.

@@ -2,10 +2,10 @@
 //! table ([`crate::spec::component`]) in a [`RegFile`]. Writes to the locked decoder are
 //! dropped by the table's masks; nothing else happens on a write.
 
-use crate::device::MemRange;
+use crate::core::regfile::RegFile;
 use crate::metrics::BlockAccess;
-use crate::regfile::RegFile;
 pub use crate::spec::component::*;
+use crate::spec::dvsec::MemRange;
 
 /// The Component Registers block.
 #[derive(Debug)]

@@ -4,15 +4,15 @@
 //! before the write returns, so the host never sees the doorbell set; Scan Media runs in the
 //! background (§8.2.9.4.6-7): the mailbox reports Background Command Started and keeps
 //! serving foreground commands, a second background command gets Busy. Time comes from the
-//! caller (`now`, ns). The commands themselves: [`crate::mailbox`].
+//! caller (`now`, ns). The commands themselves: [`crate::core::mailbox`].
 //!
 //! Left out: the secondary mailbox, mailbox interrupts (not advertised, so drivers poll).
 
-use crate::device::MemRange;
-use crate::mailbox::{Mailbox, MemdevIdentity, ReturnCode};
+use crate::core::mailbox::{Mailbox, MemdevIdentity, ReturnCode};
+use crate::core::regfile::RegFile;
 use crate::metrics::MemdevMetrics;
-use crate::regfile::RegFile;
 use crate::spec::block_table::PostWrite;
+use crate::spec::dvsec::MemRange;
 pub use crate::spec::memdev::*;
 
 /// The Memory Device registers block and its mailbox.
@@ -130,7 +130,7 @@ impl MemdevBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::opcode;
+    use crate::core::mailbox::opcode;
 
     fn block() -> MemdevBlock {
         MemdevBlock::new(MemdevIdentity {
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(send(&mut b, opcode::SCAN_MEDIA, &scan, 0).0, 1);
         let st = rd64(&mut b, MAILBOX_OFFSET + MB_STATUS, 1);
         assert_eq!(st & 1, 1, "background operation");
-        let half = crate::mailbox::SCAN_MEDIA_BASE_NS;
+        let half = crate::core::mailbox::SCAN_MEDIA_BASE_NS;
         let bg = rd64(&mut b, MAILBOX_OFFSET + MB_BACKGROUND_STATUS, half);
         assert_eq!(bg & 0xffff, u64::from(opcode::SCAN_MEDIA));
         assert!((1..100).contains(&((bg >> 16) & 0x7f)), "{bg:#x}");

@@ -3,7 +3,7 @@
 //! ([`super::memdev`]). Same columns as the CHMU's table (`super::chmu_table`): offset, name,
 //! width, reset value, writable mask, write-1-to-clear mask, post-write hook.
 
-use crate::device::MemRange;
+use crate::spec::dvsec::MemRange;
 
 /// Where a register's reset value comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,11 +9,11 @@
 //!
 //! Not rows: the Range Configuration Bitmap (§8.2.8.7) and the Hotlist (§8.2.8.8) are arrays
 //! whose offsets CAP2 and CAP3 report and whose lengths the capabilities set
-//! ([`crate::layout::ChmuConfig`]); both reset to 0, the bitmap's bits covering the device's
+//! ([`crate::spec::layout::ChmuConfig`]); both reset to 0, the bitmap's bits covering the device's
 //! memory are writable and the rest reserved, hotlist entries are read-only to the host.
 
-use crate::layout::ChmuConfig;
-use crate::regs::*;
+use crate::spec::layout::ChmuConfig;
+use crate::spec::regs::*;
 
 /// Whether a register sits once in the block or once per instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

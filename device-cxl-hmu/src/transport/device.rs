@@ -7,70 +7,21 @@
 //!   Range 1 Base/Size from this DVSEC.
 //! - Register Locator DVSEC (CXL 3.2 §8.1.9): the Component Registers (block 1), the Memory
 //!   Device registers (block 3) and the CHMU (block 5) in BAR [`REGS_BAR`]
-//!   ([`crate::cxl_blocks`]), so Linux's `cxl_pci` binds the function and registers a memdev.
+//!   ([`crate::core::cxl_blocks`]), so Linux's `cxl_pci` binds the function and registers a memdev.
 //! - Device Serial Number Extended Capability (PCIe Base 6.0 §7.9.3): the memdev's serial.
 
-use crate::chmu::{ChmuBlock, ChmuConfig};
-use crate::hotness::Hotness;
-use crate::regs::*;
+use crate::core::chmu::ChmuBlock;
+use crate::core::hotness::Hotness;
+use crate::metrics::HmuMetrics;
+use crate::spec::dvsec::*;
+/// The DVSEC's range and its decoder, where guest drivers have found them.
+pub use crate::spec::dvsec::{decode_range1, MemRange};
+use crate::spec::layout::ChmuConfig;
+use crate::spec::regs::*;
 use std::sync::{Arc, Mutex, MutexGuard};
 use vfio_device::pci::{
     BarDef, ConfigError, ConfigSpace, ConfigSpaceBuilder, MsixDef, CONFIG_SPACE_EXTENDED,
 };
-
-/// DVSEC ID 0 register offsets (from the DVSEC start).
-pub const DVSEC_CXL_CAPABILITY: usize = 0x0a;
-pub const DVSEC_RANGE1_SIZE_HIGH: usize = 0x18;
-pub const DVSEC_RANGE1_SIZE_LOW: usize = 0x1c;
-pub const DVSEC_RANGE1_BASE_HIGH: usize = 0x20;
-pub const DVSEC_RANGE1_BASE_LOW: usize = 0x24;
-pub const DVSEC_CXL_DEVICE_LENGTH: usize = 0x3c;
-
-/// The guest-physical range the device's memory occupies (what the CHMU monitors).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct MemRange {
-    pub hpa_base: u64,
-    pub size: u64,
-}
-
-fn cxl_device_dvsec_body(range: MemRange) -> Vec<u8> {
-    let mut d = vec![0u8; DVSEC_CXL_DEVICE_LENGTH];
-    // CXL Capability: IO_Capable (bit 1), Mem_Capable (bit 2), HDM_Count = 1 ([5:4]).
-    d[DVSEC_CXL_CAPABILITY..DVSEC_CXL_CAPABILITY + 2].copy_from_slice(&0x0016u16.to_le_bytes());
-    let put =
-        |d: &mut Vec<u8>, off: usize, v: u32| d[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    put(&mut d, DVSEC_RANGE1_SIZE_HIGH, (range.size >> 32) as u32);
-    // Size low: [31:28] size bits, [1] Memory_Active, [0] Memory_Info_Valid.
-    put(
-        &mut d,
-        DVSEC_RANGE1_SIZE_LOW,
-        (range.size as u32 & 0xf000_0000) | 0x3,
-    );
-    put(
-        &mut d,
-        DVSEC_RANGE1_BASE_HIGH,
-        (range.hpa_base >> 32) as u32,
-    );
-    put(
-        &mut d,
-        DVSEC_RANGE1_BASE_LOW,
-        range.hpa_base as u32 & 0xf000_0000,
-    );
-    d.split_off(10)
-}
-
-/// Decodes DVSEC 0 Range 1 from raw configuration bytes at `dvsec` (for drivers and tests).
-pub fn decode_range1(cfg: &[u8], dvsec: usize) -> Option<MemRange> {
-    let rd = |o: usize| -> Option<u32> {
-        let b = cfg.get(dvsec + o..dvsec + o + 4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let size = (u64::from(rd(DVSEC_RANGE1_SIZE_HIGH)?) << 32)
-        | u64::from(rd(DVSEC_RANGE1_SIZE_LOW)? & 0xf000_0000);
-    let hpa_base = (u64::from(rd(DVSEC_RANGE1_BASE_HIGH)?) << 32)
-        | u64::from(rd(DVSEC_RANGE1_BASE_LOW)? & 0xf000_0000);
-    Some(MemRange { hpa_base, size })
-}
 
 /// Size of the registers' BAR: the register blocks (plus the hotlist window if there is
 /// one), a power of two.
@@ -128,7 +79,7 @@ pub fn config_space(
         CXL_DVSEC_VENDOR,
         0,
         CXL_DVSEC_REG_LOCATOR,
-        &crate::cxl_blocks::register_locator_body(),
+        &register_locator_body(),
     )?
     .device_serial_number(serial)?
     .build())
@@ -161,12 +112,12 @@ pub struct HmuDevice {
     pub state: Arc<Mutex<HmuState>>,
     pub range: MemRange,
     /// The component and memory device register blocks (mailbox) in front of the CHMU.
-    pub cxl: crate::cxl_blocks::CxlBlocks,
+    pub cxl: crate::core::cxl_blocks::CxlBlocks,
     #[cfg(feature = "server")]
     interrupts: vfio_device::interrupts::Interrupts,
     /// The memfd backing the hotlists the guest maps (paged layout or window).
     #[cfg(feature = "server")]
-    hotlists: Option<crate::hotlist_map::HotlistFile>,
+    hotlists: Option<crate::transport::hotlist_map::HotlistFile>,
 }
 
 impl HmuDevice {
@@ -180,7 +131,7 @@ impl HmuDevice {
         let mut d = Self {
             state: Arc::new(Mutex::new(state)),
             range,
-            cxl: crate::cxl_blocks::CxlBlocks::new(range),
+            cxl: crate::core::cxl_blocks::CxlBlocks::new(range),
             #[cfg(feature = "server")]
             interrupts: vfio_device::interrupts::Interrupts::default(),
             #[cfg(feature = "server")]
@@ -188,7 +139,7 @@ impl HmuDevice {
         };
         #[cfg(feature = "server")]
         if mapped || cfg.hotlist_window.is_some() {
-            match crate::hotlist_map::MappedHotlist::new(&cfg, regs_bar_size(&cfg)) {
+            match crate::transport::hotlist_map::MappedHotlist::new(&cfg, regs_bar_size(&cfg)) {
                 Ok(Some((file, mem))) => {
                     d.lock().block.set_hotlist_memory(Box::new(mem));
                     d.hotlists = Some(file);
@@ -204,6 +155,17 @@ impl HmuDevice {
         #[cfg(not(feature = "server"))]
         let _ = mapped;
         d
+    }
+
+    /// Every counter of the device, now.
+    pub fn metrics(&self) -> HmuMetrics {
+        let s = self.lock();
+        HmuMetrics {
+            chmu: s.block.counters().clone(),
+            hotness: s.hotness.counters.clone(),
+            range: self.range,
+            cxl: self.cxl.counters(),
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, HmuState> {
@@ -313,8 +275,10 @@ impl vfio_device::server::PciDevice for HmuDevice {
     }
 
     fn counters(&self) -> serde_json::Value {
-        let s = self.lock();
-        serde_json::json!({ "chmu": s.block.counters(), "hotness": s.hotness.counters, "range": self.range, "cxl": self.cxl.counters() })
+        serde_json::to_value(self.metrics()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "counters not serializable");
+            serde_json::Value::Null
+        })
     }
 }
 

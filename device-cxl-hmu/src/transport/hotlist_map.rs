@@ -4,7 +4,8 @@
 //! BAR are hotlists: [`ChmuConfig::mapped_areas`] (one page-aligned area per instance in the
 //! paged layout, the window otherwise).
 
-use crate::chmu::{ChmuConfig, HotlistMemory};
+use crate::core::hotlist_store::HotlistMemory;
+use crate::spec::layout::ChmuConfig;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use vfio_device::dma::{memfd, HostMap};
@@ -103,7 +104,7 @@ impl HotlistMemory for MappedHotlist {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regs::*;
+    use crate::spec::regs::*;
 
     #[test]
     fn entries_land_at_their_bar_offsets_in_the_memfd() {

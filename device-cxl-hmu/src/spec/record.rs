@@ -11,8 +11,6 @@
 //!   Ticks let epochs end on a clock that advances without accesses (guest instructions while
 //!   the workload is elsewhere).
 
-use crate::hotness::ReqKind;
-
 /// Size of one socket feed record.
 pub const RECORD_SIZE: usize = 16;
 
@@ -25,6 +23,13 @@ const WEIGHT_SHIFT: u32 = 52;
 /// Largest weight a record carries (the field's all-ones value with the highest write
 /// address would be a tick).
 pub const MAX_WEIGHT: u32 = 4095;
+
+/// Kind of a memory request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqKind {
+    Read,
+    Write,
+}
 
 /// A guest-physical access as feeds carry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

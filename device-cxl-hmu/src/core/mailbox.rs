@@ -14,7 +14,7 @@
 //! security, sanitize, features, alert configuration, shutdown state, abort.
 
 use crate::metrics::MailboxMetrics;
-use crate::payloads::*;
+use crate::spec::payloads::*;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 

@@ -3,7 +3,7 @@
 //! CXL 3.2's (the numbering Linux's drivers/cxl cites for 3.2; CXL 3.1 has the same tables one
 //! section lower, under §8.2.9).
 //!
-//! Shared by the device's mailbox ([`crate::mailbox`]) and by tests and guest-side drivers.
+//! Shared by the device's mailbox ([`crate::core::mailbox`]) and by tests and guest-side drivers.
 //! Left out: variable-length tails (log entries, handles, records) are addressed as arrays of
 //! their entry type after the fixed header.
 

@@ -1,53 +1,22 @@
-//! The CXL register blocks in front of the CHMU in the registers' BAR, and the Register Locator
-//! entries that name them (CXL 3.2 §8.1.9): Component Registers (block 1) at
-//! [`COMPONENT_BLOCK_OFFSET`], Memory Device registers (block 3) at [`MEMDEV_BLOCK_OFFSET`],
-//! the CHMU (block 5) at [`CHMU_BLOCK_OFFSET`]. With these, Linux's `cxl_pci` binds the
-//! function and registers a memdev; the CHMU stays where the locator says.
+//! The CXL register blocks in front of the CHMU in the registers' BAR, where the Register
+//! Locator names them (CXL 3.2 §8.1.9, [`crate::spec::dvsec::REGISTER_BLOCKS`]): Component
+//! Registers (block 1) at [`COMPONENT_BLOCK_OFFSET`], Memory Device registers (block 3) at
+//! [`MEMDEV_BLOCK_OFFSET`]; the CHMU (block 5) at [`CHMU_BLOCK_OFFSET`] is served by
+//! [`crate::core::chmu`]. With these, Linux's `cxl_pci` binds the function and registers a
+//! memdev. This module routes accesses to the two blocks and keeps the mailbox's clock.
 
-use crate::component::ComponentBlock;
-use crate::device::MemRange;
-use crate::mailbox::MemdevIdentity;
-use crate::memdev::MemdevBlock;
+use crate::core::component::ComponentBlock;
+use crate::core::mailbox::MemdevIdentity;
+use crate::core::memdev::MemdevBlock;
 use crate::metrics::CxlMetrics;
-use crate::regfile::BLOCK_SIZE;
-use crate::regs::*;
+use crate::spec::dvsec::MemRange;
+use crate::spec::dvsec::REGISTER_BLOCK_SIZE;
+use crate::spec::regs::*;
 
 /// FW Revision the memdev reports (Identify; Linux shows it as `firmware_version`).
 pub const FW_REVISION: &str = concat!("tierbed ", env!("CARGO_PKG_VERSION"));
 /// Serial number the device reports unless told otherwise (PCIe Device Serial Number).
 pub const DEFAULT_SERIAL: u64 = 0x1b36_5d11_0000_0001;
-
-/// The Register Locator's entries: (block identifier, offset in [`REGS_BAR`]).
-pub const REGISTER_BLOCKS: [(u8, u64); 3] = [
-    (RBI_COMPONENT, COMPONENT_BLOCK_OFFSET),
-    (RBI_MEMDEV, MEMDEV_BLOCK_OFFSET),
-    (RBI_CHMU, CHMU_BLOCK_OFFSET),
-];
-const _: () = {
-    let mut i = 0;
-    while i < REGISTER_BLOCKS.len() {
-        assert!(REGISTER_BLOCKS[i].1.is_multiple_of(BLOCK_SIZE));
-        i += 1;
-    }
-    assert!(MEMDEV_BLOCK_OFFSET >= COMPONENT_BLOCK_OFFSET + BLOCK_SIZE);
-    assert!(CHMU_BLOCK_OFFSET >= MEMDEV_BLOCK_OFFSET + BLOCK_SIZE);
-};
-
-/// The Register Locator DVSEC's body after its header: 2 reserved bytes, then one 8-byte
-/// entry per block.
-pub fn register_locator_body() -> Vec<u8> {
-    let mut d = vec![0u8; 2];
-    for (id, off) in REGISTER_BLOCKS {
-        let low: u32 = RegLocLow::new()
-            .with_bir(REGS_BAR)
-            .with_block_id(id)
-            .with_offset_hi16((off >> 16) as u16)
-            .into();
-        d.extend_from_slice(&low.to_le_bytes());
-        d.extend_from_slice(&((off >> 32) as u32).to_le_bytes());
-    }
-    d
-}
 
 /// The component and memory device blocks, with the clock the mailbox's background
 /// operations run on.
@@ -94,7 +63,11 @@ impl CxlBlocks {
     /// Runs `f` on the block `offset` falls in, with the block-relative offset and the time.
     fn access(&mut self, offset: u64, f: impl FnOnce(Block<'_>, u64, u64)) -> bool {
         let now = self.now();
-        let in_block = |block: u64| offset.checked_sub(block).filter(|r| *r < BLOCK_SIZE);
+        let in_block = |block: u64| {
+            offset
+                .checked_sub(block)
+                .filter(|r| *r < REGISTER_BLOCK_SIZE)
+        };
         if let Some(rel) = in_block(COMPONENT_BLOCK_OFFSET) {
             f(Block::Component(&mut self.component), rel, now);
         } else if let Some(rel) = in_block(MEMDEV_BLOCK_OFFSET) {
@@ -128,18 +101,6 @@ enum Block<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locator_entries_name_each_block_at_its_offset() {
-        let b = register_locator_body();
-        assert_eq!(b.len(), 2 + 3 * 8);
-        let entry =
-            |i: usize| u32::from_le_bytes([b[2 + 8 * i], b[3 + 8 * i], b[4 + 8 * i], b[5 + 8 * i]]);
-        // Oracle from the spec table: BIR [2:0], block id [15:8], offset bits [31:16].
-        assert_eq!(entry(0), 0x0000_0102);
-        assert_eq!(entry(1), 0x0001_0302);
-        assert_eq!(entry(2), 0x0002_0502);
-    }
 
     #[test]
     fn accesses_reach_the_block_they_fall_in() {

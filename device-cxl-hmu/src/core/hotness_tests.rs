@@ -2,7 +2,8 @@
 //! an oracle on synthetic workloads with a known hot set.
 
 use super::*;
-use crate::chmu::{ChmuBlock, ChmuConfig};
+use crate::core::chmu::ChmuBlock;
+use crate::spec::layout::ChmuConfig;
 
 const EPOCH: u64 = 100_000; // scale 1 (100 us) x 1
 

@@ -3,13 +3,10 @@
 //! ([`crate::spec::block_table`]), one access normaliser (1/2/4/8 bytes, naturally aligned,
 //! inside the 64 KiB block), unknown offsets reading 0 and ignoring writes.
 
-use crate::device::MemRange;
 use crate::metrics::BlockAccess;
 use crate::spec::block_table::{BlockReg, PostWrite};
+use crate::spec::dvsec::{MemRange, REGISTER_BLOCK_SIZE};
 use tracing::warn;
-
-/// Bytes of a register block as the Register Locator maps it (§8.1.9: 64 KiB aligned).
-pub const BLOCK_SIZE: u64 = 0x10000;
 
 /// Is an access of `len` bytes at `offset` well formed for a register block of `size` bytes:
 /// 1, 2, 4 or 8 bytes, naturally aligned, inside the block.
@@ -72,7 +69,9 @@ impl RegFile {
             self.counters.mmio_reads += 1;
         }
         let o = usize::try_from(offset).ok();
-        match o.filter(|o| access_ok(offset, len, BLOCK_SIZE) && o + len <= self.bytes.len()) {
+        match o
+            .filter(|o| access_ok(offset, len, REGISTER_BLOCK_SIZE) && o + len <= self.bytes.len())
+        {
             Some(o) => Some(o..o + len),
             None => {
                 self.counters.guest_errors += 1;
@@ -151,7 +150,7 @@ mod tests {
         r.read(2, &mut d);
         assert_eq!(d, [0; 4]);
         r.read(16, &mut d);
-        r.read(BLOCK_SIZE - 2, &mut d);
+        r.read(REGISTER_BLOCK_SIZE - 2, &mut d);
         assert!(r.write(u64::MAX - 3, &[0; 4], &table).is_none());
         assert_eq!(r.counters.guest_errors, 4);
         // Writable bits take the value, write-1-to-clear bits clear on 1, the rest stays.

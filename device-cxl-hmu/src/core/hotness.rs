@@ -27,15 +27,10 @@
 use crate::core::chmu::ChmuBlock;
 use crate::core::state::Event;
 use crate::metrics::HotnessMetrics;
-use crate::regs::*;
+pub use crate::spec::layout::epoch_length;
+pub use crate::spec::record::ReqKind;
+use crate::spec::regs::*;
 use std::collections::BTreeMap;
-
-/// Kind of a memory request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReqKind {
-    Read,
-    Write,
-}
 
 /// One access to the monitored memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,13 +40,6 @@ pub struct Access {
     pub kind: ReqKind,
     /// Clock value of the access (ns, or instructions).
     pub time: u64,
-}
-
-/// Epoch length in clock units for CFG1's scale and multiplier (1 = 100 us ... 5 = 1 s).
-pub fn epoch_length(scale: u8, mult: u16) -> Option<u64> {
-    crate::layout::epoch_units(scale, mult)
-        .filter(|_| mult > 0)
-        .map(|units| units * 100_000)
 }
 
 /// Whether request type `cfg` (CFG0[7:0]) tracks `kind`.

@@ -3,13 +3,14 @@
 //! the device keeps those inside its range (DVSEC Range 1) and counts them by DPA.
 //!
 //! Socket feed format: 16-byte records, accesses (each with its weight: how many guest
-//! accesses it stands for) and clock ticks ([`crate::record`]).
+//! accesses it stands for) and clock ticks ([`crate::spec::record`]).
 //! Trace file format: text lines `GPA KIND TIME [WEIGHT]` (GPA hex with or without 0x, KIND
 //! `R` or `W`, TIME decimal, WEIGHT 1 to 4095, 1 when left out); `#` starts a comment.
 
-use crate::device::{HmuState, MemRange};
-use crate::hotness::{Access, ReqKind};
-pub use crate::record::{GpaAccess, Record, RECORD_SIZE};
+use crate::core::hotness::{Access, ReqKind};
+use crate::spec::dvsec::MemRange;
+pub use crate::spec::record::{GpaAccess, Record, RECORD_SIZE};
+use crate::transport::device::HmuState;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,11 +52,11 @@ pub fn parse_trace(text: &str) -> Result<Vec<GpaAccess>, TraceError> {
             Some(w) => w
                 .parse()
                 .ok()
-                .filter(|w| (1..=crate::record::MAX_WEIGHT).contains(w))
+                .filter(|w| (1..=crate::spec::record::MAX_WEIGHT).contains(w))
                 .ok_or_else(|| {
                     bad(format!(
                         "weight {w:?}: not a number from 1 to {}",
-                        crate::record::MAX_WEIGHT
+                        crate::spec::record::MAX_WEIGHT
                     ))
                 })?,
         };
@@ -133,7 +134,10 @@ impl Sink {
     /// Runs `f` on the locked state, then raises the vectors it returns (outside the lock).
     fn step(
         &self,
-        f: impl FnOnce(&mut crate::chmu::ChmuBlock, &mut crate::hotness::Hotness) -> Vec<u16>,
+        f: impl FnOnce(
+            &mut crate::core::chmu::ChmuBlock,
+            &mut crate::core::hotness::Hotness,
+        ) -> Vec<u16>,
     ) {
         let irqs = {
             let mut s = self
@@ -271,9 +275,9 @@ mod tests {
 
     /// A block with instance 0 enabled: 4 KiB units, 100 us epochs, threshold 3, down-sampling
     /// 2^`ds`.
-    fn enabled(ds: u8) -> (crate::chmu::ChmuBlock, crate::hotness::Hotness) {
-        use crate::regs::*;
-        let mut b = crate::chmu::ChmuBlock::new(crate::chmu::ChmuConfig::default());
+    fn enabled(ds: u8) -> (crate::core::chmu::ChmuBlock, crate::core::hotness::Hotness) {
+        use crate::spec::regs::*;
+        let mut b = crate::core::chmu::ChmuBlock::new(crate::spec::layout::ChmuConfig::default());
         let base = b.config().instance_base(0);
         let cfg1 = ChmuCfg1::new()
             .with_unit_size(12)
@@ -287,24 +291,24 @@ mod tests {
             .with_threshold(3)
             .with_enable(true);
         b.mmio_write(base + CHMU_CFG0, &u64::from(cfg0).to_le_bytes());
-        (b, crate::hotness::Hotness::new(2, 1 << 30))
+        (b, crate::core::hotness::Hotness::new(2, 1 << 30))
     }
 
     /// The hotlist of instance 0 as (unit, count).
-    fn entries(b: &crate::chmu::ChmuBlock) -> Vec<(u64, u64)> {
+    fn entries(b: &crate::core::chmu::ChmuBlock) -> Vec<(u64, u64)> {
         let (head, tail) = b.head_tail(0);
-        let w = crate::regs::ChmuStatus::from(
-            b.get(b.config().instance_base(0) + crate::regs::CHMU_STATUS),
+        let w = crate::spec::regs::ChmuStatus::from(
+            b.get(b.config().instance_base(0) + crate::spec::regs::CHMU_STATUS),
         )
         .counter_width();
         (head..tail)
-            .map(|s| crate::hotness::decode_entry(b.read_hotlist(0, s), w))
+            .map(|s| crate::core::hotness::decode_entry(b.read_hotlist(0, s), w))
             .collect()
     }
 
     #[test]
     fn a_weighted_record_counts_as_its_weight_in_accesses() {
-        use crate::hotness::Access;
+        use crate::core::hotness::Access;
         let at = |unit: u64, time: u64| Access {
             dpa: unit << 12,
             kind: ReqKind::Read,

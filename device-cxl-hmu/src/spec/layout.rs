@@ -14,7 +14,7 @@
 //! - **window** (option, outside the spec): CAP3 points past the block, at a 4 KiB-aligned
 //!   stride per instance in a window after it.
 
-use crate::regs::*;
+use crate::spec::regs::*;
 use serde::Serialize;
 
 /// Capabilities of the emulated CHMU.
@@ -74,6 +74,13 @@ pub fn epoch_units(scale: u8, mult: u16) -> Option<u64> {
         _ => return None,
     };
     Some(unit * u64::from(mult))
+}
+
+/// Epoch length in clock units for CFG1's scale and multiplier (1 = 100 us ... 5 = 1 s).
+pub fn epoch_length(scale: u8, mult: u16) -> Option<u64> {
+    epoch_units(scale, mult)
+        .filter(|_| mult > 0)
+        .map(|units| units * 100_000)
 }
 
 const BLOCK_ROOM: u64 = CHMU_BLOCK_SIZE - CHMU_FIRST_INSTANCE;
