@@ -196,6 +196,15 @@ impl HmuMetrics {
     }
 }
 
+/// The device's counters from a server's counter dump (`{"registers": ..., "transport": ...}`,
+/// what `--control`'s `counters` command and the exit dump print).
+#[cfg(feature = "server")]
+impl HmuMetrics {
+    pub fn from_dump(dump: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        Self::deserialize(&dump["registers"])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

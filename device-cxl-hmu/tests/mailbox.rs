@@ -4,10 +4,11 @@
 //! cxl_mem send at probe, unsupported and malformed commands, a background command and the
 //! doorbell protocol.
 
-use device_cxl_hmu::regs::*;
+use device_cxl_hmu::metrics::{HmuMetrics, MailboxMetrics};
+use device_cxl_hmu::spec::regs::*;
+use std::path::Path;
 use vfio_device::pci::dvsecs;
 use vfio_device::testing::ServerProcess;
-use std::path::Path;
 
 const CONFIG: u32 = 7;
 const SIZE: u64 = 0x6000_0000;
@@ -153,9 +154,12 @@ impl Memdev {
 }
 
 /// The server's mailbox counters, once it has exited.
-fn mailbox_counters(srv: ServerProcess) -> serde_json::Value {
-    let counters = srv.finish().expect("counters");
-    counters["registers"]["cxl"]["mailbox"].clone()
+fn mailbox_counters(srv: ServerProcess) -> MailboxMetrics {
+    let dump = srv.finish().expect("counters");
+    HmuMetrics::from_dump(&dump)
+        .expect("device counters")
+        .cxl
+        .mailbox
 }
 
 fn dpa_range(addr: u64, lines: u64) -> Vec<u8> {
@@ -282,9 +286,13 @@ fn every_command_cxl_pci_sends_at_probe_answers_in_spec_format() {
         (SUCCESS, 0x20, 0)
     );
     drop(m);
-    let mb = &mailbox_counters(srv);
-    assert_eq!(mb["failed"], 1, "{mb}");
-    assert_eq!(mb["by_command"]["Identify Memory Device"], 1, "{mb}");
+    let mb = mailbox_counters(srv);
+    assert_eq!(mb.outcomes.failed, 1, "{mb:?}");
+    assert_eq!(
+        mb.by_command.get("Identify Memory Device"),
+        Some(&1),
+        "{mb:?}"
+    );
 }
 
 #[test]
@@ -336,15 +344,8 @@ fn unsupported_and_malformed_commands_get_the_spec_return_codes() {
     // The mailbox keeps serving.
     assert_eq!(m.send(0x4000, &[]).0, SUCCESS);
     drop(m);
-    let mb = &mailbox_counters(srv);
-    assert_eq!(
-        (
-            mb["unsupported"].as_u64(),
-            mb["invalid_payload_length"].as_u64()
-        ),
-        (Some(5), Some(5)),
-        "{mb}"
-    );
+    let mb = mailbox_counters(srv).outcomes;
+    assert_eq!((mb.unsupported, mb.invalid_payload_length), (5, 5), "{mb:?}");
 }
 
 #[test]
@@ -389,13 +390,10 @@ fn scan_media_runs_in_the_background_while_foreground_commands_go_on() {
         "no media errors"
     );
     drop(m);
-    let mb = &mailbox_counters(srv);
+    let mb = mailbox_counters(srv).outcomes;
     assert_eq!(
-        (
-            mb["background_started"].as_u64(),
-            mb["background_completed"].as_u64()
-        ),
-        (Some(1), Some(1)),
-        "{mb}"
+        (mb.background_started, mb.background_completed),
+        (1, 1),
+        "{mb:?}"
     );
 }

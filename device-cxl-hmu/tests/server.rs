@@ -1,8 +1,9 @@
 //! End-to-end: the real `cxl-hmu-server` process driven by a real vfio-user client.
 
-use device_cxl_hmu::chmu::ChmuConfig;
-use device_cxl_hmu::device::decode_range1;
-use device_cxl_hmu::regs::*;
+use device_cxl_hmu::metrics::HmuMetrics;
+use device_cxl_hmu::spec::dvsec::decode_range1;
+use device_cxl_hmu::spec::layout::ChmuConfig;
+use device_cxl_hmu::spec::regs::*;
 use std::path::Path;
 use vfio_device::pci::dvsecs;
 use vfio_device::testing::{arm_msix, read_u64, wait_event, write_u64, ServerProcess};
@@ -14,6 +15,12 @@ fn server(extra: &[&str]) -> ServerProcess {
     args.extend_from_slice(extra);
     ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_cxl-hmu-server")), &args)
         .expect("spawn cxl-hmu-server")
+}
+
+/// The device's counters once the server has exited.
+fn metrics(srv: ServerProcess) -> HmuMetrics {
+    let dump = srv.finish().expect("counters");
+    HmuMetrics::from_dump(&dump).expect("device counters")
 }
 
 fn rd(c: &mut vfio_user::Client, off: u64) -> u64 {
@@ -120,9 +127,8 @@ fn enable_goes_through_status_and_bad_config_is_refused() {
     let st = ChmuStatus::from(rd(&mut c, base + CHMU_STATUS));
     assert!(st.enabled() && st.op_in_progress() == 0);
     drop(c);
-    let counters = srv.finish().expect("counters");
-    assert_eq!(counters["registers"]["chmu"]["invalid_configs"], 2);
-    assert_eq!(counters["registers"]["chmu"]["enables"], 1);
+    let chmu = metrics(srv).chmu;
+    assert_eq!((chmu.invalid_configs, chmu.enables), (2, 1), "{chmu:?}");
 }
 
 #[test]
@@ -183,7 +189,7 @@ fn drain(c: &mut vfio_user::Client) -> Vec<(u64, u64)> {
     let mut h = head;
     while h != tail {
         let e = rd(c, hotlist + h * 8);
-        out.push(device_cxl_hmu::hotness::decode_entry(e, w));
+        out.push(device_cxl_hmu::core::hotness::decode_entry(e, w));
         h = (h + 1) % 1024;
     }
     c.region_write(
@@ -231,18 +237,19 @@ fn trace_replay_reports_the_hot_units_with_a_fill_interrupt() {
     }
     assert_eq!(got, vec![(0x10, 50), (0x30, 30)]);
     drop(c);
-    let counters = srv.finish().expect("counters");
-    let h = &counters["registers"]["hotness"];
-    assert_eq!(h["accesses_seen"], 86);
-    assert_eq!(h["accesses_in_range"], 85);
-    assert_eq!(h["entries_written"], 2);
+    let h = metrics(srv).hotness;
+    assert_eq!(
+        (h.accesses_seen, h.accesses_in_range, h.entries_written),
+        (86, 85, 2),
+        "{h:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn socket_feed_records_reach_the_hotlist() {
-    use device_cxl_hmu::feed::{GpaAccess, Record};
-    use device_cxl_hmu::hotness::ReqKind;
+    use device_cxl_hmu::spec::record::ReqKind;
+    use device_cxl_hmu::spec::record::{GpaAccess, Record};
     use std::io::Write;
     let dir = std::env::temp_dir().join(format!("hmu-feed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -322,7 +329,7 @@ fn socket_feed_records_reach_the_hotlist() {
 /// bytes the client maps are the entries the registers return.
 #[test]
 fn hotlists_are_mappable_pages_inside_their_instances() {
-    use device_cxl_hmu::hotness::decode_entry;
+    use device_cxl_hmu::core::hotness::decode_entry;
     let dir = std::env::temp_dir().join(format!("hmu-map-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let sock = dir.join("feed.sock");
@@ -362,14 +369,14 @@ fn hotlists_are_mappable_pages_inside_their_instances() {
     };
     enable(&mut c, 3, 0);
     let mut feed = std::os::unix::net::UnixStream::connect(&sock).expect("feed socket");
-    use device_cxl_hmu::feed::Record;
+    use device_cxl_hmu::spec::record::Record;
     use std::io::Write;
     let mut bytes = Vec::new();
     for i in 0..8u64 {
         bytes.extend(
-            device_cxl_hmu::feed::GpaAccess {
+            device_cxl_hmu::spec::record::GpaAccess {
                 gpa: 0x4007_0000 + i * 64,
-                kind: device_cxl_hmu::hotness::ReqKind::Read,
+                kind: device_cxl_hmu::spec::record::ReqKind::Read,
                 time: i,
                 weight: 1,
             }

@@ -316,3 +316,58 @@ fn misaligned_and_out_of_block_accesses_are_guest_errors() {
     b.mmio_write(u64::MAX - 3, &[0; 4]);
     assert_eq!(b.counters().guest_errors, 3);
 }
+
+#[test]
+fn overflow_interrupts_on_its_rising_edge_until_the_host_clears_it() {
+    use crate::core::state::Event;
+    let mut b = ChmuBlock::new(ChmuConfig::default());
+    let base = b.config().instance_base(0);
+    configure(&mut b, base, 12);
+    let before = b.counters().clone();
+    assert!(enable(
+        &mut b,
+        base,
+        all_requests().with_overflow_int_en(true)
+    ));
+    assert_eq!(b.apply(0, Event::HotlistFull), Some(0));
+    assert_eq!(b.apply(0, Event::HotlistFull), None, "already latched");
+    // Write 1 to clear (STATUS[40]); every other bit written as 1 too, none sticks.
+    wr(&mut b, base + CHMU_STATUS, u64::MAX);
+    let st = ChmuStatus::from(rd(&mut b, base + CHMU_STATUS));
+    assert!(!st.overflow() && st.enabled() && st.counter_width() == 16);
+    assert_eq!(b.apply(0, Event::HotlistFull), Some(0));
+    let d = b.counters().delta(&before);
+    assert_eq!((d.enables, d.mmio_writes, d.invalid_configs), (1, 2, 0));
+}
+
+#[test]
+fn disable_and_reset_counters_restart_counting_and_leave_the_bits_clear() {
+    let mut b = ChmuBlock::new(ChmuConfig::default());
+    let base = b.config().instance_base(1);
+    configure(&mut b, base, 12);
+    assert!(enable(&mut b, base, all_requests()));
+    let (g, before) = (b.generation(1), b.counters().clone());
+    wr(
+        &mut b,
+        base + CHMU_CFG0,
+        all_requests()
+            .with_reset_counters(true)
+            .with_enable(true)
+            .into(),
+    );
+    let cfg0 = ChmuCfg0::from(rd(&mut b, base + CHMU_CFG0));
+    assert!(
+        cfg0.enable() && !cfg0.reset_counters(),
+        "the action bit reads back 0"
+    );
+    assert!(b.generation(1) > g);
+    wr(&mut b, base + CHMU_CFG0, all_requests().into());
+    assert_eq!(b.state(1), crate::core::state::State::Disabled);
+    let d = b.counters().delta(&before);
+    assert_eq!((d.counter_resets, d.disables, d.enables), (1, 1, 0));
+    assert_eq!(
+        b.state(0),
+        crate::core::state::State::Disabled,
+        "other instance"
+    );
+}
