@@ -141,6 +141,10 @@ pub struct VmConfig {
     /// After the scenario, bridge the guest console to the terminal (a shell started at
     /// boot) before shutting down.
     pub console: bool,
+    /// The dmaengine driver `harness run dmatest` tests (command line only; none: the
+    /// project's fixture), see [`crate::dmatest`].
+    #[serde(skip)]
+    pub dmatest_driver: crate::dmatest::Driver,
 }
 
 impl Default for VmConfig {
@@ -185,6 +189,7 @@ impl Default for VmConfig {
             qemu_args: Vec::new(),
             gdb: false,
             console: false,
+            dmatest_driver: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod bringup;
 pub mod chmu_hot;
 pub mod config;
 pub mod console;
+pub mod dmatest;
 pub mod document;
 pub mod error;
 pub mod faults;

@@ -127,6 +127,8 @@ struct RunCmd {
     scenario_timeout: Option<u64>,
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    driver: harness::dmatest::DriverArgs,
     /// Directory for run directories [default: <cache>/runs].
     #[arg(long, value_name = "DIR")]
     results: Option<PathBuf>,
@@ -410,6 +412,11 @@ impl RunCmd {
         };
         let selected = harness::matrix::select(&scenarios, self.shard);
         self.vm.apply(&mut ctx.cfg);
+        self.driver.apply(&mut ctx.cfg);
+        if let Err(e) = harness::dmatest::check_driver_use(&selected, &ctx.cfg) {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
         if self.console
             && (selected.len() != 1 || self.junit.is_some() || self.scenario_timeout.is_some())
         {
@@ -432,16 +439,25 @@ impl RunCmd {
     /// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit
     /// with the worst outcome.
     fn run_matrix(&self, mut ctx: Ctx, scenarios: &[String]) -> ExitCode {
-        if let Some(bad) = scenarios
-            .iter()
-            .find(|s| harness::scenario::builtin(s).is_none() && !s.ends_with(".toml"))
-        {
+        if let Some(bad) = scenarios.iter().find(|s| {
+            harness::scenario::builtin(s).is_none()
+                && s.as_str() != harness::dmatest::BUILTIN
+                && !s.ends_with(".toml")
+        }) {
             eprintln!(
                 "error: unknown scenario {bad:?} (see `harness scenarios`; a scenario file must end in .toml)"
             );
             return ExitCode::from(EXIT_USAGE);
         }
         for s in scenarios.iter().filter(|s| s.ends_with(".toml")) {
+            match harness::dmatest::resolve(s) {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    print_chain(&e);
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
             if let Err(e) = harness::migration::read_file(s) {
                 print_chain(&e);
                 return ExitCode::from(EXIT_USAGE);
@@ -519,10 +535,7 @@ impl BringupCmd {
             modules: self
                 .modules
                 .iter()
-                .map(|m| match m.split_once(':') {
-                    Some((p, params)) => (PathBuf::from(p), params.replace(',', " ")),
-                    None => (PathBuf::from(m), String::new()),
-                })
+                .map(|m| harness::dmatest::module_arg(m))
                 .collect(),
             script: self.run.clone(),
             console: self.console,
@@ -568,6 +581,11 @@ fn list_scenarios() -> ExitCode {
     for b in harness::scenario::BUILTIN {
         println!("{:<14} {}", b.name, b.about);
     }
+    println!(
+        "{:<14} {}",
+        harness::dmatest::BUILTIN,
+        harness::dmatest::ABOUT
+    );
     println!(
         "\nA scenario can also be a file: harness run path/to/scenario.toml (see harness/scenarios/)."
     );

@@ -29,6 +29,19 @@ pub fn execute(
     progress: &mut dyn Progress,
 ) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
+    if let Some(f) = crate::dmatest::resolve(scenario_name)? {
+        let driver = cfg.dmatest_driver.clone();
+        return crate::dmatest::execute(
+            cfg,
+            paths,
+            scenario_name,
+            &f,
+            &driver,
+            results_dir,
+            interrupted,
+            progress,
+        );
+    }
     let scenario = Scenario::resolve(scenario_name)?;
     let cfg = &scenario.configure(cfg)?;
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
