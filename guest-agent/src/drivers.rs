@@ -2,6 +2,7 @@
 //! Register positions come from the device crates, so driver and device cannot disagree.
 
 use crate::protocol::{ChmuIdentity, RegisterBlock, SdxiIdentity, VfioFacts};
+use crate::sys::Bar;
 use crate::vfio::{VfioDevice, VfioError};
 use device_cxl_hmu::regs as hmu;
 use device_sdxi::regs as sdxi;

@@ -3,6 +3,7 @@
 //!
 //! - [`protocol`]: the versioned JSON-lines protocol (shared with the harness).
 //! - [`inventory`]: PCI functions, NUMA nodes, memory tiers from sysfs.
+//! - [`sys`]: every raw system call and ioctl, behind traits with in-process test doubles.
 //! - [`vfio`]: the VFIO plumbing (container, group, device, BAR mmaps).
 //! - [`drivers`]: identity probes of the SDXi and CHMU functions.
 //! - [`sdxi`], [`chmu`]: userspace drivers of both devices; [`hot_loops`]: the CHMU test's
@@ -28,6 +29,7 @@ pub mod protocol;
 pub mod sdxi;
 pub mod sources;
 pub mod spec;
+pub mod sys;
 pub mod verify;
 pub mod vfio;
 pub mod workload;

@@ -8,27 +8,8 @@ use guest_agent::protocol::{
 };
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
-
-/// Puts the serial port in raw mode (no echo, no line editing). The baud rate does not matter
-/// to QEMU's UART model, so it is left as it is.
-fn raw_mode(f: &File) -> std::io::Result<()> {
-    // SAFETY: termios is plain data; tcgetattr fills it completely before we use it.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and a live termios.
-    if unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: cfmakeraw only modifies the struct we own.
-    unsafe { libc::cfmakeraw(&mut t) };
-    // SAFETY: valid fd and termios.
-    if unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 fn send(out: &mut File, m: &AgentMessage) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
@@ -198,7 +179,7 @@ fn open_port(port: &str) -> std::io::Result<File> {
         .write(true)
         .custom_flags_noctty()
         .open(port)?;
-    raw_mode(&f)?;
+    guest_agent::sys::event::raw_mode(&f)?;
     Ok(f)
 }
 

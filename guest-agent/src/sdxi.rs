@@ -3,11 +3,11 @@
 //! with the same shared helper (`device_sdxi::driver`) the device's own tests use.
 
 use crate::protocol::{CopyResult, SdxiCopyReport};
-use crate::vfio::{BarMapping, VfioDevice, VfioError};
+use crate::sys::event::{poll, EventFd};
+use crate::sys::{mm, Bar};
+use crate::vfio::{VfioDevice, VfioError};
 use device_sdxi::driver::{self, Driver, DriverMemory, Mmio};
 use device_sdxi::regs;
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 /// Where the driver puts its DMA buffer in the device's address space.
@@ -38,28 +38,9 @@ pub struct DmaBuffer {
 
 impl DmaBuffer {
     pub fn new(dev: &VfioDevice, len: usize, iova: u64) -> Result<Self, SdxiError> {
-        // SAFETY: a fresh anonymous mapping owned by the returned value.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(SdxiError::Os(format!(
-                "mmap of {len} bytes: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        let b = Self {
-            ptr: p.cast(),
-            len,
-            iova,
-        };
+        let p = mm::mmap_anon(len, libc::MAP_POPULATE)
+            .map_err(|e| SdxiError::Os(format!("mmap of {len} bytes: {e}")))?;
+        let b = Self { ptr: p, len, iova };
         dev.map_dma(p as u64, iova, len as u64)?;
         Ok(b)
     }
@@ -73,8 +54,9 @@ impl DmaBuffer {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping created in new().
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        // SAFETY: exactly the mapping created in new(); the device's mapping of it is gone
+        // with the container.
+        unsafe { mm::munmap(self.ptr, self.len) };
     }
 }
 
@@ -101,8 +83,8 @@ impl DriverMemory for DmaBuffer {
 /// BAR0 registers and BAR2 doorbells through the vfio-pci mmaps.
 #[derive(Debug)]
 struct BarMmio {
-    bar0: BarMapping,
-    bar2: BarMapping,
+    bar0: Box<dyn Bar>,
+    bar2: Box<dyn Bar>,
     stride: u64,
 }
 
@@ -119,36 +101,8 @@ impl Mmio for BarMmio {
     }
 }
 
-fn eventfd() -> Result<File, SdxiError> {
-    // SAFETY: plain eventfd creation.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(SdxiError::Os(format!(
-            "eventfd: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// Waits for an eventfd; true if it fired within `timeout`.
-fn wait_event(f: &File, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
-    n > 0 && read_event(f.as_raw_fd())
-}
-
-/// Consumes an eventfd's count; true if there was one.
-fn read_event(fd: i32) -> bool {
-    let mut v = [0u8; 8];
-    // SAFETY: an 8-byte read from an eventfd we own into a live buffer.
-    unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) == 8 }
+fn eventfd() -> Result<EventFd, SdxiError> {
+    EventFd::new().map_err(|e| SdxiError::Os(format!("eventfd: {e}")))
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -173,7 +127,7 @@ pub struct Function {
     buf: DmaBuffer,
     mmio: BarMmio,
     drv: Driver,
-    vectors: Vec<File>,
+    vectors: Vec<EventFd>,
     /// Scratch CST_BLK for admin requests.
     admin_csb: u64,
     pub init_micros: u64,
@@ -192,12 +146,12 @@ impl Function {
         let vectors = (0..=contexts)
             .map(|_| eventfd())
             .collect::<Result<Vec<_>, _>>()?;
-        let fds: Vec<i32> = vectors.iter().map(AsRawFd::as_raw_fd).collect();
+        let fds: Vec<i32> = vectors.iter().map(EventFd::fd).collect();
         dev.set_msix(&fds)?;
         let buf = DmaBuffer::new(&dev, TABLES as usize + extra, DMA_IOVA)?;
         let mut mmio = BarMmio {
-            bar0: dev.map_bar(u32::from(regs::CONTROL_BAR))?,
-            bar2: dev.map_bar(u32::from(regs::DOORBELL_BAR))?,
+            bar0: Box::new(dev.map_bar(u32::from(regs::CONTROL_BAR))?),
+            bar2: Box::new(dev.map_bar(u32::from(regs::DOORBELL_BAR))?),
             stride: 4096,
         };
         let t0 = Instant::now();
@@ -267,7 +221,7 @@ impl Function {
     pub fn wait_interrupt(&self, cxt: u16, timeout: Duration) -> bool {
         self.vectors
             .get(usize::from(cxt))
-            .is_some_and(|v| wait_event(v, timeout))
+            .is_some_and(|v| v.wait(timeout))
     }
 
     /// Waits up to `timeout` for context `cxt`'s interrupt or an error-log interrupt (vector
@@ -275,43 +229,22 @@ impl Function {
     pub fn wait_interrupt_or_error(&mut self, cxt: u16, timeout: Duration) -> Wait {
         let deadline = Instant::now() + timeout;
         let (Some(v), Some(e)) = (
-            self.vectors.get(usize::from(cxt)).map(AsRawFd::as_raw_fd),
-            self.vectors.first().map(AsRawFd::as_raw_fd),
+            self.vectors.get(usize::from(cxt)).map(EventFd::fd),
+            self.vectors.first().map(EventFd::fd),
         ) else {
             return Wait::Timeout;
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: v,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: e,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            fds[0].revents = 0;
-            fds[1].revents = 0;
-            // SAFETY: two valid pollfds.
-            let n = unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    2,
-                    left.as_millis().min(i32::MAX as u128) as i32,
-                )
-            };
-            if n <= 0 {
+            let ready = poll(&[v, e], left);
+            if ready == [false, false] {
                 return Wait::Timeout;
             }
-            if fds[0].revents != 0 && read_event(v) {
+            if ready[0] && self.vectors[usize::from(cxt)].consume() {
                 return Wait::Interrupt;
             }
-            if fds[1].revents != 0 {
-                read_event(e);
+            if ready[1] {
+                self.vectors[0].consume();
                 self.ack_errors();
                 if !self.context_running(cxt) {
                     return Wait::Stopped;
@@ -439,4 +372,48 @@ fn doorbell_latency(f: &mut Function, n: usize) -> Result<(u64, u64, u64), SdxiE
     ns.sort_unstable();
     let at = |p: f64| ns.get(((ns.len().max(1) - 1) as f64 * p) as usize).copied();
     Ok((at(0.5).unwrap_or(0), at(0.99).unwrap_or(0), ns.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::double::MemBar;
+    use std::sync::Arc;
+
+    #[test]
+    fn registers_go_to_bar0_and_doorbells_to_their_stride_in_bar2() {
+        let (bar0, bar2) = (Arc::new(MemBar::new(0x1000)), Arc::new(MemBar::new(0x4000)));
+        let mut m = BarMmio {
+            bar0: Box::new(Arc::clone(&bar0)),
+            bar2: Box::new(Arc::clone(&bar2)),
+            stride: 4096,
+        };
+        m.write64(regs::MMIO_CTL2, 0x1234_5000);
+        assert_eq!(bar0.get(regs::MMIO_CTL2 as usize, 8), 0x1234_5000);
+        m.doorbell(2, 17);
+        assert_eq!(bar2.get(2 * 4096, 8), 17, "context 2's doorbell page");
+        assert_eq!(bar2.get(4096, 8), 0);
+        // Outside the mapping: reads all ones (as a missing device does), writes dropped.
+        assert_eq!(m.read64(0x1000), u64::MAX);
+        m.doorbell(4, 1);
+    }
+
+    #[test]
+    fn the_dma_buffer_refuses_addresses_outside_it() {
+        let p = mm::mmap_anon(8192, 0).expect("mmap");
+        let b = DmaBuffer {
+            ptr: p,
+            len: 8192,
+            iova: DMA_IOVA,
+        };
+        b.write_bytes(DMA_IOVA + 8, &[1, 2, 3]);
+        let mut out = [0u8; 3];
+        b.read_bytes(DMA_IOVA + 8, &mut out);
+        assert_eq!(out, [1, 2, 3]);
+        assert!(b.at(DMA_IOVA + 8190, 4).is_none(), "crosses the end");
+        assert!(b.at(DMA_IOVA - 1, 1).is_none(), "below the buffer");
+        let mut untouched = [9u8; 2];
+        b.read_bytes(DMA_IOVA + 8191, &mut untouched);
+        assert_eq!(untouched, [9, 9]);
+    }
 }
