@@ -29,20 +29,17 @@ pub fn execute(
     progress: &mut dyn Progress,
 ) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
-    if let Some(f) = crate::dmatest::resolve(scenario_name)? {
-        let driver = cfg.dmatest_driver.clone();
-        return crate::dmatest::execute(
+    let scenario = Scenario::resolve(scenario_name)?;
+    if let Some(runner) = scenario.runner {
+        return runner(
             cfg,
             paths,
             scenario_name,
-            &f,
-            &driver,
             results_dir,
             interrupted,
             progress,
         );
     }
-    let scenario = Scenario::resolve(scenario_name)?;
     let cfg = &scenario.configure(cfg)?;
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
     let provision_s = t0.elapsed().as_secs_f64();
