@@ -9,11 +9,14 @@
 //! - [`sdxi`], [`chmu`]: userspace drivers of both devices; [`hot_loops`]: the CHMU test's
 //!   hot-set workloads (one load site, `rep movsb`, a pointer chase, 64 load sites).
 //! - [`migrate`]: the batched tiered-memory migrator, built from [`spec`] (what to run and
-//!   what is reported), [`workload`], [`sources`] (CHMU, DAMON), [`promote`] (promotion
-//!   engine and batcher), [`copy`] (CPU and SDXi copy engines) and [`arena`] (pools,
-//!   remapping, userfaultfd).
+//!   what is reported), [`workload`], [`pipeline`] (source -> promoter -> batcher -> mover
+//!   -> report), [`sources`] (CHMU, DAMON), [`promote`] (promotion engine and batcher),
+//!   [`mover`] (the batch move), [`copy`] (CPU and SDXi copy engines) and [`arena`] (pools,
+//!   remapping, userfaultfd); [`bench`]: the copy benchmark; [`kernel_tiering`]: the stock
+//!   kernel's tiering (NUMA balancing in memory-tiering mode) as the baseline.
 
 pub mod arena;
+pub mod bench;
 pub mod budget;
 pub mod chmu;
 pub mod cold;
@@ -22,7 +25,10 @@ pub mod cost_model;
 pub mod drivers;
 pub mod hot_loops;
 pub mod inventory;
+pub mod kernel_tiering;
 pub mod migrate;
+pub mod mover;
+pub mod pipeline;
 pub mod pingpong;
 pub mod promote;
 pub mod protocol;

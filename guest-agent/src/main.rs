@@ -127,7 +127,7 @@ fn migrate_bench(spec: &guest_agent::spec::BenchSpec) -> Outcome {
         sdxi: sdxi.as_deref(),
         chmu: chmu.as_deref(),
     };
-    match guest_agent::migrate::bench(spec, dev) {
+    match guest_agent::bench::bench(spec, dev) {
         Ok(r) => Outcome::Ok(Reply::MigrateBench(r)),
         Err(e) => Outcome::Error(format!("{e}: {}", chain(&e))),
     }

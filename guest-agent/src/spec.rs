@@ -97,6 +97,9 @@ pub enum SourceKind {
     Damon,
     /// Every workload page is a candidate at once (engine tests and benchmarks).
     All,
+    /// No migrator: the kernel's own NUMA balancing in memory-tiering mode finds and
+    /// promotes the hot pages (the baseline; see [`KernelSpec`]).
+    Kernel,
 }
 
 /// The promotion engine (a model of pghot / kpromoted).
@@ -226,6 +229,65 @@ pub struct MigrateSpec {
     pub chmu_threshold: u32,
     pub chmu_epoch_scale: u8,
     pub chmu_epoch_mult: u16,
+    /// The kernel's tiering knobs (source `kernel` only).
+    pub kernel: KernelSpec,
+}
+
+/// The stock kernel's tiering as a baseline (source `kernel`): NUMA balancing in
+/// memory-tiering mode (`numa_balancing = 2`, Linux
+/// `Documentation/admin-guide/sysctl/kernel.rst`), which samples the workload's pages with
+/// hint faults and promotes those it finds hot from the slow tier (node 1) to the CPUs' node;
+/// demotion on (`/sys/kernel/mm/numa/demotion_enabled`), so reclaim on node 0 demotes to
+/// node 1 instead of dropping (`mm/memory-tiers.c`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelSpec {
+    /// `/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps`.
+    pub rate_limit_mbps: u64,
+    /// `/sys/kernel/debug/sched/numa_balancing/hot_threshold_ms`: a page whose hint fault
+    /// comes within this long of its scan counts as hot (set only where debugfs is).
+    pub hot_threshold_ms: u64,
+    /// `scan_delay_ms` and `scan_period_min_ms` in the same directory (None: the kernel's).
+    pub scan_delay_ms: Option<u64>,
+    pub scan_period_min_ms: Option<u64>,
+    pub demotion: bool,
+}
+
+impl Default for KernelSpec {
+    fn default() -> Self {
+        Self {
+            rate_limit_mbps: 65536,
+            hot_threshold_ms: 1000,
+            scan_delay_ms: None,
+            scan_period_min_ms: None,
+            demotion: true,
+        }
+    }
+}
+
+/// What the kernel's tiering did in a `kernel` run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelReport {
+    /// Each knob: (path, value written), or why it was not.
+    pub settings: Vec<(String, String)>,
+    /// `/proc/vmstat` counters over the run (deltas): pgpromote_success,
+    /// pgpromote_candidate, numa_hint_faults, numa_pages_migrated, pgdemote_*, ...
+    pub vmstat: Vec<(String, u64)>,
+    /// pgpromote_success over the run.
+    pub pages_promoted: u64,
+    /// CPU time the agent spent finding where the pages are (move_pages(2) queries every
+    /// `scan_ms`): the observer's cost, not the kernel's.
+    pub observer_cpu_s: f64,
+}
+
+/// Guest CPU time over a run: the agent process's user and system time (all threads:
+/// workload, migrator, copy threads, and the kernel's work done in their context, such as
+/// NUMA hint faults and migrations), and the part the migrator itself spent moving batches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuestCpu {
+    pub user_s: f64,
+    pub system_s: f64,
+    pub migrator_s: f64,
 }
 
 impl MigrateSpec {
@@ -291,6 +353,12 @@ impl MigrateSpec {
             return bad(
                 "source",
                 "DAMON's virtual-address ops do not report hugetlb pages; use 4k folios",
+            );
+        }
+        if self.workload.folio == FolioSize::Huge && self.source == SourceKind::Kernel {
+            return bad(
+                "source",
+                "NUMA balancing does not migrate hugetlb pages; use 4k folios",
             );
         }
         Ok(())
@@ -433,6 +501,12 @@ pub struct MigrateReport {
     pub migrated: Vec<MigratedFolio>,
     /// Notes on anything degraded (a source that could not start, etc.).
     pub notes: Vec<String>,
+    /// Guest CPU time over the run.
+    #[serde(default)]
+    pub cpu: GuestCpu,
+    /// What the kernel's tiering did (source `kernel`).
+    #[serde(default)]
+    pub kernel: Option<KernelReport>,
 }
 
 /// The copy benchmark: every engine moves the same amount of memory from node 1 to node 0

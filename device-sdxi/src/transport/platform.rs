@@ -74,7 +74,8 @@ pub fn split_copy<M: DmaMemory>(
             .collect();
         handles
             .into_iter()
-            .try_for_each(|h| h.join().unwrap_or(Err(failed)))
+            .map(|h| h.join().unwrap_or(Err(failed)))
+            .collect::<Result<(), Fault>>()
     })
 }
 
