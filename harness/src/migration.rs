@@ -255,11 +255,20 @@ pub fn migrate_checks(
     expect: &Expect,
     sdxi_counters: Option<&serde_json::Value>,
 ) -> Vec<Check> {
+    let mut c = always_checks(r, host, expect.min_promoted.unwrap_or(1));
+    c.extend(expected_checks(r, expect));
+    c.extend(sdxi_device_check(r, sdxi_counters));
+    c
+}
+
+/// What every migration run must show: at least `min_promoted` folios promoted, every copy
+/// verified in the guest and by the harness, no write lost, the promoted folios on node 0.
+fn always_checks(r: &MigrateReport, host: &HostVerify, min_promoted: u64) -> Vec<Check> {
     let v = &r.verify;
-    let mut c = vec![
+    vec![
         check(
             "migrate_promoted",
-            r.promoted >= expect.min_promoted.unwrap_or(1),
+            r.promoted >= min_promoted,
             format!(
                 "{} of {} folios ({} MB) promoted in {} batches, {:.0} folios/s",
                 r.promoted,
@@ -307,7 +316,14 @@ pub fn migrate_checks(
                 }
             ),
         ),
-    ];
+    ]
+}
+
+/// The scenario's optional bounds (`[expect]`): hot-set recall and promotion, the node-0
+/// gain, DMA fallbacks, writers that waited, context restarts, engines used.
+fn expected_checks(r: &MigrateReport, expect: &Expect) -> Vec<Check> {
+    let v = &r.verify;
+    let mut c = Vec::new();
     let s = &r.source;
     if let Some(min) = expect.min_hot_recall {
         let recall = s.hot_reported as f64 / s.known_hot.max(1) as f64;
@@ -396,30 +412,37 @@ pub fn migrate_checks(
             format!("{n} batches"),
         ));
     }
-    // No counters when the server did not exit normally (a process fault killed it).
-    if let (true, Some(counters)) = (
-        r.engines.iter().any(|s| s.engine == EngineKind::Sdxi),
-        sdxi_counters,
-    ) {
-        let offloaded: u64 = r
-            .batches
-            .iter()
-            .filter(|b| b.engine == EngineKind::Sdxi)
-            .map(|b| u64::from(b.folios.saturating_sub(b.fallback_folios)))
-            .sum();
-        let copies = counters["registers"]["engine"]["descriptors"]["copy"]
-            .as_u64()
-            .unwrap_or(0);
-        c.push(check(
-            "sdxi_device_did_the_copies",
-            copies >= offloaded,
-            format!(
-                "device counted {copies} COPY descriptors for {offloaded} folios the engine copied (the CPU copied {} after DMA failures)",
-                v.fallback_folios
-            ),
-        ));
-    }
     c
+}
+
+/// The SDXi device counted at least one COPY descriptor per folio the engine copied; none
+/// when the engine did not run, or the server did not exit normally (a process fault killed
+/// it) and so left no counters.
+fn sdxi_device_check(
+    r: &MigrateReport,
+    sdxi_counters: Option<&serde_json::Value>,
+) -> Option<Check> {
+    let counters = sdxi_counters?;
+    if !r.engines.iter().any(|s| s.engine == EngineKind::Sdxi) {
+        return None;
+    }
+    let offloaded: u64 = r
+        .batches
+        .iter()
+        .filter(|b| b.engine == EngineKind::Sdxi)
+        .map(|b| u64::from(b.folios.saturating_sub(b.fallback_folios)))
+        .sum();
+    let copies = counters["registers"]["engine"]["descriptors"]["copy"]
+        .as_u64()
+        .unwrap_or(0);
+    Some(check(
+        "sdxi_device_did_the_copies",
+        copies >= offloaded,
+        format!(
+            "device counted {copies} COPY descriptors for {offloaded} folios the engine copied (the CPU copied {} after DMA failures)",
+            r.verify.fallback_folios
+        ),
+    ))
 }
 
 /// The checks of a benchmark run.
