@@ -1,7 +1,8 @@
-//! The interactive guest console of `harness bringup --console`: the guest's ttyS0 on a Unix
-//! socket (QEMU also logs it to `console.log`), bridged to this terminal in raw mode, so keys
-//! such as Ctrl-C reach the guest. Ctrl-] leaves (the harness then stops the VM); `exit` in
-//! the guest shell powers it off. Standard input may also be a pipe (scripted sessions).
+//! The interactive guest console of `harness bringup --console` (and of `harness run
+//! --console` once the scenario is done): the guest's ttyS0 on a Unix socket (QEMU also logs
+//! it to `console.log`), bridged to this terminal in raw mode, so keys such as Ctrl-C reach
+//! the guest. Ctrl-] leaves (the harness then stops the VM); `exit` in the guest shell powers
+//! it off. Standard input may also be a pipe (scripted sessions).
 
 use std::io::{Read, Write};
 use std::net::Shutdown;

@@ -3,8 +3,14 @@
 //! (`[bench]`), optional VM settings (`[vm]`), device faults (`[sdxi_faults]`, a fault plan
 //! set through the SDXi server's control socket before the run and cleared after it) and what
 //! must hold (`[expect]`). Several runs in one boot are `[[runs]]` entries, each with its own
-//! `name`, `migrate`, `sdxi_faults` and `expect`. The built-in `migrate` and `migrate-bench`
-//! scenarios are files in `harness/scenarios/`, compiled in.
+//! `name`, `migrate`, `sdxi_faults`, `sdxi_control` (a control request once the engine has
+//! executed a number of COPY descriptors) and `expect`. The built-ins made of such files
+//! (`migrate`, `migrate-bench`, `compare-sources`, ...) are entries of
+//! [`crate::scenario::BUILTIN`] with their file in `harness/scenarios/` compiled in; the run
+//! itself is in [`crate::run`].
+//!
+//! Also here: the checks of a migration run and of a benchmark against the device counters,
+//! and their text summaries.
 //!
 //! The harness checks every promoted folio itself: the agent reports each folio's final
 //! guest-physical address and checksum, and the harness reads those bytes from the guest-RAM
