@@ -20,6 +20,9 @@ impl Platform for NoIrq {
 
 pub use vfio_device::pattern::xorshift_bytes;
 
+mod dma_churn;
+pub use dma_churn::ring_dma_churn;
+
 /// Base and size of the fuzzed guest memory.
 pub const RAM_BASE: u64 = 0x10_0000;
 pub const RAM_SIZE: usize = 1 << 20;

@@ -90,7 +90,7 @@ impl MappedArea {
     fn slot(&self, offset: u64) -> usize {
         let i = usize::try_from(offset / 8).unwrap_or(usize::MAX);
         assert!(
-            offset % 8 == 0 && i < self.len / 8,
+            offset.is_multiple_of(8) && i < self.len / 8,
             "offset {offset:#x} outside the {:#x}-byte mapping or unaligned",
             self.len
         );
