@@ -1,5 +1,7 @@
-//! Fuzz entry points for the CHMU (used by `fuzz/` targets and by deterministic smoke tests):
-//! MMIO sequences against the register block interleaved with accesses, and the feed decoder.
+//! Fuzz entry points (used by `fuzz/` targets and by deterministic smoke tests): MMIO sequences
+//! against the CHMU register block interleaved with accesses, clock advances and resets;
+//! register accesses and mailbox commands against the memory device block; the feed's record
+//! decoder and the trace parser.
 
 use crate::core::chmu::ChmuBlock;
 use crate::core::hotlist_store::VecHotlist;

@@ -8,22 +8,31 @@
 //! - [`transport`]: the PCI function over vfio-user and the access feeds;
 //! - [`metrics`]: every counter of the device in one struct, [`metrics::HmuMetrics`].
 //!
+//! Features: `device` (the core, transport and metrics), `server` (the vfio-user transport and
+//! the `cxl-hmu-server` binary; default). Without features the crate is [`spec`] alone.
+//!
 //! The PCI configuration space and the vfio-user transport are device-independent and come
 //! from the `vfio-device` crate (`pci`, `server`, `cli`), which the SDXi device uses too.
 //!
 //! Threat model: the guest is untrusted; accesses are width/alignment checked against the
 //! 64 KiB block and invalid configurations are refused, never a panic.
 
+#[cfg(feature = "device")]
 pub mod core;
+#[cfg(feature = "device")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "device")]
 pub mod metrics;
 pub mod spec;
+#[cfg(feature = "device")]
 pub mod transport;
 
 // The paths other crates (guest agent, harness, plugin, fuzz targets) use.
+#[cfg(feature = "device")]
 pub use crate::core::{cxl_blocks, hotness, mailbox};
 pub use spec::{layout, payloads, record, regs};
+#[cfg(feature = "device")]
 pub use transport::device;
 #[cfg(feature = "server")]
 pub use transport::feed;

@@ -200,7 +200,7 @@ impl HmuMetrics {
 /// what `--control`'s `counters` command and the exit dump print).
 #[cfg(feature = "server")]
 impl HmuMetrics {
-    pub fn from_dump(dump: &serde_json::Value) -> Result<Self, serde_json::Error> {
+    pub fn from_server_json(dump: &serde_json::Value) -> Result<Self, serde_json::Error> {
         Self::deserialize(&dump["registers"])
     }
 }

@@ -156,7 +156,7 @@ impl Memdev {
 /// The server's mailbox counters, once it has exited.
 fn mailbox_counters(srv: ServerProcess) -> MailboxMetrics {
     let dump = srv.finish().expect("counters");
-    HmuMetrics::from_dump(&dump)
+    HmuMetrics::from_server_json(&dump)
         .expect("device counters")
         .cxl
         .mailbox

@@ -20,7 +20,7 @@ fn server(extra: &[&str]) -> ServerProcess {
 /// The device's counters once the server has exited.
 fn metrics(srv: ServerProcess) -> HmuMetrics {
     let dump = srv.finish().expect("counters");
-    HmuMetrics::from_dump(&dump).expect("device counters")
+    HmuMetrics::from_server_json(&dump).expect("device counters")
 }
 
 fn rd(c: &mut vfio_user::Client, off: u64) -> u64 {

@@ -19,7 +19,7 @@ use crate::bringup::{bringup, BringupReport, BringupSpec};
 use crate::config::{Accel, VmConfig};
 use crate::migration::{ScenarioError, ScenarioFile};
 use crate::provision::provision;
-use crate::report::{RunResult, Timings, RESULT_SCHEMA_VERSION};
+use crate::report::{RunResult, Timings};
 use crate::scenario::{check, Check};
 use crate::{vm, RunError, ToolPaths};
 use guest::{Output, RunPlan, ScriptPlan};
@@ -341,32 +341,22 @@ pub fn execute(
     drop(script);
     let out = guest::parse(&rep.output);
     let checks = checks(spec, &plans, &rep, &out);
-    let result = RunResult {
-        schema_version: RESULT_SCHEMA_VERSION,
-        scenario: name.to_owned(),
-        passed: checks.iter().all(|c| c.passed),
+    let timings = Timings {
+        provision_s,
+        boot_to_agent_s: 0.0,
+        scenario_s: t1.elapsed().as_secs_f64(),
+        shutdown_s: 0.0,
+        total_s: t0.elapsed().as_secs_f64(),
+    };
+    let result = RunResult::new(
+        name,
         checks,
         accel,
-        timings: Timings {
-            provision_s,
-            boot_to_agent_s: 0.0,
-            scenario_s: t1.elapsed().as_secs_f64(),
-            shutdown_s: 0.0,
-            total_s: t0.elapsed().as_secs_f64(),
-        },
-        qemu: imgs.qemu.version.clone(),
-        kernel: imgs.kernel.release.clone(),
-        kernel_package_version: imgs.kernel.version.clone(),
-        download_bytes: imgs.download_bytes,
-        inventory: Default::default(),
-        sdxi_copy: None,
-        chmu_hot: None,
-        steps: Vec::new(),
-        migrate: Vec::new(),
-        bench: None,
-        teardown: rep.teardown.clone(),
-        run_dir: rep.run_dir.clone(),
-    };
+        timings,
+        &imgs,
+        rep.teardown.clone(),
+        rep.run_dir.clone(),
+    );
     write_reports(&result, file, &out, &rep)?;
     Ok(result)
 }
@@ -422,7 +412,16 @@ pub fn checks(
     c.push(check(
         "dmatest.modules",
         failed.is_empty() && !rep.modules.is_empty(),
-        format!("{}{}", rep.modules.join("; "), excerpt(&out.load_log, 10)),
+        if failed.is_empty() {
+            rep.modules.join("; ")
+        } else {
+            let tail = &out.load_log[out.load_log.len().saturating_sub(10)..];
+            format!(
+                "{}; kernel log:{}",
+                rep.modules.join("; "),
+                excerpt(tail, 10)
+            )
+        },
     ));
     c.push(check(
         "dmatest.channels",
@@ -642,31 +641,38 @@ mod tests {
     fn each_channel_passes_only_with_every_thread_summary_and_no_failure() {
         let f = spec_1x1();
         let plans = f.plans();
+        let verdict = |text: &str, modules: &[&str]| {
+            checks(
+                &f.dmatest,
+                &plans,
+                &report(text, modules),
+                &guest::parse(text),
+            )
+        };
+        let named = |c: &[Check], name: &str| {
+            c.iter()
+                .find(|c| c.name == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
         let ok = "@@dmatest channels dma0chan0\n@@dmatest run polled.4KiB begin\n\
             dmatest: dma0chan0-copy0: summary 10 tests, 0 failures 5.00 iops 20 KB/s (0)\n\
             dmatest: dma0chan0-copy1: summary 10 tests, 0 failures 5.00 iops 20 KB/s (0)\n\
             @@dmatest run polled.4KiB end finished 1.00 3.00\n@@dmatest unload ok\n";
-        let c = checks(
-            &f.dmatest,
-            &plans,
-            &report(ok, &["ok fx", "ok dmatest"]),
-            &guest::parse(ok),
-        );
+        let c = verdict(ok, &["ok fx", "ok dmatest"]);
         assert!(c.iter().all(|c| c.passed), "{c:#?}");
-        assert!(c.iter().any(|c| c.name == "dmatest.polled.4KiB.dma0chan0"));
+        let chan = "dmatest.polled.4KiB.dma0chan0";
+        assert!(named(&c, chan)
+            .detail
+            .starts_with("20/20 tests, 0 failures"));
 
-        let one_thread_failed = ok.replace("copy1: summary 10 tests, 0 failures", "copy1: summary 10 tests, 2 failures")
-            .replace("@@dmatest run polled.4KiB end", "[ 9.1] dmatest: dma0chan0-copy1: result #4: 'test timed out'\n@@dmatest run polled.4KiB end");
-        let c = checks(
-            &f.dmatest,
-            &plans,
-            &report(&one_thread_failed, &["ok fx"]),
-            &guest::parse(&one_thread_failed),
-        );
-        let ch = c
-            .iter()
-            .find(|c| c.name == "dmatest.polled.4KiB.dma0chan0")
-            .expect("check");
+        let one_thread_failed = ok
+            .replace("copy1: summary 10 tests, 0 failures", "copy1: summary 10 tests, 2 failures")
+            .replace(
+                "@@dmatest run polled.4KiB end",
+                "[ 9.1] dmatest: dma0chan0-copy1: result #4: 'test timed out'\n@@dmatest run polled.4KiB end",
+            );
+        let ch = named(&verdict(&one_thread_failed, &["ok fx"]), chan);
         assert!(!ch.passed);
         assert!(ch.detail.contains("test timed out"), "{}", ch.detail);
 
@@ -674,54 +680,22 @@ mod tests {
             "@@dmatest unload ok",
             "[ 9.9] WARNING: CPU: 1 PID: 7 at x.c:1\n@@dmatest unload ok",
         );
-        let c = checks(
-            &f.dmatest,
-            &plans,
-            &report(&warn, &["ok fx"]),
-            &guest::parse(&warn),
-        );
-        assert!(
-            !c.iter()
-                .find(|c| c.name == "dmatest.kernel_log")
-                .expect("log")
-                .passed
-        );
+        assert!(!named(&verdict(&warn, &["ok fx"]), "dmatest.kernel_log").passed);
 
-        let cut = ok.replace(
-            "@@dmatest run polled.4KiB end finished 1.00 3.00\n@@dmatest unload ok\n",
-            "",
-        );
-        let c = checks(
-            &f.dmatest,
-            &plans,
-            &report(&cut, &["ok fx"]),
-            &guest::parse(&cut),
-        );
-        assert!(
-            c.iter().filter(|c| !c.passed).count() >= 2,
-            "channel and unload fail: {c:#?}"
-        );
+        // Cut short before the run's end: the channel and the unload fail.
+        let cut = &ok[..ok.find("@@dmatest run polled.4KiB end").expect("end")];
+        let c = verdict(cut, &["ok fx"]);
+        assert!(!named(&c, chan).passed && !named(&c, "dmatest.unload").passed);
 
         let timeout = ok.replace("end finished", "end timeout");
-        let c = checks(
-            &f.dmatest,
-            &plans,
-            &report(&timeout, &["ok fx"]),
-            &guest::parse(&timeout),
-        );
+        assert!(!named(&verdict(&timeout, &["ok fx"]), chan).passed);
+
+        let one_thread = ok.replace("copy1", "copy0");
         assert!(
-            !c.iter()
-                .find(|c| c.name.ends_with("dma0chan0"))
-                .expect("ch")
-                .passed
+            !named(&verdict(&one_thread, &["ok fx"]), chan).passed,
+            "a thread is missing"
         );
 
-        let bad_module = checks(
-            &f.dmatest,
-            &plans,
-            &report(ok, &["failed fx: -19"]),
-            &guest::parse(ok),
-        );
-        assert!(!bad_module[0].passed);
+        assert!(!verdict(ok, &["failed fx: -19"])[0].passed);
     }
 }

@@ -439,26 +439,17 @@ impl RunCmd {
     /// Several scenarios (or JUnit output, or a time limit): run them all, summarise, exit
     /// with the worst outcome.
     fn run_matrix(&self, mut ctx: Ctx, scenarios: &[String]) -> ExitCode {
-        if let Some(bad) = scenarios.iter().find(|s| {
-            harness::scenario::builtin(s).is_none()
-                && s.as_str() != harness::dmatest::BUILTIN
-                && !s.ends_with(".toml")
-        }) {
+        if let Some(bad) = scenarios
+            .iter()
+            .find(|s| harness::scenario::builtin(s).is_none() && !s.ends_with(".toml"))
+        {
             eprintln!(
                 "error: unknown scenario {bad:?} (see `harness scenarios`; a scenario file must end in .toml)"
             );
             return ExitCode::from(EXIT_USAGE);
         }
         for s in scenarios.iter().filter(|s| s.ends_with(".toml")) {
-            match harness::dmatest::resolve(s) {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(e) => {
-                    print_chain(&e);
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            }
-            if let Err(e) = harness::migration::read_file(s) {
+            if let Err(e) = harness::scenario::Scenario::resolve(s) {
                 print_chain(&e);
                 return ExitCode::from(EXIT_USAGE);
             }
@@ -581,11 +572,6 @@ fn list_scenarios() -> ExitCode {
     for b in harness::scenario::BUILTIN {
         println!("{:<14} {}", b.name, b.about);
     }
-    println!(
-        "{:<14} {}",
-        harness::dmatest::BUILTIN,
-        harness::dmatest::ABOUT
-    );
     println!(
         "\nA scenario can also be a file: harness run path/to/scenario.toml (see harness/scenarios/)."
     );

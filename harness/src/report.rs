@@ -52,6 +52,40 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// A passed-if-every-check-passed result of `scenario` with no scenario reports yet
+    /// (inventory, migration runs, benchmark: the caller fills in what it has).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        scenario: &str,
+        checks: Vec<scenario::Check>,
+        accel: vm::AccelChoice,
+        timings: Timings,
+        imgs: &images::Images,
+        teardown: vm::Teardown,
+        run_dir: PathBuf,
+    ) -> Self {
+        Self {
+            schema_version: RESULT_SCHEMA_VERSION,
+            scenario: scenario.to_owned(),
+            passed: checks.iter().all(|c| c.passed),
+            checks,
+            accel,
+            timings,
+            qemu: imgs.qemu.version.clone(),
+            kernel: imgs.kernel.release.clone(),
+            kernel_package_version: imgs.kernel.version.clone(),
+            download_bytes: imgs.download_bytes,
+            inventory: Inventory::default(),
+            sdxi_copy: None,
+            chmu_hot: None,
+            steps: Vec::new(),
+            migrate: Vec::new(),
+            bench: None,
+            teardown,
+            run_dir,
+        }
+    }
+
     /// Files a step's reply: the inventory and the classic reports in their own fields,
     /// any other in `steps`.
     pub fn record(&mut self, reply: Reply) {

@@ -7,7 +7,7 @@ use crate::config::VmConfig;
 use crate::faults::{control_after_copies, plan_kill};
 use crate::migration::{self, MigrateRun, RunSpec, ScenarioFile};
 use crate::provision::{provision, reclaim_leftovers};
-use crate::report::{RunResult, Timings, RESULT_SCHEMA_VERSION};
+use crate::report::{RunResult, Timings};
 use crate::scenario::{check, Check, Scenario, Step};
 use crate::{document, vm, RunError, ToolPaths};
 use guest_agent::protocol::{Reply, Request};
@@ -29,20 +29,17 @@ pub fn execute(
     progress: &mut dyn Progress,
 ) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
-    if let Some(f) = crate::dmatest::resolve(scenario_name)? {
-        let driver = cfg.dmatest_driver.clone();
-        return crate::dmatest::execute(
+    let scenario = Scenario::resolve(scenario_name)?;
+    if let Some(runner) = scenario.runner {
+        return runner(
             cfg,
             paths,
             scenario_name,
-            &f,
-            &driver,
             results_dir,
             interrupted,
             progress,
         );
     }
-    let scenario = Scenario::resolve(scenario_name)?;
     let cfg = &scenario.configure(cfg)?;
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
     let provision_s = t0.elapsed().as_secs_f64();
@@ -75,30 +72,23 @@ pub fn execute(
         .map_err(|e| RunError::Vm(e, run.dir.clone()))?;
     let checks = all_checks(cfg, &scenario, &replies, &file, &teardown);
     let mut result = RunResult {
-        schema_version: RESULT_SCHEMA_VERSION,
-        scenario: scenario_name.to_owned(),
-        passed: checks.iter().all(|c| c.passed),
-        checks,
-        accel,
-        timings: Timings {
-            provision_s,
-            boot_to_agent_s,
-            scenario_s,
-            shutdown_s: t2.elapsed().as_secs_f64(),
-            total_s: t0.elapsed().as_secs_f64(),
-        },
-        qemu: imgs.qemu.version.clone(),
-        kernel: imgs.kernel.release.clone(),
-        kernel_package_version: imgs.kernel.version.clone(),
-        download_bytes: imgs.download_bytes,
-        inventory: Default::default(),
-        sdxi_copy: None,
-        chmu_hot: None,
-        steps: Vec::new(),
         migrate: file.migrate,
         bench: file.bench,
-        teardown,
-        run_dir: run.dir.clone(),
+        ..RunResult::new(
+            scenario_name,
+            checks,
+            accel,
+            Timings {
+                provision_s,
+                boot_to_agent_s,
+                scenario_s,
+                shutdown_s: t2.elapsed().as_secs_f64(),
+                total_s: t0.elapsed().as_secs_f64(),
+            },
+            &imgs,
+            teardown,
+            run.dir.clone(),
+        )
     };
     for (_, reply) in replies {
         result.record(reply);

@@ -18,6 +18,9 @@
 //!    `harness/scenarios/NAME.toml` as `file`);
 //! 3. add a line to the README's scenario table and a VM test that runs it.
 //!
+//! A scenario that is not agent steps in the usual boot has a [`Runner`] of its own instead
+//! (`dmatest`: a bring-up boot running the kernel's dmatest, [`crate::dmatest`]).
+//!
 //! A need the test bed does not have yet (a kernel of its own, ...) is a field of [`Needs`],
 //! applied to the configuration in [`Scenario::configure`].
 //!
@@ -27,9 +30,14 @@
 
 use crate::config::{self, VmConfig};
 use crate::migration::ScenarioFile;
-use crate::{chmu_hot, inventory, sdxi_copy, RunError};
+use crate::report::RunResult;
+use crate::{chmu_hot, inventory, sdxi_copy, RunError, ToolPaths};
 use guest_agent::protocol::{Reply, Request};
+use images::Progress;
 use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// One check's verdict.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -84,6 +92,18 @@ impl Needs {
     };
 }
 
+/// A scenario's whole run when it is not agent steps in the test bed's usual boot (dmatest
+/// boots in bring-up mode and runs the kernel's own test): configuration, tool paths, the
+/// scenario's name, the results directory, the interruption flag, progress.
+pub type Runner = fn(
+    &VmConfig,
+    &ToolPaths,
+    &str,
+    Option<&Path>,
+    Arc<AtomicBool>,
+    &mut dyn Progress,
+) -> Result<RunResult, RunError>;
+
 /// A built-in scenario: one entry of [`BUILTIN`].
 #[derive(Clone, Copy, Debug)]
 pub struct Builtin {
@@ -96,6 +116,8 @@ pub struct Builtin {
     /// A compiled-in scenario file (`harness/scenarios/*.toml`): its migration runs or
     /// benchmark run after the steps.
     pub file: Option<&'static str>,
+    /// A run of its own instead of the steps and file (see [`Runner`]).
+    pub runner: Option<Runner>,
 }
 
 /// The built-in scenarios, in the order `harness scenarios` lists them.
@@ -106,6 +128,7 @@ pub const BUILTIN: &[Builtin] = &[
         needs: Needs::NONE,
         steps: &[],
         file: None,
+        runner: None,
     },
     Builtin {
         name: "sdxi-copy",
@@ -113,6 +136,7 @@ pub const BUILTIN: &[Builtin] = &[
         needs: Needs::NONE,
         steps: &[sdxi_copy::STEP],
         file: None,
+        runner: None,
     },
     Builtin {
         name: "chmu-hot",
@@ -123,6 +147,7 @@ pub const BUILTIN: &[Builtin] = &[
         },
         steps: &[chmu_hot::STEP],
         file: None,
+        runner: None,
     },
     Builtin {
         name: "migrate",
@@ -130,6 +155,7 @@ pub const BUILTIN: &[Builtin] = &[
         needs: Needs::NONE,
         steps: &[],
         file: Some(include_str!("../scenarios/migrate.toml")),
+        runner: None,
     },
     Builtin {
         name: "migrate-bench",
@@ -137,6 +163,7 @@ pub const BUILTIN: &[Builtin] = &[
         needs: Needs::NONE,
         steps: &[],
         file: Some(include_str!("../scenarios/migrate-bench.toml")),
+        runner: None,
     },
     Builtin {
         name: "compare-sources",
@@ -144,6 +171,7 @@ pub const BUILTIN: &[Builtin] = &[
         needs: Needs::NONE,
         steps: &[],
         file: Some(include_str!("../scenarios/compare-sources.toml")),
+        runner: None,
     },
     Builtin {
         name: "all",
@@ -154,8 +182,42 @@ pub const BUILTIN: &[Builtin] = &[
         },
         steps: &[sdxi_copy::STEP, chmu_hot::STEP],
         file: None,
+        runner: None,
+    },
+    Builtin {
+        name: crate::dmatest::BUILTIN,
+        about: crate::dmatest::ABOUT,
+        needs: Needs::NONE,
+        steps: &[],
+        file: None,
+        runner: Some(run_dmatest),
     },
 ];
+
+/// A dmatest scenario (the built-in or a file with a `[dmatest]` table) with the driver the
+/// command line gave ([`crate::dmatest`]).
+fn run_dmatest(
+    cfg: &VmConfig,
+    paths: &ToolPaths,
+    name: &str,
+    results_dir: Option<&Path>,
+    interrupted: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<RunResult, RunError> {
+    let file =
+        crate::dmatest::resolve(name)?.ok_or_else(|| RunError::UnknownScenario(name.to_owned()))?;
+    let driver = cfg.dmatest_driver.clone();
+    crate::dmatest::execute(
+        cfg,
+        paths,
+        name,
+        &file,
+        &driver,
+        results_dir,
+        interrupted,
+        progress,
+    )
+}
 
 /// The scenario `harness demo` runs.
 pub const DEFAULT: &str = "migrate";
@@ -179,21 +241,27 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     /// The migration runs or benchmark after the steps.
     pub file: Option<ScenarioFile>,
+    /// A run of its own instead (see [`Runner`]).
+    pub runner: Option<Runner>,
 }
 
 impl Scenario {
-    /// The built-in scenario `name`, or the scenario file at path `name` (`*.toml`).
+    /// The built-in scenario `name`, or the scenario file at path `name` (`*.toml`): a
+    /// dmatest file (a `[dmatest]` table) or a migration scenario file.
     pub fn resolve(name: &str) -> Result<Self, RunError> {
-        let (needs, extra, file) = match builtin(name) {
+        let (needs, extra, file, runner) = match builtin(name) {
             Some(b) => {
                 let file = b
                     .file
                     .map(|text| ScenarioFile::parse(name, text))
                     .transpose()?;
-                (b.needs, b.steps, file)
+                (b.needs, b.steps, file, b.runner)
+            }
+            None if crate::dmatest::resolve(name)?.is_some() => {
+                (Needs::NONE, &[][..], None, Some(run_dmatest as Runner))
             }
             None => match crate::migration::read_file(name)? {
-                Some(f) => (Needs::NONE, &[][..], Some(f)),
+                Some(f) => (Needs::NONE, &[][..], Some(f), None),
                 None => return Err(RunError::UnknownScenario(name.to_owned())),
             },
         };
@@ -204,6 +272,7 @@ impl Scenario {
             needs,
             steps,
             file,
+            runner,
         })
     }
 
@@ -258,7 +327,10 @@ mod tests {
             assert!(!b.about.is_empty(), "{}", b.name);
             let s = Scenario::resolve(b.name).expect(b.name);
             assert!(
-                s.steps.len() > 1 || s.file.is_some() || b.name == "inventory",
+                s.steps.len() > 1
+                    || s.file.is_some()
+                    || s.runner.is_some()
+                    || b.name == "inventory",
                 "{} does nothing beyond the inventory",
                 b.name
             );

@@ -557,6 +557,28 @@ pub fn qemu_args(
     a
 }
 
+/// The chmu-tap plugin's QEMU argument: its feed socket, the monitored range (node 1), the
+/// sampling, the seed, the clock and the optional LLC model.
+fn plugin_arg(cfg: &VmConfig, plugin: &Path, sock_dir: &Path, node1: GpaRange) -> String {
+    let mut a = format!(
+        "{},feed={},base={:#x},size={:#x},sample={},seed={},clock={}",
+        plugin.display(),
+        sock_dir.join("feed.sock").display(),
+        node1.base,
+        node1.size,
+        cfg.chmu_sample,
+        cfg.seed,
+        match cfg.chmu_clock {
+            crate::config::ChmuClock::Host => "host",
+            crate::config::ChmuClock::Insns => "insns",
+        }
+    );
+    if cfg.chmu_llc_kib > 0 {
+        a.push_str(&format!(",llc={}", cfg.chmu_llc_kib << 10));
+    }
+    a
+}
+
 impl Vm {
     /// Starts servers and QEMU, and waits for the guest agent's hello.
     pub fn start(
@@ -581,6 +603,40 @@ impl Vm {
         interrupted: Arc<AtomicBool>,
     ) -> Result<Self, VmError> {
         let started = Instant::now();
+        let mut vm = Self::prepare(cfg, run, interrupted, started)?;
+        let feed = vm.start_servers(cfg, tools)?;
+        let agent_l = bind(&vm.sock_dir.join("agent.sock"))?;
+        let console_l = match boot {
+            Boot::Bringup { console: true, .. } => Some(bind(&vm.sock_dir.join("console.sock"))?),
+            _ => None,
+        };
+        agent_l
+            .set_nonblocking(true)
+            .map_err(|source| VmError::Io {
+                what: "configuring",
+                path: vm.sock_dir.join("agent.sock"),
+                source,
+            })?;
+        vm.start_qemu(cfg, boot, images, accel, feed)?;
+        let deadline = started + Duration::from_secs(cfg.boot_timeout_s);
+        if let Some(l) = &console_l {
+            vm.console = Some(vm.accept(l, deadline)?);
+        }
+        vm.connect_agent(&agent_l, deadline)?;
+        if !matches!(boot, Boot::Bringup { .. }) {
+            vm.await_hello(deadline)?;
+        }
+        Ok(vm)
+    }
+
+    /// The private socket and guest-RAM directories (after reclaiming what killed runs left)
+    /// and the RAM files, owner-only, which QEMU then sizes; no process yet.
+    fn prepare(
+        cfg: &VmConfig,
+        run: &RunDir,
+        interrupted: Arc<AtomicBool>,
+        started: Instant,
+    ) -> Result<Self, VmError> {
         let node1 = cfg
             .node1_range()
             .map_err(|e| VmError::Protocol(e.to_string()))?;
@@ -610,7 +666,7 @@ impl Vm {
                 source,
             })?;
         }
-        let mut vm = Self {
+        Ok(Self {
             run: run.clone(),
             sock_dir: sock.path().to_owned(),
             ram_dir: ram.path().to_owned(),
@@ -629,10 +685,20 @@ impl Vm {
             console: None,
             tolerated: Vec::new(),
             ram_files: std::sync::OnceLock::new(),
-        };
-        // The device servers, each on a socket created here and handed over as fd 3.
-        let sdxi_l = bind(&vm.sock_dir.join("sdxi.sock"))?;
-        let mut c = server_command(&tools.sdxi_server, "sdxi", cfg, run, &vm.sock_dir);
+        })
+    }
+
+    /// Starts both device servers, each on a socket created here and handed over as fd 3;
+    /// with the CHMU feed on, also the feed socket the plugin will connect to (fd 4 of the
+    /// CXL server), returned with the plugin's path.
+    fn start_servers(
+        &mut self,
+        cfg: &VmConfig,
+        tools: &Tools,
+    ) -> Result<Option<(UnixListener, PathBuf)>, VmError> {
+        let run = self.run.clone();
+        let sdxi_l = bind(&self.sock_dir.join("sdxi.sock"))?;
+        let mut c = server_command(&tools.sdxi_server, "sdxi", cfg, &run, &self.sock_dir);
         c.args(["--max-cxt", &cfg.sdxi_max_cxt.to_string()]);
         if cfg.sdxi_out_of_order {
             c.arg("--force-out-of-order");
@@ -640,20 +706,20 @@ impl Vm {
         if let Some(d) = cfg.sdxi_doorbell {
             c.args(["--doorbell", d.as_arg()]);
         }
-        vm.procs.push(spawn(
+        self.procs.push(spawn(
             "sdxi-server",
             c,
             &run.path("sdxi-server.log"),
             Some(sdxi_l.as_raw_fd()),
         )?);
         drop(sdxi_l);
-        let hmu_l = bind(&vm.sock_dir.join("hmu.sock"))?;
-        let mut c = server_command(&tools.hmu_server, "cxl-hmu", cfg, run, &vm.sock_dir);
+        let hmu_l = bind(&self.sock_dir.join("hmu.sock"))?;
+        let mut c = server_command(&tools.hmu_server, "cxl-hmu", cfg, &run, &self.sock_dir);
         c.args([
             "--hpa-base",
-            &format!("{:#x}", node1.base),
+            &format!("{:#x}", self.node1.base),
             "--size",
-            &format!("{:#x}", node1.size),
+            &format!("{:#x}", self.node1.size),
             "--instances",
             &cfg.chmu_instances.to_string(),
         ]);
@@ -663,7 +729,7 @@ impl Vm {
                     "chmu_feed needs the chmu-tap plugin (a source checkout builds it)".into(),
                 )
             })?;
-            let l = bind(&vm.sock_dir.join("feed.sock"))?;
+            let l = bind(&self.sock_dir.join("feed.sock"))?;
             let clock = match cfg.chmu_clock {
                 crate::config::ChmuClock::Host => "host",
                 crate::config::ChmuClock::Insns => "records",
@@ -674,62 +740,46 @@ impl Vm {
         } else {
             None
         };
-        vm.procs.push(spawn(
+        self.procs.push(spawn(
             "cxl-hmu-server",
             c,
             &run.path("cxl-hmu-server.log"),
             Some(hmu_l.as_raw_fd()),
         )?);
         drop(hmu_l);
+        Ok(feed)
+    }
 
-        let agent_l = bind(&vm.sock_dir.join("agent.sock"))?;
-        let console_l = match boot {
-            Boot::Bringup { console: true, .. } => Some(bind(&vm.sock_dir.join("console.sock"))?),
-            _ => None,
-        };
-        agent_l
-            .set_nonblocking(true)
-            .map_err(|source| VmError::Io {
-                what: "configuring",
-                path: vm.sock_dir.join("agent.sock"),
-                source,
-            })?;
+    /// Starts QEMU (with the chmu-tap plugin when `feed` is given), writing its command line
+    /// to `qemu.cmdline` in the run directory.
+    fn start_qemu(
+        &mut self,
+        cfg: &VmConfig,
+        boot: &Boot,
+        images: &Images,
+        accel: &str,
+        feed: Option<(UnixListener, PathBuf)>,
+    ) -> Result<(), VmError> {
+        let run = self.run.clone();
         let mut args = qemu_args(
             cfg,
             boot,
             images,
             accel,
-            &vm.ram_dir,
-            &vm.sock_dir,
+            &self.ram_dir,
+            &self.sock_dir,
             &run.path("console.log"),
         );
         if let Some((l, plugin)) = feed {
             args.push("-plugin".into());
-            args.push(format!(
-                "{},feed={},base={:#x},size={:#x},sample={},seed={},clock={}",
-                plugin.display(),
-                vm.sock_dir.join("feed.sock").display(),
-                node1.base,
-                node1.size,
-                cfg.chmu_sample,
-                cfg.seed,
-                match cfg.chmu_clock {
-                    crate::config::ChmuClock::Host => "host",
-                    crate::config::ChmuClock::Insns => "insns",
-                }
-            ));
-            if cfg.chmu_llc_kib > 0 {
-                if let Some(a) = args.last_mut() {
-                    a.push_str(&format!(",llc={}", cfg.chmu_llc_kib << 10));
-                }
-            }
+            args.push(plugin_arg(cfg, &plugin, &self.sock_dir, self.node1));
             drop(l);
         }
         args.extend(crate::kernel_loop::qemu_extra_args(
             cfg,
             images,
-            run,
-            &vm.sock_dir,
+            &run,
+            &self.sock_dir,
         ));
         std::fs::write(run.path("qemu.cmdline"), shell_words(&images.qemu, &args)).map_err(
             |source| VmError::Io {
@@ -740,18 +790,19 @@ impl Vm {
         )?;
         let mut c = images.qemu.command();
         c.args(&args);
-        vm.procs
+        self.procs
             .push(spawn("qemu", c, &run.path("qemu.log"), None)?);
-        info!(accel, control = %vm.sock_dir.display(), "QEMU started; device control sockets in this directory");
+        info!(accel, control = %self.sock_dir.display(), "QEMU started; device control sockets in this directory");
+        Ok(())
+    }
 
-        let deadline = started + Duration::from_secs(cfg.boot_timeout_s);
-        if let Some(l) = &console_l {
-            vm.console = Some(vm.accept(l, deadline)?);
-        }
-        let stream = vm.accept(&agent_l, deadline)?;
+    /// Accepts the guest agent's serial connection and starts the thread that reads its
+    /// lines.
+    fn connect_agent(&mut self, agent_l: &UnixListener, deadline: Instant) -> Result<(), VmError> {
+        let stream = self.accept(agent_l, deadline)?;
         let tx = stream.try_clone().map_err(|source| VmError::Io {
             what: "cloning agent socket",
-            path: vm.sock_dir.join("agent.sock"),
+            path: self.sock_dir.join("agent.sock"),
             source,
         })?;
         let (sender, receiver) = mpsc::channel();
@@ -769,12 +820,14 @@ impl Vm {
                 name: "agent reader thread",
                 source,
             })?;
-        vm.agent_tx = Some(tx);
-        vm.agent_rx = Some(receiver);
-        if matches!(boot, Boot::Bringup { .. }) {
-            return Ok(vm);
-        }
-        match vm.next_message(deadline, "the guest agent's hello")? {
+        self.agent_tx = Some(tx);
+        self.agent_rx = Some(receiver);
+        Ok(())
+    }
+
+    /// Waits for the agent's hello and checks its protocol version.
+    fn await_hello(&mut self, deadline: Instant) -> Result<(), VmError> {
+        match self.next_message(deadline, "the guest agent's hello")? {
             AgentMessage::Hello {
                 v, kernel_release, ..
             } => {
@@ -783,12 +836,12 @@ impl Vm {
                         "agent speaks protocol {v}, harness {PROTOCOL_VERSION}"
                     )));
                 }
-                vm.hello_after = started.elapsed();
-                info!(kernel = %kernel_release, after = ?vm.hello_after, "guest agent ready");
+                self.hello_after = self.started.elapsed();
+                info!(kernel = %kernel_release, after = ?self.hello_after, "guest agent ready");
+                Ok(())
             }
-            other => return Err(VmError::Protocol(format!("expected hello, got {other:?}"))),
+            other => Err(VmError::Protocol(format!("expected hello, got {other:?}"))),
         }
-        Ok(vm)
     }
 
     /// Fails if a child died or the user interrupted.

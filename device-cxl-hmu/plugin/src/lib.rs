@@ -8,7 +8,7 @@
 //! kernel's accesses. At translation time every instruction gets a memory callback; on each
 //! access the callback decrements its vCPU's countdown ([`sampler`]) and returns. When the
 //! countdown runs out the access is sampled: a physical-address lookup, a range check, and a
-//! 16-byte record (`device_cxl_hmu::record`: `gpa | write`, weight `sample`, `time` in host
+//! 16-byte record (`device_cxl_hmu::spec::record`: `gpa | write`, weight `sample`, `time` in host
 //! nanoseconds since load or guest instructions with `clock=insns`) appended to the vCPU's
 //! batch. The next countdown is a geometric gap of mean `sample` drawn from a generator seeded
 //! by `seed` and the vCPU index, so samples are a Bernoulli(1/sample) draw of the access stream
@@ -50,7 +50,7 @@
 pub mod llc;
 pub mod sampler;
 
-use device_cxl_hmu::record::{encode_access, encode_tick, RECORD_SIZE};
+use device_cxl_hmu::spec::record::{encode_access, encode_tick, RECORD_SIZE};
 use sampler::{Sampler, MAX_SAMPLE};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io::Write;

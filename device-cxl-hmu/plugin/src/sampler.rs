@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest sampling period (and record weight) the feed can carry.
-pub const MAX_SAMPLE: u64 = device_cxl_hmu::record::MAX_WEIGHT as u64;
+pub const MAX_SAMPLE: u64 = device_cxl_hmu::spec::record::MAX_WEIGHT as u64;
 
 /// One vCPU's sampling state, alone on its cache line. Only its vCPU thread writes it, with
 /// plain loads and stores (no read-modify-write: nothing else writes); the atomics let the

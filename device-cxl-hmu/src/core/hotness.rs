@@ -1,6 +1,8 @@
-//! The CHMU's counting and reporting (CXL 3.2 §8.2.8, the CHMU's theory of operation): accesses in, hot
-//! units out through each instance's hotlist ring. No I/O: the server feeds it records (from
-//! the TCG plugin or a trace) and raises the vectors it returns.
+//! The CHMU's counting and reporting (CXL 3.2 §8.2.8, the CHMU's theory of operation):
+//! accesses in, hot units out through each instance's hotlist ring (§8.2.8.5-8). No I/O: the
+//! transport feeds it records (from the TCG plugin or a trace) and raises the vectors it
+//! returns. A full hotlist and a crossed fill threshold are events of the instance state
+//! machine ([`crate::core::state`]), which latches the STATUS bits and decides the interrupt.
 //!
 //! Time is whatever clock the records carry (host nanoseconds, or guest instructions counted
 //! as one nanosecond each); epochs end when a record's or a clock tick's time crosses the
@@ -23,6 +25,9 @@
 //! - a full hotlist drops further entries and sets STATUS.overflow (CAP1 insert-after-clear
 //!   is not offered);
 //! - TEE and non-TEE request types are not distinguished (there is no TEE traffic).
+//!
+//! Left out: per-counter epochs (CAP0 advertises the global epoch type only), overlapping
+//! address ranges and insert-after-clear (not advertised in CAP1).
 
 use crate::core::chmu::ChmuBlock;
 use crate::core::state::Event;

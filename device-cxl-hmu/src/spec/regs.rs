@@ -4,7 +4,8 @@
 //! Interface": §8.2.8.1 common capability, §8.2.8.2 capability, §8.2.8.3 configuration,
 //! §8.2.8.4 status, §8.2.8.5/6 hotlist head/tail, §8.2.8.7 range bitmap, §8.2.8.8 hotlist).
 //!
-//! One definition shared by the device model and the guest driver. Offsets follow the spec's
+//! One definition shared by the device model and the guest driver; how each register behaves
+//! (reset value, masks, hooks) is the register table, [`super::chmu_table`]. Offsets follow the spec's
 //! section headings (instance i at 10h + CHMU Instance Length x i; its bitmap and hotlist at
 //! the offsets its capability reports), which the Linux CHMU RFC driver (drivers/cxl/hmu.c)
 //! and QEMU's RFC v2 model (hw/cxl/cxl-chmu.c) also use. Readings chosen where sources differ:

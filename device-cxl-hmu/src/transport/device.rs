@@ -1,14 +1,17 @@
-//! The CXL memory device function that carries the CHMU: PCI identity, CXL DVSECs, BARs.
+//! The CXL memory device function that carries the CHMU, served over vfio-user:
+//! - configuration space: CXL memory device class (050210h), BAR 0 (MSI-X table and PBA),
+//!   BAR [`REGS_BAR`] (the register blocks), the PCIe DVSEC for CXL Devices and the Register
+//!   Locator DVSEC (CXL 3.2 §8.1.3, §8.1.9; [`crate::spec::dvsec`]: the monitored range is
+//!   DVSEC Range 1, so Linux's `cxl_pci` binds the function and registers a memdev), and the
+//!   Device Serial Number Extended Capability (PCIe Base 6.0 §7.9.3);
+//! - BAR accesses routed to the component and memory device blocks
+//!   ([`crate::core::cxl_blocks`]) and the CHMU block ([`crate::core::chmu`]); hotlist pages
+//!   as sparse mmap areas of the BAR ([`super::hotlist_map`]);
+//! - control commands (`state`, `overflow` fault injection) and the counter dump
+//!   ([`crate::metrics::HmuMetrics`]).
 //!
-//! - PCIe DVSEC for CXL Devices (CXL 3.2 §8.1.3): Mem_Capable with one HDM range whose base
-//!   and size are the guest-physical range the CHMU monitors (node 1, set by the harness).
-//!   This model's choice for DPA -> HPA translation, documented here in one place: the range
-//!   is pre-committed, so **HPA = Range 1 Base + DPA** (no interleave). Guest drivers read
-//!   Range 1 Base/Size from this DVSEC.
-//! - Register Locator DVSEC (CXL 3.2 §8.1.9): the Component Registers (block 1), the Memory
-//!   Device registers (block 3) and the CHMU (block 5) in BAR [`REGS_BAR`]
-//!   ([`crate::core::cxl_blocks`]), so Linux's `cxl_pci` binds the function and registers a memdev.
-//! - Device Serial Number Extended Capability (PCIe Base 6.0 §7.9.3): the memdev's serial.
+//! Left out: the CXL.mem data path itself (the guest's accesses reach node 1's RAM directly;
+//! the CHMU learns of them from the feeds, [`super::feed`]).
 
 use crate::core::chmu::ChmuBlock;
 use crate::core::hotness::Hotness;

@@ -674,3 +674,140 @@ fn descriptors_decode_by_name_and_field_for_traces() {
     );
     assert_eq!(describe(&driver::intr(2, false)), "INTR akey=2 csb=none");
 }
+
+/// The vl bit of ring slot `i` of context `cxt`.
+fn slot_valid(b: &Bed, cxt: u16, i: u64) -> bool {
+    let c = b.drv.context(cxt).expect("cxt");
+    let mut h = [0u8; 4];
+    b.ram.read_bytes(c.ring + i * DESC_SIZE, &mut h);
+    u32::from_le_bytes(h) & 1 != 0
+}
+
+#[test]
+fn an_error_inside_a_window_leaves_the_later_descriptors_valid_and_unrun() {
+    let mut b = Bed::new(false);
+    let csbs: Vec<u64> = (0..4)
+        .map(|_| b.drv.csb(&*b.ram, 1).expect("csb"))
+        .collect();
+    b.fill(DATA, 4096, 1);
+    let bad = Descriptor {
+        header: Descriptor::header_for(0x7ff, 0x99, false),
+        csb_ptr: Descriptor::csb_field(Some(csbs[1])),
+        ..Descriptor::default()
+    };
+    b.run(
+        1,
+        &[
+            driver::copy(DATA, DATA + 8192, 4096, Some(csbs[0]), false),
+            bad,
+            driver::nop(Some(csbs[2]), false),
+            driver::nop(Some(csbs[3]), false),
+        ],
+    );
+    assert_eq!(csb_status(&*b.ram, csbs[0]), (0, false));
+    assert_eq!(csb_status(&*b.ram, csbs[1]), (0, true));
+    assert_eq!(
+        (
+            csb_status(&*b.ram, csbs[2]).0,
+            csb_status(&*b.ram, csbs[3]).0
+        ),
+        (1, 1)
+    );
+    assert_eq!(b.drv.read_index(&*b.ram, 1), 2);
+    let vl: Vec<bool> = (0..4).map(|i| slot_valid(&b, 1, i)).collect();
+    assert_eq!(
+        vl,
+        [false, false, true, true],
+        "consumed slots lose vl, the rest keep it"
+    );
+    assert_eq!(b.e.counters().descriptors.nop, 0);
+}
+
+/// Guest memory that logs read_index writes and CST_BLK decrements in order.
+#[derive(Debug)]
+struct Order(GuestRam, u64, StdMutex<Vec<(char, u64)>>);
+
+impl DmaMemory for Order {
+    fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
+        self.0.read(a, b)
+    }
+    fn write(&self, a: u64, b: &[u8]) -> Result<(), Fault> {
+        if a == self.1 {
+            let v = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            self.2.lock().expect("lock").push(('r', v));
+        }
+        self.0.write(a, b)
+    }
+    fn copy(&self, d: u64, s: u64, l: u64) -> Result<(), Fault> {
+        self.0.copy(d, s, l)
+    }
+    fn decrement_u64(&self, a: u64) -> Result<u64, Fault> {
+        self.2.lock().expect("lock").push(('c', a));
+        self.0.decrement_u64(a)
+    }
+    fn or_u32(&self, a: u64, b: u32) -> Result<(), Fault> {
+        self.0.or_u32(a, b)
+    }
+    fn check(&self, a: u64, l: u64, w: bool) -> Result<(), Fault> {
+        self.0.check(a, l, w)
+    }
+}
+
+#[test]
+fn read_index_passes_a_descriptor_before_its_completion_is_signalled() {
+    let ram = GuestRam::anonymous(RAM, RAM_SIZE);
+    let mut drv = Driver::new(&ram, RAM, 4 << 20).expect("window");
+    drv.add_context(&ram, 0, 1024, &[AkeyEnt::new(Some(1), 0)], CxtState::Run)
+        .expect("admin");
+    let sts = drv.context(0).expect("admin").sts;
+    let ram = Arc::new(Order(ram, sts + 8, StdMutex::new(Vec::new())));
+    let e: Engine<Order, Arc<Vectors>> = Engine::new(
+        SdxiConfig::default(),
+        Arc::new(Vectors::default()),
+        EngineOptions::default(),
+    );
+    e.set_memory(Some(Arc::clone(&ram)));
+    e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
+    e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
+    // 40 descriptors: several windows, a fence and an interrupt in the middle.
+    let csbs: Vec<u64> = (0..40).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();
+    let descs: Vec<Descriptor> = csbs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match i {
+            20 => driver::intr(0, false),
+            _ => driver::nop(Some(*c), i == 7),
+        })
+        .collect();
+    let slot_of: std::collections::HashMap<u64, u64> = csbs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, i as u64))
+        .collect();
+    drv.submit(&*ram, 0, &descs);
+    e.process(0);
+    let log = ram.2.lock().expect("lock").clone();
+    let mut ri = 0;
+    let mut signalled = Vec::new();
+    for (kind, v) in log {
+        match kind {
+            'r' => ri = v,
+            _ => {
+                let i = slot_of[&v];
+                assert!(
+                    ri > i,
+                    "CSB of descriptor {i} signalled with read_index {ri}"
+                );
+                signalled.push(i);
+            }
+        }
+    }
+    assert_eq!(ri, 40);
+    let expected: Vec<u64> = (0..40).filter(|i| *i != 20).collect();
+    assert_eq!(signalled, expected, "completions in ring order");
+    assert_eq!(ram_vectors(&e), [1], "the INTR raised its vector");
+}
+
+fn ram_vectors(e: &Engine<Order, Arc<Vectors>>) -> Vec<u16> {
+    e.platform().0.lock().expect("lock").clone()
+}

@@ -17,12 +17,38 @@ use crate::metrics::EngineCounters;
 use vfio_device::dma::{DmaMemory, Fault};
 
 /// One pass's working state: the memory it reads, the context, what it counted (merged into
-/// the engine's counters when the pass ends) and the contexts it started.
+/// the engine's counters when the pass ends), the contexts it started, and the AKey entry it
+/// read last (kept for the pass only: AKEY_UPD has nothing to invalidate between passes).
 pub(crate) struct Pass<'a, M> {
     pub mem: &'a M,
     pub cxt: u16,
     pub counts: EngineCounters,
     pub kicks: Vec<u16>,
+    pub akey: Option<(u16, AkeyEnt)>,
+}
+
+impl<'a, M: DmaMemory> Pass<'a, M> {
+    pub fn new(mem: &'a M, cxt: u16) -> Self {
+        Self {
+            mem,
+            cxt,
+            counts: EngineCounters::default(),
+            kicks: Vec::new(),
+            akey: None,
+        }
+    }
+
+    /// AKey `index` of the context (see [`akey`]), read once per pass.
+    fn akey(&mut self, cx: &Cxt, index: u16) -> Result<AkeyEnt, EngineError> {
+        match self.akey {
+            Some((i, a)) if i == index => Ok(a),
+            _ => {
+                let a = akey(self.mem, cx, index)?;
+                self.akey = Some((index, a));
+                Ok(a)
+            }
+        }
+    }
 }
 
 impl<M: DmaMemory, P: Platform> Engine<M, P> {
@@ -53,7 +79,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             (DSC_TYPE_INTR, DSC_INTR) => {
                 p.counts.descriptors.intr += 1;
                 let i: DscIntr = d.as_type();
-                let a = akey(p.mem, cx, i.akey.get())?;
+                let a = p.akey(cx, i.akey.get())?;
                 if !a.iv() {
                     return Err(invalid(
                         ErrClass::InvalidAkey,
@@ -74,8 +100,8 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     }
 
     fn copy(&self, p: &mut Pass<'_, M>, cx: &Cxt, c: &DscDmabCopy) -> Result<(), EngineError> {
-        akey(p.mem, cx, c.akey0.get())?;
-        akey(p.mem, cx, c.akey1.get())?;
+        p.akey(cx, c.akey0.get())?;
+        p.akey(cx, c.akey1.get())?;
         let len = u64::from(c.size.get()) + 1;
         let (src, dst) = (c.addr0.get(), c.addr1.get());
         let (Some(src_end), Some(dst_end)) = (src.checked_add(len), dst.checked_add(len)) else {

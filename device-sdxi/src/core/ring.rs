@@ -14,8 +14,8 @@
 //!   spec's context states - STOP_SW, RUN, STOPG_SW, STOP_FN, STOPG_FN, ERR_FN - have no
 //!   waiting state: a context with nothing valid to run is running), and the next doorbell
 //!   (a doorbell during the pass makes the transport run one more) resumes from that slot;
-//! - the function clears vl (only that bit of dword 0) in every descriptor it consumes, before
-//!   read_index moves past it. The example's producer publishes Write_Index before it
+//! - the function clears vl in every descriptor it consumes, before read_index moves past it
+//!   (it writes back the descriptors it read with only that bit changed). The example's producer publishes Write_Index before it
 //!   overwrites a reclaimed slot, so a slot that kept vl=1 from its previous lap would run
 //!   again (or run the old header over the new body). AMD's driver states the same duty of the
 //!   function: "Reserved-but-reclaimed ring slots are vl=0 (the function clears vl as it
@@ -26,15 +26,23 @@
 //!
 //! The SDXi 1.0 specification text itself could not be quoted while writing this; the rules
 //! rest on its example code and on AMD's driver, which AMD reports working on its hardware.
+//!
+//! Cost: a pass reads the ring a window of up to [`WINDOW`] descriptors at a time, clears
+//! their vl in one write, and moves read_index once per window (and before any CST_BLK it
+//! signals, so read_index is always past a descriptor whose completion software can see).
+//! Completions are signalled in ring order at the window's end, before a fenced descriptor
+//! and before an INTR. A window stopped early (an error, a reset, Bus Master Enable cleared)
+//! gives the descriptors it did not run their vl back. A window whose read or write faults is
+//! retried one descriptor at a time, so errors name the exact descriptor as before.
 
 use super::context::{read_obj, read_u64, set_state, Cxt, CxtEvent};
 use super::engine::{invalid, lock, Engine, EngineError, Platform};
 use super::execute::Pass;
 use crate::mem::*;
-use crate::metrics::EngineCounters;
 use crate::regs::FnState;
 use std::sync::atomic::Ordering;
 use vfio_device::dma::DmaMemory;
+use zerocopy::{FromZeros, IntoBytes};
 
 /// A pass's failure: the error and the ring index of the descriptor it concerns.
 type RingError = (EngineError, Option<u64>);
@@ -57,12 +65,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         let Some(mem) = self.memory() else {
             return Vec::new();
         };
-        let mut p = Pass {
-            mem: &*mem,
-            cxt,
-            counts: EngineCounters::default(),
-            kicks: Vec::new(),
-        };
+        let mut p = Pass::new(&*mem, cxt);
         p.counts.passes += 1;
         match self.load(&mem, cxt) {
             Ok(cx) => {
@@ -110,7 +113,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     fn run_ring(&self, p: &mut Pass<'_, M>, cx: &Cxt) -> Result<(), RingError> {
         let ooo = self.options.force_out_of_order.load(Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
-        let mut deferred: Vec<Option<u64>> = Vec::new();
+        let mut done = Completions::new(ooo);
         let mut first = true;
         let result = loop {
             let (mut ri, wi) = match self.indices(p, cx, first) {
@@ -119,83 +122,227 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                 Err(e) => break Err(e),
             };
             first = false;
-            while ri < wi {
-                if self.generation.load(Ordering::Acquire) != generation {
+            let mut more = true;
+            while more && ri < wi {
+                if !self.may_run(p, generation) {
+                    more = false;
                     break;
                 }
-                // Bus mastering is checked per descriptor, not only per pass: a pass that began
-                // before the driver cleared BME must not go on reading and copying.
-                if !self.platform.bus_master() {
-                    p.counts.passes_without_bus_master += 1;
-                    break;
-                }
-                match self.step(p, cx, ri, ooo, &mut deferred) {
-                    Ok(true) => ri += 1,
-                    Ok(false) => break,
+                let r = Window::read(p.mem, cx, ri, wi)
+                    .and_then(|mut w| self.run_window(p, cx, &mut w, generation, &mut done));
+                match r {
+                    Ok((next, m)) => (ri, more) = (next, m),
                     Err(e) => {
-                        self.flush(p, &mut deferred);
+                        self.flush(p, &mut done);
                         return Err(e);
                     }
                 }
             }
-            self.flush(p, &mut deferred);
-            if ri < wi {
+            self.flush(p, &mut done);
+            if !more || ri < wi {
                 break Ok(());
             }
         };
-        self.flush(p, &mut deferred);
+        self.flush(p, &mut done);
         result
     }
 
-    /// Completes the deferred (out-of-order) descriptors, last first.
-    fn flush(&self, p: &mut Pass<'_, M>, deferred: &mut Vec<Option<u64>>) {
-        while let Some(csb) = deferred.pop() {
+    /// Whether the pass may run its next descriptor: no reset since it began, and Bus Master
+    /// Enable still set (checked per descriptor, not only per pass: a pass that began before
+    /// the driver cleared BME must not go on reading and copying).
+    fn may_run(&self, p: &mut Pass<'_, M>, generation: u64) -> bool {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
+        if !self.platform.bus_master() {
+            p.counts.passes_without_bus_master += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Signals the completions waiting in `done`.
+    fn flush(&self, p: &mut Pass<'_, M>, done: &mut Completions) {
+        while let Some(csb) = done.next() {
             self.complete(p.mem, &mut p.counts, csb, false);
         }
     }
 
-    /// Consumes the descriptor at ring index `ri`. Ok(false): not yet valid, the pass stops.
-    fn step(
+    /// Runs the valid descriptors of one window. Returns the read index after it and whether
+    /// the pass goes on (false: a slot not yet valid, a reset, or BME cleared).
+    fn run_window(
         &self,
         p: &mut Pass<'_, M>,
         cx: &Cxt,
-        ri: u64,
-        ooo: bool,
-        deferred: &mut Vec<Option<u64>>,
-    ) -> Result<bool, RingError> {
-        // Guest-chosen bases wrap instead of overflowing; guest memory bounds every access.
-        let slot = cx.ring.wrapping_add((ri % cx.entries) * DESC_SIZE);
-        let d: Descriptor = read_obj(p.mem, slot, step::DESCRIPTOR).map_err(|e| (e, Some(ri)))?;
-        let h = d.header();
-        if !h.vl() {
+        w: &mut Window,
+        generation: u64,
+        done: &mut Completions,
+    ) -> Result<(u64, bool), RingError> {
+        if w.valid == 0 {
             // Not yet valid: software advanced the write index before setting vl (the spec's
             // multi-producer enqueue does). The ring stops here without error; read_index
             // stays on the slot and the next doorbell resumes.
             p.counts.not_yet_valid += 1;
-            return Ok(false);
+            return Ok((w.start, false));
         }
-        // Consumed: vl goes back to 0 before read_index moves past the slot, so when software
-        // next reserves the slot (write index first), its previous lap's content is not valid
-        // and cannot run again.
-        p.mem
-            .write(slot, &(d.header.get() & !1).to_le_bytes())
-            .map_err(|f| (EngineError::Fault(f, step::RING), Some(ri)))?;
-        if h.fe() {
-            self.flush(p, deferred);
-        }
-        let r = self.execute(p, cx, &d);
-        p.mem
-            .write(cx.sts + 8, &(ri + 1).to_le_bytes())
-            .map_err(|f| (EngineError::Fault(f, step::RING), Some(ri)))?;
-        match r {
-            Ok(()) if ooo && !h.fe() => deferred.push(d.csb()),
-            Ok(()) => self.complete(p.mem, &mut p.counts, d.csb(), false),
-            Err(e) => {
-                self.flush(p, deferred);
+        w.claim(p.mem)?;
+        for i in 0..w.valid {
+            if i > 0 && !self.may_run(p, generation) {
+                w.give_back(p.mem, i);
+                w.release(p.mem, cx)?;
+                return Ok((w.ri(), false));
+            }
+            let d = w.d[i];
+            let h = d.header();
+            if h.fe() || (h.ty() == DSC_TYPE_INTR && !done.ooo) {
+                // Everything before a fence (or an interrupt) is complete first.
+                w.release(p.mem, cx)?;
+                self.flush(p, done);
+            }
+            let r = self.execute(p, cx, &d);
+            w.used = i + 1;
+            if let Err(e) = r {
+                w.give_back(p.mem, i + 1);
+                w.release(p.mem, cx)?;
+                self.flush(p, done);
                 self.complete(p.mem, &mut p.counts, d.csb(), true);
-                return Err((e, Some(ri)));
+                return Err((e, Some(w.start + i as u64)));
+            }
+            done.push(d.csb());
+            if h.fe() && done.ooo {
+                w.release(p.mem, cx)?;
+                self.flush(p, done);
             }
         }
-        Ok(true)
+        let more = w.valid == w.n;
+        if !more {
+            p.counts.not_yet_valid += 1;
+        }
+        w.release(p.mem, cx)?;
+        if !done.ooo {
+            self.flush(p, done);
+        }
+        Ok((w.ri(), more))
+    }
+}
+
+/// Descriptors read from the ring in one access.
+pub const WINDOW: usize = 16;
+
+/// Up to [`WINDOW`] consecutive ring slots read at once, and how far the pass got in them.
+struct Window {
+    /// Ring index of `d[0]`.
+    start: u64,
+    /// Guest address of `d[0]`.
+    slot: u64,
+    d: [Descriptor; WINDOW],
+    /// Slots read.
+    n: usize,
+    /// Leading slots with vl set: the ones this window runs.
+    valid: usize,
+    /// Descriptors consumed (run, or failed).
+    used: usize,
+    /// Descriptors read_index has been moved past.
+    released: usize,
+}
+
+impl Window {
+    /// Reads the slots from `ri` (below `wi`) up to the window size or the ring's end. If that
+    /// faults, reads one slot, so a fault names its exact descriptor.
+    fn read<M: DmaMemory>(mem: &M, cx: &Cxt, ri: u64, wi: u64) -> Result<Self, RingError> {
+        let first = ri % cx.entries;
+        let n = (wi - ri).min(cx.entries - first).min(WINDOW as u64) as usize;
+        // Guest-chosen bases wrap instead of overflowing; guest memory bounds every access.
+        let slot = cx.ring.wrapping_add(first * DESC_SIZE);
+        let mut w = Self {
+            start: ri,
+            slot,
+            d: [Descriptor::new_zeroed(); WINDOW],
+            n,
+            valid: 0,
+            used: 0,
+            released: 0,
+        };
+        if mem.read(slot, w.d[..n].as_mut_bytes()).is_err() {
+            w.n = 1;
+            mem.read(slot, w.d[..1].as_mut_bytes())
+                .map_err(|f| (EngineError::Fault(f, step::DESCRIPTOR), Some(ri)))?;
+        }
+        w.valid = w.d[..w.n].iter().take_while(|d| d.header().vl()).count();
+        Ok(w)
+    }
+
+    /// Consumes the valid slots: their vl goes back to 0 before read_index moves past them,
+    /// so when software next reserves a slot (write index first), its previous lap's content
+    /// is not valid and cannot run again. If the write faults, claims one slot only.
+    fn claim<M: DmaMemory>(&mut self, mem: &M) -> Result<(), RingError> {
+        let mut cleared = self.d;
+        for d in &mut cleared[..self.valid] {
+            d.header = (d.header.get() & !1).into();
+        }
+        if self.valid > 1 {
+            if mem
+                .write(self.slot, cleared[..self.valid].as_bytes())
+                .is_ok()
+            {
+                return Ok(());
+            }
+            (self.n, self.valid) = (1, 1);
+        }
+        mem.write(self.slot, cleared[0].header.as_bytes())
+            .map_err(|f| (EngineError::Fault(f, step::RING), Some(self.start)))
+    }
+
+    /// Gives the claimed slots from `from` on their vl back (they were not run).
+    fn give_back<M: DmaMemory>(&mut self, mem: &M, from: usize) {
+        if from < self.valid {
+            let at = self.slot + (from as u64) * DESC_SIZE;
+            let _ = mem.write(at, self.d[from..self.valid].as_bytes());
+        }
+        self.valid = from;
+    }
+
+    /// The read index after the consumed descriptors.
+    fn ri(&self) -> u64 {
+        self.start + self.used as u64
+    }
+
+    /// Moves CXT_STS.read_index past the consumed descriptors.
+    fn release<M: DmaMemory>(&mut self, mem: &M, cx: &Cxt) -> Result<(), RingError> {
+        if self.released == self.used {
+            return Ok(());
+        }
+        mem.write(cx.sts + 8, &self.ri().to_le_bytes())
+            .map_err(|f| (EngineError::Fault(f, step::RING), Some(self.ri() - 1)))?;
+        self.released = self.used;
+        Ok(())
+    }
+}
+
+/// Run descriptors whose CST_BLKs are not signalled yet: in ring order, or (forced
+/// out-of-order completion) last first between fences.
+struct Completions {
+    ooo: bool,
+    csbs: std::collections::VecDeque<Option<u64>>,
+}
+
+impl Completions {
+    fn new(ooo: bool) -> Self {
+        Self {
+            ooo,
+            csbs: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, csb: Option<u64>) {
+        self.csbs.push_back(csb);
+    }
+
+    fn next(&mut self) -> Option<Option<u64>> {
+        if self.ooo {
+            self.csbs.pop_back()
+        } else {
+            self.csbs.pop_front()
+        }
     }
 }

@@ -74,8 +74,7 @@ pub fn split_copy<M: DmaMemory>(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or(Err(failed)))
-            .collect::<Result<(), Fault>>()
+            .try_for_each(|h| h.join().unwrap_or(Err(failed)))
     })
 }
 

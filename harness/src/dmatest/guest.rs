@@ -11,8 +11,8 @@
 
 use std::fmt::Write as _;
 
-/// Lines of the kernel log that fail a run wherever they appear: warnings, BUGs, oopses,
-/// lockups, IOMMU faults.
+/// Lines of the kernel log that fail a run wherever they appear: warnings, BUGs (soft lockups
+/// print `watchdog: BUG:`), oopses, hung tasks, RCU stalls, IOMMU faults.
 pub const PROBLEMS: &[&str] = &[
     "WARNING:",
     "BUG:",
@@ -20,7 +20,6 @@ pub const PROBLEMS: &[&str] = &[
     "Call Trace",
     "general protection fault",
     "kernel BUG",
-    "watchdog: ",
     "blocked for more than",
     "rcu: INFO",
     "DMAR: [DMA",
