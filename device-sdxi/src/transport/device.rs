@@ -1,8 +1,12 @@
 //! The SDXi PCI function as a vfio-user device: BAR0 control registers, BAR2 doorbells,
-//! BAR4 MSI-X table (emulated by QEMU itself), and its configuration space.
+//! BAR4 MSI-X table (emulated by QEMU itself), and its configuration space (SDXi 1.0 §9.1, the
+//! PCI class code 0x120100 and BARs; §9.2 the doorbell region, one page per context).
 //!
-//! Doorbells kick the context's pass on the worker pool; the engine ([`crate::core::engine`]) does
-//! the rest.
+//! Doorbells kick the context's pass on the worker pool; the engine
+//! ([`crate::core::engine`]) does the rest. The control socket's `state`, `fault`,
+//! `stop_context` and `out_of_order` requests, and the counters ([`crate::metrics`]), are
+//! answered here. Left out: SR-IOV, MSI (MSI-X only), and a doorbell value's meaning beyond
+//! "this context has work" (the write index is read from memory).
 
 use crate::regs::{self, SdxiConfig};
 use vfio_device::pci::{

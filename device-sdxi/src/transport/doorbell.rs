@@ -6,6 +6,9 @@
 //! index, so a changed value means new work). It polls while doorbells keep coming and backs
 //! off exponentially to [`MAX_IDLE_SLEEP`] when they stop, so an idle device costs almost no
 //! CPU; the price is up to that much detection latency for the first doorbell after idling.
+//! Left out: a doorbell written with the value the page already holds is not seen (the
+//! trapped path sees every write); a context start and a function reset zero the page so the
+//! next write always differs.
 
 use crate::metrics::WatcherCounters;
 use std::fs::File;

@@ -2,6 +2,9 @@
 //! context is queued at most once and run by one worker at a time, and a doorbell that
 //! arrives during a pass makes the worker run it once more. Idle workers sleep on a condition
 //! variable: no core is burnt while nothing is queued.
+//!
+//! Transport only: SDXi lets a function run its contexts in any order and in parallel; the
+//! per-context serialisation the spec's ring rules need is the engine's (one pass at a time).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
