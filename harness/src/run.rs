@@ -4,12 +4,14 @@
 //! report into the run directory. Nothing here knows a scenario by name.
 
 use crate::config::VmConfig;
+use crate::error::RunError;
 use crate::faults::{control_after_copies, plan_kill};
 use crate::migration::{self, MigrateRun, RunSpec, ScenarioFile};
 use crate::provision::{provision, reclaim_leftovers};
 use crate::report::{RunResult, Timings};
 use crate::scenario::{check, Check, Scenario, Step};
-use crate::{document, kernel_loop, vm, RunError, ToolPaths};
+use crate::tools::ToolPaths;
+use crate::{document, kernel_loop, vm};
 use guest_agent::protocol::{Reply, Request};
 use guest_agent::spec::BenchReport;
 use images::Progress;
