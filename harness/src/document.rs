@@ -179,6 +179,10 @@ fn markdown(r: &RunResult, figs: &[Figure]) -> String {
             ));
         }
     }
+    if r.migrate.len() > 1 {
+        s.push_str("\n## Runs side by side\n\n");
+        s.push_str(&crate::compare::markdown(&crate::compare::rows(&r.migrate)));
+    }
     if let Some(b) = &r.bench {
         let cols = crate::migration::BENCH_COLUMNS;
         s.push_str(&format!(
@@ -243,6 +247,13 @@ pub fn write(r: &RunResult, dir: &Path) -> std::io::Result<()> {
     for m in &r.migrate {
         figs.push(node0_figure(&m.name, &m.report));
         figs.extend(latency_figure(&m.name, &m.report));
+    }
+    if r.migrate.len() > 1 {
+        figs.push(Figure {
+            file: "node0-share-all-runs.svg".into(),
+            caption: "Every run's share of the workload's accesses served from node 0 (DRAM), on one chart".into(),
+            svg: crate::compare::share_chart(&r.migrate),
+        });
     }
     if let Some(b) = &r.bench {
         figs.extend(bench_figures(b));

@@ -174,6 +174,14 @@ pub const BUILTIN: &[Builtin] = &[
         runner: None,
     },
     Builtin {
+        name: "compare-kernel",
+        about: "the same Zipf workload twice in one boot: the kernel's own tiering (NUMA balancing, memory-tiering mode) vs the migrator (CHMU + SDXi); share curves on one chart, time to 80 % on node 0, pages moved, guest CPU",
+        needs: Needs::NONE,
+        steps: &[],
+        file: Some(include_str!("../scenarios/compare-kernel.toml")),
+        runner: None,
+    },
+    Builtin {
         name: "all",
         about: "inventory, sdxi-copy and chmu-hot in one boot (the CHMU feed on throughout)",
         needs: Needs {

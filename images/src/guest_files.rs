@@ -4,9 +4,8 @@
 //! order, later files replacing earlier ones; Linux
 //! `Documentation/driver-api/early-userspace/buffer-format.rst`).
 //!
-//! - **Packages.** Each named package, and recursively each `Depends` of it that is a shared
-//!   library (archive section `libs`, or a name starting with `lib`: `libc6`, `libnuma1`,
-//!   `zlib1g`, ...), is downloaded through the
+//! - **Packages.** Each named package, and recursively each `Depends` of it whose name starts
+//!   with `lib` (shared libraries: `libc6`, `libnuma1`, ...), is downloaded through the
 //!   private apt state ([`crate::apt`]) and unpacked with `dpkg-deb -x`; no maintainer script
 //!   runs. Documentation, manual pages and locales are left out. Other dependencies (an
 //!   interpreter, `coreutils`) are not followed: name them with `--package` if a tool needs
@@ -52,11 +51,6 @@ const SKIPPED: &[&str] = &[
     "usr/share/bug",
 ];
 
-/// Whether a package is a shared library (what the closure follows).
-fn is_library(p: &apt::PackageInfo) -> bool {
-    p.section == "libs" || p.section == "oldlibs" || p.name.starts_with("lib")
-}
-
 /// The packages `specs` name and every library package they depend on, recursively, as
 /// name -> version. `show` is apt's view of a package (`name` or `name/suite`).
 pub fn library_closure(
@@ -80,15 +74,8 @@ pub fn library_closure(
                 continue;
             }
         };
-        if !named && !is_library(&info) {
-            progress.line(&format!(
-                "{} ({}) is not a library: left out (add it with --package)",
-                info.name, info.section
-            ));
-            continue;
-        }
         for d in &info.depends {
-            if !seen.contains(d) {
+            if d.starts_with("lib") && !seen.contains(d) {
                 todo.push((d.clone(), false));
             }
         }
@@ -268,38 +255,22 @@ mod tests {
 
     #[test]
     fn library_closure_follows_library_dependencies_only() {
-        let db: BTreeMap<&str, (&str, &str, Vec<&str>)> = [
-            (
-                "numactl",
-                (
-                    "2.0.19-1",
-                    "utils",
-                    vec!["libc6", "libnuma1", "perl", "zlib1g"],
-                ),
-            ),
-            ("libnuma1", ("2.0.19-1", "libs", vec!["libc6"])),
-            (
-                "libc6",
-                ("2.41-12", "libs", vec!["libgcc-s1", "libvirtual-x"]),
-            ),
-            (
-                "libgcc-s1",
-                ("14.2.0-19", "libs", vec!["gcc-14-base", "libc6"]),
-            ),
-            ("gcc-14-base", ("14.2.0-19", "libs", vec![])),
-            ("zlib1g", ("1:1.3", "libs", vec!["libc6"])),
-            ("perl", ("5.40", "perl", vec!["libperl5.40"])),
+        let db: BTreeMap<&str, (&str, Vec<&str>)> = [
+            ("numactl", ("2.0.19-1", vec!["libc6", "libnuma1", "perl"])),
+            ("libnuma1", ("2.0.19-1", vec!["libc6"])),
+            ("libc6", ("2.41-12", vec!["libgcc-s1", "libvirtual-x"])),
+            ("libgcc-s1", ("14.2.0-19", vec!["gcc-14-base", "libc6"])),
+            ("perl", ("5.40", vec!["libperl5.40"])),
         ]
         .into_iter()
         .collect();
         let mut show = |spec: &str| {
             let name = spec.split('/').next().unwrap_or(spec);
             db.get(name)
-                .map(|(v, section, d)| apt::PackageInfo {
+                .map(|(v, d)| apt::PackageInfo {
                     name: name.to_owned(),
                     version: (*v).to_owned(),
                     depends: d.iter().map(|s| (*s).to_owned()).collect(),
-                    section: (*section).to_owned(),
                 })
                 .ok_or_else(|| ImagesError::Package {
                     package: spec.to_owned(),
@@ -310,14 +281,7 @@ mod tests {
             library_closure(&["numactl".into()], &mut show, &mut crate::Silent).expect("closure");
         assert_eq!(
             got.keys().map(String::as_str).collect::<Vec<_>>(),
-            [
-                "gcc-14-base",
-                "libc6",
-                "libgcc-s1",
-                "libnuma1",
-                "numactl",
-                "zlib1g"
-            ]
+            ["libc6", "libgcc-s1", "libnuma1", "numactl"]
         );
         assert_eq!(got["libc6"], "2.41-12");
         let e = library_closure(&["nosuch".into()], &mut show, &mut crate::Silent)
