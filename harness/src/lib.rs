@@ -9,10 +9,10 @@
 //!   migrator's checks: [`migration`];
 //! - several scenarios, shards and time limits: [`matrix`]; what a run reports:
 //!   [`report`] ([`RunResult`], JUnit), [`document`] and [`plots`] (report.md/.html);
-//! - before a boot: [`provision`] (helpers from [`tools`], images), [`config`], [`kvm`];
+//! - before a boot: [`provision`](mod@provision) (helpers from [`tools`], images), [`config`], [`kvm`];
 //! - the VM itself (QEMU, device servers, sockets, teardown): [`vm`], its private directories
 //!   [`private_dir`]; several requests in one boot: [`session`];
-//! - the other commands: [`bringup`] (driver bring-up, [`console`]), [`tap_bench`];
+//! - the other commands: [`bringup`](mod@bringup) (driver bring-up, [`console`]), [`tap_bench`];
 //!   faults timed by the device during a run: [`faults`].
 
 pub mod bringup;
