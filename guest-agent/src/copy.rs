@@ -1,5 +1,7 @@
 //! Copy engines behind one trait (the `migrator->offload_copy(dst, src, nr)` hook of the copy
-//! offload series, kernel-migration.md C.5): a batch of folios is copied in one call, and the
+//! offload series, "Enhancements to Page Migration with Multi-threading and Batch Offloading
+//! to DMA", lore.kernel.org/r/20250319192211.10092-1-shivankg@amd.com): a batch of folios is
+//! copied in one call, and the
 //! engine says which folios it failed so the caller can fall back for exactly those.
 //!
 //! - [`CpuCopy`]: N threads (the series' mtcopy), optionally with non-temporal stores.

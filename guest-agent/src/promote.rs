@@ -1,12 +1,16 @@
 //! The migrator's decision logic, with no I/O and an explicit clock (milliseconds passed in),
 //! so it is tested with a fake clock and fake sources.
 //!
-//! - [`Promoter`] models pghot / kpromoted (kernel-migration.md C.1, C.3): per-folio records
+//! - [`Promoter`] models pghot / kpromoted (the RFC series on linux-mm:
+//!   lore.kernel.org/r/20250306054532.221138-1-bharata@amd.com for kpromoted,
+//!   lore.kernel.org/r/20250910144653.212066-1-bharata@amd.com for pghot): per-folio records
 //!   (frequency within a time window, last access, source); a folio becomes hot when its
 //!   frequency reaches the threshold within one window; hot folios leave hottest first (pghot
 //!   v2's max-heap; first come first served among equals) through a promotion rate limit (a
 //!   one-second token bucket in MB/s) towards the target node.
-//! - [`Batcher`] models kmigrated + migrate_pages_batch (C.2, C.3, C.5): candidates collect
+//! - [`Batcher`] models kmigrated and batch migration for NUMA balancing
+//!   (lore.kernel.org/r/20250616133931.206626-1-bharata@amd.com) feeding `migrate_pages_batch()`
+//!   (Linux `mm/migrate.c`): candidates collect
 //!   until the batch size (default 512) or until the oldest has waited the timeout; an
 //!   optional tuner moves the size between 64 and 1024 towards the lowest per-folio cost.
 //!

@@ -1,11 +1,13 @@
 //! Hotness sources behind one trait, so hardware hints and a software scanner can be compared
-//! on one workload (the producers of pghot, kernel-migration.md C.3, C.6):
+//! on one workload (the producers that feed `pghot_record_access()` in the pghot RFC series,
+//! lore.kernel.org/r/20250910144653.212066-1-bharata@amd.com):
 //!
 //! - [`ChmuSource`]: drains the CHMU hotlist (as the RFC hmu.c driver does on its interrupt)
 //!   and translates each unit's address (DPA -> HPA by DVSEC Range 1, done by the driver) to
 //!   the workload folio that lives there;
 //! - [`DamonSource`]: DAMON's virtual-address monitoring (page-table Accessed bits) through
-//!   sysfs, reading the regions of a `stat` scheme after each aggregation.
+//!   sysfs (Linux `Documentation/admin-guide/mm/damon/usage.rst`), reading the regions of a
+//!   `stat` scheme after each aggregation.
 
 use crate::chmu::{Chmu, ChmuError};
 use crate::spec::SourceKind;
