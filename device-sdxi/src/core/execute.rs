@@ -74,12 +74,15 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             }
             (DSC_TYPE_DMAB, DSC_DMAB_COPY) => {
                 p.counts.descriptors.copy += 1;
-                self.copy(p, cx, &d.as_type())
+                match d.view::<DscDmabCopy>() {
+                    Some(c) => self.copy(p, cx, c),
+                    None => bad("COPY layout"),
+                }
             }
             (DSC_TYPE_INTR, DSC_INTR) => {
                 p.counts.descriptors.intr += 1;
-                let i: DscIntr = d.as_type();
-                let a = p.akey(cx, i.akey.get())?;
+                let akey = d.view::<DscIntr>().map_or(u16::MAX, |i| i.akey.get());
+                let a = p.akey(cx, akey)?;
                 if !a.iv() {
                     return Err(invalid(
                         ErrClass::InvalidAkey,

@@ -114,6 +114,16 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         let ooo = self.options.force_out_of_order.load(Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         let mut done = Completions::new(ooo);
+        // One window, refilled in place (1 KiB: not moved around).
+        let mut w = Window {
+            start: 0,
+            slot: 0,
+            d: [Descriptor::new_zeroed(); WINDOW],
+            n: 0,
+            valid: 0,
+            used: 0,
+            released: 0,
+        };
         let mut first = true;
         let result = loop {
             let (mut ri, wi) = match self.indices(p, cx, first) {
@@ -128,8 +138,9 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                     more = false;
                     break;
                 }
-                let r = Window::read(p.mem, cx, ri, wi)
-                    .and_then(|mut w| self.run_window(p, cx, &mut w, generation, &mut done));
+                let r = w
+                    .fill(p.mem, cx, ri, wi)
+                    .and_then(|()| self.run_window(p, cx, &mut w, generation, &mut done));
                 match r {
                     Ok((next, m)) => (ri, more) = (next, m),
                     Err(e) => {
@@ -192,23 +203,24 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                 w.release(p.mem, cx)?;
                 return Ok((w.ri(), false));
             }
-            let d = w.d[i];
-            let h = d.header();
+            let (h, csb) = (w.d[i].header(), w.d[i].csb());
             if h.fe() || (h.ty() == DSC_TYPE_INTR && !done.ooo) {
                 // Everything before a fence (or an interrupt) is complete first.
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
             }
-            let r = self.execute(p, cx, &d);
+            // In place: a copy of the descriptor read back at other offsets would stall on
+            // the store buffer the previous COPY filled.
+            let r = self.execute(p, cx, &w.d[i]);
             w.used = i + 1;
             if let Err(e) = r {
                 w.give_back(p.mem, i + 1);
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
-                self.complete(p.mem, &mut p.counts, d.csb(), true);
+                self.complete(p.mem, &mut p.counts, csb, true);
                 return Err((e, Some(w.start + i as u64)));
             }
-            done.push(d.csb());
+            done.push(csb);
             if h.fe() && done.ooo {
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
@@ -249,27 +261,22 @@ struct Window {
 impl Window {
     /// Reads the slots from `ri` (below `wi`) up to the window size or the ring's end. If that
     /// faults, reads one slot, so a fault names its exact descriptor.
-    fn read<M: DmaMemory>(mem: &M, cx: &Cxt, ri: u64, wi: u64) -> Result<Self, RingError> {
+    fn fill<M: DmaMemory>(&mut self, mem: &M, cx: &Cxt, ri: u64, wi: u64) -> Result<(), RingError> {
         let first = ri % cx.entries;
         let n = (wi - ri).min(cx.entries - first).min(WINDOW as u64) as usize;
         // Guest-chosen bases wrap instead of overflowing; guest memory bounds every access.
-        let slot = cx.ring.wrapping_add(first * DESC_SIZE);
-        let mut w = Self {
-            start: ri,
-            slot,
-            d: [Descriptor::new_zeroed(); WINDOW],
-            n,
-            valid: 0,
-            used: 0,
-            released: 0,
-        };
-        if mem.read(slot, w.d[..n].as_mut_bytes()).is_err() {
-            w.n = 1;
-            mem.read(slot, w.d[..1].as_mut_bytes())
+        self.slot = cx.ring.wrapping_add(first * DESC_SIZE);
+        (self.start, self.n, self.valid, self.used, self.released) = (ri, n, 0, 0, 0);
+        if mem.read(self.slot, self.d[..n].as_mut_bytes()).is_err() {
+            self.n = 1;
+            mem.read(self.slot, self.d[..1].as_mut_bytes())
                 .map_err(|f| (EngineError::Fault(f, step::DESCRIPTOR), Some(ri)))?;
         }
-        w.valid = w.d[..w.n].iter().take_while(|d| d.header().vl()).count();
-        Ok(w)
+        self.valid = self.d[..self.n]
+            .iter()
+            .take_while(|d| d.header().vl())
+            .count();
+        Ok(())
     }
 
     /// Consumes the valid slots: their vl goes back to 0 before read_index moves past them,

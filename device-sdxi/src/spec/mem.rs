@@ -256,6 +256,11 @@ impl Descriptor {
         let v = self.csb_ptr.get();
         (v & 1 == 0).then_some(v & !0x1f)
     }
+    /// The descriptor read in place as a typed layout (None only for a type that is not a
+    /// 64-byte, byte-aligned layout). Cheaper than [`Self::as_type`] on a hot path: no copy.
+    pub fn view<T: FromBytes + KnownLayout + Immutable>(&self) -> Option<&T> {
+        T::ref_from_bytes(self.as_bytes()).ok()
+    }
     /// Reinterprets the descriptor as a typed layout.
     pub fn as_type<T: FromBytes + IntoBytes + KnownLayout + Immutable>(&self) -> T {
         T::read_from_bytes(self.as_bytes()).unwrap_or_else(|_| T::new_zeroed())
