@@ -146,7 +146,7 @@ fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> (f64, f64) {
         mem.push(memcpy_once(&a, &mut b, len as usize, (count * n) as usize));
         let csbs: Vec<u64> = (1..=contexts)
             .map(|c| {
-                let csb = own_line_csb(&mut drv, &*ram, count);
+                let csb = own_line_csb(&mut drv, &ram, count);
                 let base = u64::from(c - 1) * span;
                 let descs: Vec<Descriptor> = (0..count)
                     .map(|i| {

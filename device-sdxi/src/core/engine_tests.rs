@@ -551,48 +551,9 @@ fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
     assert_eq!(b.e.registers().state(), FnState::Active);
 }
 
-/// Guest memory that records the order of CST_BLK completions.
-#[derive(Debug)]
-struct Recording(GuestRam, StdMutex<Vec<u64>>);
-
-impl DmaMemory for Recording {
-    fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
-        self.0.read(a, b)
-    }
-    fn write(&self, a: u64, b: &[u8]) -> Result<(), Fault> {
-        self.0.write(a, b)
-    }
-    fn copy(&self, d: u64, s: u64, l: u64) -> Result<(), Fault> {
-        self.0.copy(d, s, l)
-    }
-    fn decrement_u64(&self, a: u64) -> Result<u64, Fault> {
-        self.1.lock().expect("lock").push(a);
-        self.0.decrement_u64(a)
-    }
-    fn or_u32(&self, a: u64, b: u32) -> Result<(), Fault> {
-        self.0.or_u32(a, b)
-    }
-    fn check(&self, a: u64, l: u64, w: bool) -> Result<(), Fault> {
-        self.0.check(a, l, w)
-    }
-}
-
 #[test]
 fn forced_out_of_order_completion_reverses_between_fences() {
-    let ram = Arc::new(Recording(
-        GuestRam::anonymous(RAM, RAM_SIZE),
-        StdMutex::new(Vec::new()),
-    ));
-    let opts = EngineOptions::default();
-    opts.force_out_of_order.store(true, Ordering::Relaxed);
-    let e: Engine<Recording, Arc<Vectors>> =
-        Engine::new(SdxiConfig::default(), Arc::new(Vectors::default()), opts);
-    e.set_memory(Some(Arc::clone(&ram)));
-    let mut drv = Driver::new(&*ram, RAM, 4 << 20).expect("window");
-    drv.add_context(&*ram, 0, 1024, &[AkeyEnt::new(None, 0)], CxtState::Run)
-        .expect("admin");
-    e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
-    e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
+    let (ram, e, mut drv) = logged_engine(true);
     let csbs: Vec<u64> = (0..4).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();
     let descs = [
         driver::nop(Some(csbs[0]), false),
@@ -603,10 +564,7 @@ fn forced_out_of_order_completion_reverses_between_fences() {
     drv.submit(&*ram, 0, &descs);
     e.process(0);
     // Before the fence: 1 then 0 (reversed); the fenced descriptor completes after them.
-    assert_eq!(
-        *ram.1.lock().expect("lock"),
-        vec![csbs[1], csbs[0], csbs[2], csbs[3]]
-    );
+    assert_eq!(ram.completions(), vec![csbs[1], csbs[0], csbs[2], csbs[3]]);
 }
 
 #[test]
@@ -723,52 +681,79 @@ fn an_error_inside_a_window_leaves_the_later_descriptors_valid_and_unrun() {
     assert_eq!(b.e.counters().descriptors.nop, 0);
 }
 
-/// Guest memory that logs read_index writes and CST_BLK decrements in order.
+/// Guest memory that logs, in order, writes of the admin context's read index ('r', value)
+/// and CST_BLK decrements ('c', address).
 #[derive(Debug)]
-struct Order(GuestRam, u64, StdMutex<Vec<(char, u64)>>);
+struct Logged {
+    ram: GuestRam,
+    read_index: u64,
+    log: StdMutex<Vec<(char, u64)>>,
+}
 
-impl DmaMemory for Order {
-    fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
-        self.0.read(a, b)
+impl Logged {
+    fn log(&self) -> Vec<(char, u64)> {
+        self.log.lock().expect("lock").clone()
     }
-    fn write(&self, a: u64, b: &[u8]) -> Result<(), Fault> {
-        if a == self.1 {
-            let v = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-            self.2.lock().expect("lock").push(('r', v));
-        }
-        self.0.write(a, b)
-    }
-    fn copy(&self, d: u64, s: u64, l: u64) -> Result<(), Fault> {
-        self.0.copy(d, s, l)
-    }
-    fn decrement_u64(&self, a: u64) -> Result<u64, Fault> {
-        self.2.lock().expect("lock").push(('c', a));
-        self.0.decrement_u64(a)
-    }
-    fn or_u32(&self, a: u64, b: u32) -> Result<(), Fault> {
-        self.0.or_u32(a, b)
-    }
-    fn check(&self, a: u64, l: u64, w: bool) -> Result<(), Fault> {
-        self.0.check(a, l, w)
+
+    fn completions(&self) -> Vec<u64> {
+        self.log()
+            .into_iter()
+            .filter_map(|(k, v)| (k == 'c').then_some(v))
+            .collect()
     }
 }
 
-#[test]
-fn read_index_passes_a_descriptor_before_its_completion_is_signalled() {
+impl DmaMemory for Logged {
+    fn read(&self, a: u64, b: &mut [u8]) -> Result<(), Fault> {
+        self.ram.read(a, b)
+    }
+    fn write(&self, a: u64, b: &[u8]) -> Result<(), Fault> {
+        if a == self.read_index {
+            let v = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            self.log.lock().expect("lock").push(('r', v));
+        }
+        self.ram.write(a, b)
+    }
+    fn copy(&self, d: u64, s: u64, l: u64) -> Result<(), Fault> {
+        self.ram.copy(d, s, l)
+    }
+    fn decrement_u64(&self, a: u64) -> Result<u64, Fault> {
+        self.log.lock().expect("lock").push(('c', a));
+        self.ram.decrement_u64(a)
+    }
+    fn or_u32(&self, a: u64, b: u32) -> Result<(), Fault> {
+        self.ram.or_u32(a, b)
+    }
+    fn check(&self, a: u64, l: u64, w: bool) -> Result<(), Fault> {
+        self.ram.check(a, l, w)
+    }
+}
+
+/// An ACTIVE engine over [`Logged`] memory with only the admin context (AKey 0 raises
+/// vector 1), and its driver.
+fn logged_engine(ooo: bool) -> (Arc<Logged>, Engine<Logged, Arc<Vectors>>, Driver) {
     let ram = GuestRam::anonymous(RAM, RAM_SIZE);
     let mut drv = Driver::new(&ram, RAM, 4 << 20).expect("window");
     drv.add_context(&ram, 0, 1024, &[AkeyEnt::new(Some(1), 0)], CxtState::Run)
         .expect("admin");
-    let sts = drv.context(0).expect("admin").sts;
-    let ram = Arc::new(Order(ram, sts + 8, StdMutex::new(Vec::new())));
-    let e: Engine<Order, Arc<Vectors>> = Engine::new(
-        SdxiConfig::default(),
-        Arc::new(Vectors::default()),
-        EngineOptions::default(),
-    );
+    let read_index = drv.context(0).expect("admin").sts + 8;
+    let ram = Arc::new(Logged {
+        ram,
+        read_index,
+        log: StdMutex::new(Vec::new()),
+    });
+    let opts = EngineOptions::default();
+    opts.force_out_of_order.store(ooo, Ordering::Relaxed);
+    let e = Engine::new(SdxiConfig::default(), Arc::new(Vectors::default()), opts);
     e.set_memory(Some(Arc::clone(&ram)));
     e.mmio_write(MMIO_CXT_L2, &drv.l2.to_le_bytes());
     e.mmio_write(MMIO_CTL0, &(FnRequest::Active as u64).to_le_bytes());
+    (ram, e, drv)
+}
+
+#[test]
+fn read_index_passes_a_descriptor_before_its_completion_is_signalled() {
+    let (ram, e, mut drv) = logged_engine(false);
     // 40 descriptors: several windows, a fence and an interrupt in the middle.
     let csbs: Vec<u64> = (0..40).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();
     let descs: Vec<Descriptor> = csbs
@@ -786,7 +771,7 @@ fn read_index_passes_a_descriptor_before_its_completion_is_signalled() {
         .collect();
     drv.submit(&*ram, 0, &descs);
     e.process(0);
-    let log = ram.2.lock().expect("lock").clone();
+    let log = ram.log();
     let mut ri = 0;
     let mut signalled = Vec::new();
     for (kind, v) in log {
@@ -805,9 +790,6 @@ fn read_index_passes_a_descriptor_before_its_completion_is_signalled() {
     assert_eq!(ri, 40);
     let expected: Vec<u64> = (0..40).filter(|i| *i != 20).collect();
     assert_eq!(signalled, expected, "completions in ring order");
-    assert_eq!(ram_vectors(&e), [1], "the INTR raised its vector");
-}
-
-fn ram_vectors(e: &Engine<Order, Arc<Vectors>>) -> Vec<u16> {
-    e.platform().0.lock().expect("lock").clone()
+    let vectors = e.platform().0.lock().expect("lock").clone();
+    assert_eq!(vectors, [1], "the INTR raised its vector");
 }
