@@ -184,7 +184,8 @@ pub fn mailbox_sequence(data: &[u8]) {
 /// The socket feed's record decoder and the trace parser on arbitrary bytes.
 #[cfg(feature = "server")]
 pub fn feed_decoder(data: &[u8]) {
-    use crate::transport::feed::{parse_trace, Record, RECORD_SIZE};
+    use crate::spec::record::{Record, RECORD_SIZE};
+    use crate::transport::trace::parse_trace;
     for r in data.chunks_exact(RECORD_SIZE) {
         if let Ok(r) = r.try_into() {
             let a = Record::decode(r);

@@ -6,6 +6,7 @@ use device_cxl_hmu::spec::dvsec::MemRange;
 use device_cxl_hmu::spec::layout::ChmuConfig;
 use device_cxl_hmu::transport::device::{config_space, HmuDevice};
 use device_cxl_hmu::transport::feed::{self, Sink};
+use device_cxl_hmu::transport::trace;
 use std::process::ExitCode;
 use vfio_device::cli::{self, ServerArgs};
 use vfio_device::server::PciDevice;
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeds = (|| -> anyhow::Result<()> {
         if let Some(t) = &args.replay {
-            feed::spawn_trace_replay(t, sink.clone(), std::sync::Arc::clone(&stop))
+            trace::spawn_trace_replay(t, sink.clone(), std::sync::Arc::clone(&stop))
                 .with_context(|| format!("trace {}", t.display()))?;
         }
         if let Some(p) = &args.feed_socket {

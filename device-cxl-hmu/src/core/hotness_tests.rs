@@ -426,3 +426,36 @@ fn epochs_roll_on_large_instruction_count_clocks() {
     assert!(h.counters.epochs >= 19, "{:?}", h.counters);
     assert!(!hotlist(&b, 0).is_empty());
 }
+
+#[test]
+fn a_weighted_record_counts_as_its_weight_in_accesses() {
+    let at = |unit: u64, time: u64| Access {
+        dpa: unit << 12,
+        kind: ReqKind::Read,
+        time,
+    };
+    let (mut b, mut h) = bed(1024);
+    setup(&mut b, 0, 3, 0, 0, 6, 0);
+    // Unit 1: one sampled access of weight 8 (8 accesses, over the threshold of 3); unit
+    // 2: three unsampled ones (not over it); unit 3: weights 2 + 2 (4, over it).
+    let recs = [
+        (at(1, 10), 8),
+        (at(2, 11), 1),
+        (at(2, 12), 1),
+        (at(2, 13), 1),
+        (at(3, 14), 2),
+        (at(3, 15), 2),
+    ];
+    h.feed_weighted(&mut b, recs);
+    h.advance(&mut b, 10 + EPOCH);
+    assert_eq!(hotlist(&b, 0), vec![(1, 8), (3, 4)]);
+    assert_eq!(h.counters.accesses_in_range, 15);
+    // Down-sampling by 4 keeps one in four of the accesses a record stands for: weight 8
+    // gives 2, weight 16 gives 4 (over 3).
+    let (mut b, mut h) = bed(1024);
+    setup(&mut b, 0, 3, 2, 0, 6, 0);
+    h.feed_weighted(&mut b, [(at(1, 10), 8), (at(2, 11), 16)]);
+    h.advance(&mut b, 10 + EPOCH);
+    assert_eq!(hotlist(&b, 0), vec![(2, 4)]);
+    assert_eq!(h.counters.sampled, 6);
+}

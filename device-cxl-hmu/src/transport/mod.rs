@@ -3,7 +3,8 @@
 //!
 //! - [`device`]: the PCI function (identity, DVSECs, BARs, MSI-X) routing BAR accesses to the
 //!   core, the control commands (`state`, `overflow` fault injection) and the counter dump;
-//! - [`feed`]: the access feeds (the TCG plugin's socket, trace replay, the host clock);
+//! - [`feed`]: the access feeds into the core (the TCG plugin's socket, the host clock);
+//! - [`trace`]: the trace file format and its replay;
 //! - [`hotlist_map`]: the hotlists in a memfd the guest maps directly.
 
 pub mod device;
@@ -11,3 +12,5 @@ pub mod device;
 pub mod feed;
 #[cfg(feature = "server")]
 pub mod hotlist_map;
+#[cfg(feature = "server")]
+pub mod trace;
