@@ -80,7 +80,7 @@ fn locate(cfg: &[u8]) -> Result<(u8, u64, u64, u64), ChmuError> {
     }
     let (bir, off) = block.ok_or_else(|| ChmuError::Device("no CHMU block (id 5)".into()))?;
     let range = find(CXL_DVSEC_PCIE_DEVICE)
-        .and_then(|d| device_cxl_hmu::device::decode_range1(cfg, d.offset))
+        .and_then(|d| device_cxl_hmu::spec::dvsec::decode_range1(cfg, d.offset))
         .ok_or_else(|| ChmuError::Device("no DVSEC range 1".into()))?;
     Ok((bir, off, range.hpa_base, range.size))
 }
@@ -370,7 +370,7 @@ fn drain_to_the_end(chmu: &Chmu, t: &HotTest, reported: &mut Vec<(u64, u64)>) ->
         return sink;
     }
     // One iteration is at least one instruction.
-    let epoch = device_cxl_hmu::hotness::epoch_length(t.epoch.0, t.epoch.1).unwrap_or(0);
+    let epoch = device_cxl_hmu::layout::epoch_length(t.epoch.0, t.epoch.1).unwrap_or(0);
     for i in 0..3 * epoch {
         sink = std::hint::black_box(sink.wrapping_add(i));
     }

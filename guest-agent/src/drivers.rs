@@ -89,7 +89,7 @@ pub fn probe_chmu(bdf: &str) -> Result<ChmuIdentity, DriverError> {
         .copied()
         .ok_or_else(|| DriverError::Device("Register Locator has no CHMU block (id 5)".into()))?;
     let range = cxl(hmu::CXL_DVSEC_PCIE_DEVICE)
-        .and_then(|d| device_cxl_hmu::device::decode_range1(&cfg, d.offset))
+        .and_then(|d| device_cxl_hmu::spec::dvsec::decode_range1(&cfg, d.offset))
         .ok_or_else(|| DriverError::Device("no PCIe DVSEC for CXL devices (range 1)".into()))?;
     let bar = dev.map_bar(u32::from(chmu.bar))?;
     let rd = |off: u64| {
