@@ -21,11 +21,11 @@
 use crate::arena::Arena;
 use crate::migrate::{open_pagemap, report, verify_end_state, MigrateError, Ran, Retained};
 use crate::mover::BatchMover;
-use crate::pipeline::{Pipeline, Sampler, SourceStage, Stage, Tick, WallClock};
+use crate::pipeline::{Pipeline, Sampler, SourceStage, Stage, Tick};
 use crate::promote::{Batcher, Promoter};
 use crate::spec::*;
 use crate::sys;
-use crate::workload::{fill, Workload, COUNTER_BYTES};
+use crate::workload::{fill, COUNTER_BYTES};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -224,8 +224,7 @@ fn check_contents(arena: &Arena, seed: u64) -> (u64, u64) {
 /// Runs the workload for `spec.duration_ms` with the kernel's tiering on, then checks and
 /// reports as a migrator run does.
 pub fn run(spec: MigrateSpec) -> Result<(MigrateReport, Retained), MigrateError> {
-    let w = &spec.workload;
-    let (n, seed) = (w.pages as usize, w.seed);
+    let (n, seed) = (spec.workload.pages as usize, spec.workload.seed);
     let arena = Arc::new(Arena::new(FolioSize::Base, n, false, |i, b| {
         fill(seed, i, b)
     })?);
@@ -257,11 +256,7 @@ pub fn run(spec: MigrateSpec) -> Result<(MigrateReport, Retained), MigrateError>
         auto_tune: false,
     };
     let before = vmstat();
-    let cpu0 = sys::mm::process_cpu_ns();
-    let workload = Workload::start(Arc::clone(&arena), w);
-    let clock = WallClock(workload.started);
-    pipe.run(&clock, &workload, spec.duration_ms)?;
-    let ran = Ran::collect(&mut pipe, workload, &clock, cpu0);
+    let ran = Ran::run(&mut pipe, &arena, &spec)?;
     drop(pipe);
     let vm = vmstat_delta(&before, &vmstat());
     let settings = knobs.settings.clone();

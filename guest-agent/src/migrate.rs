@@ -231,11 +231,7 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
             pipe.promoter.record(f, p.threshold, SourceKind::All, 0);
         }
     }
-    let cpu0 = sys::mm::process_cpu_ns();
-    let workload = Workload::start(Arc::clone(&arena), w);
-    let clock = WallClock(workload.started);
-    pipe.run(&clock, &workload, spec.duration_ms)?;
-    let ran = Ran::collect(&mut pipe, workload, &clock, cpu0);
+    let ran = Ran::run(&mut pipe, &arena, &spec)?;
     drop(pipe);
     let mut verify = std::mem::take(&mut mover.verify);
     if mover.move_failed > 0 {
@@ -276,6 +272,19 @@ pub(crate) struct Ran {
 }
 
 impl Ran {
+    /// Starts the workload on `arena`, runs `pipe` for the run's duration and collects.
+    pub(crate) fn run(
+        pipe: &mut Pipeline<'_>,
+        arena: &Arc<Arena>,
+        spec: &MigrateSpec,
+    ) -> Result<Self, MigrateError> {
+        let cpu0 = sys::mm::process_cpu_ns();
+        let workload = Workload::start(Arc::clone(arena), &spec.workload);
+        let clock = WallClock(workload.started);
+        pipe.run(&clock, &workload, spec.duration_ms)?;
+        Ok(Self::collect(pipe, workload, &clock, cpu0))
+    }
+
     /// Stops the workload and the source and takes what the pipeline gathered; `cpu0` is
     /// the process's CPU time when the workload started.
     pub(crate) fn collect(

@@ -353,6 +353,17 @@ mod tests {
         node0: Cell<u64>,
     }
 
+    impl Even {
+        fn over(n: u64, rec: &Recorder) -> Self {
+            Self {
+                n,
+                moved: Rc::clone(&rec.moved),
+                looks: Cell::new(0),
+                node0: Cell::new(0),
+            }
+        }
+    }
+
     impl AccessCounter for Even {
         fn totals(&self) -> (u64, u64) {
             self.looks.set(self.looks.get() + 1);
@@ -385,13 +396,7 @@ mod tests {
     #[test]
     fn hot_folios_flow_from_the_source_through_batches_and_the_share_rises() {
         let mut rec = Recorder::default();
-        let moved = Rc::clone(&rec.moved);
-        let acc = Even {
-            n: 1000,
-            moved,
-            looks: Cell::new(0),
-            node0: Cell::new(0),
-        };
+        let acc = Even::over(1000, &rec);
         let mut p = pipeline(twice(0..600), &mut rec);
         p.run(&FakeClock(Cell::new(0)), &acc, 1000).expect("run");
         let (series, source) = (p.sampler.series.clone(), p.source.stats.clone());
@@ -419,12 +424,7 @@ mod tests {
             refuse: [7].into(),
             ..Recorder::default()
         };
-        let acc = Even {
-            n: 10,
-            moved: Rc::clone(&rec.moved),
-            looks: Cell::new(0),
-            node0: Cell::new(0),
-        };
+        let acc = Even::over(10, &rec);
         let mut p = pipeline(twice(0..10), &mut rec);
         p.run(&FakeClock(Cell::new(0)), &acc, 1000).expect("run");
         drop(p);
@@ -467,12 +467,7 @@ mod tests {
     #[test]
     fn a_budget_caps_promotion_and_extra_stages_tick() {
         let mut rec = Recorder::default();
-        let acc = Even {
-            n: 600,
-            moved: Rc::clone(&rec.moved),
-            looks: Cell::new(0),
-            node0: Cell::new(0),
-        };
+        let acc = Even::over(600, &rec);
         let seen = Rc::new(Cell::new((0, 0)));
         let budget_saw = Rc::new(Cell::new(0));
         let mut p = pipeline(twice(0..600), &mut rec);
@@ -497,12 +492,7 @@ mod tests {
     #[test]
     fn what_is_pending_at_the_end_still_moves() {
         let mut rec = Recorder::default();
-        let acc = Even {
-            n: 10,
-            moved: Rc::clone(&rec.moved),
-            looks: Cell::new(0),
-            node0: Cell::new(0),
-        };
+        let acc = Even::over(10, &rec);
         let mut p = pipeline(twice(0..10), &mut rec);
         p.batcher = Batcher::new(512, 10_000, false);
         p.run(&FakeClock(Cell::new(0)), &acc, 300).expect("run");
