@@ -36,6 +36,21 @@ pub const STEP: Step = Step {
     check: step_checks,
 };
 
+/// A PCI function with class code `class` was enumerated.
+fn class_code_check(inv: &Inventory, name: &str, class: u32) -> Check {
+    let f = inv.pci.iter().find(|f| f.class == class);
+    check(
+        name,
+        f.is_some(),
+        f.map_or(format!("no PCI function with class {class:#08x}"), |f| {
+            format!(
+                "{} {:04x}:{:04x} class {:#08x}",
+                f.bdf, f.vendor, f.device, f.class
+            )
+        }),
+    )
+}
+
 /// The SDXi function: class code, VERSION, CAP0/CAP1 and BAR0/MSI-X as the server defines
 /// them.
 fn sdxi_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
@@ -44,19 +59,10 @@ fn sdxi_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
         max_cxt: cfg.sdxi_max_cxt,
         ..SdxiConfig::default()
     };
-    let sdxi_fn = inv
-        .pci
-        .iter()
-        .find(|f| f.class == device_sdxi::regs::SDXI_CLASS_CODE);
-    out.push(check(
+    out.push(class_code_check(
+        inv,
         "sdxi.class_code",
-        sdxi_fn.is_some(),
-        sdxi_fn.map_or("no PCI function with class 0x120100".into(), |f| {
-            format!(
-                "{} {:04x}:{:04x} class {:#08x}",
-                f.bdf, f.vendor, f.device, f.class
-            )
-        }),
+        device_sdxi::regs::SDXI_CLASS_CODE,
     ));
     match inv.sdxi.as_ref().map(|p| &p.result) {
         Some(ProbeResult::Found(id)) => {
@@ -106,19 +112,10 @@ fn chmu_checks(cfg: &VmConfig, inv: &Inventory) -> Vec<Check> {
         instances: cfg.chmu_instances,
         ..ChmuConfig::default()
     };
-    let chmu_fn = inv
-        .pci
-        .iter()
-        .find(|f| f.class == device_cxl_hmu::regs::CXL_MEMDEV_CLASS_CODE);
-    out.push(check(
+    out.push(class_code_check(
+        inv,
         "chmu.class_code",
-        chmu_fn.is_some(),
-        chmu_fn.map_or("no PCI function with class 0x050210".into(), |f| {
-            format!(
-                "{} {:04x}:{:04x} class {:#08x}",
-                f.bdf, f.vendor, f.device, f.class
-            )
-        }),
+        device_cxl_hmu::regs::CXL_MEMDEV_CLASS_CODE,
     ));
     match inv.chmu.as_ref().map(|p| &p.result) {
         Some(ProbeResult::Found(id)) => {
@@ -282,6 +279,19 @@ mod tests {
         let checks = checks(&cfg, &good_inventory(&cfg));
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
         assert_eq!(checks.len(), 10);
+    }
+
+    #[test]
+    fn a_missing_function_fails_its_class_check_naming_the_class() {
+        let cfg = VmConfig::default();
+        let mut inv = good_inventory(&cfg);
+        inv.pci.retain(|f| f.class != 0x050210);
+        let c = checks(&cfg, &inv)
+            .into_iter()
+            .find(|c| c.name == "chmu.class_code")
+            .expect("check present");
+        assert!(!c.passed);
+        assert_eq!(c.detail, "no PCI function with class 0x050210");
     }
 
     #[test]

@@ -204,7 +204,8 @@ pub const DAMON: &[Need] = &[
     ),
 ];
 
-/// The kernel's own tiering (NUMA balancing in memory-tiering mode), the baseline.
+/// The kernel's own tiering (NUMA balancing in memory-tiering mode), the baseline
+/// (`source = "kernel"`).
 pub const KERNEL_TIERING: &[Need] = &[
     need(
         "NUMA_BALANCING",
@@ -250,17 +251,30 @@ pub fn scenario_needs(cfg: &VmConfig, name: &str, file: Option<&ScenarioFile>) -
         if !runs.is_empty() || f.bench.is_some() {
             n.extend(MIGRATE);
         }
-        if runs
-            .iter()
-            .any(|r| r.migrate.source == guest_agent::spec::SourceKind::Damon)
-        {
+        let uses = |k: guest_agent::spec::SourceKind| runs.iter().any(|r| r.migrate.source == k);
+        if uses(guest_agent::spec::SourceKind::Damon) {
             n.extend(DAMON);
+        }
+        if uses(guest_agent::spec::SourceKind::Kernel) {
+            n.extend(KERNEL_TIERING);
         }
     }
     for (_, extra) in BY_NAME.iter().filter(|(s, _)| *s == name) {
         n.extend(*extra);
     }
     n
+}
+
+/// Checks the kernel against what `scenario` needs, before it boots.
+pub fn check_scenario(
+    cfg: &VmConfig,
+    imgs: &Images,
+    scenario: &crate::scenario::Scenario,
+    progress: &mut dyn Progress,
+) -> Result<(), KernelError> {
+    let needs = scenario_needs(cfg, &scenario.name, scenario.file.as_ref());
+    let what = format!("scenario {}", scenario.name);
+    check_config(cfg, imgs, &needs, &what, progress)
 }
 
 /// What a bring-up boot needs (the user's script decides the rest).
@@ -547,6 +561,8 @@ mod tests {
             assert!(m.contains(&o), "{o}: {m:?}");
         }
         assert!(opts(scenario_needs(&cfg, "compare-kernel", None)).contains(&"NUMA_BALANCING"));
+        let kernel = ScenarioFile::parse("k.toml", "[migrate]\nsource = \"kernel\"\n").expect("k");
+        assert!(opts(scenario_needs(&cfg, "k.toml", Some(&kernel))).contains(&"NUMA_BALANCING"));
     }
 
     #[test]

@@ -13,7 +13,11 @@
 //! - the VM itself (QEMU, device servers, sockets, teardown): [`vm`], its private directories
 //!   [`private_dir`]; several requests in one boot: [`session`];
 //! - the other commands: [`bringup`](mod@bringup) (driver bring-up, [`console`]), [`tap_bench`];
-//!   faults timed by the device during a run: [`faults`].
+//!   faults timed by the device during a run: [`faults`];
+//! - the kernel in the loop (a kernel under test, its configuration checked against what a
+//!   scenario needs, guest files, gdb, a console after the run): [`kernel_loop`]; the
+//!   kernel's dmatest through a dmaengine driver, a scenario with a runner of its own:
+//!   [`dmatest`].
 
 pub mod bringup;
 pub mod chmu_hot;

@@ -6,7 +6,7 @@ use crate::config::VmConfig;
 use crate::provision::provision;
 use crate::report::Outcome;
 use crate::run::execute;
-use crate::ToolPaths;
+use crate::tools::ToolPaths;
 use images::Progress;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

@@ -2,8 +2,9 @@
 //! images, and reclaim what runs killed before their cleanup left behind.
 
 use crate::config::VmConfig;
+use crate::error::RunError;
+use crate::private_dir;
 use crate::tools::{self, ToolPaths};
-use crate::{private_dir, RunError};
 use images::Progress;
 
 /// Provisions images (building the guest agent first).

@@ -4,12 +4,14 @@
 //! report into the run directory. Nothing here knows a scenario by name.
 
 use crate::config::VmConfig;
+use crate::error::RunError;
 use crate::faults::{control_after_copies, plan_kill};
 use crate::migration::{self, MigrateRun, RunSpec, ScenarioFile};
 use crate::provision::{provision, reclaim_leftovers};
 use crate::report::{RunResult, Timings};
 use crate::scenario::{check, Check, Scenario, Step};
-use crate::{document, vm, RunError, ToolPaths};
+use crate::tools::ToolPaths;
+use crate::{document, kernel_loop, vm};
 use guest_agent::protocol::{Reply, Request};
 use guest_agent::spec::BenchReport;
 use images::Progress;
@@ -42,6 +44,7 @@ pub fn execute(
     }
     let cfg = &scenario.configure(cfg)?;
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
+    kernel_loop::check_scenario(cfg, &imgs, &scenario, progress)?;
     let provision_s = t0.elapsed().as_secs_f64();
     let mut bed = Bed::boot(
         cfg,
@@ -67,8 +70,8 @@ pub fn execute(
     progress.step("shutting down");
     let t2 = Instant::now();
     let Bed { vm, run, accel } = bed;
-    let teardown = vm
-        .shutdown(Duration::from_secs(cfg.request_timeout_s))
+    let timeout = Duration::from_secs(cfg.request_timeout_s);
+    let teardown = kernel_loop::finish_run(vm, cfg, timeout, progress)
         .map_err(|e| RunError::Vm(e, run.dir.clone()))?;
     let checks = all_checks(cfg, &scenario, &replies, &file, &teardown);
     let mut result = RunResult {

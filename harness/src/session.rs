@@ -2,9 +2,11 @@
 //! give (several CHMU workloads and seeds in one boot, a benchmark that times the boot and then
 //! a workload). Used by `harness bench-tap` and the CHMU sampling VM tests.
 
+use crate::error::RunError;
+use crate::tools::ToolPaths;
 use crate::vm::{self, RunDir, Vm, VmError};
-use crate::{Progress, RunError, ToolPaths};
 use guest_agent::protocol::{ChmuHotReport, Reply, Request};
+use images::Progress;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -3,10 +3,12 @@
 //! by the guest (one load instruction gathering every line of 16 MiB, 20 passes).
 
 use crate::config::VmConfig;
+use crate::error::RunError;
 use crate::private_dir;
 use crate::session::Session;
-use crate::{Progress, RunError, ToolPaths};
+use crate::tools::ToolPaths;
 use guest_agent::protocol::{HotLoop, Request};
+use images::Progress;
 use serde::Serialize;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 //! The plugin is needed, and built, only when the CHMU feed is on. [`install`] makes such a
 //! layout from a checkout.
 
-use crate::Progress;
+use images::Progress;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -418,6 +418,69 @@ impl Boot {
 /// clock, not the host's).
 pub const REPRODUCIBLE_RTC_BASE: &str = "2026-01-01T00:00:00";
 
+/// Guest RAM as two file-backed NUMA nodes (node 1 memory-only, initiator node 0) with
+/// their distance and HMAT latency and bandwidth, so the guest puts node 1 in a lower tier.
+fn memory_args(cfg: &VmConfig, ram_dir: &Path) -> Vec<String> {
+    let d = |p: &Path| p.display().to_string();
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
+    for (i, mib) in [cfg.node0_mib, cfg.node1_mib].into_iter().enumerate() {
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=m{i},size={mib}M,mem-path={},share=on",
+                d(&ram_dir.join(format!("node{i}.ram")))
+            ),
+        ]);
+    }
+    push(&[
+        "-numa",
+        &format!("node,nodeid=0,cpus=0-{},memdev=m0", cfg.cpus - 1),
+    ]);
+    push(&["-numa", "node,nodeid=1,memdev=m1,initiator=0"]);
+    push(&["-numa", "dist,src=0,dst=1,val=20"]);
+    for (target, lat, bw) in [
+        (0, cfg.node0_latency_ns, cfg.node0_bandwidth_mbs),
+        (1, cfg.node1_latency_ns, cfg.node1_bandwidth_mbs),
+    ] {
+        push(&[
+            "-numa",
+            &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-latency,latency={lat}"),
+        ]);
+        push(&[
+            "-numa",
+            &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-bandwidth,bandwidth={bw}M"),
+        ]);
+    }
+    a
+}
+
+/// The guest kernel's command line: consoles, the IOMMU, the agent's mode, the kernel
+/// developer's arguments, and a reproducible run's request.
+fn kernel_cmdline(cfg: &VmConfig, boot: &Boot) -> String {
+    let mut cmdline = format!(
+        "console=ttyS0 loglevel=4 panic=-1 {}tierbed.mode={}",
+        if cfg.iommu { "intel_iommu=on " } else { "" },
+        boot.mode()
+    );
+    if !cfg.damon_stat {
+        cmdline.push_str(" damon_stat.enabled=N");
+    }
+    cmdline.push_str(&crate::kernel_loop::kernel_cmdline_args(cfg));
+    if !cfg.kernel_args.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&cfg.kernel_args);
+    }
+    if let Boot::Autorun(r) = boot {
+        cmdline.push_str(&format!(
+            " {}={}",
+            guest_agent::protocol::AUTORUN_PARAM,
+            guest_agent::protocol::encode_autorun(r)
+        ));
+    }
+    cmdline
+}
+
 /// The QEMU command line (after the binary and its prefix arguments).
 pub fn qemu_args(
     cfg: &VmConfig,
@@ -454,34 +517,8 @@ pub fn qemu_args(
         ]);
     }
     push(&["-nodefaults", "-display", "none", "-no-reboot"]);
-    for (i, mib) in [cfg.node0_mib, cfg.node1_mib].into_iter().enumerate() {
-        push(&[
-            "-object",
-            &format!(
-                "memory-backend-file,id=m{i},size={mib}M,mem-path={},share=on",
-                d(&ram_dir.join(format!("node{i}.ram")))
-            ),
-        ]);
-    }
-    push(&[
-        "-numa",
-        &format!("node,nodeid=0,cpus=0-{},memdev=m0", cfg.cpus - 1),
-    ]);
-    push(&["-numa", "node,nodeid=1,memdev=m1,initiator=0"]);
-    push(&["-numa", "dist,src=0,dst=1,val=20"]);
-    for (target, lat, bw) in [
-        (0, cfg.node0_latency_ns, cfg.node0_bandwidth_mbs),
-        (1, cfg.node1_latency_ns, cfg.node1_bandwidth_mbs),
-    ] {
-        push(&[
-            "-numa",
-            &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-latency,latency={lat}"),
-        ]);
-        push(&[
-            "-numa",
-            &format!("hmat-lb,initiator=0,target={target},hierarchy=memory,data-type=access-bandwidth,bandwidth={bw}M"),
-        ]);
-    }
+    a.extend(memory_args(cfg, ram_dir));
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
     if cfg.iommu {
         push(&["-device", "intel-iommu,caching-mode=on"]);
     }
@@ -533,26 +570,7 @@ pub fn qemu_args(
         "-initrd",
         &d(&boot.initrd(images)),
     ]);
-    let mut cmdline = format!(
-        "console=ttyS0 loglevel=4 panic=-1 {}tierbed.mode={}",
-        if cfg.iommu { "intel_iommu=on " } else { "" },
-        boot.mode()
-    );
-    if !cfg.damon_stat {
-        cmdline.push_str(" damon_stat.enabled=N");
-    }
-    cmdline.push_str(&crate::kernel_loop::kernel_cmdline_args(cfg));
-    if !cfg.kernel_args.is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(&cfg.kernel_args);
-    }
-    if let Boot::Autorun(r) = boot {
-        cmdline.push_str(&format!(
-            " {}={}",
-            guest_agent::protocol::AUTORUN_PARAM,
-            guest_agent::protocol::encode_autorun(r)
-        ));
-    }
+    let cmdline = kernel_cmdline(cfg, boot);
     push(&["-append", &cmdline]);
     a
 }

@@ -1,6 +1,5 @@
 //! The memory device's mailbox commands (CXL 3.2 §8.2.10, command interface): one table of
-//! opcode, name, input-length rule, command effect and handler, run by [`Mailbox::execute`];
-//! the handlers are in `commands`.
+//! opcode, name, input-length rule, command effect and handler, run by [`Mailbox::execute`].
 //! No I/O and no clock of its own: callers pass the time in ns.
 //!
 //! Implemented: Events (§8.2.10.2: Get/Clear Event Records, Get/Set Event Interrupt Policy;
@@ -16,12 +15,24 @@
 
 use crate::metrics::MailboxMetrics;
 use crate::spec::payloads::*;
-pub use crate::spec::payloads::{opcode, ReturnCode};
-
-mod commands;
-use commands::*;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
+
+/// Command return codes (§8.2.10, Command Return Codes table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ReturnCode {
+    Success = 0x0000,
+    BackgroundCommandStarted = 0x0001,
+    InvalidInput = 0x0002,
+    Unsupported = 0x0003,
+    InternalError = 0x0004,
+    Busy = 0x0006,
+    InvalidHandle = 0x000e,
+    InvalidPhysicalAddress = 0x000f,
+    InvalidPayloadLength = 0x0016,
+    InvalidLog = 0x0017,
+}
 
 pub use crate::spec::memdev::{PAYLOAD_SIZE, PAYLOAD_SIZE_LOG2};
 /// Bytes of label storage area.
@@ -76,6 +87,26 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:#06x} {}", self.opcode, self.name)
     }
+}
+
+pub mod opcode {
+    pub const GET_EVENT_RECORDS: u16 = 0x0100;
+    pub const CLEAR_EVENT_RECORDS: u16 = 0x0101;
+    pub const GET_EVENT_INTERRUPT_POLICY: u16 = 0x0102;
+    pub const SET_EVENT_INTERRUPT_POLICY: u16 = 0x0103;
+    pub const GET_TIMESTAMP: u16 = 0x0300;
+    pub const SET_TIMESTAMP: u16 = 0x0301;
+    pub const GET_SUPPORTED_LOGS: u16 = 0x0400;
+    pub const GET_LOG: u16 = 0x0401;
+    pub const IDENTIFY_MEMORY_DEVICE: u16 = 0x4000;
+    pub const GET_PARTITION_INFO: u16 = 0x4100;
+    pub const GET_LSA: u16 = 0x4102;
+    pub const SET_LSA: u16 = 0x4103;
+    pub const GET_HEALTH_INFO: u16 = 0x4200;
+    pub const GET_POISON_LIST: u16 = 0x4300;
+    pub const GET_SCAN_MEDIA_CAPABILITIES: u16 = 0x4303;
+    pub const SCAN_MEDIA: u16 = 0x4304;
+    pub const GET_SCAN_MEDIA_RESULTS: u16 = 0x4305;
 }
 
 use effect::*;
@@ -310,4 +341,315 @@ impl Mailbox {
             _ => Err(ReturnCode::InvalidPhysicalAddress),
         }
     }
+}
+
+/// Writes `v` at the start of `out`; the payload area always holds every fixed output.
+fn put<T: IntoBytes + zerocopy::Immutable>(out: &mut [u8], v: &T) -> Result<Reply, ReturnCode> {
+    let b = v.as_bytes();
+    out.get_mut(..b.len())
+        .ok_or(ReturnCode::InternalError)?
+        .copy_from_slice(b);
+    Ok(Reply::Done(b.len()))
+}
+
+fn read<T: FromBytes>(input: &[u8]) -> Result<T, ReturnCode> {
+    T::read_from_prefix(input)
+        .map(|(v, _)| v)
+        .map_err(|_| ReturnCode::InvalidPayloadLength)
+}
+
+fn get_event_records(
+    _: &mut Mailbox,
+    input: &[u8],
+    out: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    if input[0] >= EVENT_LOGS {
+        return Err(ReturnCode::InvalidInput);
+    }
+    put(out, &GetEventRecordsOut::default())
+}
+
+fn clear_event_records(
+    _: &mut Mailbox,
+    input: &[u8],
+    _: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    let h: ClearEventRecordsIn = read(input)?;
+    if input.len() != 6 + 2 * usize::from(h.number_of_handles) {
+        return Err(ReturnCode::InvalidPayloadLength);
+    }
+    if h.event_log >= EVENT_LOGS {
+        return Err(ReturnCode::InvalidInput);
+    }
+    // The logs are empty: Clear All succeeds, any handle is unknown.
+    match (h.flags & 1 != 0, h.number_of_handles) {
+        (true, 0) | (false, 0) => Ok(Reply::Done(0)),
+        (true, _) => Err(ReturnCode::InvalidInput),
+        (false, _) => Err(ReturnCode::InvalidHandle),
+    }
+}
+
+fn get_event_interrupt_policy(
+    m: &mut Mailbox,
+    _: &[u8],
+    out: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    put(out, &m.event_policy)
+}
+
+fn set_event_interrupt_policy(
+    m: &mut Mailbox,
+    input: &[u8],
+    _: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    let mut settings = [0u8; 5];
+    settings[..input.len()].copy_from_slice(input);
+    // Interrupt Mode 0 (none) or 1 (MSI/MSI-X, message 0); FW interrupts are not offered.
+    if settings.iter().any(|s| s & 0x3 > 1) {
+        return Err(ReturnCode::InvalidInput);
+    }
+    let keep_dcd = m.event_policy.dynamic_capacity;
+    let mut p =
+        EventInterruptPolicy::read_from_bytes(&settings).map_err(|_| ReturnCode::InternalError)?;
+    for s in p.as_mut_bytes() {
+        *s &= 0x3;
+    }
+    if input.len() == 4 {
+        p.dynamic_capacity = keep_dcd;
+    }
+    m.event_policy = p;
+    Ok(Reply::Done(0))
+}
+
+fn device_time(m: &Mailbox, now: u64) -> u64 {
+    m.timestamp
+        .map_or(0, |(set, at)| set.wrapping_add(now.saturating_sub(at)))
+}
+
+fn get_timestamp(m: &mut Mailbox, _: &[u8], out: &mut [u8], now: u64) -> Result<Reply, ReturnCode> {
+    put(
+        out,
+        &Timestamp {
+            timestamp: U64::new(device_time(m, now)),
+        },
+    )
+}
+
+fn set_timestamp(
+    m: &mut Mailbox,
+    input: &[u8],
+    _: &mut [u8],
+    now: u64,
+) -> Result<Reply, ReturnCode> {
+    let t: Timestamp = read(input)?;
+    m.timestamp = Some((t.timestamp.get(), now));
+    Ok(Reply::Done(0))
+}
+
+const CEL_BYTES: usize = COMMANDS.len() * core::mem::size_of::<CelEntry>();
+
+fn cel() -> Vec<u8> {
+    COMMANDS
+        .iter()
+        .flat_map(|c| {
+            let e = CelEntry {
+                opcode: U16::new(c.opcode),
+                command_effect: U16::new(c.effect),
+            };
+            e.as_bytes().to_vec()
+        })
+        .collect()
+}
+
+fn get_supported_logs(
+    _: &mut Mailbox,
+    _: &[u8],
+    out: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    let header = SupportedLogsOut {
+        number_of_entries: U16::new(1),
+        reserved: [0; 6],
+    };
+    let entry = SupportedLogEntry {
+        log_identifier: CEL_UUID,
+        log_size: U32::new(CEL_BYTES as u32),
+    };
+    let bytes = [header.as_bytes(), entry.as_bytes()].concat();
+    out.get_mut(..bytes.len())
+        .ok_or(ReturnCode::InternalError)?
+        .copy_from_slice(&bytes);
+    Ok(Reply::Done(bytes.len()))
+}
+
+fn get_log(_: &mut Mailbox, input: &[u8], out: &mut [u8], _: u64) -> Result<Reply, ReturnCode> {
+    let g: GetLogIn = read(input)?;
+    if g.log_identifier != CEL_UUID {
+        return Err(ReturnCode::InvalidLog);
+    }
+    let (off, len) = (g.offset.get() as usize, g.length.get() as usize);
+    if len > out.len() || off.checked_add(len).is_none_or(|e| e > CEL_BYTES) {
+        return Err(ReturnCode::InvalidInput);
+    }
+    out[..len].copy_from_slice(&cel()[off..off + len]);
+    Ok(Reply::Done(len))
+}
+
+fn identify(m: &mut Mailbox, _: &[u8], out: &mut [u8], _: u64) -> Result<Reply, ReturnCode> {
+    let mut fw = [0u8; 16];
+    let r = m.identity.fw_revision.as_bytes();
+    let n = r.len().min(16);
+    fw[..n].copy_from_slice(&r[..n]);
+    let units = U64::new(m.capacity_units());
+    let mer = POISON_LIST_MAX.to_le_bytes();
+    put(
+        out,
+        &IdentifyOut {
+            fw_revision: fw,
+            total_capacity: units,
+            volatile_only_capacity: units,
+            persistent_only_capacity: U64::new(0),
+            partition_alignment: U64::new(0),
+            info_event_log_size: U16::new(8),
+            warning_event_log_size: U16::new(8),
+            failure_event_log_size: U16::new(8),
+            fatal_event_log_size: U16::new(8),
+            lsa_size: U32::new(LSA_SIZE as u32),
+            poison_list_max_mer: [mer[0], mer[1], mer[2]],
+            inject_poison_limit: U16::new(0),
+            poison_handling_capabilities: 0,
+            qos_telemetry_capabilities: 0,
+            dynamic_capacity_event_log_size: U16::new(0),
+        },
+    )
+}
+
+fn get_partition_info(
+    m: &mut Mailbox,
+    _: &[u8],
+    out: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    put(
+        out,
+        &PartitionInfoOut {
+            active_volatile_capacity: U64::new(m.capacity_units()),
+            ..Default::default()
+        },
+    )
+}
+
+fn lsa_range(offset: u32, len: usize) -> Result<std::ops::Range<usize>, ReturnCode> {
+    let start = offset as usize;
+    match start.checked_add(len) {
+        Some(end) if end <= LSA_SIZE => Ok(start..end),
+        _ => Err(ReturnCode::InvalidInput),
+    }
+}
+
+fn get_lsa(m: &mut Mailbox, input: &[u8], out: &mut [u8], _: u64) -> Result<Reply, ReturnCode> {
+    let g: GetLsaIn = read(input)?;
+    let len = g.length.get() as usize;
+    if len > out.len() {
+        return Err(ReturnCode::InvalidInput);
+    }
+    let r = lsa_range(g.offset.get(), len)?;
+    out[..len].copy_from_slice(&m.lsa[r]);
+    Ok(Reply::Done(len))
+}
+
+fn set_lsa(m: &mut Mailbox, input: &[u8], _: &mut [u8], _: u64) -> Result<Reply, ReturnCode> {
+    let h: SetLsaIn = read(input)?;
+    let data = &input[core::mem::size_of::<SetLsaIn>()..];
+    let r = lsa_range(h.offset.get(), data.len())?;
+    m.lsa[r].copy_from_slice(data);
+    Ok(Reply::Done(0))
+}
+
+fn get_health_info(_: &mut Mailbox, _: &[u8], out: &mut [u8], _: u64) -> Result<Reply, ReturnCode> {
+    // Healthy, media normal, 35 degrees C, nothing used up, no errors.
+    put(
+        out,
+        &HealthInfoOut {
+            device_temperature: U16::new(35),
+            ..Default::default()
+        },
+    )
+}
+
+fn get_poison_list(
+    m: &mut Mailbox,
+    input: &[u8],
+    out: &mut [u8],
+    now: u64,
+) -> Result<Reply, ReturnCode> {
+    let r: DpaRangeIn = read(input)?;
+    m.dpa_range(r.physical_address.get(), r.physical_address_length.get())?;
+    let scanning =
+        u8::from(m.background_running(now) && m.background.is_some_and(|b| b.opcode == SCAN_MEDIA));
+    put(
+        out,
+        &PoisonListOut {
+            flags: scanning << 2,
+            ..Default::default()
+        },
+    )
+}
+
+fn scan_time_ns(len: u64) -> u64 {
+    SCAN_MEDIA_BASE_NS + (len >> 26) * SCAN_MEDIA_NS_PER_64MIB
+}
+
+fn get_scan_media_caps(
+    m: &mut Mailbox,
+    input: &[u8],
+    out: &mut [u8],
+    _: u64,
+) -> Result<Reply, ReturnCode> {
+    let r: DpaRangeIn = read(input)?;
+    let (_, len) = m.dpa_range(r.physical_address.get(), r.physical_address_length.get())?;
+    let ms = scan_time_ns(len).div_ceil(1_000_000);
+    put(
+        out,
+        &ScanMediaCapsOut {
+            estimated_scan_media_time: U32::new(ms.min(u64::from(u32::MAX)) as u32),
+        },
+    )
+}
+
+fn scan_media(m: &mut Mailbox, input: &[u8], _: &mut [u8], _: u64) -> Result<Reply, ReturnCode> {
+    let s: ScanMediaIn = read(input)?;
+    let (addr, len) = m.dpa_range(s.physical_address.get(), s.physical_address_length.get())?;
+    m.scanned = None;
+    m.scanning = Some((addr, len));
+    Ok(Reply::Background {
+        duration_ns: scan_time_ns(len),
+    })
+}
+
+fn get_scan_media_results(
+    m: &mut Mailbox,
+    _: &[u8],
+    out: &mut [u8],
+    now: u64,
+) -> Result<Reply, ReturnCode> {
+    // Results exist once a Scan Media has completed; none while one runs or before any.
+    if m.background_running(now) {
+        return Err(ReturnCode::Busy);
+    }
+    let Some((addr, len)) = m.scanned else {
+        return Err(ReturnCode::InvalidInput);
+    };
+    put(
+        out,
+        &ScanMediaResultsOut {
+            restart_physical_address: U64::new(addr + len),
+            restart_physical_address_length: U64::new(0),
+            ..Default::default()
+        },
+    )
 }
