@@ -13,6 +13,9 @@
 //!   trapped message. Used when paged instances do not fit;
 //! - **window** (option, outside the spec): CAP3 points past the block, at a 4 KiB-aligned
 //!   stride per instance in a window after it.
+//!
+//! Also the capabilities this device advertises ([`ChmuConfig`]: CAP0 and CAP1 values, §8.2.8.2)
+//! and the epoch scale table of CFG1 (§8.2.8.3: 1 = 100 us ... 5 = 1 s).
 
 use crate::spec::regs::*;
 use serde::Serialize;

@@ -1,5 +1,6 @@
-//! Mailbox command payloads of the CXL 3.2 command interface (§8.2.10), one `#[repr(C)]`
-//! little-endian `zerocopy` type per spec table, pinned by size asserts. Section numbers are
+//! The CXL 3.2 command interface's definitions (§8.2.10): return codes, the opcodes this
+//! device implements, command effects, and the payloads, one `#[repr(C)]` little-endian
+//! `zerocopy` type per spec table, pinned by size asserts. Section numbers are
 //! CXL 3.2's (the numbering Linux's drivers/cxl cites for 3.2; CXL 3.1 has the same tables one
 //! section lower, under §8.2.9).
 //!
@@ -91,6 +92,44 @@ pub struct CelEntry {
 const _: () = assert!(core::mem::size_of::<CelEntry>() == 4);
 
 /// Command Effect bits of a CEL entry (§8.2.10.5.2.1, Command Effects table).
+/// Command return codes (§8.2.10, Command Return Codes table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ReturnCode {
+    Success = 0x0000,
+    BackgroundCommandStarted = 0x0001,
+    InvalidInput = 0x0002,
+    Unsupported = 0x0003,
+    InternalError = 0x0004,
+    Busy = 0x0006,
+    InvalidHandle = 0x000e,
+    InvalidPhysicalAddress = 0x000f,
+    InvalidPayloadLength = 0x0016,
+    InvalidLog = 0x0017,
+}
+
+/// Opcodes of the commands this device implements (§8.2.10, command tables).
+pub mod opcode {
+    pub const GET_EVENT_RECORDS: u16 = 0x0100;
+    pub const CLEAR_EVENT_RECORDS: u16 = 0x0101;
+    pub const GET_EVENT_INTERRUPT_POLICY: u16 = 0x0102;
+    pub const SET_EVENT_INTERRUPT_POLICY: u16 = 0x0103;
+    pub const GET_TIMESTAMP: u16 = 0x0300;
+    pub const SET_TIMESTAMP: u16 = 0x0301;
+    pub const GET_SUPPORTED_LOGS: u16 = 0x0400;
+    pub const GET_LOG: u16 = 0x0401;
+    pub const IDENTIFY_MEMORY_DEVICE: u16 = 0x4000;
+    pub const GET_PARTITION_INFO: u16 = 0x4100;
+    pub const GET_LSA: u16 = 0x4102;
+    pub const SET_LSA: u16 = 0x4103;
+    pub const GET_HEALTH_INFO: u16 = 0x4200;
+    pub const GET_POISON_LIST: u16 = 0x4300;
+    pub const GET_SCAN_MEDIA_CAPABILITIES: u16 = 0x4303;
+    pub const SCAN_MEDIA: u16 = 0x4304;
+    pub const GET_SCAN_MEDIA_RESULTS: u16 = 0x4305;
+}
+
+/// Command Effects (the CEL entry's bits, §8.2.10.5.2.1).
 pub mod effect {
     pub const CONFIG_CHANGE_COLD_RESET: u16 = 1 << 0;
     pub const IMMEDIATE_CONFIG_CHANGE: u16 = 1 << 1;

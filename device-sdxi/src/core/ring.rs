@@ -303,7 +303,7 @@ impl Window {
     /// Gives the claimed slots from `from` on their vl back (they were not run).
     fn give_back<M: DmaMemory>(&mut self, mem: &M, from: usize) {
         if from < self.valid {
-            let at = self.slot + (from as u64) * DESC_SIZE;
+            let at = self.slot.wrapping_add(from as u64 * DESC_SIZE);
             let _ = mem.write(at, self.d[from..self.valid].as_bytes());
         }
         self.valid = from;
