@@ -30,8 +30,10 @@
 
 use crate::config::{self, VmConfig};
 use crate::migration::ScenarioFile;
+use crate::error::RunError;
 use crate::report::RunResult;
-use crate::{chmu_hot, inventory, sdxi_copy, RunError, ToolPaths};
+use crate::tools::ToolPaths;
+use crate::{chmu_hot, inventory, sdxi_copy};
 use guest_agent::protocol::{Reply, Request};
 use images::Progress;
 use serde::Serialize;
