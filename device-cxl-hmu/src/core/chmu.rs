@@ -14,6 +14,7 @@
 
 use super::hotlist_store::{HotlistMemory, VecHotlist};
 use super::state::{self, Count, Event, Latch, State};
+use crate::core::regfile::access_ok;
 use crate::metrics::ChmuMetrics;
 use crate::spec::chmu_table::{instance_reg_at, ChmuReg, Lock, PostWrite, Scope, REGISTERS};
 use crate::spec::layout::{ChmuConfig, Placement};
@@ -226,12 +227,9 @@ impl ChmuBlock {
         }
     }
 
+    /// An access of 1, 2, 4 or 8 bytes, naturally aligned, inside the block.
     fn valid(offset: u64, len: usize) -> bool {
-        matches!(len, 1 | 2 | 4 | 8)
-            && offset.is_multiple_of(len as u64)
-            && offset
-                .checked_add(len as u64)
-                .is_some_and(|e| e <= CHMU_BLOCK_SIZE)
+        access_ok(offset, len, CHMU_BLOCK_SIZE)
     }
 
     /// Which instance and instance-relative offset `offset` falls in.

@@ -8,8 +8,8 @@
 //! STATUS.Operation in Progress stays 0: every operation completes before the write returns,
 //! so a driver polling it sees it done at once.
 //!
-//! Left out: epoch types other than global (CAP0 advertises global only), operations that
-//! take time.
+//! Left out: operations that take time (Enabling, Disabling and Resetting Counters in
+//! Operation in Progress are never shown).
 
 /// STATUS.Enabled of an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
