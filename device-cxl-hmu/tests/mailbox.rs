@@ -345,7 +345,11 @@ fn unsupported_and_malformed_commands_get_the_spec_return_codes() {
     assert_eq!(m.send(0x4000, &[]).0, SUCCESS);
     drop(m);
     let mb = mailbox_counters(srv).outcomes;
-    assert_eq!((mb.unsupported, mb.invalid_payload_length), (5, 5), "{mb:?}");
+    assert_eq!(
+        (mb.unsupported, mb.invalid_payload_length),
+        (5, 5),
+        "{mb:?}"
+    );
 }
 
 #[test]
