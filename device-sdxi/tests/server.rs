@@ -72,6 +72,10 @@ fn identity_regions_and_interrupts_as_the_driver_sees_them() {
     let counters = srv.finish().expect("counters");
     assert_eq!(metrics(&counters).function.mmio_reads, 2);
     assert_eq!(counters["transport"]["connections"], 1);
+    // The typed struct reads every field the server wrote and nothing else (a renamed
+    // counter would otherwise read back as a silent 0).
+    let typed = serde_json::to_value(metrics(&counters)).expect("json");
+    assert_eq!(typed, counters["registers"]);
 }
 
 #[test]
