@@ -3,7 +3,8 @@
 //! Registers (block 1) at [`COMPONENT_BLOCK_OFFSET`], Memory Device registers (block 3) at
 //! [`MEMDEV_BLOCK_OFFSET`]; the CHMU (block 5) at [`CHMU_BLOCK_OFFSET`] is served by
 //! [`crate::core::chmu`]. With these, Linux's `cxl_pci` binds the function and registers a
-//! memdev. This module routes accesses to the two blocks and keeps the mailbox's clock.
+//! memdev. This module routes accesses to the two blocks; the caller passes the time (ns) the
+//! mailbox's background operations run on.
 
 use crate::core::component::ComponentBlock;
 use crate::core::mailbox::MemdevIdentity;
@@ -18,13 +19,11 @@ pub const FW_REVISION: &str = concat!("tierbed ", env!("CARGO_PKG_VERSION"));
 /// Serial number the device reports unless told otherwise (PCIe Device Serial Number).
 pub const DEFAULT_SERIAL: u64 = 0x1b36_5d11_0000_0001;
 
-/// The component and memory device blocks, with the clock the mailbox's background
-/// operations run on.
+/// The component and memory device blocks.
 #[derive(Debug)]
 pub struct CxlBlocks {
     pub component: ComponentBlock,
     pub memdev: MemdevBlock,
-    start: std::time::Instant,
 }
 
 impl CxlBlocks {
@@ -36,42 +35,38 @@ impl CxlBlocks {
                 capacity: range.size,
                 fw_revision: FW_REVISION.into(),
             }),
-            start: std::time::Instant::now(),
         }
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Serves a read at `offset` of [`REGS_BAR`] if it falls in one of these blocks.
-    pub fn read(&mut self, offset: u64, data: &mut [u8]) -> bool {
-        self.access(offset, |b, rel, now| match b {
+    /// Serves a read at `offset` of [`REGS_BAR`] at time `now` (ns) if it falls in one of
+    /// these blocks.
+    pub fn read(&mut self, offset: u64, data: &mut [u8], now: u64) -> bool {
+        self.access(offset, |b, rel| match b {
             Block::Component(c) => c.mmio_read(rel, data),
             Block::Memdev(m) => m.mmio_read(rel, data, now),
         })
     }
 
-    /// Serves a write at `offset` of [`REGS_BAR`] if it falls in one of these blocks.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        self.access(offset, |b, rel, now| match b {
+    /// Serves a write at `offset` of [`REGS_BAR`] at time `now` (ns) if it falls in one of
+    /// these blocks.
+    pub fn write(&mut self, offset: u64, data: &[u8], now: u64) -> bool {
+        self.access(offset, |b, rel| match b {
             Block::Component(c) => c.mmio_write(rel, data),
             Block::Memdev(m) => m.mmio_write(rel, data, now),
         })
     }
 
-    /// Runs `f` on the block `offset` falls in, with the block-relative offset and the time.
-    fn access(&mut self, offset: u64, f: impl FnOnce(Block<'_>, u64, u64)) -> bool {
-        let now = self.now();
+    /// Runs `f` on the block `offset` falls in, with the block-relative offset.
+    fn access(&mut self, offset: u64, f: impl FnOnce(Block<'_>, u64)) -> bool {
         let in_block = |block: u64| {
             offset
                 .checked_sub(block)
                 .filter(|r| *r < REGISTER_BLOCK_SIZE)
         };
         if let Some(rel) = in_block(COMPONENT_BLOCK_OFFSET) {
-            f(Block::Component(&mut self.component), rel, now);
+            f(Block::Component(&mut self.component), rel);
         } else if let Some(rel) = in_block(MEMDEV_BLOCK_OFFSET) {
-            f(Block::Memdev(&mut self.memdev), rel, now);
+            f(Block::Memdev(&mut self.memdev), rel);
         } else {
             return false;
         }
@@ -109,15 +104,15 @@ mod tests {
             size: 0x4000_0000,
         });
         let mut d = [0u8; 4];
-        assert!(c.read(COMPONENT_BLOCK_OFFSET + 0x1000, &mut d));
+        assert!(c.read(COMPONENT_BLOCK_OFFSET + 0x1000, &mut d, 0));
         assert_eq!(u32::from_le_bytes(d) & 0xffff, 1);
-        assert!(c.read(MEMDEV_BLOCK_OFFSET + 0x10, &mut d));
+        assert!(c.read(MEMDEV_BLOCK_OFFSET + 0x10, &mut d, 0));
         assert_eq!(
             u32::from_le_bytes(d) & 0xffff,
             1,
             "device status capability"
         );
-        assert!(!c.read(CHMU_BLOCK_OFFSET, &mut d));
-        assert!(!c.write(CHMU_BLOCK_OFFSET, &d));
+        assert!(!c.read(CHMU_BLOCK_OFFSET, &mut d, 0));
+        assert!(!c.write(CHMU_BLOCK_OFFSET, &d, 0));
     }
 }

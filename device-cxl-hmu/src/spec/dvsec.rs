@@ -8,7 +8,7 @@
 //!   aligned.
 //!
 //! Left out: Range 2, the DVSEC's control and lock registers (all read 0), the other CXL
-//! DVSECs (Flex Bus port, GPF, ...).
+//! DVSECs (Flex Bus port, GPF, ...), a CPMU register block (identifier 4).
 
 use super::regs::*;
 

@@ -116,6 +116,8 @@ pub struct HmuDevice {
     pub range: MemRange,
     /// The component and memory device register blocks (mailbox) in front of the CHMU.
     pub cxl: crate::core::cxl_blocks::CxlBlocks,
+    /// The clock of the mailbox's background operations (ns since the device started).
+    start: std::time::Instant,
     #[cfg(feature = "server")]
     interrupts: vfio_device::interrupts::Interrupts,
     /// The memfd backing the hotlists the guest maps (paged layout or window).
@@ -135,6 +137,7 @@ impl HmuDevice {
             state: Arc::new(Mutex::new(state)),
             range,
             cxl: crate::core::cxl_blocks::CxlBlocks::new(range),
+            start: std::time::Instant::now(),
             #[cfg(feature = "server")]
             interrupts: vfio_device::interrupts::Interrupts::default(),
             #[cfg(feature = "server")]
@@ -158,6 +161,11 @@ impl HmuDevice {
         #[cfg(not(feature = "server"))]
         let _ = mapped;
         d
+    }
+
+    /// Nanoseconds since the device started (the mailbox's clock).
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Every counter of the device, now.
@@ -189,7 +197,7 @@ impl vfio_device::server::PciDevice for HmuDevice {
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
-        if bar == REGS_BAR && self.cxl.read(offset, data) {
+        if bar == REGS_BAR && self.cxl.read(offset, data, self.now()) {
             return;
         }
         match offset.checked_sub(CHMU_BLOCK_OFFSET) {
@@ -210,7 +218,7 @@ impl vfio_device::server::PciDevice for HmuDevice {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
-        if bar == REGS_BAR && self.cxl.write(offset, data) {
+        if bar == REGS_BAR && self.cxl.write(offset, data, self.now()) {
             return;
         }
         if let Some(rel) = offset.checked_sub(CHMU_BLOCK_OFFSET) {
