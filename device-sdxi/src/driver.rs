@@ -3,6 +3,12 @@
 //! tests, the conformance suite and the guest agent's userspace driver, so all of them
 //! program the device the same way AMD's Linux SDXi driver does (the "dmaengine: Smart Data
 //! Accelerator Interface (SDXI) basic support" series: `device.c`, `context.c`, `dma.c`).
+//!
+//! It covers the software side of SDXi 1.0's function initialisation (§4.1.8 as the driver
+//! follows it), context tables, the ring enqueue protocol (write index, then vl; also the
+//! multi-producer reservation) and completion polling. Left out: RKeys, PASIDs, the error
+//! log's consumer side (tests read entries directly), and interrupts (the caller waits on
+//! its own eventfd).
 
 use crate::mem::*;
 use zerocopy::little_endian::{U16, U32, U64};
