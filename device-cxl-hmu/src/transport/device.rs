@@ -117,6 +117,7 @@ pub struct HmuDevice {
     /// The component and memory device register blocks (mailbox) in front of the CHMU.
     pub cxl: crate::core::cxl_blocks::CxlBlocks,
     /// The clock of the mailbox's background operations (ns since the device started).
+    #[cfg(feature = "server")]
     start: std::time::Instant,
     #[cfg(feature = "server")]
     interrupts: vfio_device::interrupts::Interrupts,
@@ -137,6 +138,7 @@ impl HmuDevice {
             state: Arc::new(Mutex::new(state)),
             range,
             cxl: crate::core::cxl_blocks::CxlBlocks::new(range),
+            #[cfg(feature = "server")]
             start: std::time::Instant::now(),
             #[cfg(feature = "server")]
             interrupts: vfio_device::interrupts::Interrupts::default(),
@@ -164,6 +166,7 @@ impl HmuDevice {
     }
 
     /// Nanoseconds since the device started (the mailbox's clock).
+    #[cfg(feature = "server")]
     fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
