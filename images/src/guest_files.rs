@@ -4,8 +4,9 @@
 //! order, later files replacing earlier ones; Linux
 //! `Documentation/driver-api/early-userspace/buffer-format.rst`).
 //!
-//! - **Packages.** Each named package, and recursively each `Depends` of it whose name starts
-//!   with `lib` (shared libraries: `libc6`, `libnuma1`, ...), is downloaded through the
+//! - **Packages.** Each named package, and recursively each `Depends` of it that is a shared
+//!   library (archive section `libs`, or a name starting with `lib`: `libc6`, `libnuma1`,
+//!   `zlib1g`, ...), is downloaded through the
 //!   private apt state ([`crate::apt`]) and unpacked with `dpkg-deb -x`; no maintainer script
 //!   runs. Documentation, manual pages and locales are left out. Other dependencies (an
 //!   interpreter, `coreutils`) are not followed: name them with `--package` if a tool needs
@@ -51,6 +52,11 @@ const SKIPPED: &[&str] = &[
     "usr/share/bug",
 ];
 
+/// Whether a package is a shared library (what the closure follows).
+fn is_library(p: &apt::PackageInfo) -> bool {
+    p.section == "libs" || p.section == "oldlibs" || p.name.starts_with("lib")
+}
+
 /// The packages `specs` name and every library package they depend on, recursively, as
 /// name -> version. `show` is apt's view of a package (`name` or `name/suite`).
 pub fn library_closure(
@@ -74,8 +80,15 @@ pub fn library_closure(
                 continue;
             }
         };
+        if !named && !is_library(&info) {
+            progress.line(&format!(
+                "{} ({}) is not a library: left out (add it with --package)",
+                info.name, info.section
+            ));
+            continue;
+        }
         for d in &info.depends {
-            if d.starts_with("lib") && !seen.contains(d) {
+            if !seen.contains(d) {
                 todo.push((d.clone(), false));
             }
         }
@@ -140,7 +153,7 @@ fn packages_archive(
     refresh: bool,
     apt: &mut dyn FnMut(&mut dyn Progress) -> Result<apt::Apt, ImagesError>,
     progress: &mut dyn Progress,
-) -> Result<(Vec<u8>, Vec<String>), ImagesError> {
+) -> Result<(Vec<u8>, Vec<String>, u64), ImagesError> {
     let dir = cache.join("guest-files");
     mkdir(&dir)?;
     let mut h = DefaultHasher::new();
@@ -153,7 +166,7 @@ fn packages_archive(
     if !refresh {
         if let (Ok(a), Some(l)) = (std::fs::read(&archive), crate::read_manifest(&list)) {
             progress.step(&format!("guest packages cached: {}", packages.join(" ")));
-            return Ok((a, l));
+            return Ok((a, l, 0));
         }
     }
     progress.step(&format!(
@@ -172,6 +185,7 @@ fn packages_archive(
             .join(" ")
     ));
     let debs = a.download_exact(&pkgs, progress)?;
+    let downloaded = crate::file_size(&debs);
     let root = dir.join(format!("{key}.root"));
     crate::extract_root(&debs, &root, progress)?;
     let mut c = Cpio::new();
@@ -190,7 +204,7 @@ fn packages_archive(
     let names: Vec<String> = pkgs.iter().map(|(n, v)| format!("{n}={v}")).collect();
     crate::write_manifest(&list, &names)?;
     let _ = std::fs::remove_dir_all(&root);
-    Ok((bytes, names))
+    Ok((bytes, names, downloaded))
 }
 
 /// Links the dynamic loader's and the libraries' classic paths into `/usr`.
@@ -214,6 +228,8 @@ pub struct Built {
     pub key: u64,
     /// `name=version` of every package in it.
     pub packages: Vec<String>,
+    /// Bytes of packages downloaded to build it (0 when cached).
+    pub download_bytes: u64,
 }
 
 /// Builds the archive of `files`: packages first (cached), then each overlay tree.
@@ -227,10 +243,12 @@ pub fn build(
     let mut out = Built::default();
     let mut h = DefaultHasher::new();
     if !files.packages.is_empty() {
-        let (bytes, names) = packages_archive(cache, &files.packages, refresh, apt, progress)?;
+        let (bytes, names, downloaded) =
+            packages_archive(cache, &files.packages, refresh, apt, progress)?;
         bytes.hash(&mut h);
         out.archive = bytes;
         out.packages = names;
+        out.download_bytes = downloaded;
     }
     for dir in &files.overlay {
         if !dir.is_dir() {
@@ -255,22 +273,38 @@ mod tests {
 
     #[test]
     fn library_closure_follows_library_dependencies_only() {
-        let db: BTreeMap<&str, (&str, Vec<&str>)> = [
-            ("numactl", ("2.0.19-1", vec!["libc6", "libnuma1", "perl"])),
-            ("libnuma1", ("2.0.19-1", vec!["libc6"])),
-            ("libc6", ("2.41-12", vec!["libgcc-s1", "libvirtual-x"])),
-            ("libgcc-s1", ("14.2.0-19", vec!["gcc-14-base", "libc6"])),
-            ("perl", ("5.40", vec!["libperl5.40"])),
+        let db: BTreeMap<&str, (&str, &str, Vec<&str>)> = [
+            (
+                "numactl",
+                (
+                    "2.0.19-1",
+                    "utils",
+                    vec!["libc6", "libnuma1", "perl", "zlib1g"],
+                ),
+            ),
+            ("libnuma1", ("2.0.19-1", "libs", vec!["libc6"])),
+            (
+                "libc6",
+                ("2.41-12", "libs", vec!["libgcc-s1", "libvirtual-x"]),
+            ),
+            (
+                "libgcc-s1",
+                ("14.2.0-19", "libs", vec!["gcc-14-base", "libc6"]),
+            ),
+            ("gcc-14-base", ("14.2.0-19", "libs", vec![])),
+            ("zlib1g", ("1:1.3", "libs", vec!["libc6"])),
+            ("perl", ("5.40", "perl", vec!["libperl5.40"])),
         ]
         .into_iter()
         .collect();
         let mut show = |spec: &str| {
             let name = spec.split('/').next().unwrap_or(spec);
             db.get(name)
-                .map(|(v, d)| apt::PackageInfo {
+                .map(|(v, section, d)| apt::PackageInfo {
                     name: name.to_owned(),
                     version: (*v).to_owned(),
                     depends: d.iter().map(|s| (*s).to_owned()).collect(),
+                    section: (*section).to_owned(),
                 })
                 .ok_or_else(|| ImagesError::Package {
                     package: spec.to_owned(),
@@ -281,7 +315,14 @@ mod tests {
             library_closure(&["numactl".into()], &mut show, &mut crate::Silent).expect("closure");
         assert_eq!(
             got.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["libc6", "libgcc-s1", "libnuma1", "numactl"]
+            [
+                "gcc-14-base",
+                "libc6",
+                "libgcc-s1",
+                "libnuma1",
+                "numactl",
+                "zlib1g"
+            ]
         );
         assert_eq!(got["libc6"], "2.41-12");
         let e = library_closure(&["nosuch".into()], &mut show, &mut crate::Silent)

@@ -806,6 +806,7 @@ fn with_guest_files(
         &mut get_apt,
         progress,
     )?;
+    run.downloaded += files.download_bytes;
     let dir = cfg.cache_dir.join("initramfs");
     let stem = base
         .file_stem()
