@@ -27,6 +27,8 @@ pub struct PackageInfo {
     pub version: String,
     /// Names of the first alternative of each Depends entry.
     pub depends: Vec<String>,
+    /// The archive section (`libs` for shared libraries, `utils`, ...).
+    pub section: String,
 }
 
 impl Apt {
@@ -268,11 +270,14 @@ pub fn parse_show(text: &str) -> Option<PackageInfo> {
     let mut name = None;
     let mut version = None;
     let mut depends = Vec::new();
+    let mut section = String::new();
     for line in record.lines() {
         if let Some(v) = line.strip_prefix("Package: ") {
             name = Some(v.trim().to_owned());
         } else if let Some(v) = line.strip_prefix("Version: ") {
             version = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("Section: ") {
+            section = v.trim().to_owned();
         } else if let Some(v) = line.strip_prefix("Depends: ") {
             depends = v
                 .split(',')
@@ -288,6 +293,7 @@ pub fn parse_show(text: &str) -> Option<PackageInfo> {
         name: name?,
         version: version?,
         depends,
+        section,
     })
 }
 
@@ -299,7 +305,7 @@ mod tests {
     fn parse_show_takes_first_alternatives_and_strips_versions() {
         let t = "Package: linux-image-7.3.4+deb13-amd64\nVersion: 7.3.4-1~bpo13+1\n\
                  Depends: dracut | initramfs-tools (>= 0.120), linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), kmod:any\n\
-                 Size: 1900\n\nPackage: other\n";
+                 Section: kernel\nSize: 1900\n\nPackage: other\n";
         let p = parse_show(t).expect("record");
         assert_eq!(p.name, "linux-image-7.3.4+deb13-amd64");
         assert_eq!(p.version, "7.3.4-1~bpo13+1");
@@ -307,6 +313,7 @@ mod tests {
             p.depends,
             vec!["dracut", "linux-base-7.3.4+deb13-amd64", "kmod"]
         );
+        assert_eq!(p.section, "kernel");
     }
 
     #[test]

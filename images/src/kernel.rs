@@ -15,11 +15,7 @@ use std::path::{Path, PathBuf};
 /// with their name.
 pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, ImagesError> {
     let bad = |why: &str| ImagesError::Kernel(format!("bzImage: {why}"));
-    let rd32 = |o: usize| -> Option<u32> {
-        bzimage
-            .get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let rd32 = |o| Le(bzimage).u32(o);
     if !is_bzimage(bzimage) {
         return Err(bad("no HdrS setup header"));
     }
@@ -97,9 +93,9 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     let flags = data[3];
     let mut p = 10usize;
     if flags & FEXTRA != 0 {
-        let xlen = data
-            .get(p..p + 2)
-            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+        let xlen = Le(data)
+            .u16(p)
+            .map(usize::from)
             .ok_or("gzip: truncated header")?;
         p += 2 + xlen;
     }
@@ -125,17 +121,9 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 pub fn has_pvh_note(elf: &[u8]) -> bool {
     const PT_NOTE: u32 = 4;
     const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .and_then(|v| usize::try_from(v).ok())
-    };
+    let le = Le(elf);
+    let (u16_at, u32_at) = (|o| le.u16(o), |o| le.u32(o));
+    let u64_at = |o| le.u64(o).and_then(|v| usize::try_from(v).ok());
     let notes = |off: usize, size: usize| -> Option<bool> {
         let mut p = off;
         let end = off.checked_add(size)?;
@@ -175,9 +163,7 @@ pub fn image_release(image: &[u8]) -> Option<String> {
         (!r.is_empty() && r.starts_with(|c: char| c.is_ascii_digit())).then(|| r.to_owned())
     };
     if is_bzimage(image) {
-        let ptr = image
-            .get(0x20e..0x210)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))?;
+        let ptr = Le(image).u16(0x20e)?;
         if ptr != 0 {
             return image.get(usize::from(ptr) + 0x200..).and_then(word);
         }
@@ -230,18 +216,33 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ImagesError> {
     }
 }
 
+/// Little-endian fields of a byte buffer; `None` past its end.
+struct Le<'a>(&'a [u8]);
+
+impl Le<'_> {
+    fn u16(&self, o: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(
+            self.0.get(o..o.checked_add(2)?)?.try_into().ok()?,
+        ))
+    }
+
+    fn u32(&self, o: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.0.get(o..o.checked_add(4)?)?.try_into().ok()?,
+        ))
+    }
+
+    fn u64(&self, o: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(
+            self.0.get(o..o.checked_add(8)?)?.try_into().ok()?,
+        ))
+    }
+}
+
 /// The `.modinfo` section of an ELF64 little-endian object, as `key=value` strings.
 pub fn modinfo(elf: &[u8]) -> Vec<String> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let le = Le(elf);
+    let (u16_at, u32_at, u64_at) = (|o| le.u16(o), |o| le.u32(o), |o| le.u64(o));
     let section = |shoff: usize, entsize: usize, i: usize| -> Option<(u32, usize, usize)> {
         let h = shoff.checked_add(i.checked_mul(entsize)?)?;
         Some((
