@@ -544,7 +544,7 @@ pub fn qemu_args(
                 d(console)
             ),
         ]);
-    } else if cfg.console && matches!(boot, Boot::Agent) {
+    } else if cfg.console && matches!(boot, Boot::Agent | Boot::Autorun(_)) {
         // The console after the scenario (`run --console`): QEMU listens, the harness
         // connects once the scenario is done; until then output only goes to the log.
         push(&[
