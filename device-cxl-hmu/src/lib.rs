@@ -28,14 +28,10 @@ pub mod spec;
 #[cfg(feature = "device")]
 pub mod transport;
 
-// The paths other crates (guest agent, harness, plugin, fuzz targets) use.
+// Shorter paths the guest agent and the harness use.
 #[cfg(feature = "device")]
-pub use crate::core::{cxl_blocks, hotness, mailbox};
-pub use spec::{layout, payloads, record, regs};
-#[cfg(feature = "device")]
-pub use transport::device;
-#[cfg(feature = "server")]
-pub use transport::feed;
+pub use crate::core::{cxl_blocks, mailbox};
+pub use spec::{layout, regs};
 /// The CHMU's capabilities ([`spec::layout::ChmuConfig`]) where the harness finds them.
 pub mod chmu {
     pub use crate::spec::layout::ChmuConfig;
