@@ -1,5 +1,10 @@
-//! Command-line plumbing shared by the device server binaries: where to listen, where to put
-//! counters, logging, and a clean exit on SIGINT/SIGTERM (socket removed, counters written).
+//! Command-line plumbing shared by the device server binaries: where to listen (`--socket PATH`
+//! or an inherited `--fd N`), where to put counters, the control socket, logging and trace
+//! categories, the QEMU arguments a user needs ([`qemu_usage`], printed by `--help`), and a clean
+//! exit on SIGINT/SIGTERM (socket removed, counters written).
+//!
+//! Left out: configuration files and daemonizing; a server runs in the foreground until a
+//! signal or `--max-clients`.
 
 use crate::pci::ConfigSpace;
 use crate::server::{serve, Backend, Listener, PciDevice};
@@ -43,7 +48,7 @@ pub struct ServerArgs {
     /// errlog, hotlist, epoch, or all.
     #[arg(long, value_name = "CATS", default_value = "all")]
     pub trace: String,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `device_sdxi=debug`.
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `vfio_device=debug`.
     #[arg(long, value_name = "FILTER", default_value = "info", env = "RUST_LOG")]
     pub log: String,
 }

@@ -1,4 +1,4 @@
-//! Guest memory as the SDXi engine reaches it: an immutable view ([`GuestRam`]) of the DMA maps
+//! Guest memory as a device's DMA reaches it: an immutable view ([`GuestRam`]) of the DMA maps
 //! a vfio-user client announced, each access bounds-checked against the maps.
 //!
 //! Addresses are whatever the client mapped: guest-physical addresses without a virtual IOMMU,
@@ -7,6 +7,9 @@
 //! of contiguous file bytes merged into one), looked up by binary search; each extent points
 //! into a [`HostMap`], one shared mapping of a whole backing file (see [`crate::dma_table`]).
 //! Nothing outside the extents is reachable; writes need a writable extent.
+//!
+//! Left out: IOMMU permissions finer than read/write per map, and memory a client announces
+//! without an fd (vfio-user's `VFIO_USER_DMA_READ`/`DMA_WRITE` path).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ pub struct Fault {
     pub write: bool,
 }
 
-/// What the engine needs from guest memory.
+/// What a device needs from guest memory (the SDXi engine's accesses, for one).
 pub trait DmaMemory: Send + Sync {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault>;
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Fault>;

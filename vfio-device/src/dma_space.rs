@@ -1,5 +1,5 @@
 //! Live guest memory: the DMA table ([`DmaTable`]) the transport changes on every DMA_MAP and
-//! DMA_UNMAP, read by the engine's workers on every access, with the ordering a guest relies
+//! DMA_UNMAP, read by a device's workers (the SDXi engine's) on every access, with the ordering a guest relies
 //! on (vfio-user: QEMU `docs/interop/vfio-user.rst`, DMA_MAP/DMA_UNMAP).
 //!
 //! - **A map is visible to every access that starts after it was applied**: accesses look the
@@ -17,6 +17,9 @@
 //! An engine pass ([`DmaSpace::pass`]) keeps its reader count from one access to the next, so an
 //! access costs a flag check and a lookup; a writer's flag makes the pass's next access step
 //! out, and the pass gives the lock up before it waits on anything (the transport, its end).
+//!
+//! Left out: waiting for a transport that is not a [`Quiesce`] (without one, e.g. in unit tests
+//! and the fuzz targets, a pass sees the maps applied so far).
 
 use crate::dma::{DmaMemory, Fault, MapError, MapSpec};
 use crate::dma_table::{DmaTable, TableCounters};

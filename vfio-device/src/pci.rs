@@ -1,12 +1,17 @@
 //! PCI configuration space of an emulated function (PCI Local Bus 3.0 §6, PCIe Base 6.0 §7.5,
 //! §7.7.2 MSI-X, §7.9.6 DVSEC).
 //!
-//! Device-independent: both device servers of this project (SDXi and the CXL CHMU) build their
-//! configuration space with [`ConfigSpaceBuilder`]. It does no I/O. QEMU's `vfio-user-pci`
-//! emulates the BAR registers and the MSI-X table itself; this module still keeps BAR sizing
-//! masks correct so that other vfio-user clients see a conforming function.
+//! Device-neutral: both device servers of this project (SDXi and the CXL CHMU) build their
+//! configuration space with [`ConfigSpaceBuilder`]: the type 0 header with its BARs ([`BarDef`]),
+//! the PCI Express capability (§7.5.3), MSI-X (§7.7.2, table and PBA in a BAR: [`MsixDef`]),
+//! and extended capabilities (§7.6: DVSECs, §7.9.6, and the Device Serial Number, §7.9.3). It
+//! does no I/O. [`dvsecs`] walks the extended capability list of any configuration space, the
+//! way a guest driver finds a DVSEC (the guest agent uses it). QEMU's `vfio-user-pci` emulates
+//! the BAR registers and the MSI-X table itself; this module still keeps BAR sizing masks
+//! correct so that other vfio-user clients see a conforming function.
 //!
-//! Left out: power management, AER, SR-IOV and every capability no device here needs.
+//! Left out: power management, AER, SR-IOV, MSI, I/O BARs and every capability no device here
+//! needs.
 
 use std::fmt;
 

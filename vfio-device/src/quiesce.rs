@@ -12,6 +12,11 @@
 //!
 //! The cheap test before a pass ([`SocketWatch::maybe_pending`]) only reads the queue length and
 //! whether a DMA message is being handled; the exact wait runs when that says "maybe".
+//!
+//! Left out: systems without `/proc/self/task/<tid>/syscall` (the wait then returns at once,
+//! without the guarantee), and transports with more than one serving thread. A wait that does
+//! not see the socket drained within its limit ([`crate::dma_space::QUIESCE_LIMIT`]) gives up
+//! and counts it (`gave_up`).
 
 use crate::dma_space::Quiesce;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};

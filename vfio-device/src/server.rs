@@ -1,10 +1,24 @@
 //! A thin vfio-user transport for an emulated PCI function (QEMU `docs/interop/vfio-user.rst`),
 //! built on the `vfio_user` crate's server.
 //!
-//! Device-independent: both device servers of the project use it. It owns the listening
-//! socket, the configuration space, the interrupt eventfds and the DMA map table; the device
-//! model only sees BAR accesses and resets ([`PciDevice`]). It serves one client at a time and
-//! keeps listening after a client leaves, so QEMU can restart without restarting the server.
+//! Device-neutral: both device servers of the project use it. It owns the listening socket
+//! ([`Listener`]), the configuration space, the interrupt eventfds and the DMA map table; the
+//! device model only sees BAR accesses, resets, counters and control requests ([`PciDevice`]).
+//! It serves one client at a time and keeps listening after a client leaves, so QEMU can
+//! restart without restarting the server.
+//!
+//! Messages handled (vfio-user.rst section names): `VFIO_USER_VERSION` (by the crate),
+//! `VFIO_USER_DEVICE_GET_INFO`, `VFIO_USER_DEVICE_GET_REGION_INFO` (the BARs from the
+//! configuration space, the configuration space at its fixed index, and the device's sparse
+//! mmap areas with their fd), `VFIO_USER_DEVICE_GET_IRQ_INFO`, `VFIO_USER_DEVICE_SET_IRQS`
+//! (MSI-X and INTx eventfds), `VFIO_USER_REGION_READ`/`REGION_WRITE`, `VFIO_USER_DMA_MAP`/
+//! `DMA_UNMAP` (applied to the device's [`DmaSpace`]; a map is never refused, one the server
+//! cannot use faults instead) and `VFIO_USER_DEVICE_RESET`. The Command register's Bus Master
+//! Enable gates the interrupts (PCI Express Base 6.0 §7.5.1.1.3).
+//!
+//! Left out: `VFIO_USER_DMA_READ`/`DMA_WRITE` (memory without an fd is unreachable), MSI,
+//! `VFIO_USER_DEVICE_FEATURE` (migration and dirty-page tracking), `REGION_WRITE_MULTI` and
+//! `GET_REGION_IO_FDS`.
 //!
 //! Quirks of the `vfio_user` crate (0.1.7) handled here: a backend error becomes an error
 //! reply with errno 0, so only accesses that must fail return one (a read or write past the end
@@ -15,13 +29,12 @@
 use crate::dma::MapSpec;
 use crate::dma_space::DmaSpace;
 use crate::interrupts::Interrupts;
+pub use crate::listener::{Listener, ListenerError};
 use crate::pci::ConfigSpace;
 use crate::quiesce::SocketWatch;
 use serde::Serialize;
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
@@ -39,90 +52,10 @@ use vfio_user::{
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("socket {0} is in use by a running server")]
-    SocketInUse(PathBuf),
-    #[error("cannot remove stale socket {path}")]
-    StaleSocket {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {path}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("fd {0} is not an open listening unix socket")]
-    BadFd(RawFd),
-    #[error("give either --socket PATH or --fd N")]
-    NoListener,
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
     #[error("vfio-user server failed")]
     Server(#[source] vfio_user::Error),
-}
-
-/// A listening socket for the server: a path it created, or an inherited fd.
-#[derive(Debug)]
-pub struct Listener {
-    fd: OwnedFd,
-    path: Option<PathBuf>,
-}
-
-impl Listener {
-    /// Listens on `path`, removing a stale socket left by a dead server.
-    pub fn bind(path: &Path) -> Result<Self, TransportError> {
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(TransportError::SocketInUse(path.to_owned()));
-            }
-            std::fs::remove_file(path).map_err(|source| TransportError::StaleSocket {
-                path: path.to_owned(),
-                source,
-            })?;
-        }
-        let l = UnixListener::bind(path).map_err(|source| TransportError::Bind {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            fd: l.into(),
-            path: Some(path.to_owned()),
-        })
-    }
-
-    /// Takes over an inherited listening socket.
-    pub fn from_fd(fd: RawFd) -> Result<Self, TransportError> {
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `ty`, a live c_int.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTCONN,
-                (&mut ty as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 || ty == 0 {
-            return Err(TransportError::BadFd(fd));
-        }
-        // SAFETY: the fd is open (getsockopt succeeded) and the caller hands its ownership to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, path: None })
-    }
-
-    pub fn from_args(socket: Option<&Path>, fd: Option<RawFd>) -> Result<Self, TransportError> {
-        match (socket, fd) {
-            (Some(p), None) => Self::bind(p),
-            (None, Some(fd)) => Self::from_fd(fd),
-            _ => Err(TransportError::NoListener),
-        }
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
 }
 
 /// The emulated function as the transport sees it.
@@ -474,7 +407,7 @@ pub fn serve<D: PciDevice>(
     };
     // The crate removes its socket file on drop only for paths it bound itself; we keep the
     // path and remove it ourselves.
-    let server = Server::from_owned_fd(listener.fd, true, irqs, regions);
+    let server = Server::from_owned_fd(listener.into_fd(), true, irqs, regions);
     let watch = Arc::clone(
         &backend
             .lock()
