@@ -155,6 +155,8 @@ pub struct Uffd {
     wp: Box<dyn WriteProtect>,
     /// Write faults that waited (fault messages drained).
     pub blocked: AtomicU64,
+    /// Time spent in UFFDIO_WRITEPROTECT calls (protect and release), ns.
+    pub wp_ns: AtomicU64,
 }
 
 impl Uffd {
@@ -162,6 +164,7 @@ impl Uffd {
         Self {
             wp,
             blocked: AtomicU64::new(0),
+            wp_ns: AtomicU64::new(0),
         }
     }
 
@@ -178,10 +181,14 @@ impl Uffd {
             // Count the waiters first: waking removes their messages.
             self.drain();
         }
-        self.wp.protect(start, len, on).map_err(what(format!(
+        let t = std::time::Instant::now();
+        let r = self.wp.protect(start, len, on).map_err(what(format!(
             "UFFDIO_WRITEPROTECT ({}) of {len} bytes",
             if on { "protect" } else { "release" }
-        )))
+        )));
+        self.wp_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
     }
 
     /// Wakes writers waiting on `[start, start+len)` (after the range was remapped).
@@ -223,6 +230,9 @@ pub struct Arena {
     pub accessed: Vec<AtomicU8>,
     /// The kernel (or a test double).
     pub sys: Arc<dyn MemorySys>,
+    /// Time spent remapping ([`Arena::remap_to`]), ns: in all, and in its mmap alone.
+    pub remap_ns: AtomicU64,
+    pub map_ns: AtomicU64,
 }
 
 // SAFETY: the arena's memory is shared by design; the workload threads only read `node` and
@@ -292,6 +302,8 @@ impl Arena {
             node: (0..n).map(|_| AtomicU8::new(1)).collect(),
             accessed: (0..n).map(|_| AtomicU8::new(0)).collect(),
             sys,
+            remap_ns: AtomicU64::new(0),
+            map_ns: AtomicU64::new(0),
         };
         for i in 0..n {
             // SAFETY: folio i lies inside the arena mapping.
@@ -334,6 +346,7 @@ impl Arena {
         };
         let pool = if node == 0 { pool0 } else { pool1 };
         let (at, len) = (self.at(start), count * self.folio);
+        let t = std::time::Instant::now();
         // Populated, as the kernel's remap installs the new page-table entries.
         sysmm::mmap(
             at,
@@ -345,11 +358,16 @@ impl Arena {
         .map_err(what(format!(
             "mmap of {len} bytes (node-{node} slots over the arena)"
         )))?;
+        let mapped = t.elapsed().as_nanos() as u64;
         self.uffd.register(at, len)?;
         for i in start..start + count {
             self.node[i].store(node, Ordering::Release);
         }
-        self.uffd.wake(at, len)
+        let r = self.uffd.wake(at, len);
+        self.map_ns.fetch_add(mapped, Ordering::Relaxed);
+        self.remap_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
     }
 
     /// `move_pages(2)` of the arena's pages: with `node` Some, moves them there; with None,

@@ -15,7 +15,45 @@ use crate::arena::thread_cpu_ns;
 use crate::sdxi::{Function, SdxiError, Wait};
 use crate::spec::EngineKind;
 use device_sdxi::driver::{self, DriverMemory};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
+
+/// Where the SDXi engine's batches spent the calling thread's wall time, summed over batches
+/// (ns): the phases of a DMA offload as the copy-offload series' dcbm driver has them
+/// (prepare descriptors, issue, wait for completion, check the status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdxiPhases {
+    pub batches: u64,
+    /// Arming the completion blocks and writing the descriptors to the ring.
+    pub build_ns: u64,
+    /// Doorbell writes.
+    pub doorbell_ns: u64,
+    /// From the last doorbell until the wait ended (interrupt, completion seen, stop).
+    pub wait_ns: u64,
+    /// Reading every completion block after the wait.
+    pub check_ns: u64,
+    /// Times a waiting thread woke up (interrupts, error-log interrupts, poll slices).
+    pub wakeups: u64,
+}
+
+impl SdxiPhases {
+    /// `self - earlier`, phase by phase (the phases of the batches in between).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            batches: self.batches - earlier.batches,
+            build_ns: self.build_ns - earlier.build_ns,
+            doorbell_ns: self.doorbell_ns - earlier.doorbell_ns,
+            wait_ns: self.wait_ns - earlier.wait_ns,
+            check_ns: self.check_ns - earlier.check_ns,
+            wakeups: self.wakeups - earlier.wakeups,
+        }
+    }
+}
+
+/// Nanoseconds since `t`.
+fn ns_since(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}
 
 /// One folio to copy: CPU addresses and device addresses of both slots.
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +162,8 @@ pub struct SdxiCopy {
     max_batch: usize,
     timeout: Duration,
     pub restarts: u64,
+    /// Where the batches' time went.
+    pub phases: SdxiPhases,
     /// A context could not be restarted: the engine is given up on and every later batch goes
     /// to the CPU at once (a dead or hung device must not cost a timeout per batch).
     pub failed_engine: bool,
@@ -149,6 +189,7 @@ impl SdxiCopy {
             max_batch,
             timeout,
             restarts: 0,
+            phases: SdxiPhases::default(),
             failed_engine: false,
         })
     }
@@ -174,6 +215,7 @@ impl SdxiCopy {
         let mut irq = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            self.phases.wakeups += 1;
             match self.f.wait_interrupt_or_error(cxt, left.min(POLL_SLICE)) {
                 Wait::Interrupt => irq = true,
                 Wait::Stopped => return irq,
@@ -193,6 +235,7 @@ impl SdxiCopy {
     /// Writes COPY descriptors for `items` (indices into `batch`) with completion blocks
     /// `0..items.len()` of channel `c`, then an INTR, and rings the doorbell once.
     fn submit(&mut self, c: usize, batch: &[FolioCopy], items: &[usize]) {
+        let t = Instant::now();
         let base = self.csbs[c];
         let mut arm = vec![0u8; 32 * items.len()];
         for b in arm.chunks_mut(32) {
@@ -214,7 +257,11 @@ impl SdxiCopy {
             })
             .collect();
         descs.push(driver::intr(0, true));
-        self.f.submit(c as u16 + 1, &descs);
+        let wi = self.f.enqueue(c as u16 + 1, &descs);
+        let tb = Instant::now();
+        self.f.ring(c as u16 + 1, wi);
+        self.phases.build_ns += (tb - t).as_nanos() as u64;
+        self.phases.doorbell_ns += ns_since(tb);
     }
 }
 
@@ -229,6 +276,7 @@ impl CopyEngine for SdxiCopy {
             out.failed.extend(0..batch.len());
             return out;
         }
+        self.phases.batches += 1;
         let per = batch.len().div_ceil(usize::from(self.channels)).max(1);
         let mut pending: Vec<Vec<usize>> = Vec::new();
         for (c, start) in (0..batch.len()).step_by(per).enumerate() {
@@ -247,7 +295,10 @@ impl CopyEngine for SdxiCopy {
             let mut round = 0;
             while !items.is_empty() {
                 round += 1;
+                let tw = Instant::now();
                 let irq = self.wait(c, items.len(), deadline);
+                let tc = Instant::now();
+                self.phases.wait_ns += (tc - tw).as_nanos() as u64;
                 let mut not_run = Vec::new();
                 let mut erred = false;
                 for (j, &i) in items.iter().enumerate() {
@@ -267,6 +318,7 @@ impl CopyEngine for SdxiCopy {
                         None => not_run.push(i),
                     }
                 }
+                self.phases.check_ns += ns_since(tc);
                 if not_run.is_empty() && !erred {
                     // Everything completed; without the interrupt it was lost (or is late).
                     if !irq {

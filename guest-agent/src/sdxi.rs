@@ -213,7 +213,17 @@ impl Function {
 
     /// Writes `descs` to context `cxt`'s ring and rings its doorbell.
     pub fn submit(&mut self, cxt: u16, descs: &[device_sdxi::mem::Descriptor]) {
-        let wi = self.drv.submit(&self.buf, cxt, descs);
+        let wi = self.enqueue(cxt, descs);
+        self.ring(cxt, wi);
+    }
+
+    /// Writes `descs` to context `cxt`'s ring and its write index; returns the doorbell value.
+    pub fn enqueue(&mut self, cxt: u16, descs: &[device_sdxi::mem::Descriptor]) -> u64 {
+        self.drv.submit(&self.buf, cxt, descs)
+    }
+
+    /// Rings context `cxt`'s doorbell with write index `wi`.
+    pub fn ring(&mut self, cxt: u16, wi: u64) {
         self.mmio.doorbell(cxt, wi);
     }
 
