@@ -30,9 +30,9 @@ pub struct BootArgs {
     /// it; without it they must be built in.
     #[arg(long, value_name = "DIR", requires = "kernel_image")]
     pub modules_dir: Option<PathBuf>,
-    /// The kernel's configuration (a .config), when neither the image (CONFIG_IKCONFIG) nor
-    /// the files next to it or its module tree have it; checked before boot against what
-    /// the scenario needs.
+    /// Read the kernel's configuration from this file (a .config) instead of the image's
+    /// embedded one (CONFIG_IKCONFIG) or the files next to it or its module tree; it is
+    /// checked before boot against what the scenario needs.
     #[arg(long, value_name = "FILE")]
     pub kernel_config: Option<PathBuf>,
     /// Copy this directory tree into the guest's root (repeatable; later trees win).
