@@ -4,19 +4,21 @@
 //! copied in one call, and the
 //! engine says which folios it failed so the caller can fall back for exactly those.
 //!
-//! - [`CpuCopy`]: N threads (the series' mtcopy), optionally with non-temporal stores.
+//! - [`CpuCopy`]: N threads (the series' mtcopy), optionally with non-temporal stores; the
+//!   helper threads are started once and kept, as mtcopy's workqueue workers are.
 //! - [`SdxiCopy`]: the SDXi engine (the series' dcbm over a dmaengine provider): the batch is
 //!   split across channels (contexts); one COPY descriptor per folio, each with its own
 //!   completion block, then one INTR per channel: one doorbell and one interrupt per batch and
 //!   channel. A context that errs or times out is stopped before anything is retried, so a
 //!   late DMA can never overwrite a folio after the fallback.
 
-use crate::arena::thread_cpu_ns;
 use crate::sdxi::{Function, SdxiError, Wait};
 use crate::spec::EngineKind;
 use device_sdxi::driver::{self, DriverMemory};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
+
+mod workers;
 
 /// Where the SDXi engine's batches spent the calling thread's wall time, summed over batches
 /// (ns): the phases of a DMA offload as the copy-offload series' dcbm driver has them
@@ -109,7 +111,8 @@ pub fn copy_folio(f: &FolioCopy, nt: bool) {
     unsafe { std::ptr::copy_nonoverlapping(f.src, f.dst, f.len) };
 }
 
-/// Multi-threaded CPU copy.
+/// Multi-threaded CPU copy: the caller and `threads - 1` helpers kept across batches
+/// ([`workers`]).
 #[derive(Debug)]
 pub struct CpuCopy {
     pub threads: usize,
@@ -128,23 +131,8 @@ impl CopyEngine for CpuCopy {
             return CopyOutcome::default();
         }
         // Split by bytes (folios are equal-sized), the caller's thread taking a share too.
-        let per = batch.len().div_ceil(threads);
-        let nt = self.nt;
-        let helper_cpu_ns = std::thread::scope(|s| {
-            let mut chunks = batch.chunks(per);
-            let mine = chunks.next().unwrap_or(&[]);
-            let hs: Vec<_> = chunks
-                .map(|c| {
-                    s.spawn(move || {
-                        let t = thread_cpu_ns();
-                        c.iter().for_each(|f| copy_folio(f, nt));
-                        thread_cpu_ns() - t
-                    })
-                })
-                .collect();
-            mine.iter().for_each(|f| copy_folio(f, nt));
-            hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-        });
+        let shares: Vec<&[FolioCopy]> = batch.chunks(batch.len().div_ceil(threads)).collect();
+        let helper_cpu_ns = workers::run(&shares, self.nt);
         CopyOutcome {
             helper_cpu_ns,
             ..CopyOutcome::default()
