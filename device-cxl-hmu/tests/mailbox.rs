@@ -113,6 +113,15 @@ impl Memdev {
         u64::from_le_bytes(b)
     }
 
+    /// A 4-byte read (Mailbox Control is a 32-bit register, read as Linux's readl does).
+    fn rd32(&mut self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.c
+            .region_read(u32::from(REGS_BAR), off, &mut b)
+            .expect("read");
+        u32::from_le_bytes(b)
+    }
+
     fn wr(&mut self, off: u64, v: &[u8]) {
         self.c
             .region_write(u32::from(REGS_BAR), off, v)
@@ -123,7 +132,7 @@ impl Memdev {
     /// status, output length, output. Returns (return code, output).
     fn send_len(&mut self, opcode: u16, input: &[u8], len: u64) -> (u16, Vec<u8>) {
         assert_eq!(
-            self.rd(self.mbox + 4) & 1,
+            self.rd32(self.mbox + 4) & 1,
             0,
             "doorbell clear before a command"
         );
@@ -137,7 +146,7 @@ impl Memdev {
             self.wr(self.mbox + 0x20 + 8 * i as u64, &w);
         }
         self.wr(self.mbox + 4, &1u32.to_le_bytes());
-        assert_eq!(self.rd(self.mbox + 4) & 1, 0, "doorbell clears when done");
+        assert_eq!(self.rd32(self.mbox + 4) & 1, 0, "doorbell clears when done");
         let rc = (self.rd(self.mbox + 0x10) >> 32) as u16;
         let n = ((self.rd(self.mbox + 8) >> 16) & 0x1f_ffff) as usize;
         let mut out = vec![0u8; n];
@@ -153,13 +162,15 @@ impl Memdev {
     }
 }
 
+/// The server's counters, once it has exited.
+fn counters(srv: ServerProcess) -> HmuMetrics {
+    let dump = srv.finish().expect("counters");
+    HmuMetrics::from_server_json(&dump).expect("device counters")
+}
+
 /// The server's mailbox counters, once it has exited.
 fn mailbox_counters(srv: ServerProcess) -> MailboxMetrics {
-    let dump = srv.finish().expect("counters");
-    HmuMetrics::from_server_json(&dump)
-        .expect("device counters")
-        .cxl
-        .mailbox
+    counters(srv).cxl.mailbox
 }
 
 fn dpa_range(addr: u64, lines: u64) -> Vec<u8> {
@@ -286,7 +297,11 @@ fn every_command_cxl_pci_sends_at_probe_answers_in_spec_format() {
         (SUCCESS, 0x20, 0)
     );
     drop(m);
-    let mb = mailbox_counters(srv);
+    let cxl = counters(srv).cxl;
+    // Every command went through one doorbell, every access was well formed.
+    assert_eq!(cxl.memdev.doorbells, cxl.mailbox.outcomes.commands);
+    assert_eq!(cxl.memdev.access.guest_errors, 0);
+    let mb = cxl.mailbox;
     assert_eq!(mb.outcomes.failed, 1, "{mb:?}");
     assert_eq!(
         mb.by_command.get("Identify Memory Device"),
