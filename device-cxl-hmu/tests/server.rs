@@ -128,7 +128,11 @@ fn enable_goes_through_status_and_bad_config_is_refused() {
     assert!(st.enabled() && st.op_in_progress() == 0);
     drop(c);
     let chmu = metrics(srv).chmu;
-    assert_eq!((chmu.invalid_configs, chmu.enables), (2, 1), "{chmu:?}");
+    assert_eq!(
+        (chmu.invalid_configs, chmu.enables, chmu.guest_errors),
+        (2, 1, 0),
+        "{chmu:?}"
+    );
 }
 
 #[test]
