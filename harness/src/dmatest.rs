@@ -503,7 +503,8 @@ fn channel_check(
     check(&name, passed, detail)
 }
 
-/// `result.json`, `dmatest.json` (every summary and the kept kernel log) and `report.md`.
+/// `result.json`, `dmatest.json` (every summary and the kept kernel log), the guest's output,
+/// `report.html` (the checks) and `report.md` (runs x channels, the kernel log of failures).
 fn write_reports(
     r: &RunResult,
     file: &DmatestFile,
@@ -528,6 +529,8 @@ fn write_reports(
         &serde_json::to_vec_pretty(&d).unwrap_or_default(),
     )?;
     put("dmatest-guest.log", rep.output.as_bytes())?;
+    // report.html with the checks, then report.md with the table and the kernel log.
+    crate::document::write(r, &r.run_dir).map_err(|e| RunError::Results(r.run_dir.clone(), e))?;
     put("report.md", markdown(r, file, out).as_bytes())
 }
 
