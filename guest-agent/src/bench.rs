@@ -5,10 +5,12 @@
 //! reported per case, with each engine's ratio to `move_pages(2)`.
 
 use crate::arena::{self, Arena};
+use crate::copy::SdxiPhases;
 use crate::migrate::{open_sdxi, reserve_for, Devices, MigrateError, POOL_IOVA};
 use crate::mover::{Mover, IOVA_STEP};
 use crate::spec::*;
 use crate::workload::fill;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,7 +104,7 @@ struct Case {
 }
 
 fn bench_case(
-    sdxi: Option<&mut crate::copy::SdxiCopy>,
+    mut sdxi: Option<&mut crate::copy::SdxiCopy>,
     c: Case,
     note: &str,
 ) -> Result<BenchCase, MigrateError> {
@@ -130,8 +132,9 @@ fn bench_case(
         engine != EngineKind::MovePages,
         |i, b| fill(k, i, b),
     )?);
+    let p0 = sdxi.as_deref().map(|x| x.phases).unwrap_or_default();
     let s = if engine == EngineKind::Sdxi {
-        sdxi
+        sdxi.as_deref_mut()
     } else {
         None
     };
@@ -150,6 +153,10 @@ fn bench_case(
         nb += 1;
     }
     let gb = (moved * fb) as f64 / 1e9;
+    let copy_mismatches = m.verify.copy_mismatches;
+    drop(m);
+    let sdxi_phases = sdxi.as_deref().map(|x| x.phases.since(&p0));
+    let phases = batch_phases(nb, copy_us, &arena, &sdxi_phases.unwrap_or_default());
     let (n0, _, _) = arena.census()?;
     let mut note = note.to_owned();
     if n0 != n as u64 {
@@ -169,8 +176,26 @@ fn bench_case(
         copy_gb_per_s: gb / (copy_us as f64 / 1e6).max(1e-9),
         cpu_s_per_gb: (cpu_ns as f64 / 1e9) / gb.max(1e-12),
         first_folio_us: first as f64 / nb.max(1) as f64,
-        mismatches: m.verify.copy_mismatches,
+        mismatches: copy_mismatches,
         vs_move_pages: None,
+        phases,
         note,
     })
+}
+
+/// Means per batch of the time `nb` batches spent in each step (`copy_us` in all) and in the
+/// SDXi engine's phases.
+fn batch_phases(nb: u64, copy_us: u64, arena: &Arena, sdxi: &SdxiPhases) -> BatchPhases {
+    let per = |ns: u64| ns as f64 / 1e3 / nb.max(1) as f64;
+    BatchPhases {
+        batches: nb,
+        write_protect_us: per(arena.uffd.wp_ns.load(Ordering::Relaxed)),
+        copy_us: per(copy_us * 1000),
+        descriptors_us: per(sdxi.build_ns),
+        doorbell_us: per(sdxi.doorbell_ns),
+        completion_wait_us: per(sdxi.wait_ns),
+        completion_check_us: per(sdxi.check_ns),
+        wakeups: sdxi.wakeups as f64 / nb.max(1) as f64,
+        remap_us: per(arena.remap_ns.load(Ordering::Relaxed)),
+    }
 }

@@ -538,6 +538,34 @@ impl Default for BenchSpec {
     }
 }
 
+/// Where a benchmark case's batches spent the mover thread's time, as means per batch (us): the
+/// batch move's steps (write-protect, the engine's copy call, remap) and, for the SDXi engine,
+/// the phases of its copy call (the copy-offload series' dcbm: prepare descriptors, issue,
+/// wait for completion, check the status). Verification is not among them: it is timed apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BatchPhases {
+    pub batches: u64,
+    /// UFFDIO_WRITEPROTECT calls: protecting the batch, releasing what stayed (and, without
+    /// pools, the release after `move_pages(2)`).
+    pub write_protect_us: f64,
+    /// The engine's copy call in all; for `move_pages(2)`, the system call.
+    pub copy_us: f64,
+    /// SDXi: arming the completion blocks and writing the descriptors to the ring.
+    pub descriptors_us: f64,
+    /// SDXi: the doorbell writes.
+    pub doorbell_us: f64,
+    /// SDXi: from the doorbell until the interrupt (or the completion blocks, polled).
+    pub completion_wait_us: f64,
+    /// SDXi: reading every completion block for its status.
+    pub completion_check_us: f64,
+    /// SDXi: wakeups of the waiting thread (interrupts and poll slices).
+    pub wakeups: f64,
+    /// Mapping the destination slots over the batch (populated), registering the new
+    /// mapping for write-protect and waking waiters.
+    pub remap_us: f64,
+}
+
 /// One (engine, folio size, batch size) case of the benchmark.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BenchCase {
@@ -557,6 +585,9 @@ pub struct BenchCase {
     pub mismatches: u64,
     /// Throughput relative to move_pages(2) with the same folio and batch size.
     pub vs_move_pages: Option<f64>,
+    /// Where the batches' time went.
+    #[serde(default)]
+    pub phases: BatchPhases,
     pub note: String,
 }
 

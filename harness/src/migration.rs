@@ -569,6 +569,54 @@ pub fn bench_summary(r: &BenchReport) -> String {
             s.push_str(&format!("      note: {}\n", c.note));
         }
     }
+    s + &bench_phases(r)
+}
+
+/// Where the benchmark's batches spent the mover's time: the mean per batch of each step and,
+/// for SDXi, of the copy call's phases.
+fn bench_phases(r: &BenchReport) -> String {
+    let mut s = String::from(
+        "  where a batch's time goes (mean us per batch; SDXi's copy = descriptors + doorbell + wait + check):\n",
+    );
+    let head = [
+        "wprotect",
+        "copy",
+        "descriptors",
+        "doorbell",
+        "wait",
+        "check",
+        "wakeups",
+        "remap",
+    ];
+    s.push_str(&format!(
+        "  {:<10} {:<5} {:>6} {:>8}",
+        "engine", "folio", "batch", "batches"
+    ));
+    head.iter().for_each(|h| s.push_str(&format!(" {h:>11}")));
+    s.push('\n');
+    for c in &r.cases {
+        let p = &c.phases;
+        s.push_str(&format!(
+            "  {:<10} {:<5} {:>6} {:>8}",
+            c.engine.name(),
+            c.folio.name(),
+            c.batch,
+            p.batches
+        ));
+        [
+            p.write_protect_us,
+            p.copy_us,
+            p.descriptors_us,
+            p.doorbell_us,
+            p.completion_wait_us,
+            p.completion_check_us,
+            p.wakeups,
+            p.remap_us,
+        ]
+        .iter()
+        .for_each(|v| s.push_str(&format!(" {v:>11.1}")));
+        s.push('\n');
+    }
     s
 }
 
