@@ -206,6 +206,19 @@ impl Uffd {
     }
 }
 
+/// How an arena is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Over a node-1 and a node-0 pool ([`Backing::Pools`]).
+    Pools,
+    /// Private memory ([`Backing::Anon`]); the kernel may back 4 KiB folios with
+    /// transparent huge pages.
+    Anon,
+    /// Private memory in base pages only (`MADV_NOHUGEPAGE`), so the kernel moves 4 KiB
+    /// pages as the migrator does.
+    AnonBasePages,
+}
+
 /// What backs the arena.
 #[derive(Debug)]
 pub enum Backing {
@@ -230,9 +243,8 @@ pub struct Arena {
     pub accessed: Vec<AtomicU8>,
     /// The kernel (or a test double).
     pub sys: Arc<dyn MemorySys>,
-    /// Time spent remapping ([`Arena::remap_to`]), ns: in all, and in its mmap alone.
+    /// Time spent remapping ([`Arena::remap_to`]), ns.
     pub remap_ns: AtomicU64,
-    pub map_ns: AtomicU64,
 }
 
 // SAFETY: the arena's memory is shared by design; the workload threads only read `node` and
@@ -261,6 +273,20 @@ impl Arena {
         pools: bool,
         fill: impl Fn(usize, &mut [u8]),
     ) -> Result<Self> {
+        let layout = if pools { Layout::Pools } else { Layout::Anon };
+        Self::build(sys, folio, n, layout, fill)
+    }
+
+    /// `n` folios of `folio` laid out as `layout`, on node 1, each filled by
+    /// `fill(index, bytes)`, registered for write-protect.
+    pub fn build(
+        sys: Arc<dyn MemorySys>,
+        folio: FolioSize,
+        n: usize,
+        layout: Layout,
+        fill: impl Fn(usize, &mut [u8]),
+    ) -> Result<Self> {
+        let pools = layout == Layout::Pools;
         let fb = folio.bytes() as usize;
         let len = n * fb;
         let base = sysmm::reserve(len, fb)
@@ -286,6 +312,10 @@ impl Arena {
             }
             sysmm::mmap(base, len, flags, -1, 0)
                 .map_err(what(format!("mmap of {len} bytes (anonymous arena)")))?;
+            if layout == Layout::AnonBasePages {
+                sysmm::no_huge_pages(base, len)
+                    .map_err(what(format!("madvise(MADV_NOHUGEPAGE) of {len} bytes")))?;
+            }
             sys.mbind(base, len, 1)
                 .map_err(what(format!("mbind of {len} bytes to node 1")))?;
             Backing::Anon
@@ -303,7 +333,6 @@ impl Arena {
             accessed: (0..n).map(|_| AtomicU8::new(0)).collect(),
             sys,
             remap_ns: AtomicU64::new(0),
-            map_ns: AtomicU64::new(0),
         };
         for i in 0..n {
             // SAFETY: folio i lies inside the arena mapping.
@@ -358,13 +387,11 @@ impl Arena {
         .map_err(what(format!(
             "mmap of {len} bytes (node-{node} slots over the arena)"
         )))?;
-        let mapped = t.elapsed().as_nanos() as u64;
         self.uffd.register(at, len)?;
         for i in start..start + count {
             self.node[i].store(node, Ordering::Release);
         }
         let r = self.uffd.wake(at, len);
-        self.map_ns.fetch_add(mapped, Ordering::Relaxed);
         self.remap_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         r
