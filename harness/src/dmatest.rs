@@ -293,6 +293,10 @@ pub fn execute(
         Accel::Tcg
     };
     let (_, imgs) = provision(&cfg, paths, false, progress)?;
+    // The kernel must have what a bring-up boot and the dmaengine API need, before any build.
+    let mut needs = crate::kernel_loop::bringup_needs(&cfg);
+    needs.extend(crate::kernel_loop::DMATEST);
+    crate::kernel_loop::check_config(&cfg, &imgs, &needs, &format!("scenario {name}"), progress)?;
     let spec = &file.dmatest;
     let mods = modules(&cfg, driver, spec, &imgs.kernel, progress)?;
     let plans = file.plans();
