@@ -206,6 +206,19 @@ impl Uffd {
     }
 }
 
+/// How an arena is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Over a node-1 and a node-0 pool ([`Backing::Pools`]).
+    Pools,
+    /// Private memory ([`Backing::Anon`]); the kernel may back 4 KiB folios with
+    /// transparent huge pages.
+    Anon,
+    /// Private memory in base pages only (`MADV_NOHUGEPAGE`), so the kernel moves 4 KiB
+    /// pages as the migrator does.
+    AnonBasePages,
+}
+
 /// What backs the arena.
 #[derive(Debug)]
 pub enum Backing {
@@ -260,6 +273,20 @@ impl Arena {
         pools: bool,
         fill: impl Fn(usize, &mut [u8]),
     ) -> Result<Self> {
+        let layout = if pools { Layout::Pools } else { Layout::Anon };
+        Self::build(sys, folio, n, layout, fill)
+    }
+
+    /// `n` folios of `folio` laid out as `layout`, on node 1, each filled by
+    /// `fill(index, bytes)`, registered for write-protect.
+    pub fn build(
+        sys: Arc<dyn MemorySys>,
+        folio: FolioSize,
+        n: usize,
+        layout: Layout,
+        fill: impl Fn(usize, &mut [u8]),
+    ) -> Result<Self> {
+        let pools = layout == Layout::Pools;
         let fb = folio.bytes() as usize;
         let len = n * fb;
         let base = sysmm::reserve(len, fb)
@@ -285,6 +312,10 @@ impl Arena {
             }
             sysmm::mmap(base, len, flags, -1, 0)
                 .map_err(what(format!("mmap of {len} bytes (anonymous arena)")))?;
+            if layout == Layout::AnonBasePages {
+                sysmm::no_huge_pages(base, len)
+                    .map_err(what(format!("madvise(MADV_NOHUGEPAGE) of {len} bytes")))?;
+            }
             sys.mbind(base, len, 1)
                 .map_err(what(format!("mbind of {len} bytes to node 1")))?;
             Backing::Anon

@@ -11,14 +11,15 @@
 //!
 //! The same seeded workload as a migrator run runs on anonymous memory placed on node 1
 //! (bound there while it is filled, then given back the default policy, so the kernel may
-//! move it). The report has the migrator's figures: the node-0 share of accesses over time
+//! move it), in 4 KiB pages like the migrator's folios unless `thp` lets the kernel use
+//! transparent huge pages. The report has the migrator's figures: the node-0 share of accesses over time
 //! (the workload counts an access as node 0's by a node map that [`Watch`] refreshes from
 //! `move_pages(2)` queries every `scan_ms`), the folios on node 0 at the end (checked
 //! against their seeded contents, and by the harness in guest RAM), `/proc/vmstat`'s
 //! promotion, hint-fault and demotion counters, and guest CPU time. Every knob is put back
 //! when the run ends.
 
-use crate::arena::Arena;
+use crate::arena::{Arena, Layout};
 use crate::migrate::{open_pagemap, report, verify_end_state, MigrateError, Ran, Retained};
 use crate::mover::BatchMover;
 use crate::pipeline::{Pipeline, Sampler, SourceStage, Stage, Tick};
@@ -39,6 +40,8 @@ const MEMORY_TIERING: &str = "2";
 const RATE_LIMIT: &str = "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps";
 const SCHED_NB: &str = "/sys/kernel/debug/sched/numa_balancing";
 const DEMOTION: &str = "/sys/kernel/mm/numa/demotion_enabled";
+/// Read only, for the report.
+const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 
 /// The `/proc/vmstat` counters a kernel run reports (deltas over the run).
 pub const VMSTAT_KEYS: &[&str] = &[
@@ -138,6 +141,16 @@ impl Knobs {
             s.set(&nb.join("scan_period_min_ms"), &v.to_string());
         }
         s.set(Path::new(DEMOTION), if k.demotion { "1" } else { "0" });
+        let thp = std::fs::read_to_string(THP).unwrap_or_else(|e| format!("absent ({e})"));
+        s.settings.push((THP.to_owned(), thp.trim().to_owned()));
+        s.settings.push((
+            "the workload's pages".to_owned(),
+            if k.thp {
+                "transparent huge pages allowed".to_owned()
+            } else {
+                "4 KiB pages (MADV_NOHUGEPAGE)".to_owned()
+            },
+        ));
         Ok(s)
     }
 }
@@ -225,9 +238,18 @@ fn check_contents(arena: &Arena, seed: u64) -> (u64, u64) {
 /// reports as a migrator run does.
 pub fn run(spec: MigrateSpec) -> Result<(MigrateReport, Retained), MigrateError> {
     let (n, seed) = (spec.workload.pages as usize, spec.workload.seed);
-    let arena = Arc::new(Arena::new(FolioSize::Base, n, false, |i, b| {
-        fill(seed, i, b)
-    })?);
+    let layout = if spec.kernel.thp {
+        Layout::Anon
+    } else {
+        Layout::AnonBasePages
+    };
+    let arena = Arc::new(Arena::build(
+        Arc::new(sys::mm::Linux),
+        FolioSize::Base,
+        n,
+        layout,
+        |i, b| fill(seed, i, b),
+    )?);
     // Filled on node 1 under MPOL_BIND; the default policy lets the kernel promote.
     arena
         .sys

@@ -251,6 +251,10 @@ pub struct KernelSpec {
     pub scan_delay_ms: Option<u64>,
     pub scan_period_min_ms: Option<u64>,
     pub demotion: bool,
+    /// Let the kernel back the workload with transparent huge pages (2 MiB folios, each
+    /// promoted by one hint fault); off, the arena keeps 4 KiB pages (`MADV_NOHUGEPAGE`),
+    /// the migrator's folio size.
+    pub thp: bool,
 }
 
 impl Default for KernelSpec {
@@ -261,6 +265,7 @@ impl Default for KernelSpec {
             scan_delay_ms: None,
             scan_period_min_ms: None,
             demotion: true,
+            thp: false,
         }
     }
 }

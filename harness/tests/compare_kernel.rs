@@ -1,7 +1,8 @@
 //! VM test: `harness run compare-kernel` runs the kernel's own tiering (NUMA balancing in
-//! memory-tiering mode) and the project's migrator (CHMU + SDXi) on the same seeded workload
-//! in one boot, passes every check of both runs, and its report shows both node-0 share
-//! curves on one chart and both runs side by side.
+//! memory-tiering mode, on 4 KiB pages and with transparent huge pages) and the project's
+//! migrator (CHMU + SDXi) on the same seeded workload in one boot, passes every check of
+//! every run, and its report shows the node-0 share curves on one chart and the runs side
+//! by side.
 
 mod common;
 use common::*;
@@ -32,33 +33,41 @@ fn the_kernels_tiering_and_the_migrator_run_side_by_side_with_both_curves() {
             .expect("parse result.json");
     let runs = result["migrate"].as_array().expect("migrate runs");
     let names: Vec<&str> = runs.iter().filter_map(|m| m["name"].as_str()).collect();
-    assert_eq!(names, ["kernel", "migrator"], "{stdout}");
+    assert_eq!(names, ["kernel", "kernel-thp", "migrator"], "{stdout}");
     for m in runs {
         let curve = m["report"]["node0_fraction"].as_array().expect("series");
         assert!(curve.len() >= 4, "{}: a curve, not a point", m["name"]);
         assert!(m["report"]["promoted"].as_u64() > Some(0), "{}", m["name"]);
     }
-    let kernel = &runs[0]["report"]["kernel"];
-    let settings = kernel["settings"].to_string();
-    assert!(
-        settings.contains("numa_balancing\",\"2\""),
-        "memory-tiering mode was set: {settings}"
-    );
-    assert!(kernel["pages_promoted"].as_u64() > Some(0), "{kernel}");
-    assert!(runs[1]["report"]["kernel"].is_null());
+    for (run, pages) in [
+        (&runs[0], "4 KiB pages"),
+        (&runs[1], "transparent huge pages"),
+    ] {
+        let kernel = &run["report"]["kernel"];
+        let settings = kernel["settings"].to_string();
+        assert!(
+            settings.contains("numa_balancing\",\"2\""),
+            "memory-tiering mode was set: {settings}"
+        );
+        assert!(settings.contains(pages), "{settings}");
+        assert!(kernel["pages_promoted"].as_u64() > Some(0), "{kernel}");
+    }
+    assert!(runs[2]["report"]["kernel"].is_null());
     // Both curves on one chart, and the table with both runs.
     let chart = std::fs::read_to_string(dir.join("node0-share-all-runs.svg")).expect("chart");
-    assert_eq!(chart.matches("<polyline").count(), 2, "two curves");
+    assert_eq!(chart.matches("<polyline").count(), 3, "three curves");
     assert!(chart.contains("kernel") && chart.contains("migrator"));
     let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
     let table = md
         .split("## Runs side by side")
         .nth(1)
         .expect("side-by-side table");
-    assert!(
-        table.contains("| kernel | kernel NUMA balancing"),
-        "{table}"
-    );
+    for run in [
+        "| kernel | kernel NUMA balancing",
+        "| kernel-thp | kernel NUMA balancing",
+    ] {
+        assert!(table.contains(run), "{table}");
+    }
     assert!(
         table.contains("| migrator | migrator: chmu source"),
         "{table}"

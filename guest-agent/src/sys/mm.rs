@@ -188,6 +188,16 @@ pub unsafe fn munmap(addr: *mut u8, len: usize) {
     unsafe { libc::munmap(addr.cast(), len) };
 }
 
+/// madvise(2) `MADV_NOHUGEPAGE`: the range keeps base pages (no transparent huge pages at
+/// fault time or from khugepaged).
+pub fn no_huge_pages(addr: *mut u8, len: usize) -> Result<()> {
+    // SAFETY: advice on a range of ours; it changes no contents.
+    if unsafe { libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 /// Locks `[addr, addr + len)` in memory (best effort: a limit is not an error here).
 pub fn mlock(addr: *mut u8, len: usize) {
     // SAFETY: mlock only changes residency of a range of ours; a failure leaves it as is.
