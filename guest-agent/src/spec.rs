@@ -281,7 +281,7 @@ pub struct KernelReport {
     /// pgpromote_success over the run.
     pub pages_promoted: u64,
     /// CPU time the agent spent finding where the pages are (move_pages(2) queries every
-    /// `scan_ms`): the observer's cost, not the kernel's.
+    /// 100 ms): the observer's cost, not the kernel's.
     pub observer_cpu_s: f64,
 }
 
