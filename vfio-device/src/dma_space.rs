@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// Reader shards of the table lock.
-const SHARDS: usize = 8;
+/// Reader shards of the table lock (and of per-thread counters elsewhere, see [`thread_shard`]).
+pub const SHARDS: usize = 8;
 /// Longest wait for the transport before a pass or before declaring a fault.
 pub const QUIESCE_LIMIT: Duration = Duration::from_millis(50);
 /// Maps at least this large are populated in the background while the function runs.
@@ -70,7 +70,10 @@ thread_local! {
     static PASS: Cell<(usize, bool)> = const { Cell::new((0, false)) };
 }
 
-fn shard() -> usize {
+/// This thread's shard in `0..SHARDS`: handed out round-robin on a thread's first call and kept
+/// for its life, so threads spread over the shards (the table's reader counts; the SDXi
+/// engine's counters use it too).
+pub fn thread_shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     SHARD.with(|s| {
         if s.get() == usize::MAX {
@@ -109,7 +112,7 @@ impl DmaSpace {
 
     /// Enters this thread's shard as a reader (waiting while a writer works).
     fn enter(&self) {
-        let s = &self.shards[shard()].0;
+        let s = &self.shards[thread_shard()].0;
         loop {
             s.fetch_add(1, Ordering::SeqCst);
             if !self.writing.load(Ordering::SeqCst) {
@@ -123,7 +126,9 @@ impl DmaSpace {
     }
 
     fn leave(&self) {
-        self.shards[shard()].0.fetch_sub(1, Ordering::Release);
+        self.shards[thread_shard()]
+            .0
+            .fetch_sub(1, Ordering::Release);
     }
 
     /// Runs `f` with the table read-locked. Inside [`Self::pass`] the lock is kept from one

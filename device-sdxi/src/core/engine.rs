@@ -34,10 +34,10 @@ use super::function::{SdxiConfig, SdxiFunction};
 use crate::mem::{CxtState, ErrClass};
 use crate::metrics::EngineCounters;
 use crate::regs::FnState;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use vfio_device::dma::{DmaMemory, Fault};
+use vfio_device::dma_space::{thread_shard as shard, SHARDS};
 
 /// Context state after a descriptor error.
 pub const ERROR_STATE: CxtState = CxtState::ErrFn;
@@ -132,27 +132,12 @@ impl std::fmt::Debug for StartHook {
     }
 }
 
-/// Counter shards: a thread adds what it counted into its own shard (a pass merges once, at
-/// its end); a read sums them.
-const SHARDS: usize = 8;
-
+/// A counter shard: a thread adds what it counted into its own shard (a pass merges once, at
+/// its end); a read sums them. A thread's shard is the one it has in the DMA space
+/// ([`vfio_device::dma_space::thread_shard`]).
 #[repr(align(128))]
 #[derive(Debug, Default)]
 struct Shard(Mutex<EngineCounters>);
-
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    SHARD.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
-        }
-        s.get()
-    })
-}
 
 /// The SDXi engine of one function.
 #[derive(Debug)]
