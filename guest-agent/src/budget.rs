@@ -26,7 +26,8 @@ pub struct TieringSpec {
     pub high_percent: u8,
     /// How often node 0's accessed bits are scanned and aged (ms).
     pub scan_ms: u64,
-    /// A folio on node 0 not accessed for this many scans is cold (a demotion candidate).
+    /// A folio on node 0 not accessed for this many scans is cold (a demotion candidate); 0
+    /// takes the least recently accessed whatever their age (the LRU tail under pressure).
     pub cold_scans: u8,
     /// Most folios in one demotion batch.
     pub demote_batch: u32,
@@ -67,9 +68,6 @@ impl TieringSpec {
         }
         if !(self.low_percent < self.high_percent && self.high_percent <= 100) {
             return bad("low_percent", "needs low_percent < high_percent <= 100");
-        }
-        if self.cold_scans == 0 {
-            return bad("cold_scans", "must be at least 1");
         }
         if self.demote_batch == 0 || self.demote_batch > 1024 {
             return bad("demote_batch", "must be 1..=1024");

@@ -12,9 +12,10 @@
 //! - [`Attribution`]: who pays: each batch's guest CPU time, wall time and bytes are charged
 //!   to the owners of its folios (a workload, a cgroup) in proportion to their folios — the
 //!   question pghot v7's memcg-grouped batches (`promote_misplaced_memcg_folios()`) raise.
-//! - [`copy_threads`]: CPU copy threads for a batch, from its size and the CPUs left idle.
+//! - [`copy_threads`]: CPU copy threads for a batch, from its size and the CPUs left idle
+//!   ([`IdleMeter`], from `/proc/stat`: the only I/O here).
 //!
-//! No I/O and no clock: callers pass measurements in, so tests run on made-up costs.
+//! No clock: callers pass measurements in, so tests run on made-up costs.
 
 use crate::spec::EngineKind;
 use serde::{Deserialize, Serialize};
@@ -268,6 +269,52 @@ pub fn copy_threads(batch_bytes: u64, idle_tenths: u32, max: u32) -> u32 {
     by_size.min(by_cpu).min(u64::from(max.max(1))) as u32
 }
 
+/// (idle, total) jiffies of the aggregate `cpu ` line of `/proc/stat` (idle counts idle and
+/// iowait; see Documentation/filesystems/proc.rst).
+pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((idle, v.iter().sum()))
+}
+
+/// CPUs left idle since the previous look, in tenths of a CPU.
+#[derive(Debug)]
+pub struct IdleMeter {
+    last: Option<(u64, u64)>,
+    cpus: u32,
+}
+
+impl Default for IdleMeter {
+    fn default() -> Self {
+        Self {
+            last: None,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+}
+
+impl IdleMeter {
+    /// Idle tenths of a CPU since the previous call (all CPUs idle on the first).
+    pub fn idle_tenths(&mut self) -> u32 {
+        let now = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| parse_proc_stat(&t));
+        let out = match (self.last, now) {
+            (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+                ((i1 - i0) as f64 / (t1 - t0) as f64 * f64::from(self.cpus) * 10.0) as u32
+            }
+            _ => self.cpus * 10,
+        };
+        self.last = now.or(self.last);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +437,13 @@ mod tests {
         assert!((fairness(&[10, 10]) - 1.0).abs() < 1e-12);
         assert!((fairness(&[10, 0]) - 0.5).abs() < 1e-12);
         assert_eq!(fairness(&[0, 0]), 1.0);
+    }
+
+    #[test]
+    fn proc_stat_idle_includes_iowait() {
+        let t = "cpu  10 1 5 80 4 0 0 0 0 0\ncpu0 5 0 2 40 2 0 0 0 0 0\n";
+        assert_eq!(parse_proc_stat(t), Some((84, 100)));
+        assert_eq!(parse_proc_stat("intr 1\n"), None);
     }
 
     #[test]

@@ -23,8 +23,9 @@
 use crate::arena::{self, gpa_of, Arena, MemError};
 use crate::chmu::ChmuError;
 use crate::copy::SdxiCopy;
+use crate::demote::{BudgetSide, DemoteStage, PromoteSide, Tiering};
 use crate::mover::Mover;
-use crate::pipeline::{Clock, Pipeline, Sampler, SourceStage, WallClock};
+use crate::pipeline::{Budget, Clock, Pipeline, Sampler, SourceStage, Stage, WallClock};
 use crate::promote::{Batcher, Promoter};
 use crate::sdxi::SdxiError;
 use crate::sources::{ChmuSource, DamonError, DamonSource, HotnessSource};
@@ -33,6 +34,7 @@ use crate::sys;
 use crate::workload::{counted_writes, fill, Workload};
 use std::collections::HashSet;
 use std::fs::File;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,17 +213,35 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
         _ => None,
     };
     let mut mover = Mover::new(Arc::clone(&arena), &spec.engine, sdxi.as_mut(), POOL_IOVA)?;
+    mover.verify_mode = spec.verify;
     let pagemap = open_pagemap()?;
     let source = open_source(&spec, dev, &arena, &pagemap)?;
     let p = &spec.promotion;
+    // Promotion goes through the tiering state (budget, ping-pong hold-back); with a budget,
+    // demotion runs as an extra stage through the same mover.
+    let tier = Tiering::new(
+        &spec.tiering,
+        &mut mover,
+        &*arena,
+        spec.source,
+        p.threshold,
+        folio.bytes(),
+        Box::new(|_| "workload".to_owned()),
+    );
+    let mut up = PromoteSide(Rc::clone(&tier));
+    let budgeted = spec.tiering.dram_budget > 0;
     let mut pipe = Pipeline {
         source: SourceStage::new(spec.source, source, spec.scan_ms),
         promoter: Promoter::new(p.threshold, p.window_ms, p.rate_limit_mbps, folio.bytes()),
         batcher: Batcher::new(spec.batch.size, spec.batch.timeout_ms, spec.batch.auto_tune),
-        mover: &mut mover,
+        mover: &mut up,
         sampler: Sampler::new(spec.sample_ms),
-        budget: None,
-        stages: Vec::new(),
+        budget: budgeted.then(|| Box::new(BudgetSide(Rc::clone(&tier))) as Box<dyn Budget>),
+        stages: if budgeted {
+            vec![Box::new(DemoteStage(Rc::clone(&tier))) as Box<dyn Stage>]
+        } else {
+            Vec::new()
+        },
         batches: Vec::new(),
         tuned: Vec::new(),
         auto_tune: spec.batch.auto_tune,
@@ -233,6 +253,17 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
     }
     let ran = Ran::run(&mut pipe, &arena, &spec)?;
     drop(pipe);
+    drop(up);
+    let (tiering, moved) = {
+        let mut t = tier.borrow_mut();
+        (budgeted.then(|| t.finish()), std::mem::take(&mut t.moved))
+    };
+    drop(tier);
+    let engine_model = if spec.engine.policy == Policy::Auto {
+        mover.model.estimates()
+    } else {
+        Vec::new()
+    };
     let mut verify = std::mem::take(&mut mover.verify);
     if mover.move_failed > 0 {
         notes.push(format!(
@@ -242,7 +273,10 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
     }
     drop(mover);
     verify_end_state(&arena, &ran, &mut verify)?;
-    let report = report(spec, &arena, &pagemap, ran, verify, notes);
+    let mut report = report(spec, &arena, &pagemap, ran, verify, notes);
+    report.demoted_folios = moved_folios(&arena, &pagemap, &moved, 1);
+    report.tiering = tiering;
+    report.engine_model = engine_model;
     let huge = folio == FolioSize::Huge;
     Ok((
         report,
@@ -348,6 +382,20 @@ pub(crate) fn verify_end_state(
     Ok(())
 }
 
+/// Folios that moved at least once and are on `node` now, each with its guest-physical
+/// address and checksum for the harness.
+fn moved_folios(arena: &Arena, pagemap: &File, moved: &[bool], node: u8) -> Vec<MigratedFolio> {
+    (0..arena.n)
+        .filter(|&i| moved.get(i).copied().unwrap_or(false))
+        .filter(|&i| arena.node[i].load(Ordering::Acquire) == node)
+        .map(|i| MigratedFolio {
+            index: i as u32,
+            gpa: gpa_of(pagemap, arena.at(i) as usize).unwrap_or(0),
+            checksum: folio_checksum(arena.bytes(i)),
+        })
+        .collect()
+}
+
 /// The report of a finished run.
 pub(crate) fn report(
     spec: MigrateSpec,
@@ -396,5 +444,8 @@ pub(crate) fn report(
         spec,
         cpu: ran.cpu,
         kernel: None,
+        demoted_folios: Vec::new(),
+        tiering: None,
+        engine_model: Vec::new(),
     }
 }

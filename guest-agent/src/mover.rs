@@ -17,8 +17,13 @@
 
 use crate::arena::{runs, thread_cpu_ns, Arena, Backing};
 use crate::copy::{copy_folio, CopyEngine, CpuCopy, FolioCopy, SdxiCopy};
+use crate::cost_model::{copy_threads, CostModel, IdleMeter};
+
+/// Most CPU copy threads the automatic choice uses.
+const MAX_AUTO_THREADS: u32 = 8;
 use crate::migrate::MigrateError;
 use crate::spec::{folio_checksum, BatchStat, EngineKind, EngineSpec, Policy, VerifyStats};
+use crate::verify::VerifyMode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,18 +48,25 @@ pub trait BatchMover {
 pub struct Mover<'a> {
     pub arena: Arc<Arena>,
     policy: Policy,
-    dma_min_batch: usize,
     cpu: CpuCopy,
     sdxi: Option<&'a mut SdxiCopy>,
     /// IOVAs of the node-1 and node-0 pools.
     iova: (u64, u64),
     pub verify: VerifyStats,
     pub move_failed: u64,
+    /// Which copies step 3 checks.
+    pub verify_mode: VerifyMode,
+    /// With `cpu_threads = 0`: the CPUs left idle, to pick each batch's copy threads.
+    idle: Option<IdleMeter>,
+    /// The `auto` policy's model of each engine's measured cost ([`crate::cost_model`]).
+    pub model: CostModel,
 }
 
 /// What the copy step did: which folios moved, helper threads' CPU time, folios the CPU
 /// copied after the engine failed them.
 struct Copied {
+    /// CPU copy threads used (0: the engine copied).
+    threads: u32,
     moved: Vec<bool>,
     helper_cpu_ns: u64,
     fallback: u32,
@@ -76,7 +88,6 @@ impl<'a> Mover<'a> {
         Ok(Self {
             arena,
             policy: engine.policy,
-            dma_min_batch: engine.dma_min_batch as usize,
             cpu: CpuCopy {
                 threads: engine.cpu_threads as usize,
                 nt: engine.nt_stores,
@@ -85,25 +96,26 @@ impl<'a> Mover<'a> {
             iova,
             verify: VerifyStats::default(),
             move_failed: 0,
+            verify_mode: VerifyMode::Full,
+            idle: (engine.cpu_threads == 0).then(IdleMeter::default),
+            model: CostModel::new(&[EngineKind::Sdxi, EngineKind::Cpu]),
         })
     }
 
-    /// The engine for a batch of `n` folios.
-    fn choose(&self, n: usize) -> EngineKind {
+    /// The engine for a batch of `n` folios: `auto` asks the cost model (measured costs of
+    /// this run, no thresholds).
+    fn choose(&mut self, n: usize) -> EngineKind {
         match self.policy {
             Policy::Cpu => EngineKind::Cpu,
             Policy::MovePages => EngineKind::MovePages,
             Policy::Sdxi if self.sdxi.is_some() => EngineKind::Sdxi,
-            Policy::Auto
-                if self.sdxi.is_some() && (self.arena.folio > 4096 || n >= self.dma_min_batch) =>
-            {
-                EngineKind::Sdxi
-            }
+            Policy::Auto if self.sdxi.is_some() => self.model.choose(n as u32),
             _ => EngineKind::Cpu,
         }
     }
 
-    fn copies(&self, folios: &[u32]) -> Vec<FolioCopy> {
+    /// The copies of a batch towards node `to` (0: promotion, 1: demotion).
+    fn copies(&self, folios: &[u32], to: u8) -> Vec<FolioCopy> {
         let a = &self.arena;
         let Backing::Pools { pool1, pool0 } = &a.backing else {
             return Vec::new();
@@ -112,11 +124,21 @@ impl<'a> Mover<'a> {
             .iter()
             .map(|&f| {
                 let off = f as usize * a.folio;
+                let (s1, s0) = (
+                    pool1.slot(f as usize, a.folio),
+                    pool0.slot(f as usize, a.folio),
+                );
+                let (i1, i0) = (self.iova.0 + off as u64, self.iova.1 + off as u64);
+                let (src, dst, src_iova, dst_iova) = if to == 0 {
+                    (s1, s0, i1, i0)
+                } else {
+                    (s0, s1, i0, i1)
+                };
                 FolioCopy {
-                    src: pool1.slot(f as usize, a.folio),
-                    dst: pool0.slot(f as usize, a.folio),
-                    src_iova: self.iova.0 + off as u64,
-                    dst_iova: self.iova.1 + off as u64,
+                    src,
+                    dst,
+                    src_iova,
+                    dst_iova,
                     len: a.folio,
                 }
             })
@@ -139,23 +161,33 @@ impl<'a> Mover<'a> {
         engine: EngineKind,
         folios: &[u32],
         copies: &[FolioCopy],
+        to: u8,
     ) -> Result<Copied, MigrateError> {
         let mut done = Copied {
+            threads: 0,
             moved: vec![true; folios.len()],
             helper_cpu_ns: 0,
             fallback: 0,
         };
         if engine == EngineKind::MovePages {
             let pages: Vec<*mut u8> = folios.iter().map(|&f| self.arena.at(f as usize)).collect();
-            let st = self.arena.move_pages(&pages, Some(0))?;
+            let st = self.arena.move_pages(&pages, Some(i32::from(to)))?;
             for (m, s) in done.moved.iter_mut().zip(&st) {
-                *m = *s == 0;
+                *m = *s == i32::from(to);
             }
             return Ok(done);
         }
         let out = match (engine, self.sdxi.as_deref_mut()) {
             (EngineKind::Sdxi, Some(s)) => s.copy(copies),
-            _ => self.cpu.copy(copies),
+            _ => {
+                if let Some(m) = self.idle.as_mut() {
+                    let bytes = (copies.len() * self.arena.folio) as u64;
+                    self.cpu.threads =
+                        copy_threads(bytes, m.idle_tenths(), MAX_AUTO_THREADS) as usize;
+                }
+                done.threads = self.cpu.threads as u32;
+                self.cpu.copy(copies)
+            }
         };
         done.helper_cpu_ns = out.helper_cpu_ns;
         self.verify.dma_errors += out.dma_errors;
@@ -182,36 +214,51 @@ impl<'a> Mover<'a> {
         }
     }
 
-    /// Step 3: checks every copied folio against its checksum from before the copy; a
-    /// mismatch is copied again by the CPU, and a folio that still differs stays.
-    fn verify(&mut self, folios: &[u32], copies: &[FolioCopy], before: &[u64], moved: &mut [bool]) {
+    /// Step 3: checks every checked folio (the verification mode's choice) against its
+    /// checksum from before the copy; a mismatch is copied again by the CPU, and a folio that
+    /// still differs stays.
+    fn verify(
+        &mut self,
+        folios: &[u32],
+        copies: &[FolioCopy],
+        before: &[Option<u64>],
+        moved: &mut [bool],
+    ) {
         for i in 0..folios.len() {
+            let Some(before) = before[i] else {
+                continue;
+            };
             if !moved[i] {
                 continue;
             }
             self.verify.copies_checked += 1;
-            if folio_checksum(self.folio_bytes(folios, copies, i, true)) != before[i] {
+            if folio_checksum(self.folio_bytes(folios, copies, i, true)) != before {
                 self.verify.copy_mismatches += 1;
                 if let Some(c) = copies.get(i) {
                     copy_folio(c, false);
-                    moved[i] =
-                        folio_checksum(self.folio_bytes(folios, copies, i, true)) == before[i];
+                    moved[i] = folio_checksum(self.folio_bytes(folios, copies, i, true)) == before;
                 }
             }
         }
     }
 
-    /// Step 4: remaps the folios that moved onto node 0 and releases the ones that stayed;
-    /// returns when the first folio was usable again (us since `t0`).
-    fn remap(&self, done: &[u32], stayed: &[u32], t0: Instant) -> Result<u64, MigrateError> {
+    /// Step 4: remaps the folios that moved onto node `to` and releases the ones that
+    /// stayed; returns when the first folio was usable again (us since `t0`).
+    fn remap(
+        &self,
+        done: &[u32],
+        stayed: &[u32],
+        t0: Instant,
+        to: u8,
+    ) -> Result<u64, MigrateError> {
         let a = &self.arena;
         let mut first_folio_us = 0;
         for &(s, c) in &runs(done) {
             match a.backing {
-                Backing::Pools { .. } => a.remap_to_node0(s, c)?,
+                Backing::Pools { .. } => a.remap_to(to, s, c)?,
                 Backing::Anon => {
                     for i in s..s + c {
-                        a.node[i].store(0, Ordering::Release);
+                        a.node[i].store(to, Ordering::Release);
                     }
                     a.uffd.protect(a.at(s), c * a.folio, false)?;
                 }
@@ -225,25 +272,47 @@ impl<'a> Mover<'a> {
         Ok(first_folio_us)
     }
 
-    /// Migrates `folios` (all on node 1) as one batch: the four steps above.
+    /// Migrates `folios` (all on node 1) to node 0 as one batch: the four steps above.
     pub fn migrate(
+        &mut self,
+        folios: Vec<u32>,
+        start_ms: u64,
+    ) -> Result<(BatchStat, Vec<u32>), MigrateError> {
+        self.migrate_to(folios, start_ms, 0)
+    }
+
+    /// Migrates `folios` (all on the other node) to node `to` as one batch: the four steps
+    /// above, the same both ways. The checksums of step 3 are timed apart (`verify_us`) and
+    /// left out of the batch's latency and CPU time.
+    pub fn migrate_to(
         &mut self,
         mut folios: Vec<u32>,
         start_ms: u64,
+        to: u8,
     ) -> Result<(BatchStat, Vec<u32>), MigrateError> {
         folios.sort_unstable();
         let t0 = Instant::now();
         let cpu0 = thread_cpu_ns();
         let engine = self.choose(folios.len());
         self.protect(&folios, true)?;
-        let copies = self.copies(&folios);
-        let before: Vec<u64> = (0..folios.len())
-            .map(|i| folio_checksum(self.folio_bytes(&folios, &copies, i, false)))
+        let copies = self.copies(&folios, to);
+        let tv = (Instant::now(), thread_cpu_ns());
+        let mode = self.verify_mode;
+        let before: Vec<Option<u64>> = (0..folios.len())
+            .map(|i| {
+                mode.checks(folios[i], i)
+                    .then(|| folio_checksum(self.folio_bytes(&folios, &copies, i, false)))
+            })
             .collect();
+        let mut verify_us = tv.0.elapsed().as_micros() as u64;
+        let mut verify_ns = thread_cpu_ns() - tv.1;
         let tc = Instant::now();
-        let mut copied = self.copy_all(engine, &folios, &copies)?;
+        let mut copied = self.copy_all(engine, &folios, &copies, to)?;
         let copy_us = tc.elapsed().as_micros() as u64;
+        let tv = (Instant::now(), thread_cpu_ns());
         self.verify(&folios, &copies, &before, &mut copied.moved);
+        verify_us += tv.0.elapsed().as_micros() as u64;
+        verify_ns += thread_cpu_ns() - tv.1;
         let pick = |want: bool| -> Vec<u32> {
             folios
                 .iter()
@@ -253,19 +322,29 @@ impl<'a> Mover<'a> {
                 .collect()
         };
         let (done, stayed) = (pick(true), pick(false));
-        let first_folio_us = self.remap(&done, &stayed, t0)?;
+        let first_folio_us = self
+            .remap(&done, &stayed, t0, to)?
+            .saturating_sub(verify_us);
         self.move_failed += stayed.len() as u64;
         self.verify.fallback_folios += u64::from(copied.fallback);
         let stat = BatchStat {
             engine,
             folios: done.len() as u32,
             start_ms,
-            latency_us: t0.elapsed().as_micros() as u64,
+            latency_us: (t0.elapsed().as_micros() as u64).saturating_sub(verify_us),
             first_folio_us,
             copy_us,
-            cpu_ns: thread_cpu_ns() - cpu0 + copied.helper_cpu_ns,
+            cpu_ns: (thread_cpu_ns() - cpu0 + copied.helper_cpu_ns).saturating_sub(verify_ns),
             fallback_folios: copied.fallback,
+            to_node: to,
+            copy_threads: copied.threads,
+            verify_us,
         };
+        self.verify.verify_s += verify_us as f64 / 1e6;
+        if engine != EngineKind::MovePages {
+            self.model
+                .observe(engine, stat.folios, stat.latency_us, stat.cpu_ns);
+        }
         Ok((stat, stayed))
     }
 }
@@ -382,7 +461,7 @@ mod tests {
         let fake = FakeMemory::default();
         let a = arena(&fake, 4, true);
         for p in [Policy::Sdxi, Policy::Auto, Policy::Cpu] {
-            let m = Mover::new(Arc::clone(&a), &spec(p), None, 0).expect("mover");
+            let mut m = Mover::new(Arc::clone(&a), &spec(p), None, 0).expect("mover");
             assert_eq!(m.choose(512), EngineKind::Cpu, "{p:?}");
         }
     }

@@ -179,8 +179,9 @@ pub enum Policy {
     #[default]
     Sdxi,
     MovePages,
-    /// SDXi for huge folios or batches of at least `dma_min_batch` folios, the CPU otherwise
-    /// (the seeds' "DMA vs CPU" question: offload pays off only for large copies).
+    /// SDXi or the CPU, batch by batch, whichever the cost model fed by this run's measured
+    /// batch costs predicts cheaper for the batch's size ([`crate::cost_model`]; the seeds'
+    /// "DMA vs CPU" question answered by measurement, not a threshold).
     Auto,
 }
 
@@ -188,11 +189,12 @@ pub enum Policy {
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSpec {
     pub policy: Policy,
+    /// CPU copy threads; 0 picks them per batch from its size and the CPUs left idle
+    /// ([`crate::cost_model::copy_threads`]).
     pub cpu_threads: u32,
     pub nt_stores: bool,
     /// SDXi contexts used as channels (a batch is split across them).
     pub sdxi_channels: u32,
-    pub dma_min_batch: u32,
     /// A batch whose DMA has not completed by then falls back to the CPU.
     pub dma_timeout_ms: u64,
 }
@@ -204,7 +206,6 @@ impl Default for EngineSpec {
             cpu_threads: 2,
             nt_stores: false,
             sdxi_channels: 1,
-            dma_min_batch: 64,
             dma_timeout_ms: 10_000,
         }
     }
@@ -229,6 +230,10 @@ pub struct MigrateSpec {
     pub chmu_threshold: u32,
     pub chmu_epoch_scale: u8,
     pub chmu_epoch_mult: u16,
+    /// Which copies the guest checksums (the harness reads every moved folio back anyway).
+    pub verify: crate::verify::VerifyMode,
+    /// The DRAM budget and demotion (none by default: promotion only).
+    pub tiering: crate::budget::TieringSpec,
     /// The kernel's tiering knobs (source `kernel` only).
     pub kernel: KernelSpec,
 }
@@ -339,8 +344,8 @@ impl MigrateSpec {
         if self.batch.size == 0 || self.batch.size > 1024 {
             return bad("batch.size", "must be 1..=1024");
         }
-        if self.engine.cpu_threads == 0 || self.engine.cpu_threads > 64 {
-            return bad("engine.cpu_threads", "must be 1..=64");
+        if self.engine.cpu_threads > 64 {
+            return bad("engine.cpu_threads", "must be 0 (auto) or 1..=64");
         }
         if self.engine.sdxi_channels == 0 || self.engine.sdxi_channels > 16 {
             return bad("engine.sdxi_channels", "must be 1..=16");
@@ -354,6 +359,7 @@ impl MigrateSpec {
                 "only node 0 (the DRAM tier) is a promotion target in this test bed",
             );
         }
+        self.tiering.validate(w.pages)?;
         if self.workload.folio == FolioSize::Huge && self.source == SourceKind::Damon {
             return bad(
                 "source",
@@ -412,6 +418,13 @@ pub struct BatchStat {
     pub cpu_ns: u64,
     /// Folios the DMA engine failed (or did not finish) that the CPU copied instead.
     pub fallback_folios: u32,
+    /// The node the batch went to (0: promotion, 1: demotion).
+    pub to_node: u8,
+    /// CPU copy threads the batch used (0: no CPU copy).
+    pub copy_threads: u32,
+    /// Time the guest spent checksumming the batch (before and after the copy), us: not part
+    /// of `latency_us`, `first_folio_us` nor `cpu_ns`.
+    pub verify_us: u64,
 }
 
 /// Per-engine totals.
@@ -467,6 +480,8 @@ pub struct VerifyStats {
     pub on_other: u64,
     /// Promoted folios not on node 0 at the end.
     pub promoted_not_on_node0: u64,
+    /// Seconds the guest spent checksumming copies (kept out of the batches' times).
+    pub verify_s: f64,
 }
 
 /// A promoted folio at the end of the run: its guest-physical address and the checksum of
@@ -504,6 +519,14 @@ pub struct MigrateReport {
     /// Batch sizes the auto-tuner chose, in order (empty without auto-tuning).
     pub tuned_sizes: Vec<u32>,
     pub migrated: Vec<MigratedFolio>,
+    /// Folios that moved and ended on node 1 (demoted), for the harness to read from node
+    /// 1's guest RAM.
+    pub demoted_folios: Vec<MigratedFolio>,
+    /// Demotion under a DRAM budget (None without one).
+    pub tiering: Option<crate::budget::TieringReport>,
+    /// The `auto` policy's cost model at the end: each engine's fitted cost and how often it
+    /// was chosen.
+    pub engine_model: Vec<crate::cost_model::EngineEstimate>,
     /// Notes on anything degraded (a source that could not start, etc.).
     pub notes: Vec<String>,
     /// Guest CPU time over the run.
@@ -527,6 +550,10 @@ pub struct BenchSpec {
     pub bytes_2m: u64,
     pub cpu_threads: u32,
     pub sdxi_channels: u32,
+    /// Verification inside the timed migration (`off` by default, like the kernel): every
+    /// moved folio is verified in a separate pass afterwards either way, and that pass's cost
+    /// is its own column.
+    pub verify: crate::verify::VerifyMode,
 }
 
 impl Default for BenchSpec {
@@ -539,6 +566,7 @@ impl Default for BenchSpec {
             bytes_2m: 128 << 20,
             cpu_threads: 2,
             sdxi_channels: 1,
+            verify: crate::verify::VerifyMode::Off,
         }
     }
 }
@@ -588,6 +616,10 @@ pub struct BenchCase {
     /// Mean time from a batch's start until its first folio is usable again (us).
     pub first_folio_us: f64,
     pub mismatches: u64,
+    /// The separate verification pass after the timed migration: folios checked against the
+    /// bytes they were filled with, and its guest time per GB.
+    pub verified: u64,
+    pub verify_s_per_gb: f64,
     /// Throughput relative to move_pages(2) with the same folio and batch size.
     pub vs_move_pages: Option<f64>,
     /// Where the batches' time went.

@@ -33,7 +33,7 @@ impl VerifyMode {
     pub fn checks(self, folio: u32, pos: usize) -> bool {
         match self {
             Self::Full => true,
-            Self::Sample => pos == 0 || folio % SAMPLE_EVERY == 0,
+            Self::Sample => pos == 0 || folio.is_multiple_of(SAMPLE_EVERY),
             Self::Off => false,
         }
     }

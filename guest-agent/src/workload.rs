@@ -206,6 +206,11 @@ impl Workload {
                             let ms = started.elapsed().as_millis() as u64;
                             let f = chooser.pick(&mut rng, ms);
                             let base = arena.at(f);
+                            // The accessed bit demotion's scan ages (written only when clear,
+                            // so hot folios' lines stay shared).
+                            if arena.accessed[f].load(Ordering::Relaxed) == 0 {
+                                arena.accessed[f].store(1, Ordering::Relaxed);
+                            }
                             if arena.node[f].load(Ordering::Acquire) == 0 {
                                 n0 += 1;
                             }

@@ -37,6 +37,25 @@ fn node0_figure(name: &str, r: &MigrateReport) -> Figure {
     }
 }
 
+/// With a DRAM budget: promotion and demotion over time with the node-0 share.
+fn tiering_figure(name: &str, r: &MigrateReport) -> Option<Figure> {
+    let t = r.tiering.as_ref()?;
+    Some(Figure {
+        file: format!("tiering-{name}.svg"),
+        caption: format!(
+            "Run {name}: promotions and demotions per sample period and node-0 use, as % of the DRAM budget of {} folios, with the share of accesses served from node 0; {} promoted and {} demoted in all",
+            t.dram_budget, t.promoted_total, t.demoted_total
+        ),
+        svg: plots::line_chart(
+            &format!("Tiering both ways: {name}"),
+            "seconds since the workload started",
+            "%",
+            (0.0, 100.0),
+            &crate::tiering::figure_series(r),
+        ),
+    })
+}
+
 fn latency_figure(name: &str, r: &MigrateReport) -> Option<Figure> {
     if r.batches.is_empty() {
         return None;
@@ -247,6 +266,7 @@ pub fn write(r: &RunResult, dir: &Path) -> std::io::Result<()> {
     for m in &r.migrate {
         figs.push(node0_figure(&m.name, &m.report));
         figs.extend(latency_figure(&m.name, &m.report));
+        figs.extend(tiering_figure(&m.name, &m.report));
     }
     if r.migrate.len() > 1 {
         figs.push(Figure {

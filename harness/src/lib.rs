@@ -43,6 +43,7 @@ pub mod scenario;
 pub mod sdxi_copy;
 pub mod session;
 pub mod tap_bench;
+pub mod tiering;
 pub mod tools;
 pub mod vm;
 

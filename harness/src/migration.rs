@@ -22,6 +22,7 @@ use guest_agent::spec::{
     folio_checksum, BenchCase, BenchReport, BenchSpec, EngineKind, FolioSize, MigrateReport,
     MigrateSpec,
 };
+use guest_agent::verify::VerifyMode;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -44,6 +45,13 @@ pub struct Expect {
     pub min_context_restarts: Option<u64>,
     /// Engines that must have migrated at least one batch.
     pub engines_used: Vec<EngineKind>,
+    /// With a DRAM budget ([`crate::tiering`]): folios demoted, migrations both ways, the
+    /// node-0 share every phase change must climb back to, and ping-pong requests per demoted
+    /// folio.
+    pub min_demoted: Option<u64>,
+    pub min_migrations: Option<u64>,
+    pub recover_share: Option<f64>,
+    pub max_pingpong_share: Option<f64>,
 }
 
 /// A control-socket request sent to the SDXi server in the middle of a run: once the engine
@@ -187,8 +195,11 @@ pub fn read_file(name: &str) -> Result<Option<ScenarioFile>, ScenarioError> {
 pub struct HostVerify {
     pub folios: u64,
     pub matched: u64,
-    /// Folios whose address is not in node 0's RAM.
+    /// Promoted folios whose address is not in node 0's RAM.
     pub not_in_node0: u64,
+    /// Demoted folios read from node 1's RAM, and those whose address is not in it.
+    pub demoted: u64,
+    pub not_in_node1: u64,
     pub mismatched: u64,
     pub unreadable: u64,
     /// The first few problems, for the report.
@@ -206,7 +217,7 @@ pub fn verify_on_host(r: &MigrateReport, ram: &dyn GuestRam) -> HostVerify {
     let mut v = HostVerify::default();
     // The report comes from the guest: only the two folio sizes it can have are read.
     if ![FolioSize::Base.bytes(), FolioSize::Huge.bytes()].contains(&r.folio_bytes) {
-        v.folios = r.migrated.len() as u64;
+        v.folios = (r.migrated.len() + r.demoted_folios.len()) as u64;
         v.unreadable = v.folios;
         v.problems.push(format!(
             "folio size {} is not 4 KiB or 2 MiB",
@@ -215,18 +226,28 @@ pub fn verify_on_host(r: &MigrateReport, ram: &dyn GuestRam) -> HostVerify {
         return v;
     }
     let mut buf = vec![0u8; r.folio_bytes as usize];
-    for m in &r.migrated {
+    let both = r
+        .migrated
+        .iter()
+        .map(|m| (m, 0))
+        .chain(r.demoted_folios.iter().map(|m| (m, 1)));
+    for (m, node) in both {
         v.folios += 1;
+        v.demoted += u64::from(node == 1);
         let problem = |v: &mut HostVerify, p: String| {
             if v.problems.len() < 8 {
                 v.problems.push(p);
             }
         };
-        if ram.node_of(m.gpa) != Some(0) {
-            v.not_in_node0 += 1;
+        if ram.node_of(m.gpa) != Some(node) {
+            if node == 0 {
+                v.not_in_node0 += 1;
+            } else {
+                v.not_in_node1 += 1;
+            }
             problem(
                 &mut v,
-                format!("folio {} at {:#x}: not node-0 RAM", m.index, m.gpa),
+                format!("folio {} at {:#x}: not node-{node} RAM", m.index, m.gpa),
             );
             continue;
         }
@@ -264,6 +285,7 @@ pub fn migrate_checks(
     let mut c = always_checks(r, host, expect.min_promoted.unwrap_or(1));
     c.extend(expected_checks(r, expect));
     c.extend(sdxi_device_check(r, sdxi_counters));
+    c.extend(crate::tiering::checks(r, expect));
     c
 }
 
@@ -286,10 +308,11 @@ fn always_checks(r: &MigrateReport, host: &HostVerify, min_promoted: u64) -> Vec
         ),
         check(
             "migrate_copies_verified",
-            v.copy_mismatches == 0 && v.copies_checked >= r.promoted,
+            v.copy_mismatches == 0
+                && (r.spec.verify != VerifyMode::Full || v.copies_checked >= r.promoted),
             format!(
-                "{} copies checksummed before and after in the guest, {} mismatched",
-                v.copies_checked, v.copy_mismatches
+                "{} copies checksummed before and after in the guest ({:?} verification, {:.2} s kept off the batch times), {} mismatched",
+                v.copies_checked, r.spec.verify, v.verify_s, v.copy_mismatches
             ),
         ),
         check(
@@ -310,11 +333,15 @@ fn always_checks(r: &MigrateReport, host: &HostVerify, min_promoted: u64) -> Vec
         ),
         check(
             "host_verified_copies",
-            host.folios == r.promoted && host.matched == host.folios,
+            host.folios == (r.migrated.len() + r.demoted_folios.len()) as u64
+                && host.folios >= r.promoted
+                && host.matched == host.folios,
             format!(
-                "{} of {} promoted folios read back from node-0 guest RAM match{}",
+                "{} of {} moved folios read back from guest RAM match ({} promoted, on node 0; {} demoted, on node 1){}",
                 host.matched,
                 host.folios,
+                r.migrated.len(),
+                host.demoted,
                 if host.problems.is_empty() {
                     String::new()
                 } else {
@@ -504,6 +531,18 @@ pub fn migrate_summary(r: &MigrateReport) -> String {
         r.batch_latency_us.p99,
         r.first_folio_us.p50
     ));
+    if let Some(t) = &r.tiering {
+        s.push_str(&format!(
+            "  tiering: budget {} folios, {} promoted, {} demoted in {} batches, at most {} on node 0; {} ping-pong requests ({} held back)\n",
+            t.dram_budget,
+            t.promoted_total,
+            t.demoted_total,
+            t.demotion_batches.len(),
+            t.max_used,
+            t.pingpong.within_window,
+            t.pingpong.held_back
+        ));
+    }
     for e in &r.engines {
         s.push_str(&format!(
             "  engine {:<10} {:>4} batches {:>7} folios {:>8.3} GB/s {:>8.2} guest CPU s/GB\n",
@@ -518,7 +557,7 @@ pub fn migrate_summary(r: &MigrateReport) -> String {
 }
 
 /// Column titles of a benchmark table.
-pub const BENCH_COLUMNS: [&str; 9] = [
+pub const BENCH_COLUMNS: [&str; 10] = [
     "engine",
     "folio",
     "batch",
@@ -528,10 +567,11 @@ pub const BENCH_COLUMNS: [&str; 9] = [
     "CPU s/GB",
     "first-folio us",
     "vs move_pages",
+    "verify s/GB",
 ];
 
 /// One benchmark case as the table's cells (the text summary and the Markdown report).
-pub fn bench_cells(c: &BenchCase) -> [String; 9] {
+pub fn bench_cells(c: &BenchCase) -> [String; 10] {
     [
         c.engine.name().to_owned(),
         c.folio.name().to_owned(),
@@ -543,12 +583,13 @@ pub fn bench_cells(c: &BenchCase) -> [String; 9] {
         format!("{:.0}", c.first_folio_us),
         c.vs_move_pages
             .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x")),
+        format!("{:.2}", c.verify_s_per_gb),
     ]
 }
 
 /// Human table of a benchmark.
 pub fn bench_summary(r: &BenchReport) -> String {
-    const WIDTH: [usize; 9] = [10, 5, 6, 7, 8, 10, 9, 15, 14];
+    const WIDTH: [usize; 10] = [10, 5, 6, 7, 8, 10, 9, 15, 14, 12];
     let row = |cells: &[&str]| {
         let mut line = String::from(" ");
         for (i, (c, w)) in cells.iter().zip(WIDTH).enumerate() {

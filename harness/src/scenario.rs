@@ -29,8 +29,8 @@
 //! [`chmu_hot`]: crate::chmu_hot
 
 use crate::config::{self, VmConfig};
-use crate::migration::ScenarioFile;
 use crate::error::RunError;
+use crate::migration::ScenarioFile;
 use crate::report::RunResult;
 use crate::tools::ToolPaths;
 use crate::{chmu_hot, inventory, sdxi_copy};
@@ -181,6 +181,22 @@ pub const BUILTIN: &[Builtin] = &[
         needs: Needs::NONE,
         steps: &[],
         file: Some(include_str!("../scenarios/compare-kernel.toml")),
+        runner: None,
+    },
+    Builtin {
+        name: "tiering",
+        about: "tiering both ways: a moving hot set over a working set 4x the DRAM budget; CHMU hints, promotion and demotion of cold folios by SDXi, ping-pong held back, both directions host-verified",
+        needs: Needs::NONE,
+        steps: &[],
+        file: Some(include_str!("../scenarios/tiering.toml")),
+        runner: None,
+    },
+    Builtin {
+        name: "soak",
+        about: "long run (about 10 min): >= 10^6 folio migrations both ways, 4 KiB and 2 MiB, with writers, DMA faults, lost interrupts and an sdxi-server kill; nothing lost",
+        needs: Needs::NONE,
+        steps: &[],
+        file: Some(include_str!("../scenarios/soak.toml")),
         runner: None,
     },
     Builtin {
