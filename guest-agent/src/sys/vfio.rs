@@ -211,22 +211,16 @@ impl MappedBar {
     /// Maps `len` bytes of `device` at `offset` (a region's offset from
     /// `VFIO_DEVICE_GET_REGION_INFO`), shared, read-write.
     pub fn map(device: &File, offset: u64, len: usize) -> Result<Self> {
-        // SAFETY: a fresh shared mapping of the device fd at the region's offset; the kernel
-        // validates offset and length against the BAR. The mapping is owned by the result.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                device.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        Ok(Self { ptr: p.cast(), len })
+        let off = usize::try_from(offset).map_err(std::io::Error::other)?;
+        // The kernel validates offset and length against the BAR.
+        let ptr = super::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::MAP_SHARED,
+            device.as_raw_fd(),
+            off,
+        )?;
+        Ok(Self { ptr, len })
     }
 
     fn at(&self, off: usize, width: usize) -> Option<*mut u8> {
