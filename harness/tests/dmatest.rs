@@ -4,9 +4,9 @@
 //!
 //! The default suite runs the built-in scenario (2 channels x 2 threads, polled and
 //! interrupt, 2000 x 4 KiB and 10 x 1 MiB, IOMMU on), the broken fixture (never_complete=1)
-//! which must fail with the kernel log in the report, and the user-driver path
-//! (--build-module, --iommu off). The full load (harness/scenarios/dmatest-load.toml) is
-//! `#[ignore]`d: flock /tmp/tierbed-vm.lock cargo test -p harness --test dmatest -- --ignored
+//! which must fail with the kernel log in the report, the user-driver path (--build-module,
+//! --iommu off), and completions out of order with mapped doorbells. The full load
+//! (harness/scenarios/dmatest-load.toml) is `#[ignore]`d: flock /tmp/tierbed-vm.lock cargo test -p harness --test dmatest -- --ignored
 
 mod common;
 use common::*;
@@ -158,6 +158,22 @@ fn your_own_driver_tree_is_built_and_tested_without_the_iommu() {
     assert!(check(&r, "dmatest.modules")["detail"]
         .as_str()
         .is_some_and(|d| d.contains("ok tierbed_sdxi_dma") && d.contains("ok dmatest")));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn the_fixture_retires_in_order_when_the_engine_completes_out_of_order() {
+    let _g = serial();
+    let out = results_dir("dmatest-ooo");
+    let file = manifest("tests/scenarios/dmatest-out-of-order.toml");
+    let o = harness_run(&[file.to_str().expect("utf-8")], &out);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = result_json(&run_dir(&out));
+    assert_eq!(r["passed"], true);
+    // The doorbells were stores to the mapped page: none came through the socket.
+    let sdxi = &r["teardown"]["counters"]["sdxi"]["registers"];
+    assert_eq!(sdxi["doorbells"]["doorbells"], 0, "{sdxi}");
+    assert_eq!(sdxi["engine"]["descriptors"]["copy"], 1600, "{sdxi}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
