@@ -238,8 +238,8 @@ pub struct Arena {
     pub uffd: Uffd,
     /// Current node of each folio (0 or 1), read by the workload's threads.
     pub node: Vec<AtomicU8>,
-    /// Accessed bit of each folio: set by the workload's threads on access, read and cleared
-    /// by demotion's aging scan (a relaxed flag, like a PTE's Accessed bit).
+    /// Access count of each folio (saturating at 255): bumped by the workload's threads on
+    /// access, read and cleared by demotion's scan ([`crate::cold`]).
     pub accessed: Vec<AtomicU8>,
     /// The kernel (or a test double).
     pub sys: Arc<dyn MemorySys>,

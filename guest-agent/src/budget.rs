@@ -24,10 +24,10 @@ pub struct TieringSpec {
     pub low_percent: u8,
     /// Demotion starts above this share of the budget (percent), counting waiting promotions.
     pub high_percent: u8,
-    /// How often node 0's accessed bits are scanned and aged (ms).
+    /// How often node 0's access counts are scanned and aged (ms).
     pub scan_ms: u64,
-    /// A folio on node 0 not accessed for this many scans is cold (a demotion candidate); 0
-    /// takes the least recently accessed whatever their age (the LRU tail under pressure).
+    /// A folio becomes a demotion candidate after this many scans on node 0; candidates go
+    /// coolest first (decayed access count, [`crate::cold`]).
     pub cold_scans: u8,
     /// Most folios in one demotion batch.
     pub demote_batch: u32,

@@ -206,10 +206,11 @@ impl Workload {
                             let ms = started.elapsed().as_millis() as u64;
                             let f = chooser.pick(&mut rng, ms);
                             let base = arena.at(f);
-                            // The accessed bit demotion's scan ages (written only when clear,
-                            // so hot folios' lines stay shared).
-                            if arena.accessed[f].load(Ordering::Relaxed) == 0 {
-                                arena.accessed[f].store(1, Ordering::Relaxed);
+                            // The access count demotion's scan reads (saturating; threads may
+                            // race and lose a count, which only blurs a frequency).
+                            let c = arena.accessed[f].load(Ordering::Relaxed);
+                            if c < u8::MAX {
+                                arena.accessed[f].store(c + 1, Ordering::Relaxed);
                             }
                             if arena.node[f].load(Ordering::Acquire) == 0 {
                                 n0 += 1;
