@@ -99,8 +99,8 @@ pub fn bringup(
     let run = vm::RunDir::create(&base).map_err(|e| RunError::Vm(e, base.clone()))?;
     let vm_err = |e| RunError::Vm(e, run.dir.clone());
     let initrd = run.path("initrd-bringup.cpio");
-    let mut bytes = std::fs::read(&imgs.initramfs)
-        .map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?;
+    let mut bytes =
+        std::fs::read(&imgs.initramfs).map_err(|e| RunError::Results(imgs.initramfs.clone(), e))?;
     bytes.extend(images::initramfs::bringup_archive(
         &mods,
         script.as_deref(),
