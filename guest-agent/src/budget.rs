@@ -96,7 +96,7 @@ pub struct TieringReport {
     pub max_used: u32,
     /// Promotions sent back because the budget was full (they waited for demotion).
     pub promotions_deferred: u64,
-    /// Demotions wanted but not made: too few cold folios on node 0.
+    /// Demotions wanted but not made: too few folios resident on node 0 for `cold_scans`.
     pub short_of_cold: u64,
     pub pingpong: crate::pingpong::PingPongCounters,
     /// Accessed-bit scans of node 0.

@@ -66,7 +66,7 @@ pub fn checks(r: &MigrateReport, e: &Expect) -> Vec<Check> {
             "folios_demoted",
             t.demoted_total >= min,
             format!(
-                "{} folios demoted to node 1 in {} batches ({} promoted in all); {} accessed-bit scans, {} demotions wanted but no cold folio",
+                "{} folios demoted to node 1 in {} batches ({} promoted in all); {} access-count scans, {} demotions wanted but no folio resident long enough",
                 t.demoted_total,
                 t.demotion_batches.len(),
                 t.promoted_total,
