@@ -7,12 +7,12 @@
 //! each reply (`VFIO_USER_F_NO_REPLY`, QEMU `docs/interop/vfio-user.rst`), in windows, each
 //! window closed by one message that is answered.
 
-use vfio_device::testing::ServerProcess;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Instant;
+use vfio_device::testing::ServerProcess;
 
 const DMA_MAP: u16 = 2;
 const DMA_UNMAP: u16 = 3;
