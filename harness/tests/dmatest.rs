@@ -6,7 +6,7 @@
 //! interrupt, 2000 x 4 KiB and 10 x 1 MiB, IOMMU on), the broken fixture (never_complete=1)
 //! which must fail with the kernel log in the report, the user-driver path (--build-module,
 //! --iommu off), and completions out of order with mapped doorbells. The full load
-//! (harness/scenarios/dmatest-load.toml) is `#[ignore]`d: flock /tmp/tierbed-vm.lock cargo test -p harness --test dmatest -- --ignored
+//! (harness/scenarios/dmatest-load.toml) is `#[ignore]`d: cargo test -p harness --test dmatest -- --ignored
 
 mod common;
 use common::*;
@@ -193,7 +193,7 @@ fn a_driver_for_a_scenario_that_loads_none_is_a_usage_error() {
 /// The full load: 20000 x 4 KiB and 2000 x 1 MiB per thread, 2 channels x 2 threads, polled
 /// and interrupt, IOMMU on (harness/scenarios/dmatest-load.toml; about 26 min under TCG).
 #[test]
-#[ignore = "long run: flock /tmp/tierbed-vm.lock cargo test -p harness --test dmatest -- --ignored"]
+#[ignore = "long run: cargo test -p harness --test dmatest -- --ignored"]
 fn the_fixture_passes_the_dmatest_load() {
     let _g = serial();
     let out = results_dir("dmatest-load");

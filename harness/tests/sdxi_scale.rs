@@ -4,7 +4,7 @@
 //! must take every one (one mapping per guest-RAM file, no fd per map), lose no folio and let no
 //! descriptor fault.
 //!
-//!     flock /tmp/tierbed-vm.lock cargo test -p harness --test sdxi_scale -- --ignored --nocapture
+//!     cargo test -p harness --test sdxi_scale -- --ignored --nocapture
 
 mod common;
 use common::*;

@@ -3,8 +3,8 @@
 //! default, the `soak` long run (over a million migrations both ways with faults and a
 //! server kill):
 //!
-//!     flock /tmp/tierbed-vm.lock cargo test -p harness --test tiering -- --nocapture
-//!     flock /tmp/tierbed-vm.lock nice cargo test -p harness --test tiering soak -- --ignored --nocapture
+//!     cargo test -p harness --test tiering -- --nocapture
+//!     cargo test -p harness --test tiering soak -- --ignored --nocapture
 
 mod common;
 use common::*;
