@@ -9,6 +9,7 @@ use crate::{apt, kernel, mkdir, run_logged, ImagesError, Progress};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Packages of the build root besides the kernel's headers.
 const TOOLCHAIN: &[&str] = &[
@@ -30,6 +31,15 @@ pub fn build_root(
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, ImagesError> {
     let root = cache.join("kbuild").join(release);
+    if root.join(".ready").is_file() {
+        return Ok(root);
+    }
+    mkdir(&cache.join("kbuild"))?;
+    let _lock = crate::lock_file(
+        &cache.join("kbuild").join(format!("{release}.lock")),
+        "another run provisioning the build root",
+        progress,
+    )?;
     if root.join(".ready").is_file() {
         return Ok(root);
     }
@@ -96,16 +106,15 @@ pub fn build_module(
             src.display()
         )));
     }
-    let work = root.join("build").join(&name);
-    if work.exists() {
-        std::fs::remove_dir_all(&work).map_err(|e| ImagesError::io("cleaning", &work, e))?;
-    }
+    remove_stale_builds(&root.join("build"));
+    let work_name = work_dir_name(&name);
+    let work = root.join("build").join(&work_name);
     copy_tree(src, &work)?;
     progress.step(&format!(
         "building module {name} for {release} (gcc-14, Debian headers)"
     ));
     let script = format!(
-        "mount -t proc proc '{root}/proc' && mount --bind /dev/null '{root}/dev/null' && exec chroot '{root}' make -C /usr/src/linux-headers-{release} M=/build/{name} CC=x86_64-linux-gnu-gcc-14 modules",
+        "mount -t proc proc '{root}/proc' && mount --bind /dev/null '{root}/dev/null' && exec chroot '{root}' make -C /usr/src/linux-headers-{release} M=/build/{work_name} CC=x86_64-linux-gnu-gcc-14 modules",
         root = root.display()
     );
     let mut c = Command::new("unshare");
@@ -124,6 +133,31 @@ pub fn build_module(
         )));
     }
     load_order(kos)
+}
+
+/// A build directory of this process's own, `NAME.PID.SEQ`: runs at once (`--jobs`, or two
+/// harness processes) never build in, or clean, each other's directory, and the `.ko` paths a
+/// build returns stay valid while the process lives.
+fn work_dir_name(name: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{name}.{}.{seq}", std::process::id())
+}
+
+/// Removes the build directories of processes that have ended (and of the older layout
+/// without a process id); a live process's directories are left alone.
+fn remove_stale_builds(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| Path::new("/proc").join(p.to_string()).exists());
+        if !alive && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// True for what a kernel build leaves in a module tree, and for hidden entries (`.git`,
@@ -246,6 +280,27 @@ mod tests {
     fn write(p: &Path, data: &[u8]) {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(p, data).expect("write");
+    }
+
+    #[test]
+    fn each_build_gets_its_own_directory_and_only_ended_runs_are_cleaned() {
+        let t = Scratch::new("stale");
+        let (a, b) = (work_dir_name("sdxi-dma"), work_dir_name("sdxi-dma"));
+        assert_ne!(a, b, "two builds in one process share no directory");
+        let me = format!("sdxi-dma.{}.7", std::process::id());
+        assert!(
+            a.starts_with(&format!("sdxi-dma.{}.", std::process::id())),
+            "{a}"
+        );
+        // pid_max is at most 2^22, so this process id never exists.
+        let gone = "sdxi-dma.4294967295.0";
+        for d in [me.as_str(), gone, "sdxi-dma"] {
+            std::fs::create_dir_all(t.path().join(d).join("sub")).expect("mkdir");
+        }
+        remove_stale_builds(t.path());
+        assert!(t.path().join(&me).is_dir(), "a live run's build stays");
+        assert!(!t.path().join(gone).exists(), "an ended run's build goes");
+        assert!(!t.path().join("sdxi-dma").exists(), "the old layout goes");
     }
 
     #[test]

@@ -692,17 +692,29 @@ fn initramfs_modules(
 /// Takes the cache lock (blocking, with a message when another provisioning holds it).
 fn lock(cache: &Path, progress: &mut dyn Progress) -> Result<std::fs::File, ImagesError> {
     mkdir(cache)?;
-    let p = cache.join(".lock");
+    lock_file(&cache.join(".lock"), "another provisioning run", progress)
+}
+
+/// Takes an exclusive `flock(2)` on `path` (created if missing), blocking, with a message
+/// naming `holder` when someone else has it. The lock lasts as long as the returned file.
+pub fn lock_file(
+    path: &Path,
+    holder: &str,
+    progress: &mut dyn Progress,
+) -> Result<std::fs::File, ImagesError> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&p)
-        .map_err(|e| ImagesError::io("opening", &p, e))?;
+        .open(path)
+        .map_err(|e| ImagesError::io("opening", path, e))?;
     if f.try_lock_exclusive().is_err() {
-        progress.step("waiting for another provisioning run to release the cache lock");
+        progress.step(&format!(
+            "waiting for {holder} to release {}",
+            path.display()
+        ));
         f.lock_exclusive()
-            .map_err(|e| ImagesError::io("locking", &p, e))?;
+            .map_err(|e| ImagesError::io("locking", path, e))?;
     }
     Ok(f)
 }

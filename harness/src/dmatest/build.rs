@@ -32,13 +32,21 @@ fn dir(cache: &Path, release: &str) -> PathBuf {
     cache.join("dmatest").join(release)
 }
 
-/// Writes the fixture's sources into the cache and returns the Kbuild directory.
+/// Writes the fixture's sources into the cache and returns the Kbuild directory. A file is
+/// replaced (written aside, then renamed) only when its text changed, so a run building the
+/// tree at the same time never reads a half-written file.
 pub fn fixture_tree(cache: &Path, release: &str) -> Result<PathBuf, RunError> {
     let d = dir(cache, release).join("sdxi-dma");
     std::fs::create_dir_all(&d).map_err(|e| RunError::Results(d.clone(), e))?;
     for (name, text) in FIXTURE {
         let p = d.join(name);
-        std::fs::write(&p, text).map_err(|e| RunError::Results(p.clone(), e))?;
+        if std::fs::read(&p).is_ok_and(|old| old == text.as_bytes()) {
+            continue;
+        }
+        let tmp = d.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &p))
+            .map_err(|e| RunError::Results(p.clone(), e))?;
     }
     Ok(d)
 }
@@ -58,6 +66,16 @@ pub fn dmatest_module(
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, RunError> {
     let out = dir(cache, &kernel.release).join("dmatest.ko");
+    if out.is_file() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(dir(cache, &kernel.release))
+        .map_err(|e| RunError::Results(dir(cache, &kernel.release), e))?;
+    let _lock = images::lock_file(
+        &dir(cache, &kernel.release).join(".dmatest.lock"),
+        "another run building dmatest.ko",
+        progress,
+    )?;
     if out.is_file() {
         return Ok(out);
     }
@@ -95,7 +113,10 @@ pub fn dmatest_module(
         .into_iter()
         .find(|k| k.file_name().is_some_and(|n| n == "dmatest.ko"))
         .ok_or_else(|| ImagesError::Kernel("building dmatest produced no dmatest.ko".into()))?;
-    std::fs::copy(&ko, &out).map_err(|e| RunError::Results(out.clone(), e))?;
+    let tmp = out.with_extension(format!("ko.{}", std::process::id()));
+    std::fs::copy(&ko, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, &out))
+        .map_err(|e| RunError::Results(out.clone(), e))?;
     Ok(out)
 }
 
