@@ -256,15 +256,27 @@ fn modules(
     all.extend(given);
     let named = |p: &Path| images::kernel::module_name(p).unwrap_or_default();
     if !all.iter().any(|(p, _)| named(p) == "dmatest") {
-        let ko = build::dmatest_module(&cfg.cache_dir, kernel, progress).map_err(|e| {
-            crate::config::ConfigError::Invalid(format!(
-                "cannot build dmatest.ko for kernel {} ({e}); build it from your kernel tree and pass it as --module PATH/dmatest.ko",
-                kernel.release
-            ))
-        })?;
+        let ko = match tree_dmatest(kernel) {
+            Some(ko) => ko,
+            None => build::dmatest_module(&cfg.cache_dir, kernel, progress).map_err(|e| {
+                crate::config::ConfigError::Invalid(format!(
+                    "cannot build dmatest.ko for kernel {} ({e}); build your kernel with CONFIG_DMATEST=m and give its module tree (--modules-dir), or pass the module as --module PATH/dmatest.ko",
+                    kernel.release
+                ))
+            })?,
+        };
         all.push((ko, String::new()));
     }
     Ok(all)
+}
+
+/// A kernel under test's own `dmatest.ko` (CONFIG_DMATEST=m), from its module tree.
+fn tree_dmatest(kernel: &images::Kernel) -> Option<PathBuf> {
+    if !kernel.user || kernel.modules_dir.as_os_str().is_empty() {
+        return None;
+    }
+    let index = images::kernel::ModuleIndex::scan(&kernel.modules_dir).ok()?;
+    index.file("dmatest").map(Path::to_owned)
 }
 
 /// Runs a dmatest scenario: one bring-up boot, every run, the checks; writes `result.json`,
@@ -602,6 +614,34 @@ pub fn markdown(r: &RunResult, file: &DmatestFile, out: &Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_kernel_s_own_dmatest_module_is_taken_from_its_tree() {
+        let tree = std::env::temp_dir().join(format!("dmatest-tree-{}", std::process::id()));
+        let ko = tree.join("kernel/drivers/dma/dmatest.ko.xz");
+        std::fs::create_dir_all(ko.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&ko, b"").expect("write");
+        let mut k = images::Kernel {
+            package: "user".into(),
+            version: String::new(),
+            release: "7.3.0-mine".into(),
+            vmlinux: PathBuf::from("/k/bzImage"),
+            modules_dir: tree.clone(),
+            download_bytes: 0,
+            user: true,
+        };
+        assert_eq!(tree_dmatest(&k).as_deref(), Some(ko.as_path()));
+        k.user = false;
+        assert_eq!(
+            tree_dmatest(&k),
+            None,
+            "Debian's kernel has none: it is built"
+        );
+        std::fs::remove_file(&ko).expect("rm");
+        k.user = true;
+        assert_eq!(tree_dmatest(&k), None, "a tree without it: built or given");
+        let _ = std::fs::remove_dir_all(&tree);
+    }
 
     fn report(output: &str, modules: &[&str]) -> BringupReport {
         BringupReport {

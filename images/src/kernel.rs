@@ -332,6 +332,13 @@ impl ModuleIndex {
         Ok(Self { files, builtin })
     }
 
+    /// The file of module `name` in the tree (`.ko`, or compressed `.ko.xz`/`.ko.zst`).
+    pub fn file(&self, name: &str) -> Option<&Path> {
+        self.files
+            .get(&name.replace('-', "_"))
+            .map(PathBuf::as_path)
+    }
+
     /// Whether module `name` is in the tree as a file.
     pub fn contains(&self, name: &str) -> bool {
         self.files.contains_key(&name.replace('-', "_"))
