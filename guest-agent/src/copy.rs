@@ -112,7 +112,7 @@ pub fn copy_folio(f: &FolioCopy, nt: bool) {
 }
 
 /// Multi-threaded CPU copy: the caller and `threads - 1` helpers kept across batches
-/// ([`workers`]).
+/// (`workers`).
 #[derive(Debug)]
 pub struct CpuCopy {
     pub threads: usize,

@@ -13,7 +13,7 @@
 //! (bound there while it is filled, then given back the default policy, so the kernel may
 //! move it), in 4 KiB pages like the migrator's folios unless `thp` lets the kernel use
 //! transparent huge pages. The report has the migrator's figures: the node-0 share of accesses over time
-//! (the workload counts an access as node 0's by a node map that [`Watch`] refreshes from
+//! (the workload counts an access as node 0's by a node map that `Watch` refreshes from
 //! `move_pages(2)` queries every 100 ms), the folios on node 0 at the end (checked
 //! against their seeded contents, and by the harness in guest RAM), `/proc/vmstat`'s
 //! promotion, hint-fault and demotion counters, and guest CPU time. Every knob is put back

@@ -12,7 +12,7 @@
 //!   what is reported), [`workload`], [`pipeline`] (source -> promoter -> batcher -> mover
 //!   -> report), [`sources`] (CHMU, DAMON), [`promote`] (promotion engine and batcher),
 //!   [`mover`] (the batch move), [`copy`] (CPU and SDXi copy engines) and [`arena`] (pools,
-//!   remapping, userfaultfd); [`bench`]: the copy benchmark; [`kernel_tiering`]: the stock
+//!   remapping, userfaultfd); [`bench`](mod@bench): the copy benchmark; [`kernel_tiering`]: the stock
 //!   kernel's tiering (NUMA balancing in memory-tiering mode) as the baseline.
 
 pub mod arena;

@@ -5,12 +5,12 @@
 //!
 //! 1. [`Mover::protect`]: write-protect every folio of the batch (userfaultfd), so writers
 //!    wait instead of racing the copy (the kernel unmaps and writers fault);
-//! 2. [`Mover::copy_all`]: one call of the chosen [`CopyEngine`] for the whole batch (SDXi or
+//! 2. `Mover::copy_all`: one call of the chosen [`CopyEngine`] for the whole batch (SDXi or
 //!    CPU threads; folios the engine failed are copied again by the CPU), or `move_pages(2)`
 //!    for the baseline;
-//! 3. [`Mover::verify`]: every destination's checksum against its source's, taken before the
+//! 3. `Mover::verify`: every destination's checksum against its source's, taken before the
 //!    copy; a mismatch is copied again, and a folio that still differs stays where it was;
-//! 4. [`Mover::remap`]: map the node-0 slots over the moved folios and release the rest.
+//! 4. `Mover::remap`: map the node-0 slots over the moved folios and release the rest.
 //!
 //! [`BatchMover`] is the stage's interface to the pipeline ([`crate::pipeline`]), so the
 //! pipeline is tested with a scripted mover.

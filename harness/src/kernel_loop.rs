@@ -1,7 +1,7 @@
 //! The kernel in the loop: the boot options a kernel developer uses with every command that
 //! boots (`run`, `demo`, `bringup`; [`BootArgs`]), the check of the kernel's configuration
 //! against what a scenario needs before it boots ([`check_config`]), QEMU's gdb stub
-//! ([`gdb_args`]) and the console after a scenario ([`finish_run`]).
+//! ([`gdb_command`]) and the console after a scenario ([`finish_run`]).
 //!
 //! The kernel under test itself (a `vmlinux` or bzImage with its module tree, no download)
 //! and the guest's extra files (overlays, Debian packages) are provisioned by `images`

@@ -1,7 +1,7 @@
 //! The check an enable goes through (CXL 3.2 §8.2.8.3): every CFG field against what the
 //! capabilities (§8.2.8.2) and STATUS counter width advertise. A configuration outside them
 //! is refused, the instance stays disabled (`core::state`: Enable Refused), since §8.2.8.4
-//! has no error field to report it (STATUS bits [15:1] are reserved). Fields the spec says
+//! has no error field to report it (STATUS bits \[15:1\] are reserved). Fields the spec says
 //! the device ignores when out of range are not checked: an unsupported reporting mode counts
 //! as epoch-based and a notification threshold above the hotlist size never fires.
 

@@ -47,7 +47,7 @@ pub struct Access {
     pub time: u64,
 }
 
-/// Whether request type `cfg` (CFG0[7:0]) tracks `kind`.
+/// Whether request type `cfg` (CFG0\[7:0\]) tracks `kind`.
 pub fn tracks(cfg: u8, kind: ReqKind) -> bool {
     matches!(
         (cfg, kind),

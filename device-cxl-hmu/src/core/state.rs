@@ -52,9 +52,9 @@ pub enum Event {
 /// A latched STATUS bit a row sets (RW1C to the host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Latch {
-    /// STATUS[40] Hotlist Overflow; interrupts with CFG0[9].
+    /// STATUS\[40\] Hotlist Overflow; interrupts with CFG0\[9\].
     Overflow,
-    /// STATUS[41] Hotlist Level Crossed; interrupts with CFG0[10].
+    /// STATUS\[41\] Hotlist Level Crossed; interrupts with CFG0\[10\].
     FillReached,
 }
 

@@ -10,7 +10,7 @@ use crate::spec::dvsec::MemRange;
 pub enum Reset {
     Value(u64),
     /// A dword of the device's memory range, as the HDM decoder reports it (§8.2.4.20):
-    /// base or size, low dword (bits [31:28] only) or high dword.
+    /// base or size, low dword (bits \[31:28\] only) or high dword.
     Range {
         size: bool,
         high: bool,

@@ -127,15 +127,15 @@ const fn rw(offset: u64, name: &'static str, width: u8, wmask: u64) -> ChmuReg {
     }
 }
 
-/// CFG0: request type [7:0], randomized down-sampling [8], overflow and fill-threshold
-/// interrupt enables [10:9], Enable [16], Reset Counters [17], Hotness Threshold [63:32].
+/// CFG0: request type \[7:0\], randomized down-sampling \[8\], overflow and fill-threshold
+/// interrupt enables \[10:9\], Enable \[16\], Reset Counters \[17\], Hotness Threshold \[63:32\].
 pub const CFG0_WMASK: u64 = 0xffff_ffff_0003_07ff;
-/// CFG1: unit size [31:0], down-sampling factor [35:32], reporting mode [47:40], epoch
-/// scale [51:48], epoch multiplier [63:52].
+/// CFG1: unit size \[31:0\], down-sampling factor \[35:32\], reporting mode \[47:40\], epoch
+/// scale \[51:48\], epoch multiplier \[63:52\].
 pub const CFG1_WMASK: u64 = 0xffff_ff0f_ffff_ffff;
-/// CFG2: Hotlist Notification Threshold [15:0].
+/// CFG2: Hotlist Notification Threshold \[15:0\].
 pub const CFG2_WMASK: u64 = 0xffff;
-/// STATUS: Hotlist Overflow [40] and Hotlist Level Crossed [41] are RW1C.
+/// STATUS: Hotlist Overflow \[40\] and Hotlist Level Crossed \[41\] are RW1C.
 pub const STATUS_W1C: u64 = 0x0300_0000_0000;
 
 /// The register table, in offset order within each scope.

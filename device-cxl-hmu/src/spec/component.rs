@@ -134,10 +134,10 @@ pub const HDM_POINTER_RESET: u64 =
     CAP_ID_HDM_DECODER as u64 | (HDM_DECODER_VERSION as u64) << 16 | HDM_DECODER_POINTER << 20;
 /// HDM Decoder Capability: one decoder, A11to8 and A14to12 interleave capable.
 pub const HDM_CAPABILITY_RESET: u64 = 0x300;
-/// HDM Decoder Enable [1].
+/// HDM Decoder Enable \[1\].
 pub const HDM_GLOBAL_CONTROL_ENABLE: u64 = 0b10;
-/// Decoder 0 Control: Lock On Commit [8], Commit [9], Committed [10], Target Device Type
-/// [12] (host-only coherent).
+/// Decoder 0 Control: Lock On Commit \[8\], Commit \[9\], Committed \[10\], Target Device Type
+/// \[12\] (host-only coherent).
 pub const HDM_DECODER0_CONTROL_RESET: u64 = 1 << 8 | 1 << 9 | 1 << 10 | 1 << 12;
 
 /// The register table, in offset order.

@@ -199,11 +199,11 @@ const MEMDEV_ROWS: [BlockReg; 3] = cap_rows!(
 
 /// Device Capabilities Array Register: ID 0, version 1, three capabilities.
 pub const CAP_ARRAY_RESET: u64 = (1 << 16) | (3 << 32);
-/// Memory Device Status: media ready (01b at [3:2]), mailbox interfaces ready ([4]).
+/// Memory Device Status: media ready (01b at \[3:2\]), mailbox interfaces ready (\[4\]).
 pub const MEMDEV_STATUS_RESET: u64 = (MEDIA_STATUS_READY as u64) << 2 | 1 << 4;
-/// Mailbox Control: Doorbell [0].
+/// Mailbox Control: Doorbell \[0\].
 pub const MB_CONTROL_WMASK: u64 = 1;
-/// Command Register: Command Opcode [15:0], Payload Length [36:16].
+/// Command Register: Command Opcode \[15:0\], Payload Length \[36:16\].
 pub const MB_COMMAND_WMASK: u64 = 0x1f_ffff_ffff;
 
 /// The register table, in offset order.

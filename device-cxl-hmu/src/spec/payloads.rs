@@ -144,7 +144,7 @@ pub mod effect {
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct GetEventRecordsOut {
-    /// [0] Overflow, [1] More Event Records.
+    /// \[0\] Overflow, \[1\] More Event Records.
     pub flags: u8,
     pub reserved: u8,
     pub overflow_error_count: U16,
@@ -160,7 +160,7 @@ const _: () = assert!(core::mem::size_of::<GetEventRecordsOut>() == 0x20);
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct ClearEventRecordsIn {
     pub event_log: u8,
-    /// [0] Clear All Events.
+    /// \[0\] Clear All Events.
     pub flags: u8,
     pub number_of_handles: u8,
     pub reserved: [u8; 3],
@@ -171,7 +171,7 @@ const _: () = assert!(core::mem::size_of::<ClearEventRecordsIn>() == 6);
 pub const EVENT_LOGS: u8 = 5;
 
 /// Event Interrupt Policy (§8.2.10.2.4 output, §8.2.10.2.5 input). Each settings byte:
-/// [1:0] Interrupt Mode (0 none, 1 MSI/MSI-X, 2 FW interrupt), [7:4] Interrupt Message Number.
+/// \[1:0\] Interrupt Mode (0 none, 1 MSI/MSI-X, 2 FW interrupt), \[7:4\] Interrupt Message Number.
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
@@ -227,7 +227,7 @@ pub struct HealthInfoOut {
 const _: () = assert!(core::mem::size_of::<HealthInfoOut>() == 0x12);
 
 /// Get Poison List input (§8.2.10.9.4.1); also Get Scan Media Capabilities input
-/// (§8.2.10.9.4.4). Address is a DPA ([5:0] reserved), length counts 64-byte lines.
+/// (§8.2.10.9.4.4). Address is a DPA (\[5:0\] reserved), length counts 64-byte lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct DpaRangeIn {
@@ -240,7 +240,7 @@ const _: () = assert!(core::mem::size_of::<DpaRangeIn>() == 0x10);
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct PoisonListOut {
-    /// [0] More Media Error Records, [1] Poison List Overflow, [2] Scan Media in Progress.
+    /// \[0\] More Media Error Records, \[1\] Poison List Overflow, \[2\] Scan Media in Progress.
     pub flags: u8,
     pub reserved: u8,
     pub overflow_timestamp: U64,
@@ -264,7 +264,7 @@ const _: () = assert!(core::mem::size_of::<ScanMediaCapsOut>() == 4);
 pub struct ScanMediaIn {
     pub physical_address: U64,
     pub physical_address_length: U64,
-    /// [0] No Event Log.
+    /// \[0\] No Event Log.
     pub flags: u8,
 }
 const _: () = assert!(core::mem::size_of::<ScanMediaIn>() == 0x11);
@@ -275,7 +275,7 @@ const _: () = assert!(core::mem::size_of::<ScanMediaIn>() == 0x11);
 pub struct ScanMediaResultsOut {
     pub restart_physical_address: U64,
     pub restart_physical_address_length: U64,
-    /// [0] More Media Error Records, [1] Scan Stopped Prematurely.
+    /// \[0\] More Media Error Records, \[1\] Scan Stopped Prematurely.
     pub flags: u8,
     pub reserved: u8,
     pub media_error_record_count: U16,

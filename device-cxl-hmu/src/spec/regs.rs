@@ -9,7 +9,7 @@
 //! section headings (instance i at 10h + CHMU Instance Length x i; its bitmap and hotlist at
 //! the offsets its capability reports), which the Linux CHMU RFC driver (drivers/cxl/hmu.c)
 //! and QEMU's RFC v2 model (hw/cxl/cxl-chmu.c) also use. Readings chosen where sources differ:
-//! - CFG1 down-sampling factor is 4 bits [35:32] (§8.2.8.3; QEMU v2 decoded 8 bits);
+//! - CFG1 down-sampling factor is 4 bits \[35:32\] (§8.2.8.3; QEMU v2 decoded 8 bits);
 //! - CAP1 down-sampling bit N means factor 2^N, bit 0 = no down-sampling;
 //! - hotlist entries carry the count in the low `STATUS.counter_width` bits, unit index above
 //!   (§8.2.8.8);

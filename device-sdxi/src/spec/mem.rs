@@ -36,7 +36,7 @@ pub fn table_indices(cxt: u16) -> (u16, u16) {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct CxtL2Ent {
-    /// [0] vl, [63:12] L1 table pointer.
+    /// \[0\] vl, \[63:12\] L1 table pointer.
     pub lv1_ptr: U64,
 }
 
@@ -58,11 +58,11 @@ impl CxtL2Ent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct CxtL1Ent {
-    /// [0] vl, [1] ka, [2] pv, [63:6] CXT_CTL pointer.
+    /// \[0\] vl, \[1\] ka, \[2\] pv, \[63:6\] CXT_CTL pointer.
     pub cxt_ctl_ptr: U64,
-    /// [3:0] akey_sz (2^(n+8) entries), [63:12] AKey table pointer.
+    /// \[3:0\] akey_sz (2^(n+8) entries), \[63:12\] AKey table pointer.
     pub akey_ptr: U64,
-    /// [19:0] pasid, [23:20] max_buffer.
+    /// \[19:0\] pasid, \[23:20\] max_buffer.
     pub misc: U32,
     pub opb_000_enb: U32,
     pub rsvd: U64,
@@ -88,14 +88,14 @@ impl CxtL1Ent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct CxtCtl {
-    /// [0] vl, [3:2] qos, [4] se, [5] csa, [63:6] descriptor ring pointer.
+    /// \[0\] vl, \[3:2\] qos, \[4\] se, \[5\] csa, \[63:6\] descriptor ring pointer.
     pub ds_ring_ptr: U64,
     /// Ring size in descriptors.
     pub ds_ring_sz: U32,
     pub rsvd0: U32,
-    /// [63:4] CXT_STS pointer.
+    /// \[63:4\] CXT_STS pointer.
     pub cxt_sts_ptr: U64,
-    /// [63:3] write-index pointer.
+    /// \[63:3\] write-index pointer.
     pub write_index_ptr: U64,
     pub rsvd1: [u8; 32],
 }
@@ -115,7 +115,7 @@ impl CxtCtl {
     }
 }
 
-/// Context state in CXT_STS byte 0 [3:0].
+/// Context state in CXT_STS byte 0 \[3:0\].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[repr(u8)]
 pub enum CxtState {
@@ -145,7 +145,7 @@ impl CxtState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct CxtSts {
-    /// [3:0] context state.
+    /// \[3:0\] context state.
     pub state: U32,
     pub rsvd: U32,
     /// Written by the device as it consumes descriptors.
@@ -156,10 +156,10 @@ pub struct CxtSts {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct AkeyEnt {
-    /// [0] vl, [1] iv, [2] pv, [14:4] intr_num.
+    /// \[0\] vl, \[1\] iv, \[2\] pv, \[14:4\] intr_num.
     pub intr: U16,
     pub tgt_sfunc: U16,
-    /// [19:0] pasid, [29] pr.
+    /// \[19:0\] pasid, \[29\] pr.
     pub pasid: U32,
     pub stag: U16,
     pub rsvd0: U16,
@@ -233,7 +233,7 @@ pub const DSC_INTR: u8 = 0x00;
 pub struct Descriptor {
     pub header: U32,
     pub body: [u8; 52],
-    /// [0] np (no completion block), [63:5] CST_BLK pointer.
+    /// \[0\] np (no completion block), \[63:5\] CST_BLK pointer.
     pub csb_ptr: U64,
 }
 
@@ -334,7 +334,7 @@ pub struct DscCxtStart {
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct DscSync {
     pub header: U32,
-    /// [2:0] filter: 0 CXT, 1 STOP, 2 AKEY, 3 RKEY, 4 FN.
+    /// \[2:0\] filter: 0 CXT, 1 STOP, 2 AKEY, 3 RKEY, 4 FN.
     pub cflags: u8,
     pub vflags: u8,
     pub vf_num: U16,
@@ -351,7 +351,7 @@ pub struct DscSync {
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct CstBlk {
     pub signal: U64,
-    /// [31] er.
+    /// \[31\] er.
     pub flags: U32,
     pub rsvd: [u8; 20],
 }
@@ -363,8 +363,8 @@ pub const CST_FLAGS_ER: u32 = 1 << 31;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct ErrlogHdEnt {
-    /// [0] vl, [13:8] step, [26:16] type, [32] cv, [33] div, [34] bv, [38:36] buf,
-    /// [43:40] sub_step, [46:44] re, [63:48] cxt_num.
+    /// \[0\] vl, \[13:8\] step, \[26:16\] type, \[32\] cv, \[33\] div, \[34\] bv, \[38:36\] buf,
+    /// \[43:40\] sub_step, \[46:44\] re, \[63:48\] cxt_num.
     pub hdr: U64,
     pub dsc_index: U64,
     pub rsvd0: [u8; 28],

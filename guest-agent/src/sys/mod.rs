@@ -1,6 +1,6 @@
 //! Every raw system call and ioctl of the guest agent, each `unsafe` with its reason, and the
 //! traits the drivers and the migrator reach them through, so both run in unit tests against
-//! in-process doubles ([`double`], test builds only).
+//! in-process doubles (`double`, test builds only).
 //!
 //! - [`vfio`]: the VFIO container, group and device ioctls and BAR mmaps (Linux
 //!   `include/uapi/linux/vfio.h`, `Documentation/driver-api/vfio.rst`);
