@@ -12,6 +12,51 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A guest console line starting with this is shown as a progress line while a bring-up
+/// script runs (`echo "@@progress TEXT" > /dev/console`).
+pub const PROGRESS_MARK: &str = "@@progress ";
+/// How often the console is read for progress lines.
+const PROGRESS_POLL: Duration = Duration::from_secs(2);
+
+/// Follows the run directory's `console.log` and shows its [`PROGRESS_MARK`] lines.
+struct ConsoleProgress {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl ConsoleProgress {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Reads what the console got since the last call; shows each complete progress line.
+    fn poll(&mut self, progress: &mut dyn Progress) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let Ok(n) = f.read_to_end(&mut self.partial) else {
+            return;
+        };
+        self.offset += n as u64;
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Some(text) = line.trim().strip_prefix(PROGRESS_MARK.trim_end()) {
+                progress.step(text.trim());
+            }
+        }
+    }
+}
+
 /// Driver bring-up: the user's modules (loaded in order, with parameters) and script, with
 /// both devices attached and unclaimed.
 #[derive(Clone, Debug, Default)]
@@ -139,10 +184,17 @@ pub fn bringup(
         });
     }
     let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_s + cfg.request_timeout_s);
-    let (modules, exit_code, output) = match vm
-        .next_message(deadline, "the bring-up report")
-        .map_err(vm_err)?
-    {
+    let mut shown = ConsoleProgress::new(run.path("console.log"));
+    let report = loop {
+        // Wakes every few seconds to show the script's progress lines.
+        let step = deadline.min(Instant::now() + PROGRESS_POLL);
+        match vm.next_message(step, "the bring-up report") {
+            Err(vm::VmError::Timeout(..)) if step < deadline => shown.poll(progress),
+            r => break r.map_err(vm_err)?,
+        }
+    };
+    shown.poll(progress);
+    let (modules, exit_code, output) = match report {
         guest_agent::protocol::AgentMessage::Bringup {
             modules,
             exit_code,
@@ -170,4 +222,44 @@ pub fn bringup(
         .map_err(|e| RunError::Results(path.clone(), e.into()))?;
     std::fs::write(&path, json).map_err(|e| RunError::Results(path.clone(), e))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Steps(Vec<String>);
+
+    impl Progress for Steps {
+        fn step(&mut self, what: &str) {
+            self.0.push(what.to_owned());
+        }
+        fn line(&mut self, _: &str) {}
+    }
+
+    #[test]
+    fn progress_lines_on_the_console_are_shown_once_each_and_only_when_complete() {
+        let path = std::env::temp_dir().join(format!("console-progress-{}", std::process::id()));
+        let mut c = ConsoleProgress::new(path.clone());
+        let mut steps = Steps::default();
+        c.poll(&mut steps);
+        assert!(steps.0.is_empty(), "no console yet");
+        std::fs::write(
+            &path,
+            "[   1.0] kernel line\r\n@@progress dmatest polled.4KiB: started\r\n@@progress half",
+        )
+        .expect("write");
+        c.poll(&mut steps);
+        assert_eq!(steps.0, ["dmatest polled.4KiB: started"]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut f, b" a line\nnot @@progress this\n").expect("append");
+        c.poll(&mut steps);
+        c.poll(&mut steps);
+        assert_eq!(steps.0, ["dmatest polled.4KiB: started", "half a line"]);
+        let _ = std::fs::remove_file(&path);
+    }
 }

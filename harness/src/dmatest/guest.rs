@@ -87,6 +87,7 @@ pub fn script(p: &ScriptPlan) -> String {
     let mut s = format!(
         r#"P=/sys/module/dmatest/parameters
 say() {{ echo "@@dmatest $*"; }}
+progress() {{ echo "{mark}dmatest $*" > /dev/console 2>/dev/null; }}
 log_part() {{
   dmesg -c > /tmp/dmatest.part
   grep ' summary ' /tmp/dmatest.part
@@ -100,12 +101,14 @@ log_part
 chans=$(ls /sys/class/dma 2>/dev/null | head -n {channels})
 say channels $chans
 "#,
-        channels = p.channels
+        channels = p.channels,
+        mark = crate::bringup::PROGRESS_MARK,
     );
     for r in &p.runs {
         let _ = write!(
             s,
             r#"say run {label} begin
+progress "{label}: {iterations} iterations x {threads} threads x $(echo $chans | wc -w) channels, started"
 echo {iterations} > $P/iterations
 echo {threads} > $P/threads_per_chan
 echo {buffer} > $P/test_buf_size
@@ -126,6 +129,7 @@ done
 read t1 rest < /proc/uptime
 log_part
 say run {label} end $st $t0 $t1
+progress "{label}: $st after $(( ${{t1%.*}} - ${{t0%.*}} )) s"
 "#,
             label = r.label(),
             iterations = r.iterations,
