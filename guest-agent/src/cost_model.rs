@@ -304,9 +304,17 @@ impl IdleMeter {
         let now = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|t| parse_proc_stat(&t));
+        self.idle_since(now)
+    }
+
+    /// Idle tenths of a CPU between the previous reading and `now` ((idle, total) jiffies,
+    /// None when /proc/stat could not be read). Idle counts iowait, which can go down
+    /// (Documentation/filesystems/proc.rst): a drop reads as no idle time, not an underflow.
+    fn idle_since(&mut self, now: Option<(u64, u64)>) -> u32 {
         let out = match (self.last, now) {
             (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
-                ((i1 - i0) as f64 / (t1 - t0) as f64 * f64::from(self.cpus) * 10.0) as u32
+                (i1.saturating_sub(i0) as f64 / (t1 - t0) as f64 * f64::from(self.cpus) * 10.0)
+                    as u32
             }
             _ => self.cpus * 10,
         };
@@ -444,6 +452,24 @@ mod tests {
         let t = "cpu  10 1 5 80 4 0 0 0 0 0\ncpu0 5 0 2 40 2 0 0 0 0 0\n";
         assert_eq!(parse_proc_stat(t), Some((84, 100)));
         assert_eq!(parse_proc_stat("intr 1\n"), None);
+    }
+
+    #[test]
+    fn idle_time_that_went_down_reads_as_none() {
+        let mut m = IdleMeter {
+            last: None,
+            cpus: 4,
+        };
+        assert_eq!(m.idle_since(Some((500, 1000))), 40, "first look: all idle");
+        assert_eq!(m.idle_since(Some((700, 1400))), 20, "half of 4 CPUs idle");
+        // iowait went down by more than idle went up.
+        assert_eq!(m.idle_since(Some((690, 1500))), 0);
+        assert_eq!(m.idle_since(None), 40, "unreadable: all idle");
+        assert_eq!(
+            m.idle_since(Some((790, 1600))),
+            40,
+            "the last good reading kept"
+        );
     }
 
     #[test]
