@@ -94,6 +94,7 @@ pub fn build_module(
     src: &Path,
     progress: &mut dyn Progress,
 ) -> Result<Vec<PathBuf>, ImagesError> {
+    let src = &std::fs::canonicalize(src).map_err(|e| ImagesError::io("reading", src, e))?;
     let name = src
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -113,17 +114,17 @@ pub fn build_module(
     progress.step(&format!(
         "building module {name} for {release} (gcc-14, Debian headers)"
     ));
-    let script = format!(
-        "mount -t proc proc '{root}/proc' && mount --bind /dev/null '{root}/dev/null' && exec chroot '{root}' make -C /usr/src/linux-headers-{release} M=/build/{work_name} CC=x86_64-linux-gnu-gcc-14 modules",
-        root = root.display()
-    );
+    // Paths and names go in as positional parameters, never into the script's text: a
+    // directory name with spaces, quotes or `$(...)` stays one word.
+    let script = r#"mount -t proc proc "$1/proc" && mount --bind /dev/null "$1/dev/null" && exec chroot "$1" make -C "/usr/src/linux-headers-$2" "M=/build/$3" CC=x86_64-linux-gnu-gcc-14 modules"#;
     let mut c = Command::new("unshare");
     let root_user =
         std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
     if !root_user {
         c.arg("--map-root-user");
     }
-    c.args(["--mount", "--pid", "--fork", "sh", "-c", &script]);
+    c.args(["--mount", "--pid", "--fork", "sh", "-c", script, "sh"]);
+    c.arg(root).arg(release).arg(&work_name);
     run_logged(c, &format!("building {}", src.display()), progress)?;
     let kos = find_modules(&work)?;
     if kos.is_empty() {
@@ -141,7 +142,18 @@ pub fn build_module(
 fn work_dir_name(name: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{name}.{}.{seq}", std::process::id())
+    // Kbuild takes no spaces in M=, and the name reaches make: keep it plain.
+    let plain: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{plain}.{}.{seq}", std::process::id())
 }
 
 /// Removes the build directories of processes that have ended (and of the older layout
@@ -287,6 +299,11 @@ mod tests {
         let t = Scratch::new("stale");
         let (a, b) = (work_dir_name("sdxi-dma"), work_dir_name("sdxi-dma"));
         assert_ne!(a, b, "two builds in one process share no directory");
+        let odd = work_dir_name("my driver's $(tree).v2");
+        assert!(
+            odd.starts_with("my_driver_s___tree__v2."),
+            "one plain word: {odd}"
+        );
         let me = format!("sdxi-dma.{}.7", std::process::id());
         assert!(
             a.starts_with(&format!("sdxi-dma.{}.", std::process::id())),
