@@ -124,6 +124,24 @@ impl DmatestFile {
         if d.run_timeout_s == 0 || d.timeout_ms == 0 {
             return bad("[dmatest] timeouts must be at least 1");
         }
+        if d.run_timeout_s > 86_400 || d.timeout_ms > i32::MAX as u64 {
+            return bad("[dmatest] run_timeout_s is at most 86400 and timeout_ms at most 2147483647 (dmatest's int)");
+        }
+        if d.sizes
+            .iter()
+            .any(|s| s.iterations > u64::from(u32::MAX) || s.buffer > u64::from(u32::MAX))
+        {
+            return bad("[[dmatest.sizes]]: buffer and iterations are at most 4294967295 (dmatest's unsigned int)");
+        }
+        let labels: Vec<String> = f.plans().iter().map(RunPlan::label).collect();
+        if let Some(l) = labels
+            .iter()
+            .find(|l| labels.iter().filter(|x| x == l).count() > 1)
+        {
+            return bad(&format!(
+                "[dmatest] the run {l} is asked for twice (a mode or a buffer size repeated)"
+            ));
+        }
         Ok(f)
     }
 
@@ -245,6 +263,18 @@ fn modules(
         let b = driver.builds.iter().map(|d| (d.clone(), String::new()));
         (b.collect(), driver.modules.clone())
     };
+    if !builds.is_empty() && kernel.user {
+        return Err(crate::config::ConfigError::Invalid(format!(
+            "{} builds for the provisioned Debian kernel's headers, not for --kernel-image {}: build your driver against your kernel tree and pass it with --module",
+            if driver.is_fixture() {
+                "the fixture driver (no --module given)"
+            } else {
+                "--build-module"
+            },
+            kernel.vmlinux.display()
+        ))
+        .into());
+    }
     if !builds.is_empty() {
         let root = images::kbuild::build_root(&cfg.cache_dir, &kernel.release, progress)?;
         for (dir, params) in builds {
@@ -298,6 +328,11 @@ pub fn execute(
         ..ScenarioFile::default()
     };
     let mut cfg = with_vm.apply(cfg, name)?;
+    // A log buffer that holds a whole run's kernel log: a WARN early in a chatty run must still
+    // be there when the script reads the log at the run's end.
+    cfg.kernel_args = format!("{} log_buf_len=16M", cfg.kernel_args)
+        .trim()
+        .to_owned();
     let accel = vm::choose_accel(cfg.accel).map_err(RunError::Accel)?;
     cfg.accel = if accel.accel == "kvm" {
         Accel::Kvm
@@ -332,9 +367,12 @@ pub fn execute(
         runs: plans.clone(),
     });
     let script = ScriptFile::write(&cfg.cache_dir.join("dmatest"), &text)?;
-    // The whole script is one bring-up "request": every run's limit, plus loading and unloading.
+    // The whole script is one bring-up "request": every run's limit, and the time stopping a
+    // run may take (each thread waits out its transfer's timeout), plus loading and unloading.
+    let threads = u64::from(spec.channels) * u64::from(spec.threads_per_chan);
+    let stop_s = threads * spec.timeout_ms.max(5000) / 1000;
     cfg.request_timeout_s =
-        cfg.request_timeout_s + plans.len() as u64 * (spec.run_timeout_s + 10) + 60;
+        cfg.request_timeout_s + plans.len() as u64 * (spec.run_timeout_s + stop_s + 10) + 60;
     let provision_s = t0.elapsed().as_secs_f64();
     progress.step(&format!(
         "dmatest: {} runs ({} channels x {} threads) with {}",
@@ -441,7 +479,7 @@ pub fn checks(
     ));
     c.push(check(
         "dmatest.channels",
-        out.channels.len() >= spec.channels as usize,
+        out.channels.len() >= spec.channels as usize && out.errors.is_empty(),
         format!(
             "{} of {} channels: {}{}",
             out.channels.len(),
@@ -455,6 +493,7 @@ pub fn checks(
         ),
     ));
     for p in plans {
+        // Labels are unique (`DmatestFile::parse`), so a run is found by its own label.
         let run = out.runs.iter().find(|r| r.label == p.label());
         for ch in &out.channels {
             c.push(channel_check(spec, p, run, ch));
@@ -498,8 +537,16 @@ fn channel_check(
     let kbs: u64 = sums.iter().map(|s| s.kbs).sum();
     let want = p.iterations * u64::from(spec.threads_per_chan);
     let finished = run.status == "finished";
-    let passed =
-        finished && sums.len() == spec.threads_per_chan as usize && tests == want && failures == 0;
+    let ret_ok = sums.iter().all(|s| s.ret == 0);
+    // dmatest turns polling off for a driver that declares DMA_COMPLETION_NO_ORDER; the run
+    // then tests interrupts, not what its name says.
+    let not_polled = p.polled && run.log.iter().any(|l| l.contains("polled disabled"));
+    let passed = finished
+        && sums.len() == spec.threads_per_chan as usize
+        && tests == want
+        && failures == 0
+        && ret_ok
+        && !not_polled;
     let mut detail = format!(
         "{tests}/{want} tests, {failures} failures, {} of {} threads reported; {iops:.1} iops, {kbs} KB/s; run {} after {:.1} s",
         sums.len(),
@@ -507,6 +554,12 @@ fn channel_check(
         if run.status.is_empty() { "cut short" } else { &run.status },
         run.seconds
     );
+    if !ret_ok {
+        detail.push_str("; a thread ended with an error (the summary's result is not 0)");
+    }
+    if not_polled {
+        detail.push_str("; dmatest disabled polling (the driver declares DMA_COMPLETION_NO_ORDER): this run tested interrupts");
+    }
     if !passed {
         let mine: Vec<String> = run
             .log
@@ -744,5 +797,48 @@ mod tests {
         );
 
         assert!(!verdict(ok, &["failed fx: -19"])[0].passed);
+
+        let thread_error = ok.replace(
+            "copy1: summary 10 tests, 0 failures 5.00 iops 20 KB/s (0)",
+            "copy1: summary 10 tests, 0 failures 5.00 iops 20 KB/s (-12)",
+        );
+        let ch = named(&verdict(&thread_error, &["ok fx"]), chan);
+        assert!(
+            !ch.passed && ch.detail.contains("ended with an error"),
+            "{ch:?}"
+        );
+
+        let not_polled = ok.replace(
+            "@@dmatest run polled.4KiB begin\n",
+            "@@dmatest run polled.4KiB begin\n[ 2.0] dmatest: DMA_COMPLETION_NO_ORDER, polled disabled\n",
+        );
+        let ch = named(&verdict(&not_polled, &["ok fx"]), chan);
+        assert!(
+            !ch.passed && ch.detail.contains("tested interrupts"),
+            "{ch:?}"
+        );
+
+        let refused = ok.replace(
+            "@@dmatest channels dma0chan0\n",
+            "@@dmatest channels dma0chan0\n@@dmatest error parameter timeout refused 99999999999\n",
+        );
+        let ch = named(&verdict(&refused, &["ok fx"]), "dmatest.channels");
+        assert!(!ch.passed && ch.detail.contains("refused"), "{ch:?}");
+    }
+
+    #[test]
+    fn a_run_asked_for_twice_or_an_out_of_range_value_is_refused() {
+        let twice =
+            "[dmatest]\nchannels = 1\nthreads_per_chan = 1\nmodes = [\"polled\", \"polled\"]\n\
+            [[dmatest.sizes]]\nbuffer = 4096\niterations = 1\n";
+        let e = DmatestFile::parse("f", twice).expect_err("refused");
+        assert!(
+            e.to_string().contains("polled.4KiB") || format!("{e:?}").contains("polled.4KiB"),
+            "{e:?}"
+        );
+        let huge = "[dmatest]\nchannels = 1\nthreads_per_chan = 1\nmodes = [\"polled\"]\n\
+            timeout_ms = 99999999999\n[[dmatest.sizes]]\nbuffer = 4096\niterations = 1\n";
+        let e = DmatestFile::parse("f", huge).expect_err("refused");
+        assert!(format!("{e:?}").contains("timeout_ms"), "{e:?}");
     }
 }

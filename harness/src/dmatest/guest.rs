@@ -24,6 +24,12 @@ pub const PROBLEMS: &[&str] = &[
     "rcu: INFO",
     "DMAR: [DMA",
     "DMAR: DRHD: handling fault",
+    "UBSAN:",
+    "KASAN:",
+    "KFENCE:",
+    // SLUB's own reports (`BUG kmalloc-64 (Not tainted): Poison overwritten`), typical of a
+    // DMA into freed memory.
+    "] BUG ",
 ];
 
 /// Lines of a run's kernel log kept besides summaries and problems.
@@ -88,42 +94,53 @@ pub fn script(p: &ScriptPlan) -> String {
         r#"P=/sys/module/dmatest/parameters
 say() {{ echo "@@dmatest $*"; }}
 progress() {{ echo "{mark}dmatest $*" > /dev/console 2>/dev/null; }}
+# The kernel log since the last call: summaries, then the first (or with "tail", the last)
+# lines of the rest, then every problem line.
 log_part() {{
   dmesg -c > /tmp/dmatest.part
   grep ' summary ' /tmp/dmatest.part
-  grep -v ' summary ' /tmp/dmatest.part | head -n {KEEP_LINES}
+  grep -v ' summary ' /tmp/dmatest.part | ${{1:-head}} -n {KEEP_LINES}
   grep -E '{problems}' /tmp/dmatest.part | head -n 60
   say loglines $(wc -l < /tmp/dmatest.part)
 }}
+# Sets a dmatest parameter; a value the kernel refuses is an error, not a silent old value.
+set_param() {{ echo "$2" > $P/$1 || say error parameter $1 refused $2; }}
 say load
-log_part
+log_part tail
 [ -d $P ] || {{ say error dmatest is not loaded; exit 1; }}
-chans=$(ls /sys/class/dma 2>/dev/null | head -n {channels})
+# Only the SDXi function's channels (PCI class {class}), whatever other DMA engines exist.
+chans=
+for c in $(ls /sys/class/dma 2>/dev/null); do
+  [ "$(cat /sys/class/dma/$c/device/class 2>/dev/null)" = {class} ] && chans="$chans $c"
+done
+chans=$(echo $chans | tr ' ' '\n' | head -n {channels})
 say channels $chans
 "#,
         channels = p.channels,
         mark = crate::bringup::PROGRESS_MARK,
+        class = format_args!("{:#08x}", device_sdxi::regs::SDXI_CLASS_CODE),
     );
     for r in &p.runs {
         let _ = write!(
             s,
             r#"say run {label} begin
 progress "{label}: {iterations} iterations x {threads} threads x $(echo $chans | wc -w) channels, started"
-echo {iterations} > $P/iterations
-echo {threads} > $P/threads_per_chan
-echo {buffer} > $P/test_buf_size
-echo {polled} > $P/polled
-echo {timeout_ms} > $P/timeout
-echo {norandom} > $P/norandom
+set_param iterations {iterations}
+set_param threads_per_chan {threads}
+set_param test_buf_size {buffer}
+set_param polled {polled}
+set_param timeout {timeout_ms}
+set_param norandom {norandom}
 for c in $chans; do echo $c > $P/channel || say refused $c; done
 read t0 rest < /proc/uptime
 echo 1 > $P/run
 st=timeout
-i=0
-while [ $i -lt {ticks} ]; do
+end=$(( ${{t0%.*}} + {run_timeout_s} ))
+while :; do
   sleep 0.2
   if [ "$(cat $P/run)" = N ]; then st=finished; break; fi
-  i=$((i + 1))
+  read now rest < /proc/uptime
+  [ ${{now%.*}} -lt $end ] || break
 done
 [ $st = finished ] || {{ echo 0 > $P/run; sleep 1; cat $P/run > /dev/null; }}
 read t1 rest < /proc/uptime
@@ -138,7 +155,7 @@ progress "{label}: $st after $(( ${{t1%.*}} - ${{t0%.*}} )) s"
             polled = u8::from(r.polled),
             timeout_ms = p.timeout_ms,
             norandom = u8::from(p.norandom),
-            ticks = p.run_timeout_s * 5,
+            run_timeout_s = p.run_timeout_s,
         );
     }
     if !p.unload.is_empty() {
@@ -161,6 +178,9 @@ pub struct Summary {
     pub failures: u64,
     pub iops: f64,
     pub kbs: u64,
+    /// The thread's own result, `(ret)` at the end of the line: not 0 when it could not run
+    /// (e.g. -ENOMEM setting up its buffers).
+    pub ret: i64,
 }
 
 /// Parses `dmatest: dma0chan1-copy0: summary 200 tests, 0 failures 222.92 iops 421 KB/s (0)`
@@ -181,6 +201,10 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
         failures: w[2].parse().ok()?,
         iops: w[4].parse().ok()?,
         kbs: w[6].parse().ok()?,
+        ret: w
+            .get(8)
+            .and_then(|r| r.strip_prefix('(')?.strip_suffix(')')?.parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -281,6 +305,12 @@ mod tests {
         assert_eq!(s.thread, "dma0chan1-copy0");
         assert_eq!((s.tests, s.failures, s.kbs), (200, 3, 421));
         assert!((s.iops - 222.92).abs() < 1e-9);
+        assert_eq!(s.ret, 0);
+        let failed = parse_summary(
+            "[    5.6] dmatest: dma0chan0-copy1: summary 0 tests, 0 failures 0.00 iops 0 KB/s (-12)",
+        )
+        .expect("summary");
+        assert_eq!(failed.ret, -12);
         assert!(parse_summary("dmatest: Added 2 threads using dma0chan0").is_none());
         assert!(parse_summary("dmatest: dma0chan0-copy0: summary lots tests").is_none());
     }
@@ -302,20 +332,31 @@ mod tests {
         };
         let s = script(&plan);
         for want in [
-            "echo 2000 > $P/iterations",
-            "echo 2 > $P/threads_per_chan",
-            "echo 4096 > $P/test_buf_size",
-            "echo 1 > $P/polled",
-            "echo 3000 > $P/timeout",
+            "set_param iterations 2000",
+            "set_param threads_per_chan 2",
+            "set_param test_buf_size 4096",
+            "set_param polled 1",
+            "set_param timeout 3000",
+            "|| say error parameter $1 refused $2",
+            "device/class 2>/dev/null)\" = 0x120100 ]",
             "head -n 2)",
             "echo $c > $P/channel",
             "say run polled.4KiB begin",
-            "while [ $i -lt 300 ]",
+            "end=$(( ${t0%.*} + 60 ))",
             "for m in dmatest tierbed_sdxi_dma; do rmmod $m",
             "DMAR: \\[DMA",
         ] {
             assert!(s.contains(want), "{want}\n{s}");
         }
+        let parsed = std::process::Command::new("sh")
+            .args(["-n", "-c", &s])
+            .output()
+            .expect("sh -n");
+        assert!(
+            parsed.status.success(),
+            "the script parses: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
     }
 
     #[test]
