@@ -264,6 +264,14 @@ impl<'a> Pipeline<'a> {
             self.sampler.sample(now, acc);
         }
         let (stat, stayed) = self.mover.move_batch(b, now)?;
+        if stat.folios == 0 {
+            // Nothing moved (every folio held back, deferred or failed): no batch to record
+            // or to feed the tuner and the budget, and no reason to skip the idle wait.
+            for f in stayed {
+                self.promoter.requeue(f);
+            }
+            return Ok(false);
+        }
         self.batcher.observe(stat.folios, stat.latency_us);
         if self.auto_tune {
             self.tuned.push(self.batcher.size());
@@ -487,6 +495,31 @@ mod tests {
         let (ticks, batches) = seen.get();
         assert!(ticks >= 400, "a tick every 2 ms: {ticks}");
         assert_eq!(batches, 2);
+    }
+
+    #[test]
+    fn a_batch_that_moved_nothing_is_not_recorded() {
+        let mut rec = Recorder {
+            refuse: (0..10).collect(),
+            ..Recorder::default()
+        };
+        let acc = Even::over(10, &rec);
+        let seen = Rc::new(Cell::new((0, 0)));
+        let mut p = pipeline(twice(0..10), &mut rec);
+        p.stages.push(Box::new(Ticks(Rc::clone(&seen))));
+        p.run(&FakeClock(Cell::new(0)), &acc, 1000).expect("run");
+        let folios: Vec<u32> = p.batches.iter().map(|b| b.folios).collect();
+        drop(p);
+        assert_eq!(
+            folios,
+            vec![10],
+            "only the batch that moved the requeued ten"
+        );
+        assert_eq!(rec.batches.len(), 2, "the mover was asked twice");
+        assert!(
+            seen.get().0 <= 501,
+            "the empty batch did not skip the idle wait"
+        );
     }
 
     #[test]
