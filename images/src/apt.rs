@@ -88,11 +88,23 @@ impl Apt {
         c
     }
 
+    /// Holds the apt state for one operation that writes it. apt's own locking is off (it
+    /// wants root for its lock files), so runs at once (`--jobs`, two harness processes) take
+    /// turns through this `flock`; one process never holds it across two operations.
+    fn exclusive(&self, progress: &mut dyn Progress) -> Result<std::fs::File, ImagesError> {
+        crate::lock_file(
+            &self.root.join(".lock"),
+            "another run using the private apt state",
+            progress,
+        )
+    }
+
     /// Fetches the package lists (once per provisioning run).
     pub fn update(&mut self, progress: &mut dyn Progress) -> Result<(), ImagesError> {
         if self.updated {
             return Ok(());
         }
+        let _held = self.exclusive(progress)?;
         progress.step("fetching Debian trixie + trixie-backports package lists");
         let mut c = self.cmd("apt-get");
         c.args(["-q", "update"]);
@@ -128,6 +140,7 @@ impl Apt {
         specs: &[String],
         progress: &mut dyn Progress,
     ) -> Result<Vec<PathBuf>, ImagesError> {
+        let _held = self.exclusive(progress)?;
         let mut c = self.cmd("apt-get");
         c.args(["-q", "-s", "install"]).args(specs);
         let out = c.output().map_err(|e| ImagesError::Spawn {
@@ -177,6 +190,7 @@ impl Apt {
         pkgs: &[(String, String)],
         progress: &mut dyn Progress,
     ) -> Result<Vec<PathBuf>, ImagesError> {
+        let _held = self.exclusive(progress)?;
         let dir = self.root.join("var/cache/apt/archives");
         let mut c = self.cmd("apt-get");
         c.current_dir(&dir).args(["-q", "download"]);
