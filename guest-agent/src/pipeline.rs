@@ -234,10 +234,9 @@ impl<'a> Pipeline<'a> {
                 clock.idle();
             }
         }
-        let rest = self.batcher.drain_all();
-        if !rest.is_empty() {
-            let (stat, _) = self.mover.move_batch(rest, clock.now_ms())?;
-            self.batches.push(stat);
+        // What is still pending goes in batches of the usual size, the usual way.
+        while let Some(b) = self.batcher.drain() {
+            self.move_one(b, clock.now_ms(), acc)?;
         }
         self.sampler.sample(clock.now_ms(), acc);
         Ok(())
@@ -256,9 +255,19 @@ impl<'a> Pipeline<'a> {
 
     /// Stages 3 and 4: moves a batch if one is due; true if one moved.
     fn move_due(&mut self, now: u64, acc: &dyn AccessCounter) -> Result<bool, MigrateError> {
-        let Some(b) = self.batcher.flush(now) else {
-            return Ok(false);
-        };
+        match self.batcher.flush(now) {
+            Some(b) => self.move_one(b, now, acc),
+            None => Ok(false),
+        }
+    }
+
+    /// Stage 4: moves batch `b` and records it; requeues what stayed; true if a folio moved.
+    fn move_one(
+        &mut self,
+        b: Vec<u32>,
+        now: u64,
+        acc: &dyn AccessCounter,
+    ) -> Result<bool, MigrateError> {
         if self.batches.is_empty() {
             // The series starts with the share before anything moved.
             self.sampler.sample(now, acc);
@@ -520,6 +529,42 @@ mod tests {
             seen.get().0 <= 501,
             "the empty batch did not skip the idle wait"
         );
+    }
+
+    #[test]
+    fn the_end_drains_in_batches_of_the_usual_size_the_usual_way() {
+        let mut rec = Recorder {
+            refuse: [3].into(),
+            ..Recorder::default()
+        };
+        let acc = Even::over(10, &rec);
+        let budget_saw = Rc::new(Cell::new(0));
+        let mut p = pipeline(Vec::new(), &mut rec);
+        p.batcher = Batcher::new(4, 10_000, false);
+        p.budget = Some(Box::new(From {
+            from: 0,
+            moved: Rc::clone(&budget_saw),
+        }));
+        for f in 0..10 {
+            p.promoter.record(f, 2, SourceKind::All, 0);
+        }
+        // More pending than one batch holds when the run ends (as after the tuner shrank
+        // the size).
+        for f in p.promoter.take(0, 10) {
+            p.batcher.push(f, 0);
+        }
+        p.run(&FakeClock(Cell::new(0)), &acc, 0).expect("run");
+        let (recorded, waiting) = (p.batches.len(), p.promoter.pending());
+        drop(p);
+        let sizes: Vec<usize> = rec.batches.iter().map(|(_, b)| b.len()).collect();
+        assert_eq!(sizes, vec![3, 4, 2], "folio 3 stayed in the first batch");
+        assert_eq!(recorded, 3);
+        assert_eq!(
+            budget_saw.get(),
+            9,
+            "the budget hears of the drained batches"
+        );
+        assert_eq!(waiting, 1, "what stayed went back to the promoter");
     }
 
     #[test]

@@ -245,9 +245,14 @@ impl Batcher {
         Some(self.pending.drain(..n).map(|(f, _)| f).collect())
     }
 
-    /// Everything still pending (at the end of a run).
-    pub fn drain_all(&mut self) -> Vec<u32> {
-        self.pending.drain(..).map(|(f, _)| f).collect()
+    /// The next batch at the end of a run, due or not: up to the batch size of what is
+    /// still pending (None when nothing is).
+    pub fn drain(&mut self) -> Option<Vec<u32>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let n = (self.size() as usize).min(self.pending.len());
+        Some(self.pending.drain(..n).map(|(f, _)| f).collect())
     }
 
     /// Feeds a finished batch's cost to the tuner (no-op without auto-tuning).
