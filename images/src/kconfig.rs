@@ -98,6 +98,27 @@ pub fn candidates(image: &Path, modules_dir: Option<&Path>, release: &str) -> Ve
     c
 }
 
+/// Reads a `.config` file, or a gzipped one (`/proc/config.gz` copied out of a guest); a file
+/// without a single `CONFIG_` option is refused as not a configuration.
+fn read_file(p: &Path) -> Result<KernelConfig, ImagesError> {
+    let bytes =
+        std::fs::read(p).map_err(|e| ImagesError::io("reading the kernel configuration", p, e))?;
+    let bad = |why: String| ImagesError::Kernel(format!("{}: {why}", p.display()));
+    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+        crate::kernel::gunzip(&bytes, 64 << 20).map_err(|e| bad(format!("gzip: {e}")))?
+    } else {
+        bytes
+    };
+    let text = String::from_utf8(bytes).map_err(|_| bad("not a text file".into()))?;
+    let c = KernelConfig::parse(&text, &p.display().to_string());
+    if c.is_empty() {
+        return Err(bad(
+            "not a kernel configuration (no CONFIG_ option in it)".into()
+        ));
+    }
+    Ok(c)
+}
+
 /// Reads the configuration of a kernel: `explicit` if given, else what the image embeds and
 /// the first of [`candidates`] that exists, the image first when `embedded_first` (a user's
 /// kernel; a Debian image embeds none, so its files are tried first). `None` when there is
@@ -109,13 +130,8 @@ pub fn load(
     release: &str,
     embedded_first: bool,
 ) -> Result<Option<KernelConfig>, ImagesError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|t| KernelConfig::parse(&t, &p.display().to_string()))
-            .map_err(|e| ImagesError::io("reading the kernel configuration", p, e))
-    };
     if let Some(p) = explicit {
-        return read(p).map(Some);
+        return read_file(p).map(Some);
     }
     let from_image = || -> Result<Option<KernelConfig>, ImagesError> {
         let bytes = std::fs::read(image).map_err(|e| ImagesError::io("reading", image, e))?;
@@ -125,15 +141,18 @@ pub fn load(
         }))
     };
     if embedded_first {
-        if let Some(c) = from_image()? {
-            return Ok(Some(c));
+        // An image this cannot read (an lz4 or bzip2 bzImage, say) leaves the files.
+        match from_image() {
+            Ok(Some(c)) => return Ok(Some(c)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "no configuration read from the image"),
         }
     }
     if let Some(p) = candidates(image, modules_dir, release)
         .iter()
         .find(|p| p.is_file())
     {
-        return read(p).map(Some);
+        return read_file(p).map(Some);
     }
     if embedded_first {
         Ok(None)
@@ -157,6 +176,32 @@ mod tests {
         g.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
         g.extend_from_slice(&[0; 8]);
         g
+    }
+
+    #[test]
+    fn a_given_file_may_be_gzipped_and_must_hold_options() {
+        let dir = std::env::temp_dir().join(format!("kconfig-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (plain, gz, junk) = (dir.join("config"), dir.join("config.gz"), dir.join("notes"));
+        std::fs::write(&plain, CONFIG).expect("write");
+        std::fs::write(&gz, gzip(CONFIG.as_bytes())).expect("write");
+        std::fs::write(&junk, "hello\n").expect("write");
+        for p in [&plain, &gz] {
+            let c = load(Some(p), &junk, None, "r", true)
+                .expect("read")
+                .expect("some");
+            assert_eq!(c.get("VFIO"), Some("m"), "{}", p.display());
+        }
+        let e = load(Some(&junk), &junk, None, "r", true).expect_err("not a config");
+        assert!(e.to_string().contains("no CONFIG_ option"), "{e}");
+        // An image it cannot read leaves the files next to it.
+        let (image, modules) = (dir.join("vmlinuz"), dir.join("r"));
+        std::fs::write(&image, b"MZ not a kernel").expect("write");
+        std::fs::create_dir_all(&modules).expect("mkdir");
+        std::fs::copy(&plain, modules.join("config")).expect("copy");
+        let c = load(None, &image, Some(&modules), "r", true).expect("falls back");
+        assert!(c.is_some_and(|c| c.get("NUMA") == Some("y")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
