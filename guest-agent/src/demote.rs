@@ -289,7 +289,8 @@ impl Stage for DemoteStage<'_> {
         t.cold
             .scan(|i| place.node(i) == 0, |i| place.take_accessed(i));
         let batch = t.spec.demote_batch;
-        let waiting = (tick.promoter.pending() as u32).min(batch);
+        // Waiting: ready in the promoter, or handed out and in the batcher.
+        let waiting = ((tick.promoter.pending() + tick.queued) as u32).min(batch);
         let want = marks.to_demote(t.used, waiting).min(batch) as usize;
         if want == 0 {
             return Ok(());
@@ -318,7 +319,8 @@ impl Stage for DemoteStage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promote::Promoter;
+    use crate::pipeline::{AccessCounter, Clock, Pipeline, Sampler, SourceStage};
+    use crate::promote::{Batcher, Promoter};
     use std::cell::Cell;
 
     /// Nodes and access counts in cells; the mover flips nodes (and fails the folios listed).
@@ -416,13 +418,87 @@ mod tests {
     }
 
     fn tick(stage: &mut DemoteStage<'_>, p: &mut Promoter, now: u64) {
+        tick_queued(stage, p, now, 0);
+    }
+
+    /// A tick with `queued` folios waiting in the batcher.
+    fn tick_queued(stage: &mut DemoteStage<'_>, p: &mut Promoter, now: u64, queued: usize) {
         stage
             .tick(Tick {
                 now_ms: now,
                 promoter: p,
+                queued,
                 batches: &[],
             })
             .expect("tick");
+    }
+
+    /// 2 ms per idle tick, as the wall clock sleeps; no workload accesses.
+    struct Ms(Cell<u64>);
+
+    impl Clock for Ms {
+        fn now_ms(&self) -> u64 {
+            self.0.get()
+        }
+        fn idle(&self) {
+            self.0.set(self.0.get() + 2);
+        }
+    }
+
+    impl AccessCounter for Ms {
+        fn totals(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
+    #[test]
+    fn folios_in_the_batcher_count_against_the_room() {
+        let fake = Fake::new(40);
+        let mut mover = FakeMover::new(&fake);
+        let t = tiering(&mut mover, &fake, 20, SourceKind::All, None);
+        let mut up = PromoteSide(Rc::clone(&t));
+        let mut p = Pipeline {
+            source: SourceStage::new(SourceKind::All, None, 50),
+            promoter: Promoter::new(1, 1000, 65536, 4096),
+            batcher: Batcher::new(512, 100, false),
+            mover: &mut up,
+            sampler: Sampler::new(250),
+            budget: Some(Box::new(BudgetSide(Rc::clone(&t)))),
+            stages: Vec::new(),
+            batches: Vec::new(),
+            tuned: Vec::new(),
+            auto_tune: false,
+        };
+        for f in 0..40 {
+            p.promoter.record(f, 1, SourceKind::All, 0);
+        }
+        // Ticks every 2 ms while the first batch waits 100 ms for its timeout.
+        let clock = Ms(Cell::new(0));
+        p.run(&clock, &clock, 150).expect("run");
+        let handed_out = p.promoter.counters.handed_out;
+        drop(p);
+        assert_eq!(handed_out, 20, "the room once, not at every tick");
+        let r = t.borrow().report.clone();
+        assert_eq!((r.promoted_total, r.promotions_deferred), (20, 0));
+    }
+
+    #[test]
+    fn promotions_in_the_batcher_count_as_waiting_for_demotion() {
+        let fake = Fake::new(40);
+        let mut mover = FakeMover::new(&fake);
+        let t = tiering(&mut mover, &fake, 20, SourceKind::Chmu, None);
+        let (mut up, mut down) = (PromoteSide(Rc::clone(&t)), DemoteStage(Rc::clone(&t)));
+        up.move_batch((0..10).collect(), 0).expect("promote");
+        let mut p = Promoter::new(1, 1000, 65536, 4096);
+        tick_queued(&mut down, &mut p, 10, 0);
+        assert_eq!(
+            t.borrow().report.demoted_total,
+            0,
+            "10 used: under high (18)"
+        );
+        // 10 used + 10 in the batcher > high: down to low (10) with room for the 10.
+        tick_queued(&mut down, &mut p, 20, 10);
+        assert_eq!(t.borrow().report.demoted_total, 10);
     }
 
     #[test]

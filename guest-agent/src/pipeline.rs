@@ -58,7 +58,8 @@ impl AccessCounter for crate::workload::Workload {
 /// Caps how many folios the promoter may hand to the batcher at a tick (for example a
 /// capacity budget of the fast tier). The default pipeline has none.
 pub trait Budget {
-    /// How many of the `want` folios may go at `now_ms`.
+    /// How many of the `want` folios may go at `now_ms`; `want` counts the folios already
+    /// waiting in the batcher too (handed out, not yet moved), so the answer does as well.
     fn allow(&mut self, now_ms: u64, want: usize) -> usize;
     /// A batch moved.
     fn moved(&mut self, _stat: &BatchStat) {}
@@ -69,6 +70,8 @@ pub trait Budget {
 pub struct Tick<'a> {
     pub now_ms: u64,
     pub promoter: &'a mut Promoter,
+    /// Folios handed out by the promoter and waiting in the batcher for their batch.
+    pub queued: usize,
     /// Every batch moved so far.
     pub batches: &'a [BatchStat],
 }
@@ -227,6 +230,7 @@ impl<'a> Pipeline<'a> {
                 s.tick(Tick {
                     now_ms: now,
                     promoter: &mut self.promoter,
+                    queued: self.batcher.pending(),
                     batches: &self.batches,
                 })?;
             }
@@ -244,9 +248,11 @@ impl<'a> Pipeline<'a> {
 
     /// Stage 2: hot folios from the promoter to the batcher, up to two batches waiting.
     fn promote(&mut self, now: u64) {
-        let mut room = (self.batcher.size() as usize * 2).saturating_sub(self.batcher.pending());
+        let pend = self.batcher.pending();
+        let mut room = (self.batcher.size() as usize * 2).saturating_sub(pend);
         if let Some(b) = self.budget.as_mut() {
-            room = b.allow(now, room).min(room);
+            // The folios in the batcher already took their share of the budget.
+            room = b.allow(now, room + pend).saturating_sub(pend).min(room);
         }
         for f in self.promoter.take(now, room) {
             self.batcher.push(f, now);
