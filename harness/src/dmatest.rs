@@ -239,12 +239,28 @@ pub fn check_driver_use(scenarios: &[String], cfg: &VmConfig) -> Result<(), Stri
     Err("--module and --build-module apply to dmatest scenarios (`harness run dmatest`); other scenarios load no driver of yours".into())
 }
 
-/// `PATH[:param=value,...]` as `(PATH, "param=value ...")`, the way `--module` takes it.
+/// `PATH[:param=value,...]` as `(PATH, "param=value ...")`, the way `--module` takes it. A
+/// comma starts a new parameter only before `name=`; otherwise it belongs to the value, as in
+/// an array parameter (`ids=1,2,3`).
 pub fn module_arg(s: &str) -> (PathBuf, String) {
-    match s.split_once(':') {
-        Some((p, params)) => (PathBuf::from(p), params.replace(',', " ")),
-        None => (PathBuf::from(s), String::new()),
+    let Some((p, params)) = s.split_once(':') else {
+        return (PathBuf::from(s), String::new());
+    };
+    let starts_param = |seg: &str| {
+        seg.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        })
+    };
+    let mut out = String::new();
+    for (i, seg) in params.split(',').enumerate() {
+        if i > 0 {
+            out.push(if starts_param(seg) { ' ' } else { ',' });
+        }
+        out.push_str(seg);
     }
+    (PathBuf::from(p), out)
 }
 
 /// Builds the driver (or the fixture) and dmatest; returns the modules in load order.
@@ -734,6 +750,17 @@ mod tests {
         assert_eq!(
             module_arg("/x/a.ko:p=1,q=2"),
             (PathBuf::from("/x/a.ko"), "p=1 q=2".to_owned())
+        );
+        assert_eq!(
+            module_arg("/x/a.ko:ids=1,2,3,dyndbg=+p,flag"),
+            (
+                PathBuf::from("/x/a.ko"),
+                "ids=1,2,3 dyndbg=+p,flag".to_owned()
+            )
+        );
+        assert_eq!(
+            module_arg("/x/a.ko"),
+            (PathBuf::from("/x/a.ko"), String::new())
         );
     }
 
