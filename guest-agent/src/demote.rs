@@ -186,6 +186,8 @@ impl<'m> Tiering<'m> {
                 self.used += k;
                 r.promoted_total += u64::from(k);
                 for &f in &done {
+                    // The count grew on node 1, where no scan cleared it: it starts afresh.
+                    self.place.take_accessed(f as usize);
                     self.cold.arrived(f);
                     self.pingpong.promoted(f, now);
                 }
@@ -480,6 +482,26 @@ mod tests {
         assert_eq!(handed_out, 20, "the room once, not at every tick");
         let r = t.borrow().report.clone();
         assert_eq!((r.promoted_total, r.promotions_deferred), (20, 0));
+    }
+
+    #[test]
+    fn a_promoted_folio_starts_with_no_access_count() {
+        let fake = Fake::new(4);
+        let mut mover = FakeMover::new(&fake);
+        let t = tiering(&mut mover, &fake, 3, SourceKind::Chmu, None);
+        let (mut up, mut down) = (PromoteSide(Rc::clone(&t)), DemoteStage(Rc::clone(&t)));
+        // Accessed 200 times while on node 1, where scans do not clear the count.
+        fake.accessed[0].set(200);
+        up.move_batch(vec![0, 1], 0).expect("promote");
+        fake.accessed[1].set(3);
+        let mut p = Promoter::new(1, 1000, 65536, 4096);
+        tick(&mut down, &mut p, 10);
+        let t = t.borrow();
+        assert_eq!(
+            (t.cold.heat(0), t.cold.heat(1)),
+            (0, 3),
+            "only accesses since the promotion count"
+        );
     }
 
     #[test]
