@@ -3,8 +3,9 @@
 //! version (`drivers/dma/dmatest.c` taken from the package's tarball through the private
 //! apt state), and the project's own SDXi dmaengine driver (`harness/fixtures/sdxi-dma`,
 //! compiled into the harness so an installed harness carries it too). Both build in the
-//! private build root of `--build-module` ([`images::kbuild`]) and are cached by kernel
-//! release (dmatest) or by content (the fixture's build directory is rewritten each time).
+//! private build root of `--build-module` ([`images::kbuild`]). dmatest.ko is cached per
+//! kernel release; the fixture is built again on every run (about 2 s), in a build directory
+//! of the run's own.
 
 use crate::RunError;
 use images::{apt, kbuild, ImagesError, Kernel, Progress};
