@@ -21,6 +21,7 @@
 //! again by the CPU, and a folio that still differs stays where it was).
 
 use crate::arena::{self, gpa_of, Arena, MemError};
+use crate::budget::TieringReport;
 use crate::chmu::ChmuError;
 use crate::copy::SdxiCopy;
 use crate::demote::{BudgetSide, DemoteStage, PromoteSide, Tiering};
@@ -67,7 +68,10 @@ pub struct Devices<'a> {
     pub chmu: Option<&'a str>,
 }
 
-pub(crate) fn summarize(batches: &[BatchStat], folio_bytes: u64) -> Vec<EngineSummary> {
+pub(crate) fn summarize<'b>(
+    batches: impl IntoIterator<Item = &'b BatchStat>,
+    folio_bytes: u64,
+) -> Vec<EngineSummary> {
     let mut by: Vec<EngineSummary> = Vec::new();
     for b in batches {
         let i = match by.iter().position(|e| e.engine == b.engine) {
@@ -275,7 +279,7 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
     verify_end_state(&arena, &ran, &mut verify)?;
     let mut report = report(spec, &arena, &pagemap, ran, verify, notes);
     report.demoted_folios = moved_folios(&arena, &pagemap, &moved, 1);
-    report.tiering = tiering;
+    add_tiering(&mut report, tiering);
     report.engine_model = engine_model;
     let huge = folio == FolioSize::Huge;
     Ok((
@@ -285,6 +289,22 @@ pub fn run(spec: MigrateSpec, dev: Devices) -> Result<(MigrateReport, Retained),
             huge,
         },
     ))
+}
+
+/// Adds what tiering did to the report. Demotion batches go through the same mover as
+/// promotions, so they count in the migrator's CPU time and in the per-engine totals;
+/// `batches` and its latency percentiles stay the promotions'.
+pub(crate) fn add_tiering(r: &mut MigrateReport, tiering: Option<TieringReport>) {
+    if let Some(t) = &tiering {
+        r.cpu.migrator_s += cpu_s(&t.demotion_batches);
+        r.engines = summarize(r.batches.iter().chain(&t.demotion_batches), r.folio_bytes);
+    }
+    r.tiering = tiering;
+}
+
+/// The CPU seconds `batches` took.
+fn cpu_s(batches: &[BatchStat]) -> f64 {
+    batches.iter().map(|b| b.cpu_ns).sum::<u64>() as f64 / 1e9
 }
 
 /// What the pipeline left when the run ended.
@@ -336,7 +356,7 @@ impl Ran {
         let cpu = GuestCpu {
             user_s: cpu1.0.saturating_sub(cpu0.0) as f64 / 1e9,
             system_s: cpu1.1.saturating_sub(cpu0.1) as f64 / 1e9,
-            migrator_s: batches.iter().map(|b| b.cpu_ns).sum::<u64>() as f64 / 1e9,
+            migrator_s: cpu_s(&batches),
         };
         Self {
             elapsed,
@@ -447,5 +467,71 @@ pub(crate) fn report(
         demoted_folios: Vec::new(),
         tiering: None,
         engine_model: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(engine: EngineKind, folios: u32, cpu_ns: u64) -> BatchStat {
+        BatchStat {
+            engine,
+            folios,
+            cpu_ns,
+            latency_us: 1000,
+            ..BatchStat::default()
+        }
+    }
+
+    #[test]
+    fn demotion_batches_count_in_the_migrators_cpu_and_engine_totals() {
+        let batches = vec![batch(EngineKind::Sdxi, 10, 1_000_000_000)];
+        let mut r = MigrateReport {
+            folio_bytes: 4096,
+            engines: summarize(&batches, 4096),
+            cpu: GuestCpu {
+                migrator_s: cpu_s(&batches),
+                ..GuestCpu::default()
+            },
+            batches,
+            ..MigrateReport::default()
+        };
+        let t = TieringReport {
+            demotion_batches: vec![
+                batch(EngineKind::Cpu, 5, 500_000_000),
+                batch(EngineKind::Sdxi, 2, 250_000_000),
+            ],
+            ..TieringReport::default()
+        };
+        add_tiering(&mut r, Some(t));
+        assert!((r.cpu.migrator_s - 1.75).abs() < 1e-9, "{:?}", r.cpu);
+        let e: Vec<(EngineKind, u64, u64, u64)> = r
+            .engines
+            .iter()
+            .map(|e| (e.engine, e.batches, e.folios, e.bytes))
+            .collect();
+        assert_eq!(
+            e,
+            vec![
+                (EngineKind::Sdxi, 2, 12, 12 * 4096),
+                (EngineKind::Cpu, 1, 5, 5 * 4096)
+            ]
+        );
+        assert_eq!(r.batches.len(), 1, "batches stay the promotions");
+        assert!(r.tiering.is_some());
+    }
+
+    #[test]
+    fn without_a_budget_the_figures_stay_the_promotions() {
+        let batches = vec![batch(EngineKind::Cpu, 3, 1000)];
+        let mut r = MigrateReport {
+            engines: summarize(&batches, 4096),
+            batches,
+            ..MigrateReport::default()
+        };
+        let before = r.clone();
+        add_tiering(&mut r, None);
+        assert_eq!(r, before);
     }
 }

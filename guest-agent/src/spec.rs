@@ -292,7 +292,8 @@ pub struct KernelReport {
 
 /// Guest CPU time over a run: the agent process's user and system time (all threads:
 /// workload, migrator, copy threads, and the kernel's work done in their context, such as
-/// NUMA hint faults and migrations), and the part the migrator itself spent moving batches.
+/// NUMA hint faults and migrations), and the part the migrator itself spent moving batches
+/// (promotions and, under a DRAM budget, demotions).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GuestCpu {
     pub user_s: f64,
@@ -507,9 +508,11 @@ pub struct MigrateReport {
     pub promoted_per_s: f64,
     /// Candidates held back by the rate limit (promotion attempts deferred).
     pub rate_limited: u64,
+    /// Promotion batches (demotions are in `tiering.demotion_batches`).
     pub batches: Vec<BatchStat>,
     pub batch_latency_us: Percentiles,
     pub first_folio_us: Percentiles,
+    /// Totals per engine over every batch, promotions and demotions.
     pub engines: Vec<EngineSummary>,
     /// (ms since start, share of the workload's accesses that hit a folio on node 0).
     pub node0_fraction: Vec<(u64, f64)>,
