@@ -260,7 +260,7 @@ pub fn fairness(promoted: &[u64]) -> f64 {
 /// Bytes below which one more copy thread does not pay for its start and join.
 pub const BYTES_PER_THREAD: u64 = 256 << 10;
 
-/// CPU copy threads for a batch of `batch_bytes` with `idle_cpus` (tenths of a CPU, from
+/// CPU copy threads for a batch of `batch_bytes` with `idle_tenths` tenths of a CPU (from
 /// /proc/stat) left idle: one per [`BYTES_PER_THREAD`], at most one per idle CPU (rounded
 /// down), never fewer than one nor more than `max`.
 pub fn copy_threads(batch_bytes: u64, idle_tenths: u32, max: u32) -> u32 {

@@ -1,5 +1,5 @@
-//! The mover stage of the migrator: one batch of folios from node 1 to node 0, in the four
-//! steps of the kernel's batch move (`migrate_pages_batch()` with the batch-copy path of the
+//! The mover stage of the migrator: one batch of folios from one node to the other (node 1 ->
+//! 0 promotes, 0 -> 1 demotes, [`Mover::migrate_to`]), in the four steps of the kernel's batch move (`migrate_pages_batch()` with the batch-copy path of the
 //! copy-offload series: unmap all, copy all in one call, then remap all; Linux
 //! `mm/migrate.c`):
 //!
@@ -10,10 +10,12 @@
 //!    for the baseline;
 //! 3. `Mover::verify`: every destination's checksum against its source's, taken before the
 //!    copy; a mismatch is copied again, and a folio that still differs stays where it was;
-//! 4. `Mover::remap`: map the node-0 slots over the moved folios and release the rest.
+//! 4. `Mover::remap`: map the destination node's slots over the moved folios and release the
+//!    rest.
 //!
-//! [`BatchMover`] is the stage's interface to the pipeline ([`crate::pipeline`]), so the
-//! pipeline is tested with a scripted mover.
+//! [`BatchMover`] is the promotion side's interface to the pipeline ([`crate::pipeline`]), so
+//! the pipeline is tested with a scripted mover; demotion calls [`Mover::migrate_to`] through
+//! [`crate::demote::TierMover`].
 
 use crate::arena::{runs, thread_cpu_ns, Arena, Backing};
 use crate::copy::{copy_folio, CopyEngine, CpuCopy, FolioCopy, SdxiCopy};
@@ -34,8 +36,11 @@ pub const IOVA_STEP: u64 = 0x10_0000_0000;
 
 /// The mover stage as the pipeline sees it.
 pub trait BatchMover {
-    /// Migrates `folios` (all on node 1) as one batch that starts at `start_ms` of the run;
-    /// returns the batch's statistics and the folios that stayed on node 1.
+    /// Promotes `folios` (all on node 1) as one batch that starts at `start_ms` of the run;
+    /// returns the batch's statistics (0 `folios`: nothing moved, and the pipeline records no
+    /// batch) and the folios that stayed on node 1 for the promoter to requeue. A mover may
+    /// keep folios back itself ([`crate::demote::PromoteSide`] holds ping-pong candidates);
+    /// those are in neither.
     fn move_batch(
         &mut self,
         folios: Vec<u32>,
@@ -43,7 +48,7 @@ pub trait BatchMover {
     ) -> Result<(BatchStat, Vec<u32>), MigrateError>;
 }
 
-/// Moves batches of folios of one arena from node 1 to node 0.
+/// Moves batches of folios of one arena between its two nodes.
 #[derive(Debug)]
 pub struct Mover<'a> {
     pub arena: Arc<Arena>,
