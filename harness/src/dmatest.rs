@@ -407,10 +407,19 @@ pub fn execute(
         script: Some(script.0.clone()),
         ..BringupSpec::default()
     };
-    let rep = bringup(&cfg, paths, &bspec, results_dir, interrupted, progress)?;
+    let (rep, checks) = match bringup(&cfg, paths, &bspec, results_dir, interrupted, progress) {
+        // The guest stopped answering while dmatest ran: the driver's failure, not the test
+        // bed's (a boot that never got as far as the script stays a test-bed error).
+        Err(RunError::Vm(vm::VmError::Timeout(..), dir)) if script_started(&dir) => hung(dir),
+        r => {
+            let rep = r?;
+            let out = guest::parse(&rep.output);
+            let checks = checks(spec, &plans, &rep, &out);
+            (rep, checks)
+        }
+    };
     drop(script);
     let out = guest::parse(&rep.output);
-    let checks = checks(spec, &plans, &rep, &out);
     let timings = Timings {
         provision_s,
         boot_to_agent_s: 0.0,
@@ -464,6 +473,39 @@ fn excerpt(lines: &[String], n: usize) -> String {
         let _ = write!(s, "\n    ... {} more lines in report.md", lines.len() - n);
     }
     s
+}
+
+/// Whether the guest script had started its runs: its progress lines reach the console.
+fn script_started(run_dir: &Path) -> bool {
+    std::fs::read(run_dir.join("console.log")).is_ok_and(|b| {
+        let mark = format!("{}dmatest", crate::bringup::PROGRESS_MARK);
+        b.windows(mark.len()).any(|w| w == mark.as_bytes())
+    })
+}
+
+/// The verdict of a guest that stopped answering during the runs: one failed check with the
+/// end of its console (where a hung task, a soft lockup or a panic shows).
+fn hung(run_dir: PathBuf) -> (BringupReport, Vec<Check>) {
+    let text = std::fs::read(run_dir.join("console.log")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let tail = &lines[lines.len().saturating_sub(30)..];
+    let c = check(
+        "dmatest.finished",
+        false,
+        format!(
+            "the guest stopped answering while dmatest ran (a hung kernel or driver?); its console ends:{}",
+            excerpt(tail, 30)
+        ),
+    );
+    let rep = BringupReport {
+        modules: Vec::new(),
+        exit_code: None,
+        output: String::new(),
+        teardown: vm::Teardown::default(),
+        run_dir,
+    };
+    (rep, vec![c])
 }
 
 /// Every check of a dmatest boot.
@@ -851,6 +893,32 @@ mod tests {
         );
         let ch = named(&verdict(&refused, &["ok fx"]), "dmatest.channels");
         assert!(!ch.passed && ch.detail.contains("refused"), "{ch:?}");
+    }
+
+    #[test]
+    fn a_guest_that_hangs_during_the_runs_fails_with_its_console() {
+        let dir = std::env::temp_dir().join(format!("dmatest-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let log = dir.join("console.log");
+        std::fs::write(&log, "[ 1.0] booting\n").expect("write");
+        assert!(!script_started(&dir), "a boot that never ran the script");
+        std::fs::write(
+            &log,
+            "[ 1.0] booting\n@@progress dmatest polled.1MiB: 20000 iterations, started\n\
+             [ 99.0] watchdog: BUG: soft lockup - CPU#1 stuck for 26s!\n",
+        )
+        .expect("write");
+        assert!(script_started(&dir));
+        let (rep, checks) = hung(dir.clone());
+        assert_eq!(rep.run_dir, dir);
+        assert_eq!(checks.len(), 1);
+        assert!(!checks[0].passed);
+        assert!(
+            checks[0].detail.contains("soft lockup"),
+            "{}",
+            checks[0].detail
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
