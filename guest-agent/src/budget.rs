@@ -66,7 +66,10 @@ impl TieringSpec {
                 "must be smaller than workload.pages (or 0: no budget)",
             );
         }
-        if !(self.low_percent < self.high_percent && self.high_percent <= 100) {
+        if self.high_percent > 100 {
+            return bad("high_percent", "must be at most 100");
+        }
+        if self.low_percent >= self.high_percent {
             return bad("low_percent", "needs low_percent < high_percent <= 100");
         }
         if self.demote_batch == 0 || self.demote_batch > 1024 {
@@ -209,6 +212,16 @@ mod tests {
             .validate(1000)
             .expect_err("low >= high")
             .contains("low_percent"));
+        let s = TieringSpec {
+            dram_budget: 100,
+            high_percent: 120,
+            ..TieringSpec::default()
+        };
+        let e = s.validate(1000).expect_err("high > 100");
+        assert!(
+            e.contains("high_percent") && !e.contains("low_percent"),
+            "{e}"
+        );
         let s = TieringSpec {
             dram_budget: 1000,
             ..TieringSpec::default()
