@@ -50,6 +50,68 @@ fn migrate_runs_on_a_kernel_given_as_an_image_and_a_module_tree() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// The provisioned Debian kernel's bzImage (`/usr/lib/modules/RELEASE/vmlinuz` of the package
+/// the provisioning left in the private apt cache), unpacked into `dir`.
+fn debian_bzimage(release: &str, dir: &Path) -> PathBuf {
+    let archives = VmConfig::default()
+        .cache_dir
+        .join("apt/var/cache/apt/archives");
+    // Debian's 7.x kernels split the image package: vmlinuz is in linux-binary-RELEASE.
+    let prefixes = [
+        format!("linux-binary-{release}_"),
+        format!("linux-image-{release}_"),
+    ];
+    let debs: Vec<PathBuf> = std::fs::read_dir(&archives)
+        .expect("the private apt cache")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let deb = prefixes
+        .iter()
+        .find_map(|x| {
+            debs.iter().find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(x.as_str()) && n.ends_with(".deb"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no {prefixes:?}*.deb in {}", archives.display()));
+    let image = dir.join("bzImage");
+    // Where Debian's 7.x packages put it; older ones had /boot/vmlinuz-RELEASE.
+    let script =
+        r#"dpkg-deb --fsys-tarfile "$1" | tar -xOf - "./usr/lib/modules/$2/vmlinuz" > "$3""#;
+    let st = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(deb)
+        .arg(release)
+        .arg(&image)
+        .status()
+        .expect("dpkg-deb | tar");
+    assert!(st.success(), "unpacking vmlinuz from {}", deb.display());
+    image
+}
+
+#[test]
+fn a_bzimage_boots_as_the_kernel_under_test() {
+    let _vm = serial();
+    let (_, modules, release) = debian_kernel();
+    let scratch = results_dir("kl-bzimage-file");
+    let image = debian_bzimage(&release, &scratch);
+    let bytes = std::fs::read(&image).expect("read the bzImage");
+    assert!(images::kernel::is_bzimage(&bytes), "vmlinuz is a bzImage");
+    assert!(!images::kernel::is_elf(&bytes));
+    let cfg = VmConfig {
+        kernel_image: Some(image),
+        modules_dir: Some(modules),
+        ..VmConfig::default()
+    };
+    let (r, out) = run(&cfg, "sdxi-copy", "kl-bzimage");
+    assert_eq!(r.kernel, release, "the guest runs the bzImage's kernel");
+    assert_eq!(r.kernel_package_version, "");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[test]
 fn a_configuration_without_an_option_the_scenario_needs_is_refused_before_boot() {
     let _vm = serial();
