@@ -147,6 +147,158 @@ fn mode_problem(p: &Path, m: &std::fs::Metadata, uid: u32) -> Option<String> {
     bad.map(|why| format!("{} (mode {mode:o}): {why}", p.display()))
 }
 
+/// The installed layout, made the documented way from this checkout.
+fn install_into(prefix: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["install", "--prefix"])
+        .arg(prefix)
+        .output()
+        .expect("harness install");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "bin/harness",
+        "bin/sdxi-server",
+        "bin/cxl-hmu-server",
+        "lib/tierbed/guest-agent",
+        "lib/tierbed/libchmu_tap.so",
+    ] {
+        assert!(prefix.join(f).is_file(), "{f} installed");
+    }
+}
+
+/// Everything a run makes, seen while it runs: its temporary directory, its guest-RAM
+/// directories and its results, sampled every 20 ms by a thread.
+struct FileWatch {
+    seen: Arc<Mutex<BTreeMap<PathBuf, std::fs::Metadata>>>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl FileWatch {
+    fn start(uid: u32, tmp: &Path, results: &Path) -> Self {
+        let seen: Arc<Mutex<BTreeMap<PathBuf, std::fs::Metadata>>> = Arc::default();
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, done, tmp, results) = (
+                Arc::clone(&seen),
+                Arc::clone(&done),
+                tmp.to_owned(),
+                results.to_owned(),
+            );
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let mut now = BTreeMap::new();
+                    walk(&tmp, &mut now);
+                    walk(&results, &mut now);
+                    if let Ok(m) = std::fs::metadata(&results) {
+                        now.insert(results.clone(), m);
+                    }
+                    for d in std::fs::read_dir("/dev/shm")
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Result::ok)
+                    {
+                        let m = std::fs::symlink_metadata(d.path());
+                        if m.is_ok_and(|m| m.uid() == uid)
+                            && d.file_name().to_string_lossy().starts_with(RAM)
+                        {
+                            if let Ok(m) = std::fs::symlink_metadata(d.path()) {
+                                now.insert(d.path(), m);
+                            }
+                            walk(&d.path(), &mut now);
+                        }
+                    }
+                    seen.lock().expect("seen").extend(now);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        Self { seen, done, thread }
+    }
+
+    /// Stops watching; everything seen.
+    fn stop(self) -> BTreeMap<PathBuf, std::fs::Metadata> {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.join().expect("watcher");
+        let seen = self.seen.lock().expect("seen").clone();
+        seen
+    }
+}
+
+/// The run said it used the installed helpers, and built nothing.
+fn assert_installed_helpers_used(stderr: &str, prefix: &Path) {
+    let helpers: String = stderr
+        .lines()
+        .filter(|l| l.contains("helpers:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (what, origin) in [
+        ("sdxi-server", "next to the harness"),
+        ("cxl-hmu-server", "next to the harness"),
+        ("guest-agent", "in the install prefix"),
+        ("libchmu_tap.so", "in the install prefix"),
+    ] {
+        let p = if origin == "next to the harness" {
+            prefix.join("bin").join(what)
+        } else {
+            prefix.join("lib/tierbed").join(what)
+        };
+        assert!(
+            helpers.contains(&format!("{what} {} ({origin})", p.display())),
+            "{helpers}"
+        );
+    }
+    assert!(!stderr.contains("cargo"), "{stderr}");
+}
+
+/// The user's cache, provisioned by the run as that user: what the harness writes is
+/// owner-only; unpacked Debian packages and apt's indexes keep the modes Debian gives them
+/// (public package contents), inside directories that are 0700.
+fn cache_mode_problems(cache_dir: &Path, uid: u32) -> Vec<String> {
+    let mut cache = BTreeMap::new();
+    walk(cache_dir, &mut cache);
+    assert!(cache.len() > 100, "the user's cache was provisioned");
+    let public = |p: &Path| {
+        let rel = p.strip_prefix(cache_dir).unwrap_or(p);
+        let c: Vec<_> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect();
+        c.len() >= 2
+            && (c[..2] == ["apt", "var"]
+                || (c[0] == "qemu" && cache_dir.join("qemu").join(&*c[1]).is_dir())
+                || c[1].ends_with(".root"))
+    };
+    for fenced in ["apt/var", "qemu", "kernel", "busybox"] {
+        let m = &cache[&cache_dir.join(fenced)];
+        assert_eq!(m.mode() & 0o7777, 0o700, "{fenced}");
+    }
+    eprintln!("{} entries in the cache", cache.len());
+    cache
+        .iter()
+        .filter(|(p, _)| !public(p))
+        .filter_map(|(p, m)| mode_problem(p, m, uid))
+        .collect()
+}
+
+/// Nothing left behind in the user's temporary directory or /dev/shm.
+fn assert_user_left_nothing(tmp: &Path, uid: u32) {
+    let tmp_left: Vec<_> = std::fs::read_dir(tmp)
+        .expect("tmp")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(tmp_left.is_empty(), "{tmp_left:?}");
+    let shm_left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .expect("/dev/shm")
+        .filter_map(Result::ok)
+        .filter(|e| std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == uid))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(RAM))
+        .map(|e| e.path())
+        .collect();
+    assert!(shm_left.is_empty(), "{shm_left:?}");
+}
+
 #[test]
 fn a_normal_user_runs_an_installed_harness_and_everything_it_makes_is_private() {
     let _vm = serial();
@@ -166,22 +318,7 @@ fn a_normal_user_runs_an_installed_harness_and_everything_it_makes_is_private() 
         area.join("results"),
     );
 
-    // The installed layout, made the documented way from this checkout.
-    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["install", "--prefix"])
-        .arg(&prefix)
-        .output()
-        .expect("harness install");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in [
-        "bin/harness",
-        "bin/sdxi-server",
-        "bin/cxl-hmu-server",
-        "lib/tierbed/guest-agent",
-        "lib/tierbed/libchmu_tap.so",
-    ] {
-        assert!(prefix.join(f).is_file(), "{f} installed");
-    }
+    install_into(&prefix);
     for d in [&home, &tmp] {
         std::fs::create_dir(d).expect("mkdir");
     }
@@ -227,82 +364,20 @@ fn a_normal_user_runs_an_installed_harness_and_everything_it_makes_is_private() 
         .stderr(std::fs::File::create(&stderr_log).expect("stderr log"));
     let mut child = cmd.spawn().expect("spawn the installed harness");
 
-    // Everything the run makes, seen while it runs: its temporary directory, its guest-RAM
-    // directories and its results.
-    let seen: Arc<Mutex<BTreeMap<PathBuf, std::fs::Metadata>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (seen, done, tmp, results) = (
-            Arc::clone(&seen),
-            Arc::clone(&done),
-            tmp.clone(),
-            results.clone(),
-        );
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                let mut now = BTreeMap::new();
-                walk(&tmp, &mut now);
-                walk(&results, &mut now);
-                if let Ok(m) = std::fs::metadata(&results) {
-                    now.insert(results.clone(), m);
-                }
-                for d in std::fs::read_dir("/dev/shm")
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Result::ok)
-                {
-                    let m = std::fs::symlink_metadata(d.path());
-                    if m.is_ok_and(|m| m.uid() == uid)
-                        && d.file_name().to_string_lossy().starts_with(RAM)
-                    {
-                        if let Ok(m) = std::fs::symlink_metadata(d.path()) {
-                            now.insert(d.path(), m);
-                        }
-                        walk(&d.path(), &mut now);
-                    }
-                }
-                seen.lock().expect("seen").extend(now);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let watch = FileWatch::start(uid, &tmp, &results);
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
         .expect("stdout");
     let st = child.wait().expect("wait");
-    done.store(true, Ordering::Relaxed);
-    watcher.join().expect("watcher");
+    let seen = watch.stop();
     let stderr = std::fs::read_to_string(&stderr_log).unwrap_or_default();
     eprintln!("{stderr}\n{stdout}");
     assert_eq!(st.code(), Some(0), "{stderr}\n{stdout}");
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
 
-    // It said what it used: the installed helpers, nothing built.
-    let helpers: String = stderr
-        .lines()
-        .filter(|l| l.contains("helpers:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for (what, origin) in [
-        ("sdxi-server", "next to the harness"),
-        ("cxl-hmu-server", "next to the harness"),
-        ("guest-agent", "in the install prefix"),
-        ("libchmu_tap.so", "in the install prefix"),
-    ] {
-        let p = if origin == "next to the harness" {
-            prefix.join("bin").join(what)
-        } else {
-            prefix.join("lib/tierbed").join(what)
-        };
-        assert!(
-            helpers.contains(&format!("{what} {} ({origin})", p.display())),
-            "{helpers}"
-        );
-    }
-    assert!(!stderr.contains("cargo"), "{stderr}");
+    assert_installed_helpers_used(&stderr, &prefix);
 
     // The modes of everything the run made.
-    let seen = seen.lock().expect("seen").clone();
     let names: Vec<String> = seen
         .keys()
         .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
@@ -329,61 +404,16 @@ fn a_normal_user_runs_an_installed_harness_and_everything_it_makes_is_private() 
         .iter()
         .filter_map(|(p, m)| mode_problem(p, m, uid))
         .collect();
-    // And the user's cache, provisioned by this run as that user: what the harness writes is
-    // owner-only; unpacked Debian packages and apt's indexes keep the modes Debian gives them
-    // (public package contents), inside directories that are 0700.
-    let cache_dir = home.join(".cache/tierbed");
-    let mut cache = BTreeMap::new();
-    walk(&cache_dir, &mut cache);
-    assert!(cache.len() > 100, "the user's cache was provisioned");
-    let public = |p: &Path| {
-        let rel = p.strip_prefix(&cache_dir).unwrap_or(p);
-        let c: Vec<_> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect();
-        c.len() >= 2
-            && (c[..2] == ["apt", "var"]
-                || (c[0] == "qemu" && cache_dir.join("qemu").join(&*c[1]).is_dir())
-                || c[1].ends_with(".root"))
-    };
-    for fenced in ["apt/var", "qemu", "kernel", "busybox"] {
-        let m = &cache[&cache_dir.join(fenced)];
-        assert_eq!(m.mode() & 0o7777, 0o700, "{fenced}");
-    }
-    problems.extend(
-        cache
-            .iter()
-            .filter(|(p, _)| !public(p))
-            .filter_map(|(p, m)| mode_problem(p, m, uid)),
-    );
+    problems.extend(cache_mode_problems(&home.join(".cache/tierbed"), uid));
     assert!(
         problems.is_empty(),
         "{} problems, first: {:#?}",
         problems.len(),
         &problems[..problems.len().min(20)]
     );
-    eprintln!(
-        "{} entries checked while running, {} in the cache",
-        seen.len(),
-        cache.len()
-    );
+    eprintln!("{} entries checked while running", seen.len());
 
-    // Nothing left behind in the user's temporary directory or /dev/shm.
-    let tmp_left: Vec<_> = std::fs::read_dir(&tmp)
-        .expect("tmp")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    assert!(tmp_left.is_empty(), "{tmp_left:?}");
-    let shm_left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .expect("/dev/shm")
-        .filter_map(Result::ok)
-        .filter(|e| std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == uid))
-        .filter(|e| e.file_name().to_string_lossy().starts_with(RAM))
-        .map(|e| e.path())
-        .collect();
-    assert!(shm_left.is_empty(), "{shm_left:?}");
+    assert_user_left_nothing(&tmp, uid);
     assert!(processes_mentioning(&area.to_string_lossy()).is_empty());
     let _ = std::fs::remove_dir_all(&area);
     eprintln!("took {:.1}s", t0.elapsed().as_secs_f64());
