@@ -6,7 +6,8 @@
 //! interrupt, 2000 x 4 KiB and 10 x 1 MiB, IOMMU on), the broken fixture (never_complete=1)
 //! which must fail with the kernel log in the report, the user-driver path (--build-module,
 //! --iommu off), and completions out of order with mapped doorbells. The full load
-//! (harness/scenarios/dmatest-load.toml) is `#[ignore]`d: cargo test -p harness --test dmatest -- --ignored
+//! (harness/scenarios/dmatest-load-{polled,interrupt}.toml) is `#[ignore]`d:
+//! cargo test -p harness --test dmatest -- --ignored
 
 mod common;
 use common::*;
@@ -190,24 +191,45 @@ fn a_driver_for_a_scenario_that_loads_none_is_a_usage_error() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-/// The full load: 20000 x 4 KiB and 2000 x 1 MiB per thread, 2 channels x 2 threads, polled
-/// and interrupt, IOMMU on (harness/scenarios/dmatest-load.toml; about 26 min under TCG).
+/// The full load, each mode in its own VM and both at once (`--jobs 2`): 2 channels x 2
+/// threads, 20000 x 4 KiB and 20000 x 1 MiB per thread, IOMMU on
+/// (harness/scenarios/dmatest-load-{polled,interrupt}.toml; 82 min under TCG on 2 cores).
 #[test]
 #[ignore = "long run: cargo test -p harness --test dmatest -- --ignored"]
 fn the_fixture_passes_the_dmatest_load() {
     let _g = serial();
     let out = results_dir("dmatest-load");
-    let file = manifest("scenarios/dmatest-load.toml");
-    let o = harness_run(&[file.to_str().expect("utf-8")], &out);
+    let modes = ["polled", "interrupt"];
+    let files = modes.map(|m| manifest(&format!("scenarios/dmatest-load-{m}.toml")));
+    let mut args: Vec<&str> = files.iter().map(|f| f.to_str().expect("utf-8")).collect();
+    args.extend(["--jobs", "2"]);
+    let o = harness_run(&args, &out);
     println!("{}", text(&o));
     assert!(o.status.success(), "{}", text(&o));
-    let r = result_json(&run_dir(&out));
-    let c = check(&r, "dmatest.interrupt.4KiB.dma0chan0");
-    assert!(
-        c["detail"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("40000/40000 tests, 0 failures")),
-        "{c}"
-    );
+    let results: Vec<serde_json::Value> = std::fs::read_dir(&out)
+        .expect("results")
+        .flatten()
+        .filter(|e| e.path().join("result.json").is_file())
+        .map(|e| result_json(&e.path()))
+        .collect();
+    assert_eq!(results.len(), 2, "one run directory per mode");
+    for m in modes {
+        let r = results
+            .iter()
+            .find(|r| r["checks"].to_string().contains(&format!("dmatest.{m}.")))
+            .unwrap_or_else(|| panic!("no run of mode {m}"));
+        for size in ["4KiB", "1MiB"] {
+            for chan in ["dma0chan0", "dma0chan1"] {
+                let c = check(r, &format!("dmatest.{m}.{size}.{chan}"));
+                assert!(
+                    c["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("40000/40000 tests, 0 failures")),
+                    "{c}"
+                );
+            }
+        }
+        assert_eq!(check(r, "dmatest.kernel_log")["passed"], true, "{r:#}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
