@@ -92,6 +92,38 @@ impl BringupReport {
     }
 }
 
+/// Checks what `--module` and `--build-module` name before anything is provisioned or built:
+/// each module a file ending in `.ko`, `.ko.xz` or `.ko.zst`, each tree a directory with a
+/// `Kbuild` or `Makefile` at its top.
+pub fn check_driver_paths(modules: &[(PathBuf, String)], builds: &[PathBuf]) -> Result<(), String> {
+    for (m, _) in modules {
+        let name = m.to_string_lossy();
+        if ![".ko", ".ko.xz", ".ko.zst"]
+            .iter()
+            .any(|x| name.ends_with(x))
+        {
+            return Err(format!(
+                "--module {name}: not a kernel module (.ko, .ko.xz or .ko.zst)"
+            ));
+        }
+        if !m.is_file() {
+            return Err(format!("--module {name}: no such file"));
+        }
+    }
+    for d in builds {
+        if !d.is_dir() {
+            return Err(format!("--build-module {}: not a directory", d.display()));
+        }
+        if !d.join("Kbuild").is_file() && !d.join("Makefile").is_file() {
+            return Err(format!(
+                "--build-module {}: no Kbuild or Makefile at its top",
+                d.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Boots the test bed in bring-up mode and returns what the guest reported.
 pub fn bringup(
     cfg: &VmConfig,
@@ -107,6 +139,7 @@ pub fn bringup(
         )
         .into());
     }
+    check_driver_paths(&spec.modules, &spec.build).map_err(config::ConfigError::Invalid)?;
     // The kernel under test (`--kernel-image`) and guest files come with the images.
     let (tools, imgs) = provision(cfg, paths, false, progress)?;
     kernel_loop::check_config(
@@ -236,6 +269,27 @@ mod tests {
             self.0.push(what.to_owned());
         }
         fn line(&mut self, _: &str) {}
+    }
+
+    #[test]
+    fn driver_paths_are_checked_before_anything_is_built() {
+        let dir = std::env::temp_dir().join(format!("driver-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ko = dir.join("my.ko.xz");
+        std::fs::write(&ko, b"").expect("write");
+        let m = |p: &Path| vec![(p.to_owned(), String::new())];
+        assert_eq!(check_driver_paths(&m(&ko), &[]), Ok(()));
+        let e = check_driver_paths(&m(&dir.join("my.c")), &[]).expect_err("not a module");
+        assert!(e.contains("my.c: not a kernel module"), "{e}");
+        let e = check_driver_paths(&m(&dir.join("gone.ko")), &[]).expect_err("missing");
+        assert!(e.contains("gone.ko: no such file"), "{e}");
+        let e = check_driver_paths(&[], std::slice::from_ref(&dir)).expect_err("no Kbuild");
+        assert!(e.contains("no Kbuild or Makefile"), "{e}");
+        std::fs::write(dir.join("Kbuild"), b"obj-m := my.o\n").expect("write");
+        assert_eq!(check_driver_paths(&[], std::slice::from_ref(&dir)), Ok(()));
+        let e = check_driver_paths(&[], std::slice::from_ref(&ko)).expect_err("a file");
+        assert!(e.contains("not a directory"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

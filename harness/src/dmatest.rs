@@ -229,14 +229,17 @@ impl DriverArgs {
     }
 }
 
-/// A driver given for `scenarios` none of which is a dmatest scenario is a usage error.
+/// A driver given for `scenarios` none of which is a dmatest scenario is a usage error, and so
+/// is a module or tree that is not there.
 pub fn check_driver_use(scenarios: &[String], cfg: &VmConfig) -> Result<(), String> {
-    if cfg.dmatest_driver.is_fixture()
-        || scenarios.iter().any(|s| matches!(resolve(s), Ok(Some(_))))
-    {
+    let d = &cfg.dmatest_driver;
+    if d.is_fixture() {
         return Ok(());
     }
-    Err("--module and --build-module apply to dmatest scenarios (`harness run dmatest`); other scenarios load no driver of yours".into())
+    if !scenarios.iter().any(|s| matches!(resolve(s), Ok(Some(_)))) {
+        return Err("--module and --build-module apply to dmatest scenarios (`harness run dmatest`); other scenarios load no driver of yours".into());
+    }
+    crate::bringup::check_driver_paths(&d.modules, &d.builds)
 }
 
 /// `PATH[:param=value,...]` as `(PATH, "param=value ...")`, the way `--module` takes it. A
