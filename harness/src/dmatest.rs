@@ -410,19 +410,24 @@ pub fn execute(
         script: Some(script.0.clone()),
         ..BringupSpec::default()
     };
-    let (rep, checks) = match bringup(&cfg, paths, &bspec, results_dir, interrupted, progress) {
+    let rep = match bringup(&cfg, paths, &bspec, results_dir, interrupted, progress) {
         // The guest stopped answering while dmatest ran: the driver's failure, not the test
         // bed's (a boot that never got as far as the script stays a test-bed error).
-        Err(RunError::Vm(vm::VmError::Timeout(..), dir)) if script_started(&dir) => hung(dir),
-        r => {
-            let rep = r?;
-            let out = guest::parse(&rep.output);
-            let checks = checks(spec, &plans, &rep, &out);
-            (rep, checks)
-        }
+        Err(RunError::Vm(vm::VmError::Timeout(..), dir)) if script_started(&dir) => Err(dir),
+        r => Ok(r?),
     };
     drop(script);
-    let out = guest::parse(&rep.output);
+    let (rep, out, checks) = match rep {
+        Ok(rep) => {
+            let out = guest::parse(&rep.output);
+            let checks = checks(spec, &plans, &rep, &out);
+            (rep, out, checks)
+        }
+        Err(dir) => {
+            let (rep, checks) = hung(dir);
+            (rep, Output::default(), checks)
+        }
+    };
     let timings = Timings {
         provision_s,
         boot_to_agent_s: 0.0,
