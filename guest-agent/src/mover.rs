@@ -354,16 +354,6 @@ impl<'a> Mover<'a> {
     }
 }
 
-impl BatchMover for Mover<'_> {
-    fn move_batch(
-        &mut self,
-        folios: Vec<u32>,
-        start_ms: u64,
-    ) -> Result<(BatchStat, Vec<u32>), MigrateError> {
-        self.migrate(folios, start_ms)
-    }
-}
-
 impl Drop for Mover<'_> {
     fn drop(&mut self) {
         if let (Some(s), Backing::Pools { pool1, pool0 }) =
