@@ -154,17 +154,16 @@ pub fn figure_series(r: &MigrateReport) -> Vec<(String, Vec<(f64, f64)>)> {
     let end = r.duration_ms.max(period);
     let mut up = Vec::new();
     let mut down = Vec::new();
-    let at = |ms: u64| {
-        t.timeline
-            .iter()
-            .take_while(|e| e.0 <= ms)
-            .last()
-            .map_or((0, 0), |e| (e.1, e.2))
-    };
+    // One walk along the timeline (it is in time order): the totals at the end of each period.
+    let mut events = t.timeline.iter().peekable();
+    let mut at = (0, 0);
     let mut prev = (0, 0);
     let mut ms = period;
     while ms <= end + period {
-        let now = at(ms);
+        while let Some(e) = events.next_if(|e| e.0 <= ms) {
+            at = (e.1, e.2);
+        }
+        let now = at;
         up.push((secs(ms), (now.0 - prev.0) as f64 / budget * 100.0));
         down.push((secs(ms), (now.1 - prev.1) as f64 / budget * 100.0));
         prev = now;
