@@ -544,6 +544,24 @@ fn clean_removes_dead_runs_directories_and_leaves_live_ones() {
         .stdout(Stdio::null())
         .spawn()
         .expect("stray");
+    // Only once it has the file open is it "still using" the directory (before, `clean` could
+    // remove the directory first and tail would fail to open the file and exit 1).
+    let fds = PathBuf::from(format!("/proc/{}/fd", stray.id()));
+    let ram = dead.join("node1.ram");
+    let opened = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_dir(&fds)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == ram))
+    {
+        assert!(
+            Instant::now() < opened,
+            "tail never opened {}",
+            ram.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let o = Command::new(env!("CARGO_BIN_EXE_harness"))
         .arg("clean")
         .output()
