@@ -29,8 +29,13 @@ pub trait DmaMemory: Send + Sync {
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Fault>;
     /// Copies `len` bytes; the ranges must not overlap (the engine checks).
     fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault>;
-    /// Atomically decrements the u64 at `addr` if non-zero; returns the old value.
-    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault>;
+    /// Atomically subtracts `n` from the u64 at `addr`, stopping at zero; returns the old
+    /// value.
+    fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault>;
+    /// [`Self::subtract_u64`] by one.
+    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault> {
+        self.subtract_u64(addr, 1)
+    }
     /// Atomically ORs `bits` into the u32 at `addr`.
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault>;
     /// Checks that `addr..addr+len` is mapped (and writable if asked).
@@ -385,6 +390,42 @@ pub trait Lookup {
         Ok(())
     }
 
+    fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let dst = buf.as_mut_ptr();
+        self.pieces(addr, buf.len() as u64, false, |p, n, at| {
+            // SAFETY: `p..p+n` is inside a live mapping (checked by `pieces`), `at+n` inside
+            // `buf`. The guest may write these bytes concurrently, as with any DMA.
+            unsafe { std::ptr::copy_nonoverlapping(p, dst.add(at), n) }
+        })
+    }
+
+    fn write_from(&self, addr: u64, buf: &[u8]) -> Result<(), Fault> {
+        let src = buf.as_ptr();
+        self.pieces(addr, buf.len() as u64, true, |p, n, at| {
+            // SAFETY: as in `read_into`, with a writable map.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(at), p, n) }
+        })
+    }
+
+    fn subtract_at(&self, addr: u64, n: u64) -> Result<u64, Fault> {
+        let p = self.atomic::<u64>(addr)?;
+        // SAFETY: `p` is 8-byte aligned inside a live writable mapping; guest memory is only
+        // ever accessed atomically or by raw copies, never through references.
+        let a = unsafe { AtomicU64::from_ptr(p) };
+        Ok(a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            Some(v.saturating_sub(n))
+        })
+        .unwrap_or_else(|v| v))
+    }
+
+    fn or_at(&self, addr: u64, bits: u32) -> Result<(), Fault> {
+        let p = self.atomic::<u32>(addr)?;
+        // SAFETY: as in `subtract_at`, 4-byte aligned.
+        let a = unsafe { AtomicU32::from_ptr(p) };
+        a.fetch_or(bits, Ordering::AcqRel);
+        Ok(())
+    }
+
     fn atomic<T>(&self, addr: u64) -> Result<*mut T, Fault> {
         let n = std::mem::size_of::<T>();
         let f = Fault {
@@ -404,20 +445,11 @@ pub trait Lookup {
 
 impl<T: Lookup + Send + Sync> DmaMemory for T {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
-        let dst = buf.as_mut_ptr();
-        self.pieces(addr, buf.len() as u64, false, |p, n, at| {
-            // SAFETY: `p..p+n` is inside a live mapping (checked by `pieces`), `at+n` inside
-            // `buf`. The guest may write these bytes concurrently, as with any DMA.
-            unsafe { std::ptr::copy_nonoverlapping(p, dst.add(at), n) }
-        })
+        self.read_into(addr, buf)
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Fault> {
-        let src = buf.as_ptr();
-        self.pieces(addr, buf.len() as u64, true, |p, n, at| {
-            // SAFETY: as in `read`, with a writable map.
-            unsafe { std::ptr::copy_nonoverlapping(src.add(at), p, n) }
-        })
+        self.write_from(addr, buf)
     }
 
     fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
@@ -428,23 +460,12 @@ impl<T: Lookup + Send + Sync> DmaMemory for T {
         self.copy_range(dst, src, len)
     }
 
-    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault> {
-        let p = self.atomic::<u64>(addr)?;
-        // SAFETY: `p` is 8-byte aligned inside a live writable mapping; guest memory is only
-        // ever accessed atomically or by raw copies, never through references.
-        let a = unsafe { AtomicU64::from_ptr(p) };
-        Ok(a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            Some(v.saturating_sub(1))
-        })
-        .unwrap_or_else(|v| v))
+    fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault> {
+        self.subtract_at(addr, n)
     }
 
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault> {
-        let p = self.atomic::<u32>(addr)?;
-        // SAFETY: as in `decrement_u64`, 4-byte aligned.
-        let a = unsafe { AtomicU32::from_ptr(p) };
-        a.fetch_or(bits, Ordering::AcqRel);
-        Ok(())
+        self.or_at(addr, bits)
     }
 }
 
@@ -495,6 +516,19 @@ mod tests {
         assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 1 << 31);
         assert!(ram.decrement_u64(0x41).is_err(), "misaligned");
         assert!(ram.decrement_u64(0xffc).is_err(), "past the end");
+    }
+
+    #[test]
+    fn subtract_takes_several_at_once_and_stops_at_zero() {
+        let ram = GuestRam::anonymous(0, 0x1000);
+        ram.write(0x40, &10u64.to_le_bytes()).expect("write");
+        assert_eq!(ram.subtract_u64(0x40, 7), Ok(10));
+        assert_eq!(ram.subtract_u64(0x40, 7), Ok(3));
+        assert_eq!(ram.subtract_u64(0x40, 1), Ok(0));
+        let mut b = [0u8; 8];
+        ram.read(0x40, &mut b).expect("read");
+        assert_eq!(u64::from_le_bytes(b), 0);
+        assert!(ram.subtract_u64(0x44, 1).is_err(), "misaligned");
     }
 
     #[test]

@@ -17,12 +17,16 @@
 //! An engine pass ([`DmaSpace::pass`]) keeps its reader count from one access to the next, so an
 //! access costs a flag check and a lookup; a writer's flag makes the pass's next access step
 //! out, and the pass gives the lock up before it waits on anything (the transport, its end).
+//! While it holds the lock, the pass also remembers the two extents it found last, so the
+//! lookup is a compare for the ring, a COPY's source and destination and a CST_BLK that stay in
+//! one or two extents; the memory is forgotten whenever the lock is taken anew (the table may
+//! have changed meanwhile).
 //!
 //! Left out: waiting for a transport that is not a [`Quiesce`] (without one, e.g. in unit tests
 //! and the fuzz targets, a pass sees the maps applied so far).
 
-use crate::dma::{DmaMemory, Fault, MapError, MapSpec};
-use crate::dma_table::{DmaTable, TableCounters};
+use crate::dma::{DmaMemory, Fault, Lookup, MapError, MapSpec};
+use crate::dma_table::{DmaTable, Hint, Hinted, TableCounters, NO_HINT};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -65,9 +69,26 @@ struct Shard(AtomicU64);
 thread_local! {
     /// This thread's shard.
     static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// The space whose reader lock this thread keeps between accesses during a pass (its
-    /// address), and whether it currently holds it.
-    static PASS: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+    /// The pass this thread runs, if any (see [`PassState`]).
+    static PASS: Cell<PassState> = const { Cell::new(PassState::NONE) };
+}
+
+/// A thread's pass: the space whose reader lock it keeps between accesses (its address),
+/// whether it holds it now, and the extents its accesses found last ([`Hint`]: valid only
+/// while `held` stays true, so it is cleared whenever the lock is taken anew).
+#[derive(Clone, Copy)]
+struct PassState {
+    space: usize,
+    held: bool,
+    hint: Hint,
+}
+
+impl PassState {
+    const NONE: Self = Self {
+        space: 0,
+        held: false,
+        hint: NO_HINT,
+    };
 }
 
 /// This thread's shard in `0..SHARDS`: handed out round-robin on a thread's first call and kept
@@ -134,10 +155,10 @@ impl DmaSpace {
     /// Runs `f` with the table read-locked. Inside [`Self::pass`] the lock is kept from one
     /// access to the next (one check of a flag per access) until a writer asks for it.
     #[inline]
-    fn reading<R>(&self, f: impl FnOnce(&DmaTable) -> R) -> R {
-        let (pass, held) = PASS.with(Cell::get);
-        let in_pass = pass == self.id();
-        let mut holding = in_pass && held;
+    fn reading<R>(&self, f: impl FnOnce(&Hinted<'_>) -> R) -> R {
+        let state = PASS.with(Cell::get);
+        let in_pass = state.space == self.id();
+        let mut holding = in_pass && state.held;
         if holding && self.writing.load(Ordering::Acquire) {
             // A writer waits: let it in, then come back as a new reader.
             self.leave();
@@ -146,10 +167,23 @@ impl DmaSpace {
         if !holding {
             self.enter();
         }
-        // SAFETY: this thread is counted as a reader, so no writer holds the table (`Sync`).
-        let r = f(unsafe { &*self.table.get() });
+        let t = Hinted {
+            // SAFETY: this thread is counted as a reader, so no writer holds the table
+            // (`Sync`).
+            table: unsafe { &*self.table.get() },
+            // The lock held since the hint was taken: the table has not changed.
+            hint: Cell::new(if holding { state.hint } else { NO_HINT }),
+        };
+        let r = f(&t);
         if in_pass {
-            PASS.with(|p| p.set((pass, true)));
+            let hint = t.hint.get();
+            PASS.with(|p| {
+                p.set(PassState {
+                    held: true,
+                    hint,
+                    ..state
+                })
+            });
         } else {
             self.leave();
         }
@@ -158,10 +192,16 @@ impl DmaSpace {
 
     /// Drops a reader lock kept by [`Self::pass`] (before waiting on anything).
     fn release_pass_lock(&self) {
-        let (pass, held) = PASS.with(Cell::get);
-        if pass == self.id() && held {
+        let state = PASS.with(Cell::get);
+        if state.space == self.id() && state.held {
             self.leave();
-            PASS.with(|p| p.set((pass, false)));
+            PASS.with(|p| {
+                p.set(PassState {
+                    held: false,
+                    hint: NO_HINT,
+                    ..state
+                })
+            });
         }
     }
 
@@ -171,14 +211,18 @@ impl DmaSpace {
     /// (faulting accesses release it first).
     pub fn pass<R>(&self, f: impl FnOnce() -> R) -> R {
         /// Releases the kept lock however the pass ends.
-        struct End<'a>(&'a DmaSpace, (usize, bool));
+        struct End<'a>(&'a DmaSpace, PassState);
         impl Drop for End<'_> {
             fn drop(&mut self) {
                 self.0.release_pass_lock();
                 PASS.with(|p| p.set(self.1));
             }
         }
-        let _end = End(self, PASS.with(|p| p.replace((self.id(), false))));
+        let mine = PassState {
+            space: self.id(),
+            ..PassState::NONE
+        };
+        let _end = End(self, PASS.with(|p| p.replace(mine)));
         f()
     }
 
@@ -236,7 +280,7 @@ impl DmaSpace {
     }
 
     pub fn table_counters(&self) -> TableCounters {
-        self.reading(DmaTable::counters)
+        self.reading(|t| t.table.counters())
     }
 
     /// Counters as JSON (table sizes and the ordering counters).
@@ -264,7 +308,7 @@ impl DmaSpace {
 
     fn populate(&self, iova: u64, size: u64) {
         let pieces: Vec<_> = self
-            .reading(|t| t.pieces(iova, size))
+            .reading(|t| t.table.pieces(iova, size))
             .into_iter()
             .filter(|(_, _, len)| *len as u64 >= PREFAULT_MIN)
             .collect();
@@ -293,7 +337,7 @@ impl DmaSpace {
     /// Runs `f` on the table; a fault is looked at again once the transport has handled what
     /// it had received (a failed access changed nothing, so it can run again).
     #[inline]
-    fn access<R>(&self, mut f: impl FnMut(&DmaTable) -> Result<R, Fault>) -> Result<R, Fault> {
+    fn access<R>(&self, mut f: impl FnMut(&Hinted<'_>) -> Result<R, Fault>) -> Result<R, Fault> {
         match self.reading(&mut f) {
             Err(fault) => {
                 let Some(q) = self.transport() else {
@@ -318,22 +362,22 @@ impl DmaSpace {
 
 impl DmaMemory for DmaSpace {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
-        self.access(|t| t.read(addr, buf))
+        self.access(|t| t.read_into(addr, buf))
     }
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Fault> {
-        self.access(|t| t.write(addr, buf))
+        self.access(|t| t.write_from(addr, buf))
     }
     fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
-        self.access(|t| t.copy(dst, src, len))
+        self.access(|t| t.copy_range(dst, src, len))
     }
-    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault> {
-        self.access(|t| t.decrement_u64(addr))
+    fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault> {
+        self.access(|t| t.subtract_at(addr, n))
     }
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault> {
-        self.access(|t| t.or_u32(addr, bits))
+        self.access(|t| t.or_at(addr, bits))
     }
     fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
-        self.access(|t| t.check(addr, len, write))
+        self.access(|t| t.check_range(addr, len, write))
     }
 }
 
@@ -429,6 +473,42 @@ mod tests {
         // The pass ended: its lock is released, so a later writer does not wait for it.
         space.map(&spec(&f, 0, 4096)).expect("map again");
         assert!(space.read(0, &mut [0u8; 1]).is_ok());
+    }
+
+    #[test]
+    fn a_pass_sees_a_remap_of_the_range_it_has_been_reading() {
+        // The pass remembers the extent it read last; a map replacing it (another file at the
+        // same addresses) must be what its next accesses reach, never the old mapping.
+        let (old, new) = (memfd(1 << 20), memfd(1 << 20));
+        std::os::unix::fs::FileExt::write_all_at(&new, &[0xab], 0x100).expect("write");
+        let space = Arc::new(DmaSpace::default());
+        space.map(&spec(&old, 0, 1 << 20)).expect("map");
+        let (tx, rx) = mpsc::channel();
+        let s = Arc::clone(&space);
+        let pass = std::thread::spawn(move || {
+            s.pass(|| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let mut b = [0u8; 1];
+                let mut reads = 0u64;
+                while std::time::Instant::now() < deadline {
+                    s.read(0x100, &mut b).expect("mapped throughout");
+                    reads += 1;
+                    if reads == 10 {
+                        let _ = tx.send(());
+                    }
+                    if b[0] == 0xab {
+                        return Some(reads);
+                    }
+                    std::thread::yield_now();
+                }
+                None
+            })
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("pass running");
+        space.map(&spec(&new, 0, 1 << 20)).expect("remap");
+        let seen = pass.join().expect("pass");
+        assert!(seen.is_some_and(|r| r > 10), "the pass reached the new map");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! unreachable (its addresses fault), never refused.
 
 use crate::dma::{Extent, GuestRam, HostMap, Lookup, MapError, MapSpec};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -238,6 +239,42 @@ impl Lookup for DmaTable {
     fn find(&self, addr: u64) -> Option<&Extent> {
         let (_, e) = self.extents.range(..=addr).next_back()?;
         (addr < e.end()).then_some(e)
+    }
+}
+
+/// The extents a reader found last, most recent first: a device's accesses come in runs on
+/// the same one or two extents (a COPY's source and destination, the ring, a CST_BLK), and
+/// checking them costs a compare where the tree costs a walk. Null entries are empty.
+pub(crate) type Hint = [*const Extent; 2];
+
+/// No extents remembered.
+pub(crate) const NO_HINT: Hint = [std::ptr::null(); 2];
+
+/// The table seen through a reader's [`Hint`]. The hint's pointers are into the table's own
+/// nodes, so they are only valid while the table has not changed since they were taken: the
+/// reader must have held its read lock throughout (the space clears the hint whenever it
+/// takes the lock anew).
+pub(crate) struct Hinted<'a> {
+    pub table: &'a DmaTable,
+    pub hint: Cell<Hint>,
+}
+
+impl Lookup for Hinted<'_> {
+    #[inline]
+    fn find(&self, addr: u64) -> Option<&Extent> {
+        let h = self.hint.get();
+        for p in h {
+            // SAFETY: a non-null hint points at an extent of `self.table`, which has not
+            // changed since it was taken (see `Hinted`).
+            if let Some(e) = unsafe { p.as_ref() } {
+                if e.start <= addr && addr < e.end() {
+                    return Some(e);
+                }
+            }
+        }
+        let e = self.table.find(addr)?;
+        self.hint.set([e, h[0]]);
+        Some(e)
     }
 }
 
