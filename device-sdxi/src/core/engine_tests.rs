@@ -552,6 +552,33 @@ fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
 }
 
 #[test]
+fn consecutive_completions_to_one_cst_blk_are_one_subtraction_per_window() {
+    let (ram, e, mut drv) = logged_engine(false);
+    let (a, b) = (
+        drv.csb(&*ram, 41).expect("a"),
+        drv.csb(&*ram, 2).expect("b"),
+    );
+    // 40 on A (windows of 16, 16, 8), then B, B, then A again.
+    let mut descs: Vec<Descriptor> = (0..40).map(|_| driver::nop(Some(a), false)).collect();
+    descs.extend([
+        driver::nop(Some(b), false),
+        driver::nop(Some(b), false),
+        driver::nop(Some(a), false),
+    ]);
+    drv.submit(&*ram, 0, &descs);
+    e.process(0);
+    let subs = ram.subtractions.lock().expect("lock").clone();
+    assert_eq!(
+        subs,
+        vec![(a, 16), (a, 16), (a, 8), (b, 2), (a, 1)],
+        "one atomic step per run of one CST_BLK inside a window, in ring order"
+    );
+    assert_eq!(csb_status(&ram.ram, a), (0, false));
+    assert_eq!(csb_status(&ram.ram, b), (0, false));
+    assert_eq!(e.counters().completions, 43);
+}
+
+#[test]
 fn forced_out_of_order_completion_reverses_between_fences() {
     let (ram, e, mut drv) = logged_engine(true);
     let csbs: Vec<u64> = (0..4).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();
@@ -682,12 +709,14 @@ fn an_error_inside_a_window_leaves_the_later_descriptors_valid_and_unrun() {
 }
 
 /// Guest memory that logs, in order, writes of the admin context's read index ('r', value)
-/// and CST_BLK decrements ('c', address).
+/// and CST_BLK decrements ('c', address: one per completion), and each atomic subtraction
+/// as it was made (address, amount).
 #[derive(Debug)]
 struct Logged {
     ram: GuestRam,
     read_index: u64,
     log: StdMutex<Vec<(char, u64)>>,
+    subtractions: StdMutex<Vec<(u64, u64)>>,
 }
 
 impl Logged {
@@ -717,9 +746,12 @@ impl DmaMemory for Logged {
     fn copy(&self, d: u64, s: u64, l: u64) -> Result<(), Fault> {
         self.ram.copy(d, s, l)
     }
-    fn decrement_u64(&self, a: u64) -> Result<u64, Fault> {
-        self.log.lock().expect("lock").push(('c', a));
-        self.ram.decrement_u64(a)
+    fn subtract_u64(&self, a: u64, n: u64) -> Result<u64, Fault> {
+        // One entry per completion: a subtraction of n is n completions at once.
+        let mut log = self.log.lock().expect("lock");
+        log.extend(std::iter::repeat_n(('c', a), n as usize));
+        self.subtractions.lock().expect("lock").push((a, n));
+        self.ram.subtract_u64(a, n)
     }
     fn or_u32(&self, a: u64, b: u32) -> Result<(), Fault> {
         self.ram.or_u32(a, b)
@@ -741,6 +773,7 @@ fn logged_engine(ooo: bool) -> (Arc<Logged>, Engine<Logged, Arc<Vectors>>, Drive
         ram,
         read_index,
         log: StdMutex::new(Vec::new()),
+        subtractions: StdMutex::new(Vec::new()),
     });
     let opts = EngineOptions::default();
     opts.force_out_of_order.store(ooo, Ordering::Relaxed);

@@ -149,17 +149,26 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         }
     }
 
-    /// Signals a CST_BLK: er first (if failed), then the signal decrement.
-    pub(crate) fn complete(&self, mem: &M, c: &mut EngineCounters, csb: Option<u64>, failed: bool) {
+    /// Signals `n` completions to a CST_BLK: er first (if failed), then the signal
+    /// decremented by `n` in one atomic step (the same as `n` decrements at once: software
+    /// only ever sees a signal that counts every descriptor completed so far).
+    pub(crate) fn complete(
+        &self,
+        mem: &M,
+        c: &mut EngineCounters,
+        csb: Option<u64>,
+        n: u32,
+        failed: bool,
+    ) {
         let Some(a) = csb else {
             return;
         };
-        tracing::trace!(target: "sdxi::completion", csb = format_args!("{a:#x}"), er = failed);
+        tracing::trace!(target: "sdxi::completion", csb = format_args!("{a:#x}"), n, er = failed);
         if failed {
             let _ = mem.or_u32(a + 8, CST_FLAGS_ER);
         }
-        match mem.decrement_u64(a) {
-            Ok(_) => c.completions += 1,
+        match mem.subtract_u64(a, u64::from(n)) {
+            Ok(_) => c.completions += u64::from(n),
             Err(f) => {
                 let e = EngineError::Fault(f, step::COMPLETION);
                 self.log_error(mem, c, None, None, e, RE_INFORM);

@@ -31,7 +31,8 @@
 //! their vl in one write, and moves read_index once per window (and before any CST_BLK it
 //! signals, so read_index is always past a descriptor whose completion software can see).
 //! Completions are signalled in ring order at the window's end, before a fenced descriptor
-//! and before an INTR. A window stopped early (an error, a reset, Bus Master Enable cleared)
+//! and before an INTR; consecutive completions to one CST_BLK (a batch counted down by one
+//! block, the way the spec's signal counter is meant to be used) are one atomic subtraction. A window stopped early (an error, a reset, Bus Master Enable cleared)
 //! gives the descriptors it did not run their vl back. A window whose read or write faults is
 //! retried one descriptor at a time, so errors name the exact descriptor as before.
 
@@ -174,8 +175,8 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
 
     /// Signals the completions waiting in `done`.
     fn flush(&self, p: &mut Pass<'_, M>, done: &mut Completions) {
-        while let Some(csb) = done.next() {
-            self.complete(p.mem, &mut p.counts, csb, false);
+        while let Some((csb, n)) = done.next() {
+            self.complete(p.mem, &mut p.counts, csb, n, false);
         }
     }
 
@@ -217,7 +218,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                 w.give_back(p.mem, i + 1);
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
-                self.complete(p.mem, &mut p.counts, csb, true);
+                self.complete(p.mem, &mut p.counts, csb, 1, true);
                 return Err((e, Some(w.start + i as u64)));
             }
             done.push(csb);
@@ -327,10 +328,12 @@ impl Window {
 }
 
 /// Run descriptors whose CST_BLKs are not signalled yet: in ring order, or (forced
-/// out-of-order completion) last first between fences.
+/// out-of-order completion) last first between fences. Consecutive descriptors naming the
+/// same CST_BLK (a batch counted down by one block) are kept as one entry with their number,
+/// signalled in one atomic subtraction.
 struct Completions {
     ooo: bool,
-    csbs: std::collections::VecDeque<Option<u64>>,
+    csbs: std::collections::VecDeque<(Option<u64>, u32)>,
 }
 
 impl Completions {
@@ -342,10 +345,14 @@ impl Completions {
     }
 
     fn push(&mut self, csb: Option<u64>) {
-        self.csbs.push_back(csb);
+        match self.csbs.back_mut() {
+            Some((last, n)) if *last == csb && *n < u32::MAX => *n += 1,
+            _ => self.csbs.push_back((csb, 1)),
+        }
     }
 
-    fn next(&mut self) -> Option<Option<u64>> {
+    /// The next CST_BLK to signal and how many completions it gets.
+    fn next(&mut self) -> Option<(Option<u64>, u32)> {
         if self.ooo {
             self.csbs.pop_back()
         } else {
