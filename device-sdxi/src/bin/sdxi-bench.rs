@@ -33,6 +33,20 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run only these rows (comma-separated; default all): copy-2m, copy-4k, two-workers,
+    /// doorbell. For profiling one path, e.g. `perf record ... sdxi-bench --rows copy-4k`.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    rows: Vec<Row>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Row {
+    #[value(name = "copy-2m")]
+    Copy2m,
+    #[value(name = "copy-4k")]
+    Copy4k,
+    TwoWorkers,
+    Doorbell,
 }
 
 #[derive(Debug)]
@@ -338,32 +352,28 @@ fn latency(server: &std::path::Path, mode: &str, iters: usize) -> (f64, f64) {
     (median(lat.clone()), percentile(lat, 0.99))
 }
 
+/// One throughput row: engine and memcpy GB/s, and for several workers the two-thread memcpy.
+type Rate = (f64, f64, Option<f64>);
+
 fn main() {
     let args = Args::parse();
-    let (e2m, m2m, _) = throughput(args.reps, 2 << 20, 32, 1);
-    let (e4k, m4k, _) = throughput(args.reps, 4096, 512, 1);
-    let (e2w, m2w, p2w) = throughput(args.reps, 4096, 1024, 2);
-    let p2w = p2w.unwrap_or(f64::NAN);
+    let want = |r: Row| args.rows.is_empty() || args.rows.contains(&r);
+    let row = |r, len, count, cxts| want(r).then(|| throughput(args.reps, len, count, cxts));
+    let r2m = row(Row::Copy2m, 2 << 20, 32, 1);
+    let r4k = row(Row::Copy4k, 4096, 512, 1);
+    let r2w = row(Row::TwoWorkers, 4096, 1024, 2);
     let server = std::env::current_exe()
         .ok()
         .and_then(|p| Some(p.parent()?.join("sdxi-server")))
         .filter(|p| p.is_file());
-    let lat = server.map(|s| {
+    let lat = server.filter(|_| want(Row::Doorbell)).map(|s| {
         (
             latency(&s, "trapped", args.latency_iters),
             latency(&s, "mapped", args.latency_iters),
         )
     });
-    let json = serde_json::json!({
-        "copy_2mib_x32": { "engine_gbs": e2m, "memcpy_gbs": m2m, "ratio": e2m / m2m, "target": 0.9 },
-        "copy_4kib_x512": { "engine_gbs": e4k, "memcpy_gbs": m4k, "ratio": e4k / m4k, "target": 0.9 },
-        "copy_4kib_x1024_2_workers": { "engine_gbs": e2w, "memcpy_one_core_gbs": m2w, "ratio": e2w / m2w, "target": 1.7,
-            "memcpy_two_threads_gbs": p2w, "two_thread_memcpy_ratio": p2w / m2w, "engine_vs_two_thread_memcpy": e2w / p2w },
-        "doorbell_to_completion_us": lat.map(|((tm, tp), (mm, mp))| serde_json::json!({
-            "trapped": { "median": tm, "p99": tp }, "mapped": { "median": mm, "p99": mp }
-        })),
-    });
     if args.json {
+        let json = to_json(r2m, r4k, r2w, lat);
         println!(
             "{}",
             serde_json::to_string_pretty(&json).unwrap_or_default()
@@ -374,16 +384,46 @@ fn main() {
         "SDXi engine vs memcpy (one worker, medians of {} runs)",
         args.reps
     );
-    println!("  2 MiB x 32 descriptors : engine {e2m:6.2} GB/s  memcpy {m2m:6.2} GB/s  ratio {:.2} (target >= 0.9)", e2m / m2m);
-    println!("  4 KiB x 512 descriptors: engine {e4k:6.2} GB/s  memcpy {m4k:6.2} GB/s  ratio {:.2} (target >= 0.9)", e4k / m4k);
-    println!("  2 workers, 2 contexts x 1024 x 4 KiB: engine {e2w:6.2} GB/s  one-core memcpy {m2w:6.2} GB/s  ratio {:.2} (target >= 1.7)", e2w / m2w);
-    println!("    the machine's ceiling: memcpy on 2 threads {p2w:6.2} GB/s = {:.2} x one core; the engine gets {:.2} of it", p2w / m2w, e2w / p2w);
+    if let Some((e, m, _)) = r2m {
+        println!("  2 MiB x 32 descriptors : engine {e:6.2} GB/s  memcpy {m:6.2} GB/s  ratio {:.2} (target >= 0.9)", e / m);
+    }
+    if let Some((e, m, _)) = r4k {
+        println!("  4 KiB x 512 descriptors: engine {e:6.2} GB/s  memcpy {m:6.2} GB/s  ratio {:.2} (target >= 0.9)", e / m);
+    }
+    if let Some((e, m, p)) = r2w {
+        let p = p.unwrap_or(f64::NAN);
+        println!("  2 workers, 2 contexts x 1024 x 4 KiB: engine {e:6.2} GB/s  one-core memcpy {m:6.2} GB/s  ratio {:.2} (target >= 1.7)", e / m);
+        println!("    the machine's ceiling: memcpy on 2 threads {p:6.2} GB/s = {:.2} x one core; the engine gets {:.2} of it", p / m, e / p);
+    }
     match lat {
         Some(((tm, tp), (mm, mp))) => {
             println!("doorbell to completion, one NOP ({} round trips)", args.latency_iters);
             println!("  trapped (socket): median {tm:7.1} us  p99 {tp:7.1} us");
             println!("  mapped (page)   : median {mm:7.1} us  p99 {mp:7.1} us");
         }
-        None => println!("doorbell latency skipped: no sdxi-server next to this binary (cargo build --release first)"),
+        None if want(Row::Doorbell) => println!("doorbell latency skipped: no sdxi-server next to this binary (cargo build --release first)"),
+        None => {}
     }
+}
+
+/// The rows run, as JSON (a row not run is null).
+fn to_json(
+    r2m: Option<Rate>,
+    r4k: Option<Rate>,
+    r2w: Option<Rate>,
+    lat: Option<((f64, f64), (f64, f64))>,
+) -> serde_json::Value {
+    let one = |(e, m, _): Rate| serde_json::json!({ "engine_gbs": e, "memcpy_gbs": m, "ratio": e / m, "target": 0.9 });
+    serde_json::json!({
+        "copy_2mib_x32": r2m.map(one),
+        "copy_4kib_x512": r4k.map(one),
+        "copy_4kib_x1024_2_workers": r2w.map(|(e, m, p)| {
+            let p = p.unwrap_or(f64::NAN);
+            serde_json::json!({ "engine_gbs": e, "memcpy_one_core_gbs": m, "ratio": e / m, "target": 1.7,
+                "memcpy_two_threads_gbs": p, "two_thread_memcpy_ratio": p / m, "engine_vs_two_thread_memcpy": e / p })
+        }),
+        "doorbell_to_completion_us": lat.map(|((tm, tp), (mm, mp))| serde_json::json!({
+            "trapped": { "median": tm, "p99": tp }, "mapped": { "median": mm, "p99": mp }
+        })),
+    })
 }
