@@ -38,8 +38,25 @@ pub trait DmaMemory: Send + Sync {
     }
     /// Atomically ORs `bits` into the u32 at `addr`.
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault>;
+    /// Copies each op in order, as [`Self::copy`] one after the other would; stops at the
+    /// first that faults and returns its index with the fault (the ones before it are done).
+    /// An implementation may do them in one access: back to back, nothing else between the
+    /// copies.
+    fn copy_all(&self, ops: &[CopyOp]) -> Result<(), (usize, Fault)> {
+        ops.iter()
+            .enumerate()
+            .try_for_each(|(i, o)| self.copy(o.dst, o.src, o.len).map_err(|f| (i, f)))
+    }
     /// Checks that `addr..addr+len` is mapped (and writable if asked).
     fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault>;
+}
+
+/// One copy of a batch: `len` bytes from guest address `src` to `dst` (not overlapping).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyOp {
+    pub dst: u64,
+    pub src: u64,
+    pub len: u64,
 }
 
 /// A DMA map to build guest memory from.
@@ -357,13 +374,31 @@ pub trait Lookup {
         Ok(())
     }
 
+    #[inline]
     fn copy_range(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
         if let (Some(sp), Some(dp)) = (self.span(src, len, false), self.span(dst, len, true)) {
             // SAFETY: both ranges lie inside live mappings (one extent each); the engine
-            // refuses overlapping ranges. Concurrent guest writes: see below.
+            // refuses overlapping ranges. Concurrent guest writes: see `copy_pieces`.
             unsafe { std::ptr::copy_nonoverlapping(sp, dp, len as usize) };
             return Ok(());
         }
+        self.copy_pieces(dst, src, len)
+    }
+
+    /// Copies `ops[*done..]` in order, counting each one finished in `done`; stops at the
+    /// first fault.
+    fn copy_ops(&self, ops: &[CopyOp], done: &mut usize) -> Result<(), Fault> {
+        for o in ops.get(*done..).unwrap_or_default() {
+            self.copy_range(o.dst, o.src, o.len)?;
+            *done += 1;
+        }
+        Ok(())
+    }
+
+    /// [`Self::copy_range`] across extents (or faulting): checked whole, then piece by piece.
+    #[cold]
+    #[inline(never)]
+    fn copy_pieces(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
         self.check_range(src, len, false)?;
         self.check_range(dst, len, true)?;
         let mut done = 0u64;
@@ -460,6 +495,11 @@ impl<T: Lookup + Send + Sync> DmaMemory for T {
         self.copy_range(dst, src, len)
     }
 
+    fn copy_all(&self, ops: &[CopyOp]) -> Result<(), (usize, Fault)> {
+        let mut done = 0;
+        self.copy_ops(ops, &mut done).map_err(|f| (done, f))
+    }
+
     fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault> {
         self.subtract_at(addr, n)
     }
@@ -516,6 +556,27 @@ mod tests {
         assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 1 << 31);
         assert!(ram.decrement_u64(0x41).is_err(), "misaligned");
         assert!(ram.decrement_u64(0xffc).is_err(), "past the end");
+    }
+
+    #[test]
+    fn copy_all_runs_in_order_and_stops_at_the_first_fault() {
+        let ram = GuestRam::anonymous(0x1000, 0x10000);
+        ram.write(0x1000, &[7u8; 64]).expect("write");
+        let op = |src, dst| CopyOp { dst, src, len: 64 };
+        // The second reads what the first wrote; the third faults; the fourth never runs.
+        let ops = [
+            op(0x1000, 0x2000),
+            op(0x2000, 0x3000),
+            op(0xf_0000, 0x4000),
+            op(0x1000, 0x5000),
+        ];
+        let r = ram.copy_all(&ops);
+        assert_eq!(r.map_err(|(i, f)| (i, f.addr)), Err((2, 0xf_0000)));
+        let mut b = [0u8; 64];
+        ram.read(0x3000, &mut b).expect("read");
+        assert_eq!(b, [7u8; 64], "in order");
+        ram.read(0x5000, &mut b).expect("read");
+        assert_eq!(b, [0u8; 64], "nothing after the fault");
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! Left out: waiting for a transport that is not a [`Quiesce`] (without one, e.g. in unit tests
 //! and the fuzz targets, a pass sees the maps applied so far).
 
-use crate::dma::{DmaMemory, Fault, Lookup, MapError, MapSpec};
+use crate::dma::{CopyOp, DmaMemory, Fault, Lookup, MapError, MapSpec};
 use crate::dma_table::{DmaTable, Hint, Hinted, TableCounters, NO_HINT};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -370,6 +370,14 @@ impl DmaMemory for DmaSpace {
     fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
         self.access(|t| t.copy_range(dst, src, len))
     }
+    /// One access for the whole batch (the read lock taken or checked once); a fault that a
+    /// map still in flight explains is retried from the op that faulted, never re-running
+    /// the ones done (a later op may have overwritten an earlier one's source).
+    fn copy_all(&self, ops: &[CopyOp]) -> Result<(), (usize, Fault)> {
+        let mut done = 0;
+        self.access(|t| t.copy_ops(ops, &mut done))
+            .map_err(|f| (done, f))
+    }
     fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault> {
         self.access(|t| t.subtract_at(addr, n))
     }
@@ -437,6 +445,36 @@ mod tests {
         assert_eq!(space.counters.faults_recovered.load(Ordering::Relaxed), 1);
         assert!(space.write(0x9000, b"no").is_err(), "still a fault");
         assert_eq!(space.counters.fault_rechecks.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_batch_whose_map_lands_late_resumes_at_the_op_that_faulted() {
+        // Op 1 overwrites op 0's source, op 2 needs a map still in flight: the retry after
+        // the transport handled it must not run op 0 again (it would copy op 1's bytes).
+        let f = Arc::new(memfd(0x10000));
+        let space = Arc::new(DmaSpace::default());
+        space.map(&spec(&f, 0, 0x8000)).expect("map");
+        let (s2, f2) = (Arc::clone(&space), Arc::clone(&f));
+        space.set_quiesce(Some(Arc::new(Late(Mutex::new(Some(Box::new(
+            move || {
+                s2.map(&MapSpec {
+                    file_offset: 0x8000,
+                    ..spec(&f2, 0x8000, 0x1000)
+                })
+                .expect("late map");
+            },
+        )))))));
+        space.write(0x1000, &[1u8; 16]).expect("x");
+        space.write(0x3000, &[3u8; 16]).expect("z");
+        let op = |src, dst| CopyOp { dst, src, len: 16 };
+        let ops = [op(0x1000, 0x2000), op(0x3000, 0x1000), op(0x1000, 0x8000)];
+        space.pass(|| space.copy_all(&ops)).expect("all three");
+        let mut b = [0u8; 16];
+        space.read(0x2000, &mut b).expect("read");
+        assert_eq!(b, [1u8; 16], "op 0 ran once, before op 1");
+        space.read(0x8000, &mut b).expect("read");
+        assert_eq!(b, [3u8; 16], "op 2 after op 1");
+        assert_eq!(space.counters.faults_recovered.load(Ordering::Relaxed), 1);
     }
 
     #[test]
