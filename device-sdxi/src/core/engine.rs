@@ -36,7 +36,7 @@ use crate::metrics::EngineCounters;
 use crate::regs::FnState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use vfio_device::dma::{DmaMemory, Fault};
+use vfio_device::dma::{CopyOp, DmaMemory, Fault};
 use vfio_device::dma_space::{thread_shard as shard, SHARDS};
 
 /// Context state after a descriptor error.
@@ -61,6 +61,11 @@ pub trait Platform: Send + Sync {
     /// splits large copies over threads.
     fn copy<M: DmaMemory>(&self, mem: &M, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
         mem.copy(dst, src, len)
+    }
+    /// Copies a run of small COPYs in order (see [`DmaMemory::copy_all`]): the index of the
+    /// one that faulted, and its fault.
+    fn copy_all<M: DmaMemory>(&self, mem: &M, ops: &[CopyOp]) -> Result<(), (usize, Fault)> {
+        mem.copy_all(ops)
     }
 }
 

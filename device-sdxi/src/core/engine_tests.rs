@@ -554,12 +554,14 @@ fn an_unreadable_level_2_table_is_reported_at_the_doorbell_not_at_activation() {
 #[test]
 fn consecutive_completions_to_one_cst_blk_are_one_subtraction_per_window() {
     let (ram, e, mut drv) = logged_engine(false);
+    let w = crate::core::ring::WINDOW as u64;
+    let on_a = w + w / 2;
     let (a, b) = (
-        drv.csb(&*ram, 41).expect("a"),
+        drv.csb(&*ram, on_a + 1).expect("a"),
         drv.csb(&*ram, 2).expect("b"),
     );
-    // 40 on A (windows of 16, 16, 8), then B, B, then A again.
-    let mut descs: Vec<Descriptor> = (0..40).map(|_| driver::nop(Some(a), false)).collect();
+    // A full window on A, half a window on A, then B, B, and A again.
+    let mut descs: Vec<Descriptor> = (0..on_a).map(|_| driver::nop(Some(a), false)).collect();
     descs.extend([
         driver::nop(Some(b), false),
         driver::nop(Some(b), false),
@@ -570,12 +572,12 @@ fn consecutive_completions_to_one_cst_blk_are_one_subtraction_per_window() {
     let subs = ram.subtractions.lock().expect("lock").clone();
     assert_eq!(
         subs,
-        vec![(a, 16), (a, 16), (a, 8), (b, 2), (a, 1)],
+        vec![(a, w), (a, w / 2), (b, 2), (a, 1)],
         "one atomic step per run of one CST_BLK inside a window, in ring order"
     );
     assert_eq!(csb_status(&ram.ram, a), (0, false));
     assert_eq!(csb_status(&ram.ram, b), (0, false));
-    assert_eq!(e.counters().completions, 43);
+    assert_eq!(e.counters().completions, on_a + 3);
 }
 
 #[test]
@@ -706,6 +708,81 @@ fn an_error_inside_a_window_leaves_the_later_descriptors_valid_and_unrun() {
         "consumed slots lose vl, the rest keep it"
     );
     assert_eq!(b.e.counters().descriptors.nop, 0);
+}
+
+#[test]
+fn a_fault_inside_a_run_of_copies_names_its_descriptor_after_the_ones_before_it_ran() {
+    let mut b = Bed::new(false);
+    let csbs: Vec<u64> = (0..6)
+        .map(|_| b.drv.csb(&*b.ram, 1).expect("csb"))
+        .collect();
+    b.fill(DATA, 5 * 4096, 3);
+    let dst = DATA + (4 << 20);
+    let past_ram = RAM + RAM_SIZE as u64;
+    // Slots 0-2 copy, 3 reads past guest memory, 4-5 would copy.
+    let descs: Vec<Descriptor> = (0..6u64)
+        .map(|i| {
+            let src = if i == 3 { past_ram } else { DATA + i * 4096 };
+            driver::copy(src, dst + i * 4096, 4096, Some(csbs[i as usize]), false)
+        })
+        .collect();
+    b.run(1, &descs);
+    assert_eq!(
+        b.bytes(dst, 3 * 4096),
+        b.bytes(DATA, 3 * 4096),
+        "0-2 copied"
+    );
+    assert_eq!(
+        b.bytes(dst + 3 * 4096, 2 * 4096),
+        vec![0u8; 2 * 4096],
+        "3-5 not"
+    );
+    let status: Vec<(u64, bool)> = csbs.iter().map(|c| csb_status(&*b.ram, *c)).collect();
+    assert_eq!(
+        status,
+        [
+            (0, false),
+            (0, false),
+            (0, false),
+            (0, true),
+            (1, false),
+            (1, false)
+        ]
+    );
+    let e = b.errlog(b.e.registers().reg(MMIO_ERR_WRT) - 1);
+    assert_eq!(e.err_class.get(), ErrClass::AddressFault as u16);
+    assert_eq!(e.dsc_index.get(), 3, "the faulting descriptor");
+    assert_eq!(b.drv.read_index(&*b.ram, 1), 4);
+    let vl: Vec<bool> = (0..6).map(|i| slot_valid(&b, 1, i)).collect();
+    assert_eq!(vl, [false, false, false, false, true, true]);
+    let c = b.e.counters();
+    assert_eq!((c.descriptors.copy, c.bytes_copied), (4, 3 * 4096));
+}
+
+#[test]
+fn a_fence_inside_a_run_of_copies_sees_the_earlier_completions_signalled() {
+    // The fenced COPY reads the first COPY's CST_BLK: it must already show the completion.
+    let (ram, e, mut drv) = logged_engine(false);
+    let csb = drv.csb(&*ram, 1).expect("csb");
+    let data = RAM + (8 << 20);
+    ram.ram.write_bytes(data, &[5u8; 4096]);
+    drv.submit(
+        &*ram,
+        0,
+        &[
+            driver::copy(data, data + 4096, 4096, Some(csb), false),
+            driver::copy(csb, data + 8192, 8, None, true),
+        ],
+    );
+    e.process(0);
+    let mut signal = [0xffu8; 8];
+    ram.ram.read_bytes(data + 8192, &mut signal);
+    assert_eq!(
+        u64::from_le_bytes(signal),
+        0,
+        "signalled before the fenced copy ran"
+    );
+    assert_eq!(e.counters().descriptors.copy, 2);
 }
 
 /// Guest memory that logs, in order, writes of the admin context's read index ('r', value)

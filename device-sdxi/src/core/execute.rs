@@ -14,7 +14,13 @@ use super::context::{akey, Cxt};
 use super::engine::{invalid, Engine, EngineError, Platform};
 use crate::mem::*;
 use crate::metrics::EngineCounters;
-use vfio_device::dma::{DmaMemory, Fault};
+use vfio_device::dma::{CopyOp, DmaMemory, Fault};
+
+/// The longest COPY a run takes (`Engine::copy_run`); longer ones go through
+/// [`Platform::copy`] one by one (the server's platform splits the large ones over threads).
+/// A run is at most one ring window of these, so it stays short: Bus Master Enable and reset
+/// are checked before it and after it, not between its copies.
+pub const RUN_COPY_MAX: u64 = 64 << 10;
 
 /// One pass's working state: the memory it reads, the context, what it counted (merged into
 /// the engine's counters when the pass ends), the contexts it started, and the AKey entry it
@@ -39,6 +45,7 @@ impl<'a, M: DmaMemory> Pass<'a, M> {
     }
 
     /// AKey `index` of the context (see [`akey`]), read once per pass.
+    #[inline]
     fn akey(&mut self, cx: &Cxt, index: u16) -> Result<AkeyEnt, EngineError> {
         match self.akey {
             Some((i, a)) if i == index => Ok(a),
@@ -100,6 +107,49 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             (DSC_TYPE_ADMIN, _) => bad("admin descriptor on a data context"),
             _ => bad("unknown descriptor type or subtype"),
         }
+    }
+
+    /// Decodes the run of small plain COPYs that `ds` starts with into `ops` (the first may
+    /// be fenced, the others not); returns how many. The run stops before anything else: a
+    /// descriptor of another kind, one the checks would refuse (it then runs alone and
+    /// reports its error), a COPY longer than [`RUN_COPY_MAX`]. No run while descriptors are
+    /// traced or a fault plan is armed: those go one by one through [`Self::execute`].
+    pub(crate) fn copy_run(
+        &self,
+        p: &mut Pass<'_, M>,
+        cx: &Cxt,
+        ds: &[Descriptor],
+        ops: &mut [CopyOp],
+    ) -> usize {
+        if self.faults.armed()
+            || tracing::enabled!(target: "sdxi::descriptor", tracing::Level::TRACE)
+        {
+            return 0;
+        }
+        let mut n = 0;
+        for (d, op) in ds.iter().zip(ops.iter_mut()) {
+            let h = d.header();
+            if (n > 0 && h.fe()) || (h.ty(), h.subtype()) != (DSC_TYPE_DMAB, DSC_DMAB_COPY) {
+                break;
+            }
+            let Some(c) = d.view::<DscDmabCopy>() else {
+                break;
+            };
+            let len = u64::from(c.size.get()) + 1;
+            let (src, dst) = (c.addr0.get(), c.addr1.get());
+            // In range and not overlapping, as `copy` checks (else it runs alone and fails).
+            let fits = len <= RUN_COPY_MAX
+                && match (src.checked_add(len), dst.checked_add(len)) {
+                    (Some(src_end), Some(dst_end)) => dst >= src_end || src >= dst_end,
+                    _ => false,
+                };
+            if !fits || p.akey(cx, c.akey0.get()).is_err() || p.akey(cx, c.akey1.get()).is_err() {
+                break;
+            }
+            *op = CopyOp { dst, src, len };
+            n += 1;
+        }
+        n
     }
 
     fn copy(&self, p: &mut Pass<'_, M>, cx: &Cxt, c: &DscDmabCopy) -> Result<(), EngineError> {

@@ -64,6 +64,11 @@ pub(crate) struct FaultState {
 }
 
 impl FaultState {
+    /// Whether a plan is in force (then every descriptor goes through its check).
+    pub(crate) fn armed(&self) -> bool {
+        self.armed.load(Ordering::Acquire)
+    }
+
     fn set(&self, plan: FaultPlan) {
         let mut c = lock(&self.counts);
         self.armed

@@ -30,11 +30,15 @@
 //! Cost: a pass reads the ring a window of up to [`WINDOW`] descriptors at a time, clears
 //! their vl in one write, and moves read_index once per window (and before any CST_BLK it
 //! signals, so read_index is always past a descriptor whose completion software can see).
-//! Completions are signalled in ring order at the window's end, before a fenced descriptor
-//! and before an INTR; consecutive completions to one CST_BLK (a batch counted down by one
-//! block, the way the spec's signal counter is meant to be used) are one atomic subtraction. A window stopped early (an error, a reset, Bus Master Enable cleared)
-//! gives the descriptors it did not run their vl back. A window whose read or write faults is
-//! retried one descriptor at a time, so errors name the exact descriptor as before.
+//! Consecutive small COPYs of a window run as one batch: decoded and checked first, then
+//! copied back to back in one access to guest memory (`Engine::copy_run`); a fenced COPY
+//! starts a new batch. Completions are signalled in ring order at the window's end (or as
+//! soon as the waiting ones copied [`FLUSH_BYTES`]), before a fenced descriptor and before an
+//! INTR; consecutive completions to one CST_BLK (a batch counted down by one block, the way
+//! the spec's signal counter is meant to be used) are one atomic subtraction. A window
+//! stopped early (an error, a reset, Bus Master Enable cleared) gives the descriptors it did
+//! not run their vl back. A window whose read or write faults is retried one descriptor at a
+//! time, so errors name the exact descriptor as before.
 
 use super::context::{read_obj, read_u64, set_state, Cxt, CxtEvent};
 use super::engine::{invalid, lock, Engine, EngineError, Platform};
@@ -42,7 +46,7 @@ use super::execute::Pass;
 use crate::mem::*;
 use crate::regs::FnState;
 use std::sync::atomic::Ordering;
-use vfio_device::dma::DmaMemory;
+use vfio_device::dma::{CopyOp, DmaMemory};
 use zerocopy::{FromZeros, IntoBytes};
 
 /// A pass's failure: the error and the ring index of the descriptor it concerns.
@@ -120,6 +124,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             start: 0,
             slot: 0,
             d: [Descriptor::new_zeroed(); WINDOW],
+            ops: [CopyOp::default(); WINDOW],
             n: 0,
             valid: 0,
             used: 0,
@@ -175,6 +180,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
 
     /// Signals the completions waiting in `done`.
     fn flush(&self, p: &mut Pass<'_, M>, done: &mut Completions) {
+        done.bytes = 0;
         while let Some((csb, n)) = done.next() {
             self.complete(p.mem, &mut p.counts, csb, n, false);
         }
@@ -198,34 +204,40 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             return Ok((w.start, false));
         }
         w.claim(p.mem)?;
-        for i in 0..w.valid {
+        let mut i = 0;
+        while i < w.valid {
             if i > 0 && !self.may_run(p, generation) {
                 w.give_back(p.mem, i);
                 w.release(p.mem, cx)?;
                 return Ok((w.ri(), false));
             }
-            let (h, csb) = (w.d[i].header(), w.d[i].csb());
+            let h = w.d[i].header();
             if h.fe() || (h.ty() == DSC_TYPE_INTR && !done.ooo) {
                 // Everything before a fence (or an interrupt) is complete first.
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
             }
-            // In place: a copy of the descriptor read back at other offsets would stall on
-            // the store buffer the previous COPY filled.
-            let r = self.execute(p, cx, &w.d[i]);
-            w.used = i + 1;
+            let before = p.counts.bytes_copied;
+            let (n, r) = self.step(p, cx, w, i, done.ooo);
+            done.bytes += p.counts.bytes_copied - before;
+            w.used = i + n;
+            let ok = if r.is_ok() { n } else { n - 1 };
+            for d in &w.d[i..i + ok] {
+                done.push(d.csb());
+            }
             if let Err(e) = r {
-                w.give_back(p.mem, i + 1);
+                let last = i + n - 1;
+                w.give_back(p.mem, i + n);
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
-                self.complete(p.mem, &mut p.counts, csb, 1, true);
-                return Err((e, Some(w.start + i as u64)));
+                self.complete(p.mem, &mut p.counts, w.d[last].csb(), 1, true);
+                return Err((e, Some(w.start + last as u64)));
             }
-            done.push(csb);
-            if h.fe() && done.ooo {
+            if (h.fe() && done.ooo) || (done.bytes >= FLUSH_BYTES && !done.ooo) {
                 w.release(p.mem, cx)?;
                 self.flush(p, done);
             }
+            i += n;
         }
         let more = w.valid == w.n;
         if !more {
@@ -239,8 +251,45 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     }
 }
 
+impl<M: DmaMemory, P: Platform> Engine<M, P> {
+    /// Runs the descriptor at `i` of the window, or the run of small COPYs that starts there
+    /// (decoded first, then copied back to back in one access: nothing between the copies
+    /// but the lookups). Returns how many descriptors it consumed and, if the last of them
+    /// failed, its error. Not in forced out-of-order mode (its fences act per descriptor).
+    fn step(
+        &self,
+        p: &mut Pass<'_, M>,
+        cx: &Cxt,
+        w: &mut Window,
+        i: usize,
+        ooo: bool,
+    ) -> (usize, Result<(), EngineError>) {
+        let run = if ooo {
+            0
+        } else {
+            self.copy_run(p, cx, &w.d[i..w.valid], &mut w.ops)
+        };
+        if run == 0 {
+            return (1, self.execute(p, cx, &w.d[i]));
+        }
+        let (n, r) = match self.platform.copy_all(p.mem, &w.ops[..run]) {
+            Ok(()) => (run, Ok(())),
+            Err((k, f)) => (k + 1, Err(EngineError::Fault(f, step::DATA))),
+        };
+        let copied = if r.is_ok() { n } else { n - 1 };
+        p.counts.descriptors.copy += n as u64;
+        p.counts.bytes_copied += w.ops[..copied].iter().map(|o| o.len).sum::<u64>();
+        (n, r)
+    }
+}
+
 /// Descriptors read from the ring in one access.
-pub const WINDOW: usize = 16;
+pub const WINDOW: usize = 64;
+
+/// Completions wait for the end of their window only while the descriptors waiting have
+/// copied less than this: a window of large COPYs signals each as it finishes, as a DMA
+/// engine's completion latency is bounded by bytes, not descriptor counts.
+pub const FLUSH_BYTES: u64 = 256 << 10;
 
 /// Up to [`WINDOW`] consecutive ring slots read at once, and how far the pass got in them.
 struct Window {
@@ -249,6 +298,8 @@ struct Window {
     /// Guest address of `d[0]`.
     slot: u64,
     d: [Descriptor; WINDOW],
+    /// The current run of COPYs, decoded ([`Engine::step`]).
+    ops: [CopyOp; WINDOW],
     /// Slots read.
     n: usize,
     /// Leading slots with vl set: the ones this window runs.
@@ -284,21 +335,23 @@ impl Window {
     /// so when software next reserves a slot (write index first), its previous lap's content
     /// is not valid and cannot run again. If the write faults, claims one slot only.
     fn claim<M: DmaMemory>(&mut self, mem: &M) -> Result<(), RingError> {
-        let mut cleared = self.d;
-        for d in &mut cleared[..self.valid] {
-            d.header = (d.header.get() & !1).into();
-        }
-        if self.valid > 1 {
-            if mem
-                .write(self.slot, cleared[..self.valid].as_bytes())
-                .is_ok()
-            {
-                return Ok(());
-            }
+        // Cleared in place (the pass has read vl already), written back, and set again for
+        // the pass's own reading of the headers.
+        set_vl(&mut self.d[..self.valid], false);
+        let mut r = Ok(());
+        if self.valid > 1
+            && mem
+                .write(self.slot, self.d[..self.valid].as_bytes())
+                .is_err()
+        {
+            set_vl(&mut self.d[1..self.valid], true);
             (self.n, self.valid) = (1, 1);
         }
-        mem.write(self.slot, cleared[0].header.as_bytes())
-            .map_err(|f| (EngineError::Fault(f, step::RING), Some(self.start)))
+        if self.valid == 1 {
+            r = mem.write(self.slot, self.d[0].header.as_bytes());
+        }
+        set_vl(&mut self.d[..self.valid], true);
+        r.map_err(|f| (EngineError::Fault(f, step::RING), Some(self.start)))
     }
 
     /// Gives the claimed slots from `from` on their vl back (they were not run).
@@ -327,6 +380,13 @@ impl Window {
     }
 }
 
+/// Sets or clears vl (header bit 0) in each of `ds`.
+fn set_vl(ds: &mut [Descriptor], vl: bool) {
+    for d in ds {
+        d.header = (d.header.get() & !1 | u32::from(vl)).into();
+    }
+}
+
 /// Run descriptors whose CST_BLKs are not signalled yet: in ring order, or (forced
 /// out-of-order completion) last first between fences. Consecutive descriptors naming the
 /// same CST_BLK (a batch counted down by one block) are kept as one entry with their number,
@@ -334,6 +394,8 @@ impl Window {
 struct Completions {
     ooo: bool,
     csbs: std::collections::VecDeque<(Option<u64>, u32)>,
+    /// Bytes copied by the descriptors waiting here.
+    bytes: u64,
 }
 
 impl Completions {
@@ -341,9 +403,11 @@ impl Completions {
         Self {
             ooo,
             csbs: std::collections::VecDeque::new(),
+            bytes: 0,
         }
     }
 
+    #[inline]
     fn push(&mut self, csb: Option<u64>) {
         match self.csbs.back_mut() {
             Some((last, n)) if *last == csb && *n < u32::MAX => *n += 1,
