@@ -99,9 +99,9 @@ fn own_line_csb(drv: &mut Driver, ram: &DmaSpace, count: u64) -> u64 {
 }
 
 /// The guest memory as a CPU sees it: a second shared mapping of the same file, so the memcpy
-/// baseline copies the very pages the engine copies. (A private buffer would also measure
-/// where the allocator placed its pages: on the development host the same copy loop ran at
-/// 35 GB/s over a fresh `Vec` and 48 GB/s over guest memory, in one process.)
+/// baseline copies the very pages the engine copies. (A private buffer is other memory: on
+/// the development host the same copy loop ran at 35 GB/s over a fresh `Vec` and at 48 GB/s
+/// over guest memory, in one process, back to back.)
 struct Cpu {
     map: HostMap,
 }
