@@ -146,12 +146,21 @@ fn your_own_driver_tree_is_built_and_tested_without_the_iommu() {
             tree.to_str().expect("utf-8"),
             "--iommu",
             "off",
+            // A module parameter from the kernel command line, as modprobe would apply it
+            // (the file name's dashes stand for the module name's underscores).
+            "--kernel-args",
+            "tierbed-sdxi-dma.ring_entries=2048",
         ],
         &out,
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("with your driver"), "{}", text(&o));
     let dir = run_dir(&out);
+    let log = std::fs::read_to_string(dir.join("dmatest-guest.log")).expect("guest log");
+    assert!(
+        log.contains("2048-entry rings"),
+        "the parameter reached the module"
+    );
     let qemu = std::fs::read_to_string(dir.join("qemu.cmdline")).expect("qemu.cmdline");
     assert!(!qemu.contains("intel-iommu"), "{qemu}");
     let r = result_json(&dir);

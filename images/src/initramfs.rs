@@ -98,7 +98,9 @@ pub const MODE_PARAM: &str = "tierbed.mode";
 pub const CONSOLE_PARAM: &str = "tierbed.console";
 
 /// `/init`: mounts the pseudo file systems, loads the modules listed in `/etc/modules` in order
-/// (lines starting with `?` are optional: their failure is not reported), mounts debugfs,
+/// (lines starting with `?` are optional: their failure is not reported), each with its listed
+/// parameters and then, as modprobe does, the kernel command line's `MODULE.PARAM=VALUE`
+/// entries for it (`-` and `_` alike in the name), mounts debugfs,
 /// tracefs and configfs, and hands over to the guest agent on the dedicated serial port
 /// (ttyS1). The kernel console stays on ttyS0. If the agent exits, the guest powers off.
 /// `PATH` puts `/usr` first, so tools unpacked from packages win over busybox's applets.
@@ -111,11 +113,19 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /bin/busybox mount -t tmpfs tmpfs /tmp
 /bin/busybox --install -s /bin
 echo "tierbed: init on $(uname -r)"
+# MODULE.PARAM=VALUE entries of the kernel command line for module $1, as modprobe applies them.
+cmdline_params() {
+  m=$(echo "$1" | tr - _)
+  for a in $(cat "${TIERBED_CMDLINE:-/proc/cmdline}"); do
+    n=$(echo "${a%%.*}" | tr - _)
+    case "$a" in *.*=*) [ "$n" = "$m" ] && printf '%s ' "${a#*.}" ;; esac
+  done
+}
 while read -r mod args; do
   [ -n "$mod" ] || continue
   case "$mod" in
-    \?*) insmod "/lib/modules/${mod#?}.ko" $args 2>/dev/null ;;
-    *) insmod "/lib/modules/$mod.ko" $args || echo "tierbed: insmod $mod failed" ;;
+    \?*) insmod "/lib/modules/${mod#?}.ko" $args $(cmdline_params "${mod#?}") 2>/dev/null ;;
+    *) insmod "/lib/modules/$mod.ko" $args $(cmdline_params "$mod") || echo "tierbed: insmod $mod failed" ;;
   esac
 done < /etc/modules
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -137,7 +147,7 @@ if [ "$mode" = bringup ]; then
   if [ -f /bringup/modules ]; then
     while read -r mod args; do
       [ -n "$mod" ] || continue
-      if out=$(insmod "/bringup/$mod.ko" $args 2>&1); then
+      if out=$(insmod "/bringup/$mod.ko" $args $(cmdline_params "$mod") 2>&1); then
         echo "ok $mod" >> /tmp/bringup-modules.log
       else
         echo "failed $mod: $out" >> /tmp/bringup-modules.log
@@ -227,6 +237,35 @@ pub fn build(busybox: &[u8], agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn module_parameters_come_from_the_kernel_command_line_as_modprobe_reads_them() {
+        let start = INIT_SCRIPT.find("cmdline_params() {").expect("function");
+        let end = start + INIT_SCRIPT[start..].find("\n}\n").expect("its end") + 3;
+        let dir = std::env::temp_dir().join(format!("tierbed-cmdline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let cmdline = dir.join("cmdline");
+        std::fs::write(
+            &cmdline,
+            "console=ttyS0 sdxi_core.dma_channels=2 sdxi-core.dyndbg=+p sdxi_corex.a=1 \
+             other.b=2 sdxi_core quiet\n",
+        )
+        .expect("write");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{}\ncmdline_params sdxi-core",
+                &INIT_SCRIPT[start..end]
+            ))
+            .env("TIERBED_CMDLINE", &cmdline)
+            .output()
+            .expect("sh");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "dma_channels=2 dyndbg=+p "
+        );
+    }
 
     /// Parses a newc archive back: (name, mode, data).
     pub(crate) fn parse(a: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
