@@ -38,6 +38,10 @@ pub trait DmaMemory: Send + Sync {
     }
     /// Atomically ORs `bits` into the u32 at `addr`.
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault>;
+    /// Stops keeping a read lock from one access to the next on this thread (see
+    /// [`crate::dma_space::DmaSpace::pass`]): before it waits for accesses made on other
+    /// threads, which an unmap waiting for that lock would otherwise block for good.
+    fn step_out(&self) {}
     /// Copies each op in order, as [`Self::copy`] one after the other would; stops at the
     /// first that faults and returns its index with the fault (the ones before it are done).
     /// An implementation may do them in one access: back to back, nothing else between the
@@ -377,9 +381,11 @@ pub trait Lookup {
     #[inline]
     fn copy_range(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
         if let (Some(sp), Some(dp)) = (self.span(src, len, false), self.span(dst, len, true)) {
-            // SAFETY: both ranges lie inside live mappings (one extent each); the engine
-            // refuses overlapping ranges. Concurrent guest writes: see `copy_pieces`.
-            unsafe { std::ptr::copy_nonoverlapping(sp, dp, len as usize) };
+            // SAFETY: both ranges lie inside live mappings (one extent each). `copy`, not
+            // `copy_nonoverlapping`: two IOVAs may map the same file bytes, so ranges the
+            // engine saw as disjoint can overlap in host memory (same speed: glibc's memcpy
+            // is its memmove). Concurrent guest writes: see `copy_pieces`.
+            unsafe { std::ptr::copy(sp, dp, len as usize) };
             return Ok(());
         }
         self.copy_pieces(dst, src, len)
@@ -415,11 +421,11 @@ pub trait Lookup {
                 write: true,
             })?;
             let n = sn.min(dn);
-            // SAFETY: both pieces are live mappings of at least `n` bytes (checked above); the
-            // engine refuses overlapping ranges. The guest may write these bytes concurrently,
-            // as with any DMA; the copy then transfers some mix of old and new bytes, which is
-            // what real hardware does.
-            unsafe { std::ptr::copy_nonoverlapping(sp, dp, n) };
+            // SAFETY: both pieces are live mappings of at least `n` bytes (checked above); they
+            // may overlap in host memory (see `copy_range`). The guest may write these bytes
+            // concurrently, as with any DMA; the copy then transfers some mix of old and new
+            // bytes, which is what real hardware does.
+            unsafe { std::ptr::copy(sp, dp, n) };
             done += n as u64;
         }
         Ok(())
@@ -556,6 +562,28 @@ mod tests {
         assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 1 << 31);
         assert!(ram.decrement_u64(0x41).is_err(), "misaligned");
         assert!(ram.decrement_u64(0xffc).is_err(), "past the end");
+    }
+
+    #[test]
+    fn a_copy_between_two_iovas_of_the_same_bytes_is_a_move() {
+        // The guest maps one file page at two IOVAs: a copy from the first to 16 bytes into
+        // the second is disjoint as guest addresses and overlaps in host memory.
+        let file = memfd(c"ram", 0x2000).expect("memfd");
+        let v: Vec<u8> = (0..64u8).collect();
+        std::os::unix::fs::FileExt::write_all_at(&file, &v, 0).expect("write");
+        let map = |iova| MapSpec {
+            iova,
+            size: 0x1000,
+            file: &file,
+            file_offset: 0,
+            writable: true,
+        };
+        let ram = GuestRam::build(&[map(0x10_0000), map(0x20_0000)]).expect("ram");
+        ram.copy(0x20_0010, 0x10_0000, 48).expect("copy");
+        let mut b = [0u8; 64];
+        ram.read(0x10_0000, &mut b).expect("read");
+        assert_eq!(&b[..16], &v[..16]);
+        assert_eq!(&b[16..], &v[..48], "memmove semantics");
     }
 
     #[test]
