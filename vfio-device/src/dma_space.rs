@@ -384,6 +384,9 @@ impl DmaMemory for DmaSpace {
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault> {
         self.access(|t| t.or_at(addr, bits))
     }
+    fn step_out(&self) {
+        self.release_pass_lock();
+    }
     fn check(&self, addr: u64, len: u64, write: bool) -> Result<(), Fault> {
         self.access(|t| t.check_range(addr, len, write))
     }

@@ -60,6 +60,9 @@ pub fn split_copy<M: DmaMemory>(
     }
     mem.check(src, len, false)?;
     mem.check(dst, len, true)?;
+    // The parts are accesses of other threads: a read lock this pass keeps would make an
+    // unmap that arrives meanwhile wait on it while the parts wait on the unmap.
+    mem.step_out();
     let part = len.div_ceil(threads).next_multiple_of(4096);
     let failed = Fault {
         addr: src,
@@ -95,6 +98,58 @@ mod tests {
         let mut out = vec![0u8; len];
         ram.read_bytes(dst, &mut out);
         assert!(out == v);
+    }
+
+    #[test]
+    fn split_copies_in_a_pass_and_unmaps_meanwhile_both_go_on() {
+        use std::sync::Arc;
+        use std::time::Duration;
+        use vfio_device::dma::MapSpec;
+        use vfio_device::dma_space::DmaSpace;
+        let file = vfio_device::dma::memfd(c"ram", 64 << 20).expect("memfd");
+        let spec = |iova, size| MapSpec {
+            iova,
+            size,
+            file: &file,
+            file_offset: iova,
+            writable: true,
+        };
+        let space = Arc::new(DmaSpace::default());
+        space.map(&spec(0, 32 << 20)).expect("map");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = Arc::clone(&space);
+        std::thread::spawn(move || {
+            let copies = s.pass(|| {
+                (0..200)
+                    .filter(|_| split_copy(&*s, 16 << 20, 0, 8 << 20, 2, 1 << 20).is_ok())
+                    .count()
+            });
+            let _ = tx.send(copies);
+        });
+        // Unrelated maps and unmaps while the pass copies: each waits for the pass's lock.
+        let (s, f) = (Arc::clone(&space), Arc::new(file.try_clone().expect("fd")));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                let m = MapSpec {
+                    iova: 48 << 20,
+                    size: 4096,
+                    file: &f,
+                    file_offset: 48 << 20,
+                    writable: true,
+                };
+                s.map(&m).expect("map");
+                s.unmap(48 << 20, 4096);
+            }
+            let _ = done_tx.send(());
+        });
+        let n = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the copies finished");
+        assert_eq!(n, 200, "every split copy succeeded");
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the maps and unmaps finished");
     }
 
     #[test]
