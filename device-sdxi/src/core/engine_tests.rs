@@ -581,6 +581,33 @@ fn consecutive_completions_to_one_cst_blk_are_one_subtraction_per_window() {
 }
 
 #[test]
+fn completions_wait_for_at_most_flush_bytes_of_copying() {
+    // Eight 64 KiB COPYs on one CST_BLK: a batch stops at 256 KiB, and its completions are
+    // signalled before the next batch runs.
+    let (ram, e, mut drv) = logged_engine(false);
+    let csb = drv.csb(&*ram, 8).expect("csb");
+    let data = RAM + (8 << 20);
+    let len = 64 << 10;
+    let descs: Vec<Descriptor> = (0..8u64)
+        .map(|i| {
+            driver::copy(
+                data + i * len,
+                data + (4 << 20) + i * len,
+                len,
+                Some(csb),
+                false,
+            )
+        })
+        .collect();
+    drv.submit(&*ram, 0, &descs);
+    e.process(0);
+    let per = crate::core::ring::FLUSH_BYTES / len;
+    let subs = ram.subtractions.lock().expect("lock").clone();
+    assert_eq!(subs, vec![(csb, per), (csb, 8 - per)]);
+    assert_eq!(csb_status(&ram.ram, csb), (0, false));
+}
+
+#[test]
 fn forced_out_of_order_completion_reverses_between_fences() {
     let (ram, e, mut drv) = logged_engine(true);
     let csbs: Vec<u64> = (0..4).map(|_| drv.csb(&*ram, 1).expect("csb")).collect();

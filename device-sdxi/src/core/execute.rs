@@ -18,8 +18,9 @@ use vfio_device::dma::{CopyOp, DmaMemory, Fault};
 
 /// The longest COPY a run takes (`Engine::copy_run`); longer ones go through
 /// [`Platform::copy`] one by one (the server's platform splits the large ones over threads).
-/// A run is at most one ring window of these, so it stays short: Bus Master Enable and reset
-/// are checked before it and after it, not between its copies.
+/// A run stops once it holds what may still wait for its completions (the ring's
+/// `FLUSH_BYTES`), so it stays short: Bus Master Enable and reset are checked before it and
+/// after it, not between its copies, and an unmap waits for at most that much copying.
 pub const RUN_COPY_MAX: u64 = 64 << 10;
 
 /// One pass's working state: the memory it reads, the context, what it counted (merged into
@@ -112,22 +113,27 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     /// Decodes the run of small plain COPYs that `ds` starts with into `ops` (the first may
     /// be fenced, the others not); returns how many. The run stops before anything else: a
     /// descriptor of another kind, one the checks would refuse (it then runs alone and
-    /// reports its error), a COPY longer than [`RUN_COPY_MAX`]. No run while descriptors are
-    /// traced or a fault plan is armed: those go one by one through [`Self::execute`].
+    /// reports its error), a COPY longer than [`RUN_COPY_MAX`], and once it holds `budget`
+    /// bytes (its first COPY is always taken). No run while descriptors are traced or a fault
+    /// plan is armed: those go one by one through [`Self::execute`].
     pub(crate) fn copy_run(
         &self,
         p: &mut Pass<'_, M>,
         cx: &Cxt,
         ds: &[Descriptor],
         ops: &mut [CopyOp],
+        budget: u64,
     ) -> usize {
         if self.faults.armed()
             || tracing::enabled!(target: "sdxi::descriptor", tracing::Level::TRACE)
         {
             return 0;
         }
-        let mut n = 0;
+        let (mut n, mut bytes) = (0, 0);
         for (d, op) in ds.iter().zip(ops.iter_mut()) {
+            if n > 0 && bytes >= budget {
+                break;
+            }
             let h = d.header();
             if (n > 0 && h.fe()) || (h.ty(), h.subtype()) != (DSC_TYPE_DMAB, DSC_DMAB_COPY) {
                 break;
@@ -147,7 +153,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                 break;
             }
             *op = CopyOp { dst, src, len };
-            n += 1;
+            (n, bytes) = (n + 1, bytes + len);
         }
         n
     }
@@ -220,8 +226,11 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         match mem.subtract_u64(a, u64::from(n)) {
             Ok(_) => c.completions += u64::from(n),
             Err(f) => {
-                let e = EngineError::Fault(f, step::COMPLETION);
-                self.log_error(mem, c, None, None, e, RE_INFORM);
+                // One report per completion, as if each had been signalled alone.
+                for _ in 0..n {
+                    let e = EngineError::Fault(f, step::COMPLETION);
+                    self.log_error(mem, c, None, None, e, RE_INFORM);
+                }
             }
         }
     }

@@ -119,7 +119,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         let ooo = self.options.force_out_of_order.load(Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         let mut done = Completions::new(ooo);
-        // One window, refilled in place (1 KiB: not moved around).
+        // One window, refilled in place (about 5.5 KiB: not moved around).
         let mut w = Window {
             start: 0,
             slot: 0,
@@ -218,7 +218,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                 self.flush(p, done);
             }
             let before = p.counts.bytes_copied;
-            let (n, r) = self.step(p, cx, w, i, done.ooo);
+            let (n, r) = self.step(p, cx, w, i, (done.ooo, done.bytes));
             done.bytes += p.counts.bytes_copied - before;
             w.used = i + n;
             let ok = if r.is_ok() { n } else { n - 1 };
@@ -255,19 +255,22 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     /// Runs the descriptor at `i` of the window, or the run of small COPYs that starts there
     /// (decoded first, then copied back to back in one access: nothing between the copies
     /// but the lookups). Returns how many descriptors it consumed and, if the last of them
-    /// failed, its error. Not in forced out-of-order mode (its fences act per descriptor).
+    /// failed, its error. Not in forced out-of-order mode (`ooo`: its fences act per
+    /// descriptor); `pending` is what the completions waiting already copied, so the run
+    /// stops at [`FLUSH_BYTES`].
     fn step(
         &self,
         p: &mut Pass<'_, M>,
         cx: &Cxt,
         w: &mut Window,
         i: usize,
-        ooo: bool,
+        (ooo, pending): (bool, u64),
     ) -> (usize, Result<(), EngineError>) {
         let run = if ooo {
             0
         } else {
-            self.copy_run(p, cx, &w.d[i..w.valid], &mut w.ops)
+            let budget = FLUSH_BYTES.saturating_sub(pending);
+            self.copy_run(p, cx, &w.d[i..w.valid], &mut w.ops, budget)
         };
         if run == 0 {
             return (1, self.execute(p, cx, &w.d[i]));
@@ -312,7 +315,8 @@ struct Window {
 
 impl Window {
     /// Reads the slots from `ri` (below `wi`) up to the window size or the ring's end. If that
-    /// faults, reads one slot, so a fault names its exact descriptor.
+    /// faults, reads the slots up to the next 4 KiB page (guest maps are whole pages), and if
+    /// that faults too, one slot, so a fault names its exact descriptor.
     fn fill<M: DmaMemory>(&mut self, mem: &M, cx: &Cxt, ri: u64, wi: u64) -> Result<(), RingError> {
         let first = ri % cx.entries;
         let n = (wi - ri).min(cx.entries - first).min(WINDOW as u64) as usize;
@@ -320,15 +324,26 @@ impl Window {
         self.slot = cx.ring.wrapping_add(first * DESC_SIZE);
         (self.start, self.n, self.valid, self.used, self.released) = (ri, n, 0, 0, 0);
         if mem.read(self.slot, self.d[..n].as_mut_bytes()).is_err() {
+            let in_page = ((4096 - self.slot % 4096) / DESC_SIZE) as usize;
+            self.n = n.min(in_page).max(1);
+            if self.n > 1 && mem.read(self.slot, self.d[..self.n].as_mut_bytes()).is_ok() {
+                self.count_valid();
+                return Ok(());
+            }
             self.n = 1;
             mem.read(self.slot, self.d[..1].as_mut_bytes())
                 .map_err(|f| (EngineError::Fault(f, step::DESCRIPTOR), Some(ri)))?;
         }
+        self.count_valid();
+        Ok(())
+    }
+
+    /// Counts the leading slots read that have vl set.
+    fn count_valid(&mut self) {
         self.valid = self.d[..self.n]
             .iter()
             .take_while(|d| d.header().vl())
             .count();
-        Ok(())
     }
 
     /// Consumes the valid slots: their vl goes back to 0 before read_index moves past them,
