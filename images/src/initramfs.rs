@@ -100,7 +100,8 @@ pub const CONSOLE_PARAM: &str = "tierbed.console";
 /// `/init`: mounts the pseudo file systems, loads the modules listed in `/etc/modules` in order
 /// (lines starting with `?` are optional: their failure is not reported), each with its listed
 /// parameters and then, as modprobe does, the kernel command line's `MODULE.PARAM=VALUE`
-/// entries for it (`-` and `_` alike in the name), mounts debugfs,
+/// entries for it (`-` and `_` alike in the name, quoted values kept whole, nothing after
+/// `--`), mounts debugfs,
 /// tracefs and configfs, and hands over to the guest agent on the dedicated serial port
 /// (ttyS1). The kernel console stays on ttyS0. If the agent exits, the guest powers off.
 /// `PATH` puts `/usr` first, so tools unpacked from packages win over busybox's applets.
@@ -113,19 +114,37 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /bin/busybox mount -t tmpfs tmpfs /tmp
 /bin/busybox --install -s /bin
 echo "tierbed: init on $(uname -r)"
-# MODULE.PARAM=VALUE entries of the kernel command line for module $1, as modprobe applies them.
+set -f
+nl='
+'
+cmdline=/proc/cmdline
+# MODULE.PARAM=VALUE entries for module $1 in the kernel command line file $2, as modprobe
+# applies them: one per line, quotes removed (a quoted value may hold spaces), none after --.
 cmdline_params() {
   m=$(echo "$1" | tr - _)
-  for a in $(cat "${TIERBED_CMDLINE:-/proc/cmdline}"); do
-    n=$(echo "${a%%.*}" | tr - _)
-    case "$a" in *.*=*) [ "$n" = "$m" ] && printf '%s ' "${a#*.}" ;; esac
+  xargs -n1 < "$2" 2>/dev/null | while IFS= read -r a; do
+    [ "$a" = "--" ] && break
+    case "$a" in
+      *.*=*) [ "$(echo "${a%%.*}" | tr - _)" = "$m" ] && printf '%s\n' "${a#*.}" ;;
+    esac
   done
+}
+# load FILE MODULE [ARGS...]: insmod with the listed ARGS, then the command line's for MODULE.
+load() {
+  f=$1
+  m=$2
+  shift 2
+  p=$(cmdline_params "$m" "$cmdline")
+  IFS=$nl
+  set -- "$@" $p
+  unset IFS
+  insmod "$f" "$@"
 }
 while read -r mod args; do
   [ -n "$mod" ] || continue
   case "$mod" in
-    \?*) insmod "/lib/modules/${mod#?}.ko" $args $(cmdline_params "${mod#?}") 2>/dev/null ;;
-    *) insmod "/lib/modules/$mod.ko" $args $(cmdline_params "$mod") || echo "tierbed: insmod $mod failed" ;;
+    \?*) load "/lib/modules/${mod#?}.ko" "${mod#?}" $args 2>/dev/null ;;
+    *) load "/lib/modules/$mod.ko" "$mod" $args || echo "tierbed: insmod $mod failed" ;;
   esac
 done < /etc/modules
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -147,7 +166,7 @@ if [ "$mode" = bringup ]; then
   if [ -f /bringup/modules ]; then
     while read -r mod args; do
       [ -n "$mod" ] || continue
-      if out=$(insmod "/bringup/$mod.ko" $args $(cmdline_params "$mod") 2>&1); then
+      if out=$(load "/bringup/$mod.ko" "$mod" $args 2>&1); then
         echo "ok $mod" >> /tmp/bringup-modules.log
       else
         echo "failed $mod: $out" >> /tmp/bringup-modules.log
@@ -240,30 +259,40 @@ pub(crate) mod tests {
 
     #[test]
     fn module_parameters_come_from_the_kernel_command_line_as_modprobe_reads_them() {
-        let start = INIT_SCRIPT.find("cmdline_params() {").expect("function");
-        let end = start + INIT_SCRIPT[start..].find("\n}\n").expect("its end") + 3;
+        let start = INIT_SCRIPT.find("set -f\n").expect("definitions");
+        let end = INIT_SCRIPT
+            .find("while read -r mod args")
+            .expect("their end");
         let dir = std::env::temp_dir().join(format!("tierbed-cmdline-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let cmdline = dir.join("cmdline");
         std::fs::write(
             &cmdline,
             "console=ttyS0 sdxi_core.dma_channels=2 sdxi-core.dyndbg=+p sdxi_corex.a=1 \
-             other.b=2 sdxi_core quiet\n",
+             other.b=2 sdxi_core.name=\"a *b\" quiet -- sdxi_core.after=1\n",
         )
         .expect("write");
+        // A file the value's `*b` would match, were it globbed.
+        std::fs::write(dir.join("a-b"), "").expect("write");
+        // insmod shows the arguments it got, one per line.
+        let script = format!(
+            "{}\ncmdline={}\ninsmod() {{ for a in \"$@\"; do echo \"[$a]\"; done; }}\n\
+             load /x/sdxi-core.ko sdxi-core listed=1",
+            &INIT_SCRIPT[start..end],
+            cmdline.display()
+        );
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "{}\ncmdline_params sdxi-core",
-                &INIT_SCRIPT[start..end]
-            ))
-            .env("TIERBED_CMDLINE", &cmdline)
+            .arg(script)
+            .current_dir(&dir)
             .output()
             .expect("sh");
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "dma_channels=2 dyndbg=+p "
+            "[/x/sdxi-core.ko]\n[listed=1]\n[dma_channels=2]\n[dyndbg=+p]\n[name=a *b]\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 
