@@ -32,10 +32,6 @@ pub trait DmaMemory: Send + Sync {
     /// Atomically subtracts `n` from the u64 at `addr`, stopping at zero; returns the old
     /// value.
     fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault>;
-    /// [`Self::subtract_u64`] by one.
-    fn decrement_u64(&self, addr: u64) -> Result<u64, Fault> {
-        self.subtract_u64(addr, 1)
-    }
     /// Atomically ORs `bits` into the u32 at `addr`.
     fn or_u32(&self, addr: u64, bits: u32) -> Result<(), Fault>;
     /// Stops keeping a read lock from one access to the next on this thread (see
@@ -501,11 +497,6 @@ impl<T: Lookup + Send + Sync> DmaMemory for T {
         self.copy_range(dst, src, len)
     }
 
-    fn copy_all(&self, ops: &[CopyOp]) -> Result<(), (usize, Fault)> {
-        let mut done = 0;
-        self.copy_ops(ops, &mut done).map_err(|f| (done, f))
-    }
-
     fn subtract_u64(&self, addr: u64, n: u64) -> Result<u64, Fault> {
         self.subtract_at(addr, n)
     }
@@ -551,17 +542,17 @@ mod tests {
     fn decrement_stops_at_zero_and_or_sets_bits() {
         let ram = GuestRam::anonymous(0, 0x1000);
         ram.write(0x40, &2u64.to_le_bytes()).expect("write");
-        assert_eq!(ram.decrement_u64(0x40), Ok(2));
-        assert_eq!(ram.decrement_u64(0x40), Ok(1));
-        assert_eq!(ram.decrement_u64(0x40), Ok(0));
+        assert_eq!(ram.subtract_u64(0x40, 1), Ok(2));
+        assert_eq!(ram.subtract_u64(0x40, 1), Ok(1));
+        assert_eq!(ram.subtract_u64(0x40, 1), Ok(0));
         let mut b = [0u8; 8];
         ram.read(0x40, &mut b).expect("read");
         assert_eq!(u64::from_le_bytes(b), 0);
         ram.or_u32(0x48, 1 << 31).expect("or");
         ram.read(0x48, &mut b[..4]).expect("read");
         assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 1 << 31);
-        assert!(ram.decrement_u64(0x41).is_err(), "misaligned");
-        assert!(ram.decrement_u64(0xffc).is_err(), "past the end");
+        assert!(ram.subtract_u64(0x41, 1).is_err(), "misaligned");
+        assert!(ram.subtract_u64(0xffc, 1).is_err(), "past the end");
     }
 
     #[test]

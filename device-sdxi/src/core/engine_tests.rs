@@ -100,6 +100,13 @@ impl Bed {
         }
     }
 
+    /// `n` CST_BLKs counting one completion each.
+    fn csbs(&mut self, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| self.drv.csb(&*self.ram, 1).expect("csb"))
+            .collect()
+    }
+
     fn run(&mut self, cxt: u16, d: &[Descriptor]) {
         self.drv.submit(&*self.ram, cxt, d);
         assert!(self.e.doorbell(cxt));
@@ -279,9 +286,7 @@ fn total_errors(b: &Bed) -> u64 {
 #[test]
 fn a_slot_not_yet_valid_stops_the_ring_without_error_and_the_next_doorbell_resumes() {
     let mut b = Bed::new(false);
-    let csbs: Vec<u64> = (0..3)
-        .map(|_| b.drv.csb(&*b.ram, 1).expect("csb"))
-        .collect();
+    let csbs = b.csbs(3);
     let r = b.drv.reserve(&*b.ram, 1, 3).expect("room");
     for (i, c) in csbs.iter().enumerate() {
         r.write(&*b.ram, i as u64, &driver::nop(Some(*c), false), i != 1);
@@ -379,9 +384,7 @@ fn descriptors_run_once_in_ring_order_whatever_order_vl_is_set_in() {
     };
     // One CST_BLK per descriptor, reused per lap: signal counts the runs of that index.
     let total = 3000u64;
-    let csbs: Vec<u64> = (0..total)
-        .map(|_| b.drv.csb(&*b.ram, 1).expect("csb"))
-        .collect();
+    let csbs = b.csbs(total as usize);
     let mut open: Vec<(driver::Reservation, u64)> = Vec::new();
     let mut issued = 0u64;
     let mut runs = 0u64;
@@ -700,9 +703,7 @@ fn slot_valid(b: &Bed, cxt: u16, i: u64) -> bool {
 #[test]
 fn an_error_inside_a_window_leaves_the_later_descriptors_valid_and_unrun() {
     let mut b = Bed::new(false);
-    let csbs: Vec<u64> = (0..4)
-        .map(|_| b.drv.csb(&*b.ram, 1).expect("csb"))
-        .collect();
+    let csbs = b.csbs(4);
     b.fill(DATA, 4096, 1);
     let bad = Descriptor {
         header: Descriptor::header_for(0x7ff, 0x99, false),
@@ -740,9 +741,7 @@ fn an_error_inside_a_window_leaves_the_later_descriptors_valid_and_unrun() {
 #[test]
 fn a_fault_inside_a_run_of_copies_names_its_descriptor_after_the_ones_before_it_ran() {
     let mut b = Bed::new(false);
-    let csbs: Vec<u64> = (0..6)
-        .map(|_| b.drv.csb(&*b.ram, 1).expect("csb"))
-        .collect();
+    let csbs = b.csbs(6);
     b.fill(DATA, 5 * 4096, 3);
     let dst = DATA + (4 << 20);
     let past_ram = RAM + RAM_SIZE as u64;

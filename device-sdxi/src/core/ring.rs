@@ -218,7 +218,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
                 self.flush(p, done);
             }
             let before = p.counts.bytes_copied;
-            let (n, r) = self.step(p, cx, w, i, (done.ooo, done.bytes));
+            let (n, r) = self.step(p, cx, w, i, done);
             done.bytes += p.counts.bytes_copied - before;
             w.used = i + n;
             let ok = if r.is_ok() { n } else { n - 1 };
@@ -249,27 +249,25 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         }
         Ok((w.ri(), more))
     }
-}
 
-impl<M: DmaMemory, P: Platform> Engine<M, P> {
     /// Runs the descriptor at `i` of the window, or the run of small COPYs that starts there
     /// (decoded first, then copied back to back in one access: nothing between the copies
     /// but the lookups). Returns how many descriptors it consumed and, if the last of them
-    /// failed, its error. Not in forced out-of-order mode (`ooo`: its fences act per
-    /// descriptor); `pending` is what the completions waiting already copied, so the run
-    /// stops at [`FLUSH_BYTES`].
+    /// failed, its error. No runs in forced out-of-order mode (its fences act per
+    /// descriptor); a run stops once it and the completions waiting in `done` copied
+    /// [`FLUSH_BYTES`].
     fn step(
         &self,
         p: &mut Pass<'_, M>,
         cx: &Cxt,
         w: &mut Window,
         i: usize,
-        (ooo, pending): (bool, u64),
+        done: &Completions,
     ) -> (usize, Result<(), EngineError>) {
-        let run = if ooo {
+        let run = if done.ooo {
             0
         } else {
-            let budget = FLUSH_BYTES.saturating_sub(pending);
+            let budget = FLUSH_BYTES.saturating_sub(done.bytes);
             self.copy_run(p, cx, &w.d[i..w.valid], &mut w.ops, budget)
         };
         if run == 0 {
