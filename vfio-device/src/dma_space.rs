@@ -481,6 +481,50 @@ mod tests {
     }
 
     #[test]
+    fn a_long_batch_across_two_extents_copies_every_op_in_order() {
+        // Two maps of file bytes that are not contiguous: two extents, meeting at 0x4000.
+        let f = memfd(0x10000);
+        let space = DmaSpace::default();
+        space.map(&spec(&f, 0, 0x4000)).expect("map");
+        space
+            .map(&MapSpec {
+                file_offset: 0x8000,
+                ..spec(&f, 0x4000, 0x4000)
+            })
+            .expect("map");
+        // A chain longer than two host batches: each op copies what the one before wrote,
+        // so an op run early or late breaks it. Op 127 writes across the extents' border and
+        // op 128 reads across it (the slow path, in the middle of a batch).
+        let slot = |i: u64| 0x40 + i * 0x80;
+        let mut ops = vec![CopyOp {
+            src: 0x7000,
+            dst: slot(0),
+            len: 0x80,
+        }];
+        ops.extend((1..150).map(|i| CopyOp {
+            src: slot(i - 1),
+            dst: slot(i),
+            len: 0x80,
+        }));
+        let want: Vec<u8> = (0..0x80u8).map(|b| b ^ 0x5a).collect();
+        space.write(0x7000, &want).expect("source");
+        space.pass(|| space.copy_all(&ops)).expect("every op");
+        for i in [0, 63, 64, 126, 127, 128, 149] {
+            let mut b = vec![0u8; 0x80];
+            space.read(slot(i), &mut b).expect("read");
+            assert_eq!(b, want, "op {i}");
+        }
+        let mut b = [0u8; 0x80];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0x8000 + (slot(128) - 0x4000))
+            .expect("file bytes");
+        assert_eq!(
+            &b[..],
+            &want[..],
+            "the second extent is the file's bytes at 0x8000"
+        );
+    }
+
+    #[test]
     fn a_pass_keeps_the_lock_between_accesses_until_an_unmap_asks_for_it() {
         let f = memfd(1 << 20);
         let space = Arc::new(DmaSpace::default());

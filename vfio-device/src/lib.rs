@@ -34,6 +34,8 @@ pub mod pci;
 #[cfg(feature = "dma")]
 pub mod dma;
 #[cfg(feature = "dma")]
+mod dma_copy;
+#[cfg(feature = "dma")]
 pub mod dma_space;
 #[cfg(feature = "dma")]
 pub mod dma_table;
