@@ -115,7 +115,8 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     /// descriptor of another kind, one the checks would refuse (it then runs alone and
     /// reports its error), a COPY longer than [`RUN_COPY_MAX`], and once it holds `budget`
     /// bytes (its first COPY is always taken). No run while descriptors are traced or a fault
-    /// plan is armed: those go one by one through [`Self::execute`].
+    /// plan is armed: those go one by one through [`Self::execute`]. Returns the run's length
+    /// and the bytes it copies.
     pub(crate) fn copy_run(
         &self,
         p: &mut Pass<'_, M>,
@@ -123,11 +124,11 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         ds: &[Descriptor],
         ops: &mut [CopyOp],
         budget: u64,
-    ) -> usize {
+    ) -> (usize, u64) {
         if self.faults.armed()
             || tracing::enabled!(target: "sdxi::descriptor", tracing::Level::TRACE)
         {
-            return 0;
+            return (0, 0);
         }
         let (mut n, mut bytes) = (0, 0);
         for (d, op) in ds.iter().zip(ops.iter_mut()) {
@@ -155,7 +156,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             *op = CopyOp { dst, src, len };
             (n, bytes) = (n + 1, bytes + len);
         }
-        n
+        (n, bytes)
     }
 
     fn copy(&self, p: &mut Pass<'_, M>, cx: &Cxt, c: &DscDmabCopy) -> Result<(), EngineError> {

@@ -222,9 +222,7 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             done.bytes += p.counts.bytes_copied - before;
             w.used = i + n;
             let ok = if r.is_ok() { n } else { n - 1 };
-            for d in &w.d[i..i + ok] {
-                done.push(d.csb());
-            }
+            done.push_all(&w.d[i..i + ok]);
             if let Err(e) = r {
                 let last = i + n - 1;
                 w.give_back(p.mem, i + n);
@@ -264,8 +262,8 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
         i: usize,
         done: &Completions,
     ) -> (usize, Result<(), EngineError>) {
-        let run = if done.ooo {
-            0
+        let (run, bytes) = if done.ooo {
+            (0, 0)
         } else {
             let budget = FLUSH_BYTES.saturating_sub(done.bytes);
             self.copy_run(p, cx, &w.d[i..w.valid], &mut w.ops, budget)
@@ -274,12 +272,16 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
             return (1, self.execute(p, cx, &w.d[i]));
         }
         let (n, r) = match self.platform.copy_all(p.mem, &w.ops[..run]) {
-            Ok(()) => (run, Ok(())),
-            Err((k, f)) => (k + 1, Err(EngineError::Fault(f, step::DATA))),
+            Ok(()) => {
+                p.counts.bytes_copied += bytes;
+                (run, Ok(()))
+            }
+            Err((k, f)) => {
+                p.counts.bytes_copied += w.ops[..k].iter().map(|o| o.len).sum::<u64>();
+                (k + 1, Err(EngineError::Fault(f, step::DATA)))
+            }
         };
-        let copied = if r.is_ok() { n } else { n - 1 };
         p.counts.descriptors.copy += n as u64;
-        p.counts.bytes_copied += w.ops[..copied].iter().map(|o| o.len).sum::<u64>();
         (n, r)
     }
 }
@@ -420,11 +422,19 @@ impl Completions {
         }
     }
 
-    #[inline]
-    fn push(&mut self, csb: Option<u64>) {
-        match self.csbs.back_mut() {
-            Some((last, n)) if *last == csb && *n < u32::MAX => *n += 1,
-            _ => self.csbs.push_back((csb, 1)),
+    /// Adds the completions of `ds`, in ring order: each run of descriptors naming one
+    /// CST_BLK is counted in one go.
+    fn push_all(&mut self, mut ds: &[Descriptor]) {
+        while let Some((first, rest)) = ds.split_first() {
+            let csb = first.csb();
+            let same = rest.iter().take_while(|d| d.csb() == csb).count();
+            // A window holds far fewer than u32::MAX descriptors.
+            let n = same as u32 + 1;
+            match self.csbs.back_mut() {
+                Some((last, m)) if *last == csb && *m <= u32::MAX - n => *m += n,
+                _ => self.csbs.push_back((csb, n)),
+            }
+            ds = &rest[same..];
         }
     }
 
