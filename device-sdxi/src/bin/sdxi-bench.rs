@@ -117,14 +117,14 @@ impl Cpu {
         self.map.as_ptr() as usize + (addr - BASE) as usize
     }
 
-    /// One-core memcpy of `count` blocks of `len` bytes from `src` to `dst`, GB/s.
-    fn copy(&self, src: u64, dst: u64, len: usize, count: usize) -> f64 {
+    /// One-core copy of `count` blocks of `len` bytes from `src` to `dst` with `how`, GB/s.
+    fn copy(&self, how: CpuCopy, src: u64, dst: u64, len: usize, count: usize) -> f64 {
         let (s, d) = (self.at(src), self.at(dst));
         let t = Instant::now();
         for i in 0..count {
             // SAFETY: both ranges lie inside the mapping (the bench's layout) and do not
             // overlap; nothing else touches them while the baseline runs.
-            unsafe { copy_block(s + i * len, d + i * len, len) };
+            unsafe { how.block(s + i * len, d + i * len, len) };
         }
         (len * count) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
@@ -160,7 +160,7 @@ impl Cpu {
                         go.wait();
                         for i in first..first + share {
                             // SAFETY: as in `copy`; the threads' shares are disjoint.
-                            unsafe { copy_block(s + i * len, d + i * len, len) };
+                            unsafe { CpuCopy::Memcpy.block(s + i * len, d + i * len, len) };
                         }
                         done.wait();
                     }
@@ -179,13 +179,45 @@ impl Cpu {
     }
 }
 
-/// Copies `len` bytes from host address `src` to `dst`.
-///
-/// # Safety
-/// Both ranges must be mapped, writable at `dst`, and not overlap.
-unsafe fn copy_block(src: usize, dst: usize, len: usize) {
-    // SAFETY: the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+/// A CPU copy loop the engine is measured against: the C library's memcpy (the rows'
+/// targets are against it) and, where the CPU has ERMS, `rep movsb` in the same tight loop.
+/// The engine copies runs of small COPYs with `rep movsb` (see `vfio_device::dma_copy`), so
+/// the ratio against that loop shows what the engine adds beyond its choice of instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CpuCopy {
+    Memcpy,
+    RepMovsb,
+}
+
+impl CpuCopy {
+    /// The loops this CPU has.
+    fn available() -> Vec<Self> {
+        let mut v = vec![Self::Memcpy];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("ermsb") {
+            v.push(Self::RepMovsb);
+        }
+        v
+    }
+
+    /// Copies `len` bytes from host address `src` to `dst`.
+    ///
+    /// # Safety
+    /// Both ranges must be mapped, writable at `dst`, and not overlap.
+    #[inline(always)]
+    unsafe fn block(self, src: usize, dst: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self == Self::RepMovsb {
+            // SAFETY: the caller's contract; forward copy of rcx bytes from [rsi] to [rdi].
+            unsafe {
+                std::arch::asm!("rep movsb", inout("rcx") len => _, inout("rsi") src => _,
+                    inout("rdi") dst => _, options(nostack, preserves_flags));
+            }
+            return;
+        }
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+    }
 }
 
 /// One context's batch: `count` COPYs of `len` bytes counted down by one CST_BLK.
@@ -221,7 +253,7 @@ fn submit(drv: &mut Driver, ram: &DmaSpace, b: &Batch, contexts: u16) -> Vec<u64
 /// memcpy is also measured on as many threads (the third value). Each timed run, engine or
 /// memcpy, follows an untimed run of the same kind, so each starts from the cache state its
 /// own kind leaves (not from whatever the other left).
-fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> (f64, f64, Option<f64>) {
+fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> Rate {
     let span = len * count;
     let n = u64::from(contexts);
     let size = 2 * span * n + (16 << 20);
@@ -288,10 +320,13 @@ fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> (f64, f64, Op
         rate
     };
     let (l, c) = (len as usize, (count * n) as usize);
-    let (mut eng, mut mem) = (Vec::new(), Vec::new());
+    let loops = CpuCopy::available();
+    let (mut eng, mut mem) = (Vec::new(), vec![Vec::new(); loops.len()]);
     for _ in 0..reps {
-        cpu.copy(batch.src, batch.dst, l, c);
-        mem.push(cpu.copy(batch.src, batch.dst, l, c));
+        for (how, rates) in loops.iter().zip(&mut mem) {
+            cpu.copy(*how, batch.src, batch.dst, l, c);
+            rates.push(cpu.copy(*how, batch.src, batch.dst, l, c));
+        }
         engine_once();
         eng.push(engine_once());
     }
@@ -300,7 +335,13 @@ fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> (f64, f64, Op
     assert!(out == pattern, "the engine copied every byte");
     let par = (contexts > 1)
         .then(|| cpu.copy_parallel(batch.src, batch.dst, l, c, usize::from(contexts), reps));
-    (median(eng), median(mem), par)
+    let cpu: Vec<f64> = mem.into_iter().map(median).collect();
+    Rate {
+        engine: median(eng),
+        memcpy: cpu[0],
+        movsb: cpu.get(1).copied(),
+        par,
+    }
 }
 
 struct ClientMmio<'a> {
@@ -408,8 +449,33 @@ fn latency(server: &std::path::Path, mode: &str, iters: usize) -> (f64, f64) {
     (median(lat.clone()), percentile(lat, 0.99))
 }
 
-/// One throughput row: engine and memcpy GB/s, and for several workers the two-thread memcpy.
-type Rate = (f64, f64, Option<f64>);
+/// A throughput row, GB/s medians: the engine, the CPU loops on one core, and (several
+/// workers) memcpy on as many threads.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    engine: f64,
+    memcpy: f64,
+    /// `rep movsb` (x86-64 with ERMS only).
+    movsb: Option<f64>,
+    par: Option<f64>,
+}
+
+impl Rate {
+    /// The engine against each one-core CPU loop, as printed; the row's target (against
+    /// memcpy) after the first.
+    fn versus(&self, target: f64) -> String {
+        let e = self.engine;
+        let mut s = format!(
+            "memcpy {:6.2} GB/s: {:.2} (target >= {target})",
+            self.memcpy,
+            e / self.memcpy
+        );
+        if let Some(m) = self.movsb {
+            s += &format!("  rep movsb {m:6.2} GB/s: {:.2}", e / m);
+        }
+        s
+    }
+}
 
 fn main() {
     let args = Args::parse();
@@ -440,15 +506,20 @@ fn main() {
         "SDXi engine vs memcpy (one worker, medians of {} runs)",
         args.reps
     );
-    if let Some((e, m, _)) = r2m {
-        println!("  2 MiB x 32 descriptors : engine {e:6.2} GB/s  memcpy {m:6.2} GB/s  ratio {:.2} (target >= 0.9)", e / m);
+    for (r, what) in [
+        (r2m, "2 MiB x 32 descriptors "),
+        (r4k, "4 KiB x 512 descriptors"),
+    ] {
+        if let Some(r) = r {
+            println!("  {what}: engine {:6.2} GB/s | {}", r.engine, r.versus(0.9));
+        }
     }
-    if let Some((e, m, _)) = r4k {
-        println!("  4 KiB x 512 descriptors: engine {e:6.2} GB/s  memcpy {m:6.2} GB/s  ratio {:.2} (target >= 0.9)", e / m);
-    }
-    if let Some((e, m, p)) = r2w {
-        let p = p.unwrap_or(f64::NAN);
-        println!("  2 workers, 2 contexts x 1024 x 4 KiB: engine {e:6.2} GB/s  one-core memcpy {m:6.2} GB/s  ratio {:.2} (target >= 1.7)", e / m);
+    if let Some(r) = r2w {
+        let (e, m, p) = (r.engine, r.memcpy, r.par.unwrap_or(f64::NAN));
+        println!(
+            "  2 workers, 2 contexts x 1024 x 4 KiB: engine {e:6.2} GB/s | one core: {}",
+            r.versus(1.7)
+        );
         println!("    the machine's ceiling: memcpy on 2 threads {p:6.2} GB/s = {:.2} x one core; the engine gets {:.2} of it", p / m, e / p);
     }
     match lat {
@@ -469,13 +540,17 @@ fn to_json(
     r2w: Option<Rate>,
     lat: Option<((f64, f64), (f64, f64))>,
 ) -> serde_json::Value {
-    let one = |(e, m, _): Rate| serde_json::json!({ "engine_gbs": e, "memcpy_gbs": m, "ratio": e / m, "target": 0.9 });
+    let one = |r: Rate| {
+        serde_json::json!({ "engine_gbs": r.engine, "memcpy_gbs": r.memcpy, "ratio": r.engine / r.memcpy,
+        "target": 0.9, "rep_movsb_gbs": r.movsb, "ratio_vs_rep_movsb": r.movsb.map(|m| r.engine / m) })
+    };
     serde_json::json!({
         "copy_2mib_x32": r2m.map(one),
         "copy_4kib_x512": r4k.map(one),
-        "copy_4kib_x1024_2_workers": r2w.map(|(e, m, p)| {
-            let p = p.unwrap_or(f64::NAN);
+        "copy_4kib_x1024_2_workers": r2w.map(|r| {
+            let (e, m, p) = (r.engine, r.memcpy, r.par.unwrap_or(f64::NAN));
             serde_json::json!({ "engine_gbs": e, "memcpy_one_core_gbs": m, "ratio": e / m, "target": 1.7,
+                "rep_movsb_one_core_gbs": r.movsb, "ratio_vs_rep_movsb": r.movsb.map(|v| e / v),
                 "memcpy_two_threads_gbs": p, "two_thread_memcpy_ratio": p / m, "engine_vs_two_thread_memcpy": e / p })
         }),
         "doorbell_to_completion_us": lat.map(|((tm, tp), (mm, mp))| serde_json::json!({
