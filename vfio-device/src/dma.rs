@@ -42,7 +42,8 @@ pub trait DmaMemory: Send + Sync {
     /// Copies each op in order, as [`Self::copy`] one after the other would; stops at the
     /// first that faults and returns its index with the fault (the ones before it are done).
     /// An implementation may do them in one access: back to back, nothing else between the
-    /// copies.
+    /// copies (the DMA space finds their host addresses up to 64 at a time, then copies
+    /// those back to back, see `dma_copy.rs`).
     fn copy_all(&self, ops: &[CopyOp]) -> Result<(), (usize, Fault)> {
         ops.iter()
             .enumerate()
@@ -303,12 +304,12 @@ impl Lookup for GuestRam {
     }
 }
 
-/// Copies of a batch translated to host addresses at a time (a batch of 4 KiB copies needs
-/// 1.5 KiB of stack for them).
+/// Copies of a batch translated to host addresses at a time: 24 bytes of stack each, and as
+/// many as the SDXi engine's window holds.
 const COPY_BATCH: usize = 64;
 
 /// Finds the extent holding an address; the accesses below work over any such table.
-pub trait Lookup {
+pub(crate) trait Lookup {
     fn find(&self, addr: u64) -> Option<&Extent>;
 
     /// The host pointer for `addr` and how many bytes (at most `len`) follow it inside one
@@ -385,7 +386,9 @@ pub trait Lookup {
             // SAFETY: both ranges lie inside live mappings (one extent each). `copy`, not
             // `copy_nonoverlapping`: two IOVAs may map the same file bytes, so ranges the
             // engine saw as disjoint can overlap in host memory (same speed: glibc's memcpy
-            // is its memmove). Concurrent guest writes: see `copy_pieces`.
+            // is its memmove). Bytes that two different host mappings of one file show at
+            // two addresses overlap invisibly: the copy then moves some mix of old and new
+            // bytes, as with concurrent guest writes (see `copy_pieces`).
             unsafe { std::ptr::copy(sp, dp, len as usize) };
             return Ok(());
         }

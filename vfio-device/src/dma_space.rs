@@ -525,6 +525,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_inside_a_long_batch_stops_it_at_the_op_that_faulted() {
+        let f = memfd(0x10000);
+        let space = DmaSpace::default();
+        space.map(&spec(&f, 0, 0x8000)).expect("map");
+        space.write(0x7000, &[9u8; 0x40]).expect("source");
+        // 100 copies of 0x40 bytes from 0x7000; op 70 writes to an unmapped page.
+        let dst = |i: u64| if i == 70 { 0x9000 } else { i * 0x40 };
+        let ops: Vec<CopyOp> = (0..100)
+            .map(|i| CopyOp {
+                src: 0x7000,
+                dst: dst(i),
+                len: 0x40,
+            })
+            .collect();
+        let r = space.pass(|| space.copy_all(&ops));
+        assert_eq!(r.map_err(|(i, f)| (i, f.addr)), Err((70, 0x9000)));
+        let mut b = [0u8; 0x40];
+        space.read(dst(69), &mut b).expect("read");
+        assert_eq!(b, [9u8; 0x40], "op 69 ran");
+        space.read(dst(71), &mut b).expect("read");
+        assert_eq!(b, [0u8; 0x40], "op 71 did not");
+    }
+
+    #[test]
     fn a_pass_keeps_the_lock_between_accesses_until_an_unmap_asks_for_it() {
         let f = memfd(1 << 20);
         let space = Arc::new(DmaSpace::default());
