@@ -111,12 +111,12 @@ impl<M: DmaMemory, P: Platform> Engine<M, P> {
     }
 
     /// Decodes the run of small plain COPYs that `ds` starts with into `ops` (the first may
-    /// be fenced, the others not); returns how many. The run stops before anything else: a
-    /// descriptor of another kind, one the checks would refuse (it then runs alone and
-    /// reports its error), a COPY longer than [`RUN_COPY_MAX`], and once it holds `budget`
-    /// bytes (its first COPY is always taken). No run while descriptors are traced or a fault
-    /// plan is armed: those go one by one through [`Self::execute`]. Returns the run's length
-    /// and the bytes it copies.
+    /// be fenced, the others not); returns how many there are and the bytes they copy. The
+    /// run stops before anything else: a descriptor of another kind, one the checks would
+    /// refuse (it then runs alone and reports its error), a COPY longer than
+    /// [`RUN_COPY_MAX`], and once it holds `budget` bytes (its first COPY is always taken).
+    /// No run while descriptors are traced or a fault plan is armed: those go one by one
+    /// through [`Self::execute`].
     pub(crate) fn copy_run(
         &self,
         p: &mut Pass<'_, M>,

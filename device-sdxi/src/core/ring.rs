@@ -31,8 +31,10 @@
 //! their vl in one write, and moves read_index once per window (and before any CST_BLK it
 //! signals, so read_index is always past a descriptor whose completion software can see).
 //! Consecutive small COPYs of a window run as one batch: decoded and checked first, then
-//! copied back to back in one access to guest memory (`Engine::copy_run`); a fenced COPY
-//! starts a new batch. Completions are signalled in ring order at the window's end (or as
+//! copied back to back in one access to guest memory (`Engine::copy_run`; the DMA space
+//! finds the host addresses of up to 64 COPYs at a time, then copies them with each copy's
+//! addresses loaded before the copy ahead of it starts, see `vfio-device/src/dma_copy.rs`);
+//! a fenced COPY starts a new batch. Completions are signalled in ring order at the window's end (or as
 //! soon as the waiting ones copied [`FLUSH_BYTES`]), before a fenced descriptor and before an
 //! INTR; consecutive completions to one CST_BLK (a batch counted down by one block, the way
 //! the spec's signal counter is meant to be used) are one atomic subtraction. A window
