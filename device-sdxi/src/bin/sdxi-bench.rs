@@ -129,39 +129,35 @@ impl Cpu {
         (len * count) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
-    /// The same copy split over `threads` long-lived threads, each taking its contiguous
-    /// share, as the engine's workers do: per round the threads block until released (the
-    /// engine's workers block until kicked), copy, and report back; as with the engine, an
-    /// untimed round precedes each timed one. GB/s from release to the last one's end,
-    /// medians. What the memory system and the scheduler give `threads` cores at once: the
-    /// ceiling of an engine with as many workers.
-    fn copy_parallel(
-        &self,
-        src: u64,
-        dst: u64,
-        len: usize,
-        count: usize,
-        threads: usize,
-        reps: usize,
-    ) -> f64 {
-        let share = count / threads;
-        let (s, d) = (self.at(src), self.at(dst));
+    /// `count` blocks of `len` bytes from `src` to `dst`, in `threads` contiguous shares.
+    fn shares(&self, src: u64, dst: u64, len: usize, count: usize, threads: usize) -> Shares {
+        Shares {
+            src: self.at(src),
+            dst: self.at(dst),
+            len,
+            per: count / threads,
+            threads,
+        }
+    }
+
+    /// The copy split over long-lived threads, each taking its share, as the engine's workers
+    /// do: per round the threads block until released (the engine's workers block until
+    /// kicked), copy, and report back; as with the engine, an untimed round precedes each
+    /// timed one. GB/s from release to the last one's end, medians. What the memory system
+    /// and the scheduler give a blocking pool of that many threads.
+    fn copy_parallel(&self, sh: Shares, reps: usize) -> f64 {
         let barriers = (
-            std::sync::Barrier::new(threads + 1),
-            std::sync::Barrier::new(threads + 1),
+            std::sync::Barrier::new(sh.threads + 1),
+            std::sync::Barrier::new(sh.threads + 1),
         );
         let mut rates = Vec::with_capacity(reps);
         std::thread::scope(|scope| {
-            for k in 0..threads {
+            for k in 0..sh.threads {
                 let (go, done) = (&barriers.0, &barriers.1);
-                let first = k * share;
                 scope.spawn(move || {
                     for _ in 0..2 * reps {
                         go.wait();
-                        for i in first..first + share {
-                            // SAFETY: as in `copy`; the threads' shares are disjoint.
-                            unsafe { CpuCopy::Memcpy.block(s + i * len, d + i * len, len) };
-                        }
+                        sh.copy(k);
                         done.wait();
                     }
                 });
@@ -172,46 +168,30 @@ impl Cpu {
                 let t = Instant::now();
                 barriers.0.wait();
                 barriers.1.wait();
-                rates.push((share * threads * len) as f64 / t.elapsed().as_secs_f64() / 1e9);
+                rates.push(sh.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
             }
         });
         median(rates)
     }
 
     /// The same split over threads that never sleep: this thread copies the first share, and
-    /// `threads - 1` helpers spin between rounds instead of blocking. What the memory system
-    /// alone gives `threads` cores, without the wake-ups that a blocking pool (the engine's,
+    /// the other threads spin between rounds instead of blocking. What the memory system
+    /// alone gives that many cores, without the wake-ups that a blocking pool (the engine's,
     /// or the one of [`Self::copy_parallel`]) pays every round. GB/s, medians, each timed
     /// round after an untimed one. Needs a core per thread.
-    fn copy_spinning(
-        &self,
-        src: u64,
-        dst: u64,
-        len: usize,
-        count: usize,
-        threads: usize,
-        reps: usize,
-    ) -> f64 {
+    fn copy_spinning(&self, sh: Shares, reps: usize) -> f64 {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let share = count / threads;
-        let (s, d) = (self.at(src), self.at(dst));
-        let copy_share = move |k: usize| {
-            for i in k * share..(k + 1) * share {
-                // SAFETY: as in `copy`; the threads' shares are disjoint.
-                unsafe { CpuCopy::Memcpy.block(s + i * len, d + i * len, len) };
-            }
-        };
         let (round, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let mut rates = Vec::with_capacity(reps);
         std::thread::scope(|scope| {
-            for k in 1..threads {
+            for k in 1..sh.threads {
                 let (round, done) = (&round, &done);
                 scope.spawn(move || {
                     for r in 1..=2 * reps {
                         while round.load(Ordering::Acquire) < r {
                             std::hint::spin_loop();
                         }
-                        copy_share(k);
+                        sh.copy(k);
                         done.fetch_add(1, Ordering::AcqRel);
                     }
                 });
@@ -219,16 +199,44 @@ impl Cpu {
             for r in 1..=2 * reps {
                 let t = Instant::now();
                 round.store(r, Ordering::Release);
-                copy_share(0);
-                while done.load(Ordering::Acquire) < r * (threads - 1) {
+                sh.copy(0);
+                while done.load(Ordering::Acquire) < r * (sh.threads - 1) {
                     std::hint::spin_loop();
                 }
                 if r % 2 == 0 {
-                    rates.push((share * threads * len) as f64 / t.elapsed().as_secs_f64() / 1e9);
+                    rates.push(sh.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
                 }
             }
         });
         median(rates)
+    }
+}
+
+/// A copy split into contiguous shares, one per thread (host addresses in the mirror mapping).
+#[derive(Clone, Copy, Debug)]
+struct Shares {
+    src: usize,
+    dst: usize,
+    len: usize,
+    /// Blocks per share.
+    per: usize,
+    threads: usize,
+}
+
+impl Shares {
+    /// Copies share `k` with memcpy.
+    fn copy(self, k: usize) {
+        for i in k * self.per..(k + 1) * self.per {
+            let at = i * self.len;
+            // SAFETY: the shares lie inside the mapping (the bench's layout), are disjoint,
+            // and source and destination do not overlap.
+            unsafe { CpuCopy::Memcpy.block(self.src + at, self.dst + at, self.len) };
+        }
+    }
+
+    /// Bytes all the shares copy.
+    fn bytes(self) -> usize {
+        self.per * self.threads * self.len
     }
 }
 
@@ -392,12 +400,9 @@ fn throughput(reps: usize, len: u64, count: u64, contexts: u16) -> Rate {
     let mut out = vec![0u8; (span * n) as usize];
     ram.read_bytes(batch.dst, &mut out);
     assert!(out == pattern, "the engine copied every byte");
-    let threads = usize::from(contexts);
     let par = (contexts > 1).then(|| {
-        (
-            cpu.copy_parallel(batch.src, batch.dst, l, c, threads, reps),
-            cpu.copy_spinning(batch.src, batch.dst, l, c, threads, reps),
-        )
+        let sh = cpu.shares(batch.src, batch.dst, l, c, usize::from(contexts));
+        (cpu.copy_parallel(sh, reps), cpu.copy_spinning(sh, reps))
     });
     let loop_rates: Vec<f64> = mem.into_iter().map(median).collect();
     Rate {
