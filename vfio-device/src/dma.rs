@@ -380,16 +380,32 @@ pub(crate) trait Lookup {
         Ok(())
     }
 
+    /// The host addresses of a copy that lies in one extent on each side (the destination
+    /// writable), or None.
+    #[inline]
+    fn host_copy(&self, dst: u64, src: u64, len: u64) -> Option<HostCopy> {
+        Some(HostCopy {
+            src: self.span(src, len, false)?,
+            dst: self.span(dst, len, true)?,
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
     #[inline]
     fn copy_range(&self, dst: u64, src: u64, len: u64) -> Result<(), Fault> {
-        if let (Some(sp), Some(dp)) = (self.span(src, len, false), self.span(dst, len, true)) {
+        if let Some(HostCopy {
+            src: sp,
+            dst: dp,
+            len,
+        }) = self.host_copy(dst, src, len)
+        {
             // SAFETY: both ranges lie inside live mappings (one extent each). `copy`, not
             // `copy_nonoverlapping`: two IOVAs may map the same file bytes, so ranges the
             // engine saw as disjoint can overlap in host memory (same speed: glibc's memcpy
             // is its memmove). Bytes that two different host mappings of one file show at
             // two addresses overlap invisibly: the copy then moves some mix of old and new
             // bytes, as with concurrent guest writes (see `copy_pieces`).
-            unsafe { std::ptr::copy(sp, dp, len as usize) };
+            unsafe { std::ptr::copy(sp, dp, len) };
             return Ok(());
         }
         self.copy_pieces(dst, src, len)
@@ -404,17 +420,10 @@ pub(crate) trait Lookup {
             // that does not (it spans extents or faults) goes alone through `copy_pieces`.
             let mut n = 0;
             for (h, o) in host.iter_mut().zip(rest) {
-                match (
-                    self.span(o.src, o.len, false),
-                    self.span(o.dst, o.len, true),
-                ) {
-                    (Some(src), Some(dst)) => {
-                        let len = o.len as usize;
-                        *h = HostCopy { src, dst, len };
-                    }
-                    _ => break,
-                }
-                n += 1;
+                let Some(c) = self.host_copy(o.dst, o.src, o.len) else {
+                    break;
+                };
+                (*h, n) = (c, n + 1);
             }
             // SAFETY: each op lies inside live mappings (found above, under the read lock
             // this access holds throughout); overlaps and concurrent guest writes: see

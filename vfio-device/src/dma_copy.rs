@@ -28,7 +28,7 @@
 
 /// One copy in host memory: `len` bytes from `src` to `dst`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct HostCopy {
+pub struct HostCopy {
     pub src: *const u8,
     pub dst: *mut u8,
     pub len: usize,
@@ -50,19 +50,19 @@ impl HostCopy {
 /// other threads (the guest) may write them concurrently, as with any DMA: the copy then
 /// moves some mix of old and new bytes. The same is true of bytes that two different host
 /// mappings of one file show at two addresses: no check here can see that overlap.
-pub(crate) unsafe fn copy_batch(ops: &[HostCopy]) {
+pub unsafe fn copy_batch(ops: &[HostCopy]) {
     // SAFETY: the caller's contract.
     unsafe { copy_batch_with(ops, erms()) }
 }
 
 /// Whether `rep movsb` is the fast way to copy on this CPU (cached by the standard library).
 #[cfg(target_arch = "x86_64")]
-fn erms() -> bool {
+pub fn erms() -> bool {
     std::arch::is_x86_feature_detected!("ermsb")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn erms() -> bool {
+pub fn erms() -> bool {
     false
 }
 
@@ -95,16 +95,17 @@ unsafe fn copy_batch_with(ops: &[HostCopy], erms: bool) {
     }
 }
 
-/// Copy `o` with `rep movsb` (forward), or with memmove when `dst` starts inside `src`'s
+/// Copies `o` with `rep movsb` (forward), or with memmove when `dst` starts inside `src`'s
 /// range (a forward copy would then read bytes it already overwrote). `ahead` is the next
-/// copy: its addresses are inputs of the instruction, so they are in registers before the
-/// copy starts, and the copy leaves them there.
+/// copy (or `o` again): its addresses are inputs of the instruction, so they are in
+/// registers before the copy starts, and the copy leaves them there. Fast on CPUs with
+/// ERMS ([`erms`]); `sdxi-bench` times it alone as a baseline.
 ///
 /// # Safety
 /// As [`copy_batch`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn movsb(o: HostCopy, ahead: HostCopy) {
+pub unsafe fn movsb(o: HostCopy, ahead: HostCopy) {
     if (o.dst as usize).wrapping_sub(o.src as usize) < o.len {
         // SAFETY: the caller's contract.
         return unsafe { std::ptr::copy(o.src, o.dst, o.len) };

@@ -7,9 +7,9 @@
 //!   capabilities (PCI Express, MSI-X, DVSEC, Device Serial Number) and BAR definitions, and
 //!   the capability walker a guest driver uses to find them again.
 //! - [`pattern`]: deterministic byte patterns for tests, fuzzers and guest workloads.
-//! - `dma`, `dma_table`, `dma_space` (feature `dma`): guest memory as DMA_MAP/DMA_UNMAP
-//!   announce it: the IOVA -> host interval map and the live space a device's workers read,
-//!   ordered behind the socket's messages.
+//! - `dma`, `dma_table`, `dma_space`, `dma_copy` (feature `dma`): guest memory as
+//!   DMA_MAP/DMA_UNMAP announce it: the IOVA -> host interval map, the live space a device's
+//!   workers read, ordered behind the socket's messages, and the loop that copies a batch.
 //! - `listener`, `server`, `quiesce`, `interrupts` (feature `server`): the listening socket,
 //!   the vfio-user server loop (regions with sparse mmap areas, SET_IRQS, DMA_MAP/UNMAP,
 //!   reset), the wait for messages a client already sent, and the MSI-X/INTx eventfds gated by
@@ -34,7 +34,7 @@ pub mod pci;
 #[cfg(feature = "dma")]
 pub mod dma;
 #[cfg(feature = "dma")]
-mod dma_copy;
+pub mod dma_copy;
 #[cfg(feature = "dma")]
 pub mod dma_space;
 #[cfg(feature = "dma")]

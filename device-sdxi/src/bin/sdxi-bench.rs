@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_device::dma::{GuestRam, HostMap, MapSpec};
+use vfio_device::dma_copy::HostCopy;
 use vfio_device::dma_space::DmaSpace;
 use vfio_device::testing::ServerProcess;
 use zerocopy::IntoBytes;
@@ -119,14 +120,10 @@ impl Cpu {
 
     /// One-core copy of `count` blocks of `len` bytes from `src` to `dst` with `how`, GB/s.
     fn copy(&self, how: CpuCopy, src: u64, dst: u64, len: usize, count: usize) -> f64 {
-        let (s, d) = (self.at(src), self.at(dst));
+        let all = self.shares(src, dst, len, count, 1);
         let t = Instant::now();
-        for i in 0..count {
-            // SAFETY: both ranges lie inside the mapping (the bench's layout) and do not
-            // overlap; nothing else touches them while the baseline runs.
-            unsafe { how.block(s + i * len, d + i * len, len) };
-        }
-        (len * count) as f64 / t.elapsed().as_secs_f64() / 1e9
+        all.copy(how, 0);
+        all.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
     /// `count` blocks of `len` bytes from `src` to `dst`, in `threads` contiguous shares.
@@ -157,7 +154,7 @@ impl Cpu {
                 scope.spawn(move || {
                     for _ in 0..2 * reps {
                         go.wait();
-                        sh.copy(k);
+                        sh.copy(CpuCopy::Memcpy, k);
                         done.wait();
                     }
                 });
@@ -191,7 +188,7 @@ impl Cpu {
                         while round.load(Ordering::Acquire) < r {
                             std::hint::spin_loop();
                         }
-                        sh.copy(k);
+                        sh.copy(CpuCopy::Memcpy, k);
                         done.fetch_add(1, Ordering::AcqRel);
                     }
                 });
@@ -199,7 +196,7 @@ impl Cpu {
             for r in 1..=2 * reps {
                 let t = Instant::now();
                 round.store(r, Ordering::Release);
-                sh.copy(0);
+                sh.copy(CpuCopy::Memcpy, 0);
                 while done.load(Ordering::Acquire) < r * (sh.threads - 1) {
                     std::hint::spin_loop();
                 }
@@ -224,13 +221,14 @@ struct Shares {
 }
 
 impl Shares {
-    /// Copies share `k` with memcpy.
-    fn copy(self, k: usize) {
+    /// Copies share `k` with `how`.
+    fn copy(self, how: CpuCopy, k: usize) {
         for i in k * self.per..(k + 1) * self.per {
             let at = i * self.len;
             // SAFETY: the shares lie inside the mapping (the bench's layout), are disjoint,
-            // and source and destination do not overlap.
-            unsafe { CpuCopy::Memcpy.block(self.src + at, self.dst + at, self.len) };
+            // and source and destination do not overlap; nothing else touches them while a
+            // baseline runs.
+            unsafe { how.block(self.src + at, self.dst + at, self.len) };
         }
     }
 
@@ -255,8 +253,7 @@ impl CpuCopy {
     /// The loops this CPU has.
     fn available() -> Vec<Self> {
         let mut v = vec![Self::Memcpy];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("ermsb") {
+        if vfio_device::dma_copy::erms() {
             v.push(Self::RepMovsb);
         }
         v
@@ -270,17 +267,13 @@ impl CpuCopy {
     unsafe fn block(self, src: usize, dst: usize, len: usize) {
         #[cfg(target_arch = "x86_64")]
         if self == Self::RepMovsb {
-            // SAFETY: the caller's contract; forward copy of rcx bytes from [rsi] to [rdi].
-            unsafe {
-                std::arch::asm!(
-                    "rep movsb",
-                    inout("rcx") len => _,
-                    inout("rsi") src => _,
-                    inout("rdi") dst => _,
-                    options(nostack, preserves_flags)
-                );
-            }
-            return;
+            let o = HostCopy {
+                src: src as *const u8,
+                dst: dst as *mut u8,
+                len,
+            };
+            // SAFETY: the caller's contract; the engine's own copy instruction.
+            return unsafe { vfio_device::dma_copy::movsb(o, o) };
         }
         // SAFETY: the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };

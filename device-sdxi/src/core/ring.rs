@@ -27,20 +27,20 @@
 //! The SDXi 1.0 specification text itself could not be quoted while writing this; the rules
 //! rest on its example code and on AMD's driver, which AMD reports working on its hardware.
 //!
-//! Cost: a pass reads the ring a window of up to [`WINDOW`] descriptors at a time, clears
-//! their vl in one write, and moves read_index once per window (and before any CST_BLK it
-//! signals, so read_index is always past a descriptor whose completion software can see).
-//! Consecutive small COPYs of a window run as one batch: decoded and checked first, then
-//! copied back to back in one access to guest memory (`Engine::copy_run`; the DMA space
-//! finds the host addresses of up to 64 COPYs at a time, then copies them with each copy's
-//! addresses loaded before the copy ahead of it starts, see `vfio-device/src/dma_copy.rs`);
-//! a fenced COPY starts a new batch. Completions are signalled in ring order at the window's end (or as
-//! soon as the waiting ones copied [`FLUSH_BYTES`]), before a fenced descriptor and before an
-//! INTR; consecutive completions to one CST_BLK (a batch counted down by one block, the way
-//! the spec's signal counter is meant to be used) are one atomic subtraction. A window
-//! stopped early (an error, a reset, Bus Master Enable cleared) gives the descriptors it did
-//! not run their vl back. A window whose read or write faults is retried one descriptor at a
-//! time, so errors name the exact descriptor as before.
+//! Cost: a pass reads the ring a window of up to [`WINDOW`] descriptors at a time, clears their
+//! vl in one write, and moves read_index once per window (and before any CST_BLK it signals, so
+//! read_index is always past a descriptor whose completion software can see). Consecutive small
+//! COPYs of a window run as one batch: decoded and checked first, then copied back to back in
+//! one access to guest memory (`Engine::copy_run`; the DMA space finds the host addresses of up
+//! to 64 COPYs at a time, then copies them with each copy's addresses loaded before the copy
+//! ahead of it starts, see `vfio_device::dma_copy`); a fenced COPY starts a new batch.
+//! Completions are signalled in ring order at the window's end (or as soon as the waiting ones
+//! copied [`FLUSH_BYTES`]), before a fenced descriptor and before an INTR; consecutive
+//! completions to one CST_BLK (a batch counted down by one block, the way the spec's signal
+//! counter is meant to be used) are one atomic subtraction. A window stopped early (an error, a
+//! reset, Bus Master Enable cleared) gives the descriptors it did not run their vl back. A
+//! window whose read faults is read again up to its page's end, then one descriptor; one whose
+//! claim write faults claims one descriptor; so errors name the exact descriptor as before.
 
 use super::context::{read_obj, read_u64, set_state, Cxt, CxtEvent};
 use super::engine::{invalid, lock, Engine, EngineError, Platform};
